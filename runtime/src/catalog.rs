@@ -1,0 +1,586 @@
+//! The catalog of in-domain datasets and their policies (数据目录, seed 001 art. 8).
+//!
+//! A dataset is registered by the bureau from a Parquet or CSV file plus a policy file (TOML).
+//! Registration copies the data into the domain store as Parquet, hashes it with BLAKE3, and
+//! checks the policy against the file's real schema. The policy is deny-by-default: every
+//! column must have a role, and a policy that does not fit the file is refused with one line
+//! per problem, naming the column and the fix.
+//!
+//! Policy file format (see also `examples/policies/`):
+//!
+//! ```toml
+//! provider = "Shanxi Provincial Department of Human Resources and Social Security"
+//! classification_level = 3      # 1 public · 2 internal · 3 sensitive · 4 core
+//! sharing = "conditional"       # unconditional | conditional | none (art. 12)
+//! acquired_on = "2026-10-31"    # printed on every product (art. 18)
+//! privacy_unit = "person_id"    # the column naming whom a row is about
+//! unit_kind = "person"          # joins are allowed only between units of one kind
+//! [budget]                      # optional: ε per calendar month across all grants
+//! epsilon_per_month = 20.0
+//! [columns.city]
+//! role = "quasi"                # identifier | quasi | sensitive | public
+//! keys = ["Taiyuan", "Datong"]  # optional public key set
+//! [columns.monthly_income]
+//! role = "sensitive"
+//! bounds = [0, 100000]          # required for sensitive numeric columns
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::arrow::csv::ReaderBuilder as CsvReaderBuilder;
+use datafusion::arrow::csv::reader::Format as CsvFormat;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::DatasetId;
+use crate::store::Store;
+use crate::{audit, clock, files};
+
+/// Longest dataset (table) name, in bytes.
+pub const DATASET_NAME_BYTES_MAX: usize = 63;
+/// Most columns a registered dataset may have.
+pub const DATASET_COLUMNS_MAX: usize = 512;
+/// Most entries in one public key set.
+pub const KEY_SET_ENTRIES_MAX: usize = 10_000;
+/// Rows per batch when converting CSV to Parquet.
+const CSV_BATCH_ROWS: usize = 65_536;
+/// Rows read to infer a CSV file's column types.
+const CSV_INFER_ROWS: usize = 10_000;
+
+/// What a column may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Directly identifies someone: never output, never grouped by, never filtered on.
+    Identifier,
+    /// Could identify someone in combination: may be a group key, subject to k-anonymity.
+    Quasi,
+    /// Only inside noisy aggregates, and only with bounds.
+    Sensitive,
+    /// Free to use.
+    Public,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identifier => "identifier",
+            Self::Quasi => "quasi",
+            Self::Sensitive => "sensitive",
+            Self::Public => "public",
+        }
+    }
+}
+
+/// Sharing attribute (共享属性, seed 001 art. 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    Unconditional,
+    Conditional,
+    /// 不予共享: may be registered, never granted.
+    None,
+}
+
+/// One column's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnPolicy {
+    pub role: Role,
+    /// `[lo, hi]`: values are clamped into it before any sum; required for summed columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<[f64; 2]>,
+    /// A public key set: the group keys anyone may know exist (e.g. the 11 cities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+}
+
+/// An optional dataset-wide privacy budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetBudget {
+    pub epsilon_per_month: f64,
+}
+
+/// A dataset's policy, as the bureau writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub provider: String,
+    pub classification_level: u8,
+    pub sharing: Sharing,
+    pub acquired_on: String,
+    pub privacy_unit: String,
+    pub unit_kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<DatasetBudget>,
+    pub columns: BTreeMap<String, ColumnPolicy>,
+}
+
+impl Policy {
+    /// Parses a policy file's text; syntax errors name the line.
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Policy(vec![format!("policy file: {e}")]))
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnPolicy> {
+        self.columns.get(name)
+    }
+
+    /// Checks the policy against the data's schema. Returns every problem found.
+    pub fn check(&self, schema: &Schema) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.provider.trim().is_empty() {
+            problems.push("`provider` is empty; name the providing department".to_string());
+        }
+        if !(1..=4).contains(&self.classification_level) {
+            problems.push(format!(
+                "`classification_level` is {}; use 1 (public), 2 (internal), 3 (sensitive) or 4 (core)",
+                self.classification_level
+            ));
+        }
+        if NaiveDate::parse_from_str(&self.acquired_on, "%Y-%m-%d").is_err() {
+            problems.push(format!(
+                "`acquired_on` is `{}`; write the acquisition date as YYYY-MM-DD",
+                self.acquired_on
+            ));
+        }
+        if self.unit_kind.trim().is_empty() {
+            problems
+                .push("`unit_kind` is empty; say what a privacy unit is (e.g. \"person\")".into());
+        }
+        if let Some(budget) = &self.budget
+            && !(budget.epsilon_per_month.is_finite() && budget.epsilon_per_month > 0.0)
+        {
+            problems.push("`budget.epsilon_per_month` must be a positive number".into());
+        }
+        if schema.fields().len() > DATASET_COLUMNS_MAX {
+            problems.push(format!(
+                "the file has {} columns; at most {DATASET_COLUMNS_MAX} are supported",
+                schema.fields().len()
+            ));
+        }
+
+        match schema.field_with_name(&self.privacy_unit) {
+            Err(_) => problems.push(format!(
+                "privacy unit column `{}` is not in the file; set `privacy_unit` to the column naming whom each row is about",
+                self.privacy_unit
+            )),
+            Ok(field) => {
+                if !is_unit_type(field.data_type()) {
+                    problems.push(format!(
+                        "privacy unit column `{}` has type {}; it must be an integer or text column",
+                        self.privacy_unit,
+                        field.data_type()
+                    ));
+                }
+                match self.columns.get(&self.privacy_unit) {
+                    Some(column) if column.role == Role::Identifier => {}
+                    Some(column) => problems.push(format!(
+                        "privacy unit column `{}` has role `{}`; it identifies a unit, so give it role = \"identifier\"",
+                        self.privacy_unit,
+                        column.role.as_str()
+                    )),
+                    None => {}
+                }
+            }
+        }
+
+        for name in self.columns.keys() {
+            if schema.field_with_name(name).is_err() {
+                problems.push(format!(
+                    "column `{name}` is in the policy but not in the file; remove [columns.{name}] or fix its name"
+                ));
+            }
+        }
+        for field in schema.fields() {
+            let name = field.name();
+            let Some(column) = self.columns.get(name) else {
+                problems.push(format!(
+                    "column `{name}` has no role; add [columns.{name}] with role = \"identifier\", \"quasi\", \"sensitive\" or \"public\""
+                ));
+                continue;
+            };
+            let numeric = field.data_type().is_numeric();
+            if let Some([lo, hi]) = column.bounds {
+                if !numeric {
+                    problems.push(format!(
+                        "column `{name}` has bounds but type {}; bounds apply to numeric columns only",
+                        field.data_type()
+                    ));
+                } else if !(lo.is_finite() && hi.is_finite()) {
+                    problems.push(format!("column `{name}`: bounds must be finite numbers"));
+                } else if lo > hi {
+                    problems.push(format!(
+                        "column `{name}`: bounds [{lo}, {hi}] have lo > hi; write them as [low, high]"
+                    ));
+                }
+            }
+            if column.role == Role::Sensitive && numeric && column.bounds.is_none() {
+                problems.push(format!(
+                    "sensitive numeric column `{name}` has no bounds; add bounds = [low, high] so sums over it have a known sensitivity"
+                ));
+            }
+            if column.role == Role::Identifier && column.keys.is_some() {
+                problems.push(format!(
+                    "identifier column `{name}` has a public key set; identifiers are never group keys, remove `keys`"
+                ));
+            }
+            if let Some(keys) = &column.keys {
+                if keys.is_empty() || keys.len() > KEY_SET_ENTRIES_MAX {
+                    problems.push(format!(
+                        "column `{name}`: a key set needs 1 to {KEY_SET_ENTRIES_MAX} entries"
+                    ));
+                }
+                if !matches!(
+                    field.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) && !field.data_type().is_integer()
+                {
+                    problems.push(format!(
+                        "column `{name}` has a key set but type {}; key sets apply to text and integer columns",
+                        field.data_type()
+                    ));
+                } else if field.data_type().is_integer()
+                    && keys.iter().any(|k| k.parse::<i64>().is_err())
+                {
+                    problems.push(format!(
+                        "column `{name}` is an integer column; write its keys as integers in quotes"
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn is_unit_type(data_type: &DataType) -> bool {
+    data_type.is_integer()
+        || matches!(
+            data_type,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        )
+}
+
+/// A registered dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub id: DatasetId,
+    pub name: String,
+    pub policy: Policy,
+    /// Path of the Parquet file relative to the store's data folder.
+    pub file: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub content_blake3: String,
+    pub registered_at: String,
+}
+
+/// Checks that a dataset name is a plain SQL identifier.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= DATASET_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "dataset name `{name}` is not allowed; use 1–{DATASET_NAME_BYTES_MAX} lowercase letters, digits and `_`, starting with a letter"
+        )))
+    }
+}
+
+/// Registers a dataset: checks the policy against the file, copies the data into the domain
+/// store as Parquet, and records it with an audit entry. Nothing is kept if any step fails.
+pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) -> Result<Dataset> {
+    check_name(name)?;
+    if find(store, name)?.is_some() {
+        return Err(Error::invalid(format!(
+            "a dataset named `{name}` is already registered; choose another name"
+        )));
+    }
+    let format = SourceFormat::of(source)?;
+    let schema = format.schema(source)?;
+    let problems = policy.check(&schema);
+    if !problems.is_empty() {
+        return Err(Error::Policy(problems));
+    }
+
+    let id = DatasetId::random();
+    let relative = format!("{id}/data.parquet");
+    let dir = store.data_dir().join(id.as_str());
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    let target = dir.join("data.parquet");
+    let copied = format.copy_into(source, &target).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
+
+    let dataset = Dataset {
+        id: id.clone(),
+        name: name.to_string(),
+        policy,
+        file: relative,
+        rows: copied.rows,
+        bytes: copied.bytes,
+        content_blake3: copied.blake3,
+        registered_at: clock::format(clock::now()),
+    };
+    let policy_json = serde_json::to_string(&dataset.policy)
+        .map_err(|e| Error::internal(format!("encoding a policy: {e}")))?;
+    let result = store.write(|tx| {
+        tx.execute(
+            "INSERT INTO datasets (id, name, policy_json, file, rows, bytes, content_blake3, registered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                dataset.id.as_str(),
+                dataset.name,
+                policy_json,
+                dataset.file,
+                dataset.rows as i64,
+                dataset.bytes as i64,
+                dataset.content_blake3,
+                dataset.registered_at
+            ],
+        )?;
+        audit::append(
+            tx,
+            audit::Kind::DatasetRegistered,
+            "bureau",
+            dataset.id.as_str(),
+            serde_json::json!({
+                "name": dataset.name,
+                "provider": dataset.policy.provider,
+                "classification_level": dataset.policy.classification_level,
+                "acquired_on": dataset.policy.acquired_on,
+                "content_blake3": dataset.content_blake3,
+                "rows": dataset.rows,
+            }),
+        )?;
+        Ok(())
+    });
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(error);
+    }
+    Ok(dataset)
+}
+
+/// Looks a dataset up by name or id.
+pub fn find(store: &Store, name_or_id: &str) -> Result<Option<Dataset>> {
+    store
+        .conn()
+        .query_row(
+            "SELECT id, name, policy_json, file, rows, bytes, content_blake3, registered_at
+             FROM datasets WHERE name = ?1 OR id = ?1",
+            [name_or_id],
+            row_to_dataset,
+        )
+        .optional()?
+        .transpose()
+}
+
+/// Looks a dataset up, or says it does not exist.
+pub fn get(store: &Store, name_or_id: &str) -> Result<Dataset> {
+    find(store, name_or_id)?.ok_or_else(|| Error::NotFound {
+        kind: "dataset",
+        id: name_or_id.to_string(),
+        hint: "; `veil dataset list` shows the registered ones",
+    })
+}
+
+/// All datasets, by name.
+pub fn list(store: &Store) -> Result<Vec<Dataset>> {
+    let mut statement = store.conn().prepare(
+        "SELECT id, name, policy_json, file, rows, bytes, content_blake3, registered_at
+         FROM datasets ORDER BY name",
+    )?;
+    let rows = statement.query_map([], row_to_dataset)?;
+    let mut datasets = Vec::new();
+    for row in rows {
+        datasets.push(row??);
+    }
+    Ok(datasets)
+}
+
+fn row_to_dataset(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Dataset>> {
+    let policy_json: String = row.get(2)?;
+    let policy = match serde_json::from_str(&policy_json) {
+        Ok(policy) => policy,
+        Err(e) => {
+            return Ok(Err(Error::internal(format!(
+                "reading a stored policy: {e}"
+            ))));
+        }
+    };
+    Ok(Ok(Dataset {
+        id: DatasetId::new(row.get::<_, String>(0)?),
+        name: row.get(1)?,
+        policy,
+        file: row.get(3)?,
+        rows: row.get::<_, i64>(4)? as u64,
+        bytes: row.get::<_, i64>(5)? as u64,
+        content_blake3: row.get(6)?,
+        registered_at: row.get(7)?,
+    }))
+}
+
+struct Copied {
+    rows: u64,
+    bytes: u64,
+    blake3: String,
+}
+
+enum SourceFormat {
+    Parquet,
+    Csv,
+}
+
+impl SourceFormat {
+    fn of(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::invalid(format!(
+                "{} is not a readable file; give the path of a .parquet or .csv file",
+                path.display()
+            )));
+        }
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+        {
+            Some(ext) if ext == "parquet" => Ok(Self::Parquet),
+            Some(ext) if ext == "csv" => Ok(Self::Csv),
+            _ => Err(Error::invalid(format!(
+                "{} is neither .parquet nor .csv; convert it to one of them",
+                path.display()
+            ))),
+        }
+    }
+
+    fn schema(&self, path: &Path) -> Result<SchemaRef> {
+        let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        match self {
+            Self::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
+                .map(|b| b.schema().clone())
+                .map_err(|_| {
+                    Error::invalid(format!("{} is not a valid Parquet file", path.display()))
+                }),
+            Self::Csv => {
+                let (schema, _) = CsvFormat::default()
+                    .with_header(true)
+                    .infer_schema(BufReader::new(file), Some(CSV_INFER_ROWS))
+                    .map_err(|_| {
+                        Error::invalid(format!(
+                            "{} is not a CSV file with a header row",
+                            path.display()
+                        ))
+                    })?;
+                Ok(Arc::new(schema))
+            }
+        }
+    }
+
+    /// Copies (Parquet) or converts (CSV) the source into `target`, atomically.
+    fn copy_into(&self, source: &Path, target: &Path) -> Result<Copied> {
+        let dir = target
+            .parent()
+            .ok_or_else(|| Error::internal("placing a dataset file"))?;
+        let tmp: PathBuf = dir.join(".data.parquet.tmp");
+        match self {
+            Self::Parquet => {
+                let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
+                let mut output = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+                std::io::copy(&mut input, &mut output)
+                    .and_then(|_| output.sync_all())
+                    .map_err(|e| Error::io("copying into", &tmp, e))?;
+            }
+            Self::Csv => {
+                let schema = self.schema(source)?;
+                let file = File::open(source).map_err(|e| Error::io("opening", source, e))?;
+                let reader = CsvReaderBuilder::new(schema.clone())
+                    .with_header(true)
+                    .with_batch_size(CSV_BATCH_ROWS)
+                    .build(BufReader::new(file))
+                    .map_err(|_| {
+                        Error::invalid(format!("{} cannot be read as CSV", source.display()))
+                    })?;
+                let output = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+                let mut writer = ArrowWriter::try_new(output, schema, None)
+                    .map_err(|e| Error::internal(format!("starting a Parquet file: {e}")))?;
+                for (index, batch) in reader.enumerate() {
+                    // The CSV reader's message may quote the offending value, which belongs
+                    // to the provider; only the batch position is reported.
+                    let batch = batch.map_err(|_| {
+                        Error::invalid(format!(
+                            "{}: a value in rows {}..{} does not fit its column's inferred type; fix the file or quote the column",
+                            source.display(),
+                            index * CSV_BATCH_ROWS + 1,
+                            (index + 1) * CSV_BATCH_ROWS
+                        ))
+                    })?;
+                    writer
+                        .write(&batch)
+                        .map_err(|e| Error::internal(format!("writing Parquet: {e}")))?;
+                }
+                let output = writer
+                    .into_inner()
+                    .map_err(|e| Error::internal(format!("finishing Parquet: {e}")))?;
+                output
+                    .sync_all()
+                    .map_err(|e| Error::io("syncing", &tmp, e))?;
+            }
+        }
+        let rows = parquet_rows(&tmp).map_err(|_| {
+            Error::invalid(format!("{} is not a valid Parquet file", source.display()))
+        })?;
+        let (bytes, blake3) = hash_file(&tmp)?;
+        std::fs::rename(&tmp, target).map_err(|e| Error::io("renaming into place", target, e))?;
+        files::sync_dir(dir)?;
+        Ok(Copied {
+            rows,
+            bytes,
+            blake3,
+        })
+    }
+}
+
+fn parquet_rows(path: &Path) -> std::result::Result<u64, ()> {
+    let file = File::open(path).map_err(|_| ())?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|_| ())?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Size and BLAKE3 digest of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    let _ = file.rewind();
+    Ok((total, hasher.finalize().to_hex().to_string()))
+}

@@ -1,0 +1,938 @@
+//! The `veil` command line, by role: the bureau (init, datasets, grants, template decisions,
+//! meter, audit), operators (templates, jobs) and buyers (product verification).
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::gate::rules::Refusal;
+use crate::grants::{self, Disposition, GrantRequest, MICRO, PICO};
+use crate::jobs::{self, JobOutcome, JobRequest};
+use crate::store::Store;
+use crate::templates::{self, ApprovalRequest, TemplateSpec};
+use crate::{audit, catalog, demo, demo_data, keys, metering};
+
+/// Veil: a compute sandbox for authorized operation of public data.
+/// Raw data does not leave the domain; only noisy, k-anonymous, signed products do.
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// The domain store folder (created by `veil init`).
+    #[arg(long, env = "VEIL_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole flow on generated data in a temporary store and tell the story.
+    Demo {
+        /// Rows of generated social-insurance records.
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        /// Keep the store in this folder instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// (bureau) Create an empty domain store.
+    Init(StoreArg),
+    /// Write a deterministic synthetic Shanxi data set (Parquet).
+    DemoData {
+        #[arg(long)]
+        rows: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = demo_data::DEMO_SEED)]
+        seed: u64,
+    },
+    /// (bureau) The dataset catalog.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// (bureau) Authorizations of datasets to operators.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// (operator submits, bureau decides) Job templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// (operator) Run and inspect jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// (buyer, operator) Released products.
+    #[command(subcommand)]
+    Product(ProductCommand),
+    /// (bureau) Meter records.
+    #[command(subcommand)]
+    Meter(MeterCommand),
+    /// (bureau) The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the platform's public key (what buyers pin to verify products).
+    PlatformKey(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Register a Parquet or CSV file with its policy (TOML).
+    Register {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Table name operators use in SQL.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// List registered datasets.
+    List(StoreArg),
+    /// Show one dataset and its policy.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Grant datasets to an operator for a purpose and term, with a monthly ε budget.
+    Create {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        /// Comma-separated dataset names.
+        #[arg(long, value_delimiter = ',')]
+        datasets: Vec<String>,
+        #[arg(long)]
+        purpose: String,
+        /// First day of the term (YYYY-MM-DD).
+        #[arg(long)]
+        valid_from: String,
+        /// Last day of the term (YYYY-MM-DD).
+        #[arg(long)]
+        valid_to: String,
+        #[arg(long)]
+        epsilon_per_month: f64,
+        #[arg(long, default_value_t = 1e-5)]
+        delta_per_month: f64,
+        /// What happens to derived products after the term: destroy, archive or return.
+        #[arg(long, default_value = "archive")]
+        disposition: String,
+    },
+    /// List grants with their budget spent this month.
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Submit a template file; the gate's static rules are checked first.
+    Submit {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Approve a submitted template, pinning its privacy parameters and price.
+    Approve {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        /// ε spent by one run.
+        #[arg(long)]
+        epsilon: f64,
+        /// δ spent by one run.
+        #[arg(long, default_value_t = 1e-6)]
+        delta: f64,
+        /// Minimum distinct privacy units behind each released group.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Most groups one unit may contribute to.
+        #[arg(long, default_value_t = 1)]
+        max_groups: u32,
+        /// Most rows one unit may contribute to one group.
+        #[arg(long, default_value_t = 1)]
+        max_rows: u32,
+        /// Price of one released run, in fen.
+        #[arg(long, default_value_t = 0)]
+        price_fen: i64,
+    },
+    /// Reject a submitted template.
+    Reject {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke an approved template.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    List(StoreArg),
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Run an approved template.
+    Run {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        template: String,
+        /// A parameter value, `name=value`; repeat for several.
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        #[arg(long)]
+        grant: Option<String>,
+    },
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+    },
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProductCommand {
+    /// Verify a product folder offline: file digests and the platform signature.
+    Verify {
+        dir: PathBuf,
+        /// The platform's public key (64 hex digits, from `veil platform-key`).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Or read the public key from a store.
+        #[arg(long, env = "VEIL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeterCommand {
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain and the signed head checkpoint.
+    Verify(StoreArg),
+}
+
+fn parse_param(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not name=value")),
+    }
+}
+
+fn parse_date(text: &str, flag: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| Error::invalid(format!("{flag} `{text}` is not a date; write YYYY-MM-DD")))
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Runs one command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Demo { rows, keep } => {
+            demo::run(rows, keep.as_deref(), &mut std::io::stdout()).await?;
+            Ok(0)
+        }
+        Command::Init(store) => {
+            let s = Store::init(&store.data_dir)?;
+            println!(
+                "initialized an empty Veil store in {}",
+                store.data_dir.display()
+            );
+            println!(
+                "platform public key: {}",
+                hex::encode(s.signing_key().verifying_key().to_bytes())
+            );
+            Ok(0)
+        }
+        Command::DemoData { rows, out, seed } => {
+            if rows == 0 {
+                return Err(Error::invalid("--rows must be at least 1"));
+            }
+            let summary = demo_data::write_demo_data(rows, &out, seed)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            println!(
+                "wrote {} social-insurance records of {} persons and {} enterprises:",
+                summary.social_insurance_rows, summary.persons, summary.enterprises
+            );
+            for file in summary.files {
+                println!("  {}", file.display());
+            }
+            Ok(0)
+        }
+        Command::Dataset(command) => dataset(command),
+        Command::Grant(command) => grant(command),
+        Command::Template(command) => template(command).await,
+        Command::Job(command) => job(command).await,
+        Command::Product(command) => product(command),
+        Command::Meter(MeterCommand::List(store)) => {
+            let store = Store::open(&store.data_dir)?;
+            print_meter(&metering::list(store.conn())?);
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Verify(store)) => {
+            let store = Store::open(&store.data_dir)?;
+            match audit::verify(
+                store.conn(),
+                &store.audit_head_path(),
+                &store.signing_key().verifying_key(),
+            )? {
+                Ok(verified) => {
+                    println!(
+                        "audit log verified: {} entries, head {} (checkpoint at entry {})",
+                        verified.entries, verified.head_hash, verified.checkpoint_seq
+                    );
+                    Ok(0)
+                }
+                Err(broken) => {
+                    println!("audit log BROKEN: {broken}");
+                    Ok(5)
+                }
+            }
+        }
+        Command::PlatformKey(store) => {
+            let store = Store::open(&store.data_dir)?;
+            println!(
+                "{}",
+                hex::encode(store.signing_key().verifying_key().to_bytes())
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn dataset(command: DatasetCommand) -> Result<i32> {
+    match command {
+        DatasetCommand::Register {
+            store,
+            name,
+            file,
+            policy,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let policy = catalog::Policy::parse(&read_text(&policy, "policy")?)?;
+            let dataset = catalog::register(&mut store, &name, &file, policy)?;
+            println!(
+                "registered dataset `{}` ({}): {} rows, BLAKE3 {}",
+                dataset.name, dataset.id, dataset.rows, dataset.content_blake3
+            );
+            Ok(0)
+        }
+        DatasetCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = catalog::list(&store)?
+                .into_iter()
+                .map(|d| {
+                    vec![
+                        d.name,
+                        d.id.to_string(),
+                        d.policy.provider,
+                        d.policy.classification_level.to_string(),
+                        format!("{:?}", d.policy.sharing).to_lowercase(),
+                        d.policy.acquired_on,
+                        d.rows.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "name", "id", "provider", "level", "sharing", "acquired", "rows",
+                ],
+                &rows,
+            );
+            Ok(0)
+        }
+        DatasetCommand::Show { store, name } => {
+            let store = Store::open(&store.data_dir)?;
+            let d = catalog::get(&store, &name)?;
+            println!("dataset `{}` ({})", d.name, d.id);
+            println!("  provider:        {}", d.policy.provider);
+            println!("  classification:  level {}", d.policy.classification_level);
+            println!("  sharing:         {:?}", d.policy.sharing);
+            println!("  acquired on:     {}", d.policy.acquired_on);
+            println!(
+                "  privacy unit:    {} ({})",
+                d.policy.privacy_unit, d.policy.unit_kind
+            );
+            println!("  rows:            {}", d.rows);
+            println!("  content BLAKE3:  {}", d.content_blake3);
+            println!("  registered at:   {}", d.registered_at);
+            let rows: Vec<Vec<String>> = d
+                .policy
+                .columns
+                .iter()
+                .map(|(name, c)| {
+                    vec![
+                        name.clone(),
+                        c.role.as_str().to_string(),
+                        c.bounds
+                            .map_or(String::new(), |[lo, hi]| format!("[{lo}, {hi}]")),
+                        c.keys
+                            .as_ref()
+                            .map_or(String::new(), |k| format!("{} keys", k.len())),
+                    ]
+                })
+                .collect();
+            print_table(&["column", "role", "bounds", "public keys"], &rows);
+            Ok(0)
+        }
+    }
+}
+
+fn grant(command: GrantCommand) -> Result<i32> {
+    match command {
+        GrantCommand::Create {
+            store,
+            operator,
+            datasets,
+            purpose,
+            valid_from,
+            valid_to,
+            epsilon_per_month,
+            delta_per_month,
+            disposition,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let grant = grants::create(
+                &mut store,
+                GrantRequest {
+                    operator,
+                    datasets,
+                    purpose,
+                    valid_from: parse_date(&valid_from, "--valid-from")?,
+                    valid_to: parse_date(&valid_to, "--valid-to")?,
+                    epsilon_per_month,
+                    delta_per_month,
+                    disposition: Disposition::parse(&disposition)?,
+                },
+            )?;
+            println!(
+                "granted {} dataset(s) to `{}` as {} ({} to {}, ε {} per month)",
+                grant.datasets.len(),
+                grant.operator,
+                grant.id,
+                grant.valid_from,
+                grant.valid_to,
+                grant.micro_epsilon_per_month as f64 / MICRO
+            );
+            Ok(0)
+        }
+        GrantCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let period = crate::clock::period_of(crate::clock::now());
+            let mut rows = Vec::new();
+            for g in grants::list(&store)? {
+                let spent = crate::budget::spent_by_grant(store.conn(), g.id.as_str(), &period)?;
+                rows.push(vec![
+                    g.id.to_string(),
+                    g.operator,
+                    g.purpose,
+                    format!("{} – {}", g.valid_from, g.valid_to),
+                    format!(
+                        "{} / {}",
+                        spent.micro_epsilon as f64 / MICRO,
+                        g.micro_epsilon_per_month as f64 / MICRO
+                    ),
+                    format!("{}", g.pico_delta_per_month as f64 / PICO),
+                    g.disposition.as_str().to_string(),
+                ]);
+            }
+            print_table(
+                &[
+                    "grant",
+                    "operator",
+                    "purpose",
+                    "term",
+                    &format!("ε spent {period}"),
+                    "δ/month",
+                    "after term",
+                ],
+                &rows,
+            );
+            Ok(0)
+        }
+    }
+}
+
+async fn template(command: TemplateCommand) -> Result<i32> {
+    match command {
+        TemplateCommand::Submit {
+            store,
+            operator,
+            file,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let spec = TemplateSpec::parse(&read_text(&file, "template")?)?;
+            if let Some(refusal) = static_check(&store, &operator, &spec).await? {
+                print_refusal("template refused before submission", &refusal);
+                return Ok(3);
+            }
+            let template = templates::submit(&mut store, &operator, spec)?;
+            println!(
+                "submitted template `{}`: {} (waiting for the bureau's approval)",
+                template.spec.name, template.id
+            );
+            Ok(0)
+        }
+        TemplateCommand::Approve {
+            store,
+            id,
+            epsilon,
+            delta,
+            k,
+            max_groups,
+            max_rows,
+            price_fen,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let template = templates::get(&store, &id)?;
+            if let Some(refusal) = static_check(&store, &template.operator, &template.spec).await? {
+                print_refusal(
+                    "the gate refuses this template; reject it instead",
+                    &refusal,
+                );
+                return Ok(3);
+            }
+            let template = templates::approve(
+                &mut store,
+                &id,
+                ApprovalRequest {
+                    epsilon,
+                    delta,
+                    k,
+                    max_groups,
+                    max_rows,
+                    price_per_run_fen: price_fen,
+                },
+            )?;
+            println!(
+                "approved template `{}` {} (ε {epsilon}, δ {delta}, k {k}, ≤{max_groups} groups and ≤{max_rows} rows per unit, {} per run)",
+                template.spec.name,
+                template.id,
+                crate::ids::Fen(price_fen)
+            );
+            Ok(0)
+        }
+        TemplateCommand::Reject { store, id, reason } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let template = templates::reject(&mut store, &id, &reason)?;
+            println!("rejected template {}", template.id);
+            Ok(0)
+        }
+        TemplateCommand::Revoke { store, id, reason } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let template = templates::revoke(&mut store, &id, &reason)?;
+            println!("revoked template {}", template.id);
+            Ok(0)
+        }
+        TemplateCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = templates::list(&store)?
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.spec.name,
+                        t.operator,
+                        t.state.as_str().to_string(),
+                        t.approval.map_or(String::new(), |a| {
+                            format!("ε {} k {} {}", a.epsilon(), a.k, a.price_per_run)
+                        }),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["template", "name", "operator", "state", "approval"],
+                &rows,
+            );
+            Ok(0)
+        }
+        TemplateCommand::Show { store, id } => {
+            let store = Store::open(&store.data_dir)?;
+            let t = templates::get(&store, &id)?;
+            println!("template `{}` {}", t.spec.name, t.id);
+            println!("  operator:  {}", t.operator);
+            println!("  state:     {}", t.state.as_str());
+            if let Some(reason) = &t.reasons {
+                println!("  reason:    {reason}");
+            }
+            if let Some(a) = &t.approval {
+                println!(
+                    "  approval:  ε {} δ {} k {} max_groups {} max_rows {} price {}",
+                    a.epsilon(),
+                    a.delta(),
+                    a.k,
+                    a.max_groups,
+                    a.max_rows,
+                    a.price_per_run
+                );
+            }
+            for p in &t.spec.params {
+                println!(
+                    "  param:     {} ({:?}){}",
+                    p.name,
+                    p.kind,
+                    p.allowed
+                        .as_ref()
+                        .map_or(String::new(), |a| format!(" one of {}", a.join(", ")))
+                );
+            }
+            println!("  sql:\n{}", t.spec.sql);
+            Ok(0)
+        }
+    }
+}
+
+/// Checks a template against the operator's grant in term, if there is exactly one.
+async fn static_check(
+    store: &Store,
+    operator: &str,
+    spec: &TemplateSpec,
+) -> Result<Option<Refusal>> {
+    if let Err(refusal) = spec.check() {
+        return Ok(Some(refusal));
+    }
+    let today = crate::clock::today();
+    let active: Vec<_> = grants::list(store)?
+        .into_iter()
+        .filter(|g| g.operator == operator && g.is_in_term(today))
+        .collect();
+    let Some(grant) = active.first() else {
+        return Ok(None);
+    };
+    let template = templates::Template {
+        id: spec.id()?,
+        operator: operator.to_string(),
+        spec: spec.clone(),
+        state: templates::TemplateState::Submitted,
+        approval: None,
+        reasons: None,
+        submitted_at: String::new(),
+        decided_at: None,
+    };
+    Ok(jobs::check_static(store, &template, grant).await?.err())
+}
+
+async fn job(command: JobCommand) -> Result<i32> {
+    match command {
+        JobCommand::Run {
+            store,
+            operator,
+            template,
+            params,
+            grant,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let outcome = jobs::run(
+                &mut store,
+                JobRequest {
+                    operator,
+                    template,
+                    params,
+                    grant,
+                },
+            )
+            .await?;
+            Ok(print_outcome(&outcome))
+        }
+        JobCommand::Show { store, id } => {
+            let store = Store::open(&store.data_dir)?;
+            let j = jobs::get(&store, &id)?;
+            println!("job {}", j.id);
+            println!("  operator:  {}", j.operator);
+            println!("  template:  {}", j.template_id);
+            println!("  grant:     {}", j.grant_id.unwrap_or_default());
+            println!(
+                "  params:    {}",
+                j.params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!("  state:     {}", j.state);
+            if let Some(product) = j.product_id {
+                println!("  product:   {product}");
+            }
+            if let Some(from) = j.reused_from {
+                println!("  reused:    the product of identical job {from} (no ε spent)");
+            }
+            if let Some(refusal) = j.reasons {
+                for v in refusal.violations {
+                    println!("  reason:    [{}] {}", v.rule, v.message);
+                }
+            }
+            if let Some(failure) = j.failure {
+                println!("  failure:   {failure}");
+            }
+            println!("  created:   {}", j.created_at);
+            println!("  finished:  {}", j.finished_at.unwrap_or_default());
+            Ok(0)
+        }
+        JobCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = jobs::list(&store)?
+                .into_iter()
+                .map(|j| {
+                    vec![
+                        j.id.to_string(),
+                        j.operator,
+                        j.template_id.chars().take(12).collect(),
+                        j.state,
+                        j.product_id.unwrap_or_default(),
+                        j.created_at,
+                    ]
+                })
+                .collect();
+            print_table(
+                &["job", "operator", "template", "state", "product", "created"],
+                &rows,
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Prints a job outcome and returns the exit code (0 released, 3 rejected, 1 failed).
+pub fn print_outcome(outcome: &JobOutcome) -> i32 {
+    match outcome {
+        JobOutcome::Released {
+            job_id,
+            product_id,
+            dir,
+            reused,
+            ..
+        } => {
+            if *reused {
+                println!(
+                    "job {job_id} released: identical to an earlier job, so its product {product_id} is returned and no ε was spent"
+                );
+            } else {
+                println!("job {job_id} released product {product_id}");
+            }
+            println!("  files: {}", dir.display());
+            0
+        }
+        JobOutcome::Rejected { job_id, refusal } => {
+            print_refusal(&format!("job {job_id} rejected"), refusal);
+            3
+        }
+        JobOutcome::Failed { job_id, reason } => {
+            println!("job {job_id} failed: {reason}");
+            1
+        }
+    }
+}
+
+fn print_refusal(heading: &str, refusal: &Refusal) {
+    println!("{heading}:");
+    for v in &refusal.violations {
+        println!("  - [{}] {}", v.rule, v.message);
+    }
+}
+
+fn product(command: ProductCommand) -> Result<i32> {
+    match command {
+        ProductCommand::Verify {
+            dir,
+            public_key,
+            data_dir,
+        } => {
+            let pinned = match (public_key, data_dir) {
+                (Some(hex), _) => Some(keys::parse_public(&hex)?),
+                (None, Some(data_dir)) => {
+                    Some(Store::open(&data_dir)?.signing_key().verifying_key())
+                }
+                (None, None) => None,
+            };
+            match veil_sdk::manifest::verify_product_dir(&dir, pinned.as_ref()) {
+                Ok(verified) => {
+                    let m = &verified.manifest;
+                    println!(
+                        "product {} verified: every file matches its BLAKE3 digest and the signature is valid",
+                        m.product_id
+                    );
+                    if !verified.key_pinned {
+                        println!(
+                            "  note: checked against the key inside the manifest; pin the platform key with --public-key to know who signed it"
+                        );
+                    }
+                    println!(
+                        "  job {} · template {} ({})",
+                        m.job_id, m.template_name, m.template_id
+                    );
+                    for s in &m.sources {
+                        println!(
+                            "  source: {} from {}, acquired {}",
+                            s.name, s.provider, s.acquired_on
+                        );
+                    }
+                    println!(
+                        "  privacy: ε {} δ {} · {} · k {} · {} groups released, {} suppressed",
+                        m.privacy.epsilon,
+                        m.privacy.delta,
+                        m.privacy.mechanism,
+                        m.privacy.k,
+                        m.privacy.groups_released,
+                        m.privacy.groups_suppressed
+                    );
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("product NOT verified: {e}");
+                    Ok(5)
+                }
+            }
+        }
+        ProductCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let mut statement = store.conn().prepare(
+                "SELECT id, job_id, operator, rows, bytes, created_at, dir FROM products ORDER BY created_at, rowid",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(vec![
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?.to_string(),
+                    row.get::<_, i64>(4)?.to_string(),
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                ])
+            })?;
+            let mut table = Vec::new();
+            for row in rows {
+                table.push(row?);
+            }
+            print_table(
+                &[
+                    "product", "job", "operator", "rows", "bytes", "created", "folder",
+                ],
+                &table,
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Prints meter records as a table.
+pub fn print_meter(records: &[metering::MeterRecord]) {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|m| {
+            vec![
+                m.job_id.clone(),
+                m.operator.clone(),
+                m.end_state.clone(),
+                m.wall_ms.to_string(),
+                m.cpu_ms.to_string(),
+                m.rows_scanned.to_string(),
+                m.bytes_scanned.to_string(),
+                format!("{:.1}", m.peak_memory_bytes as f64 / (1024.0 * 1024.0)),
+                format!("{}", m.micro_epsilon as f64 / MICRO),
+                m.output_rows.to_string(),
+                m.output_bytes.to_string(),
+                m.price.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "job",
+            "operator",
+            "end",
+            "wall ms",
+            "cpu ms",
+            "rows scanned",
+            "bytes scanned",
+            "peak MiB",
+            "ε",
+            "out rows",
+            "out bytes",
+            "price",
+        ],
+        &rows,
+    );
+}
+
+/// Prints an aligned text table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", format_table(headers, rows));
+}
+
+/// Formats an aligned text table.
+pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "─".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}

@@ -1,0 +1,93 @@
+//! Errors, sorted by whose fault they are (see `shared/STYLE.md`, rule 4).
+//!
+//! | variant | whose fault | what the caller does |
+//! |---|---|---|
+//! | [`Error::Refused`] | the operator's: the job or template breaks a rule | change the job; every rule is named |
+//! | [`Error::Invalid`] | whoever gave the input (a flag, a file) | fix the input as the message says |
+//! | [`Error::NotFound`] | the caller named something that does not exist | check the id |
+//! | [`Error::Policy`] | the bureau's: a dataset policy does not fit its data | fix the policy file |
+//! | [`Error::Resources`] | nobody's: a limit was reached | retry later or ask for a higher limit |
+//! | [`Error::Internal`] | the platform's: an invariant broke | report it; the message names the step |
+//!
+//! No message may carry a value read from inside the domain. Messages from DataFusion reach
+//! this type only through `veil_sandbox::SandboxError`, which has already dropped them.
+
+use std::path::Path;
+
+use crate::gate::rules::Refusal;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} `{id}` does not exist{hint}")]
+    NotFound {
+        kind: &'static str,
+        id: String,
+        hint: &'static str,
+    },
+    #[error("the policy does not fit the data:\n{}", bullet_list(.0))]
+    Policy(Vec<String>),
+    #[error("{0}")]
+    Resources(String),
+    #[error("internal error while {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.into(),
+            hint: "",
+        }
+    }
+
+    pub fn internal(context: impl Into<String>) -> Self {
+        Self::Internal(context.into())
+    }
+
+    /// Wraps a file-system error with the path and what Veil was doing.
+    pub fn io(doing: &str, path: &Path, error: std::io::Error) -> Self {
+        Self::Internal(format!("{doing} {}: {error}", path.display()))
+    }
+
+    /// The process exit code the `veil` binary uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Refused(_) => 3,
+            Self::Invalid(_) | Self::NotFound { .. } | Self::Policy(_) => 2,
+            Self::Resources(_) => 4,
+            Self::Internal(_) => 1,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        // SQLite errors concern Veil's own state tables, never in-domain rows.
+        Self::Internal(format!("using the state database: {error}"))
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+fn bullet_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| format!("  - {item}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,270 @@
+//! Authorizations (grants): which operator may run jobs on which datasets, for what purpose,
+//! for how long, with how much privacy budget per month, and what happens after the term
+//! (order 266 art. 12: scope, degree, term, disposition). Outside its term or scope nothing runs.
+
+use chrono::NaiveDate;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, Sharing};
+use crate::error::{Error, Result};
+use crate::ids::{DatasetId, GrantId};
+use crate::store::Store;
+use crate::{audit, clock};
+
+/// Largest ε a grant may give per month. Beyond this, "privacy" means little.
+pub const GRANT_EPSILON_PER_MONTH_MAX: f64 = 100.0;
+/// Longest grant term, in days (five years).
+pub const GRANT_TERM_DAYS_MAX: i64 = 5 * 366;
+
+/// ε and δ are accounted in integer millionths and trillionths, so sums never drift.
+pub const MICRO: f64 = 1_000_000.0;
+pub const PICO: f64 = 1_000_000_000_000.0;
+
+/// What happens to the operator's derived data when the grant ends (到期处置).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Disposition {
+    /// Products derived under the grant are withdrawn from sale and deleted.
+    Destroy,
+    /// Products stay, no new jobs run.
+    Archive,
+    /// Products are handed back to the bureau.
+    Return,
+}
+
+impl Disposition {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "destroy" => Ok(Self::Destroy),
+            "archive" => Ok(Self::Archive),
+            "return" => Ok(Self::Return),
+            _ => Err(Error::invalid(format!(
+                "disposition `{text}` is unknown; use destroy, archive or return"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Destroy => "destroy",
+            Self::Archive => "archive",
+            Self::Return => "return",
+        }
+    }
+}
+
+/// What the bureau asks for when creating a grant.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub operator: String,
+    pub datasets: Vec<String>,
+    pub purpose: String,
+    pub valid_from: NaiveDate,
+    pub valid_to: NaiveDate,
+    pub epsilon_per_month: f64,
+    pub delta_per_month: f64,
+    pub disposition: Disposition,
+}
+
+/// A stored grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: GrantId,
+    pub operator: String,
+    pub datasets: Vec<DatasetId>,
+    pub purpose: String,
+    pub valid_from: NaiveDate,
+    pub valid_to: NaiveDate,
+    pub micro_epsilon_per_month: i64,
+    pub pico_delta_per_month: i64,
+    pub disposition: Disposition,
+    pub created_at: String,
+}
+
+impl Grant {
+    pub fn is_in_term(&self, today: NaiveDate) -> bool {
+        self.valid_from <= today && today <= self.valid_to
+    }
+}
+
+/// Converts ε to integer millionths, refusing values that are not positive and finite.
+pub fn to_micro(epsilon: f64, what: &str) -> Result<i64> {
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(Error::invalid(format!("{what} must be a positive number")));
+    }
+    let micro = (epsilon * MICRO).round();
+    if micro < 1.0 {
+        return Err(Error::invalid(format!("{what} must be at least 0.000001")));
+    }
+    Ok(micro as i64)
+}
+
+/// Converts δ to integer trillionths; δ must be in [0, 1).
+pub fn to_pico(delta: f64, what: &str) -> Result<i64> {
+    if !(delta.is_finite() && (0.0..1.0).contains(&delta)) {
+        return Err(Error::invalid(format!("{what} must be in [0, 1)")));
+    }
+    Ok((delta * PICO).round() as i64)
+}
+
+/// Checks a grant request and stores it, with an audit entry.
+pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
+    if request.operator.trim().is_empty() {
+        return Err(Error::invalid(
+            "name the operator the grant is for (--operator)",
+        ));
+    }
+    if request.purpose.trim().is_empty() {
+        return Err(Error::invalid(
+            "state the grant's purpose (--purpose); data may be used only for it (seed 003 art. 29)",
+        ));
+    }
+    if request.datasets.is_empty() {
+        return Err(Error::invalid(
+            "a grant covers at least one dataset (--datasets a,b)",
+        ));
+    }
+    if request.valid_from > request.valid_to {
+        return Err(Error::invalid(format!(
+            "the term starts {} after it ends {}; swap --valid-from and --valid-to",
+            request.valid_from, request.valid_to
+        )));
+    }
+    if (request.valid_to - request.valid_from).num_days() > GRANT_TERM_DAYS_MAX {
+        return Err(Error::invalid(format!(
+            "a grant's term is at most {GRANT_TERM_DAYS_MAX} days; shorten it and renew later"
+        )));
+    }
+    if request.epsilon_per_month > GRANT_EPSILON_PER_MONTH_MAX {
+        return Err(Error::invalid(format!(
+            "--epsilon-per-month is at most {GRANT_EPSILON_PER_MONTH_MAX}"
+        )));
+    }
+    let micro_epsilon = to_micro(request.epsilon_per_month, "--epsilon-per-month")?;
+    let pico_delta = to_pico(request.delta_per_month, "--delta-per-month")?;
+    let mut datasets = Vec::new();
+    for name in &request.datasets {
+        let dataset = catalog::get(store, name)?;
+        if dataset.policy.sharing == Sharing::None {
+            return Err(Error::invalid(format!(
+                "dataset `{}` has sharing attribute `none` (不予共享) and cannot be granted",
+                dataset.name
+            )));
+        }
+        if !datasets.contains(&dataset.id) {
+            datasets.push(dataset.id);
+        }
+    }
+
+    let grant = Grant {
+        id: GrantId::random(),
+        operator: request.operator.trim().to_string(),
+        datasets,
+        purpose: request.purpose.trim().to_string(),
+        valid_from: request.valid_from,
+        valid_to: request.valid_to,
+        micro_epsilon_per_month: micro_epsilon,
+        pico_delta_per_month: pico_delta,
+        disposition: request.disposition,
+        created_at: clock::format(clock::now()),
+    };
+    let datasets_json = serde_json::to_string(&grant.datasets)
+        .map_err(|e| Error::internal(format!("encoding a grant: {e}")))?;
+    store.write(|tx| {
+        tx.execute(
+            "INSERT INTO grants (id, operator, datasets_json, purpose, valid_from, valid_to,
+                micro_epsilon_per_period, pico_delta_per_period, disposition, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                grant.id.as_str(),
+                grant.operator,
+                datasets_json,
+                grant.purpose,
+                grant.valid_from.to_string(),
+                grant.valid_to.to_string(),
+                grant.micro_epsilon_per_month,
+                grant.pico_delta_per_month,
+                grant.disposition.as_str(),
+                grant.created_at
+            ],
+        )?;
+        audit::append(
+            tx,
+            audit::Kind::GrantCreated,
+            "bureau",
+            grant.id.as_str(),
+            serde_json::json!({
+                "operator": grant.operator,
+                "datasets": grant.datasets,
+                "purpose": grant.purpose,
+                "valid_from": grant.valid_from.to_string(),
+                "valid_to": grant.valid_to.to_string(),
+                "epsilon_per_month": grant.micro_epsilon_per_month as f64 / MICRO,
+                "delta_per_month": grant.pico_delta_per_month as f64 / PICO,
+                "disposition": grant.disposition.as_str(),
+            }),
+        )?;
+        Ok(())
+    })?;
+    Ok(grant)
+}
+
+const COLUMNS: &str = "id, operator, datasets_json, purpose, valid_from, valid_to,
+    micro_epsilon_per_period, pico_delta_per_period, disposition, created_at";
+
+fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Grant>> {
+    let datasets_json: String = row.get(2)?;
+    let from: String = row.get(4)?;
+    let to: String = row.get(5)?;
+    let disposition: String = row.get(8)?;
+    let parsed = (|| -> Result<Grant> {
+        Ok(Grant {
+            id: GrantId::new(row.get::<_, String>(0).map_err(Error::from)?),
+            operator: row.get(1).map_err(Error::from)?,
+            datasets: serde_json::from_str(&datasets_json)
+                .map_err(|e| Error::internal(format!("reading a grant: {e}")))?,
+            purpose: row.get(3).map_err(Error::from)?,
+            valid_from: from
+                .parse()
+                .map_err(|_| Error::internal("reading a grant's term"))?,
+            valid_to: to
+                .parse()
+                .map_err(|_| Error::internal("reading a grant's term"))?,
+            micro_epsilon_per_month: row.get(6).map_err(Error::from)?,
+            pico_delta_per_month: row.get(7).map_err(Error::from)?,
+            disposition: Disposition::parse(&disposition)?,
+            created_at: row.get(9).map_err(Error::from)?,
+        })
+    })();
+    Ok(parsed)
+}
+
+pub fn get(store: &Store, id: &str) -> Result<Grant> {
+    store
+        .conn()
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM grants WHERE id = ?1"),
+            [id],
+            row_to_grant,
+        )
+        .optional()?
+        .transpose()?
+        .ok_or_else(|| Error::NotFound {
+            kind: "grant",
+            id: id.to_string(),
+            hint: "; `veil grant list` shows the grants",
+        })
+}
+
+pub fn list(store: &Store) -> Result<Vec<Grant>> {
+    let mut statement = store.conn().prepare(&format!(
+        "SELECT {COLUMNS} FROM grants ORDER BY created_at, id"
+    ))?;
+    let rows = statement.query_map([], row_to_grant)?;
+    let mut grants = Vec::new();
+    for row in rows {
+        grants.push(row??);
+    }
+    Ok(grants)
+}

@@ -1,0 +1,835 @@
+//! Jobs: one run of an approved template, from request to released product or refusal.
+//!
+//! [`run`] is the whole flow of DESIGN.md in one function:
+//!
+//! 1. the template must be approved, belong to the operator, and its stored bytes must still
+//!    hash to its id; the parameters must match its declarations;
+//! 2. a grant of the operator must cover the query's tables and today's date;
+//! 3. the sandbox plans the SQL (statement policy) and the gate analyses the plan (shape);
+//! 4. an identical earlier job (same template, parameters, grant and data) returns its product
+//!    and spends nothing; otherwise ε is reserved atomically;
+//! 5. the gate runs the bounded query and releases noisy, k-anonymous rows;
+//! 6. the product is written and signed; the job, its meter record and audit entries commit
+//!    together.
+//!
+//! Every job that gets past "which template?" gets a job row and a meter record, whatever its
+//! end, and every refusal names its rules.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use veil_sandbox::{SandboxBuilder, SandboxError, SandboxLimits, bind_named_parameters};
+use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset};
+
+use crate::catalog::{self, Dataset};
+use crate::error::{Error, Result};
+use crate::gate::analysis::{self, Analysis};
+use crate::gate::bounding::Limits;
+use crate::gate::rules::{Refusal, Rule};
+use crate::gate::{self, GateError, ReleaseConfig};
+use crate::grants::{self, Grant};
+use crate::ids::{Fen, JobId, ProductId};
+use crate::metering::{self, MeterRecord};
+use crate::products::{self, ProductDraft};
+use crate::store::Store;
+use crate::templates::{self, Template, TemplateState};
+use crate::{audit, budget, clock};
+
+/// What an operator asks for.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    pub operator: String,
+    /// Template id (or unique prefix, or name).
+    pub template: String,
+    pub params: Vec<(String, String)>,
+    /// The grant to run under; may be omitted when exactly one grant fits.
+    pub grant: Option<String>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    Released {
+        job_id: JobId,
+        product_id: ProductId,
+        dir: PathBuf,
+        /// True when an identical earlier job's product was returned and nothing was spent.
+        reused: bool,
+        /// The product's rows (already released; safe to show).
+        rows: Option<RecordBatch>,
+    },
+    Rejected {
+        job_id: JobId,
+        refusal: Refusal,
+    },
+    Failed {
+        job_id: JobId,
+        reason: String,
+    },
+}
+
+impl JobOutcome {
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Self::Released { job_id, .. }
+            | Self::Rejected { job_id, .. }
+            | Self::Failed { job_id, .. } => job_id,
+        }
+    }
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub template_id: String,
+    pub grant_id: Option<String>,
+    pub operator: String,
+    pub params: Vec<(String, String)>,
+    pub state: String,
+    pub reasons: Option<Refusal>,
+    pub failure: Option<String>,
+    pub product_id: Option<String>,
+    pub reused_from: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// Costs gathered while the job runs, for its meter record.
+#[derive(Debug, Default, Clone, Copy)]
+struct Costs {
+    stats: veil_sandbox::ExecStats,
+    micro_epsilon: i64,
+    pico_delta: i64,
+    output_rows: u64,
+    output_bytes: u64,
+    price: Fen,
+}
+
+/// Runs one job to its end. Returns `Err` only when the request names no template at all or
+/// the platform itself fails; every refusal is an `Ok(JobOutcome::Rejected)` with its rules.
+pub async fn run(store: &mut Store, request: JobRequest) -> Result<JobOutcome> {
+    let started = Instant::now();
+    let template = templates::get(store, &request.template)?;
+    let job_id = JobId::random();
+    let params_json = serde_json::to_string(&request.params)
+        .map_err(|e| Error::internal(format!("encoding parameters: {e}")))?;
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        tx.execute(
+            "INSERT INTO jobs (id, template_id, operator, params_json, fingerprint, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, '', 'running', ?5)",
+            params![job_id.as_str(), template.id.as_str(), request.operator, params_json, now],
+        )?;
+        audit::append(
+            tx,
+            audit::Kind::JobStarted,
+            &request.operator,
+            job_id.as_str(),
+            serde_json::json!({ "template": template.id, "params": request.params }),
+        )?;
+        Ok(())
+    })?;
+
+    let mut costs = Costs::default();
+    let result = execute(store, &request, &template, &job_id, &mut costs).await;
+    let wall_ms = started.elapsed().as_millis() as u64;
+    finish(store, &request, &template, &job_id, result, costs, wall_ms)
+}
+
+/// What `execute` decided.
+enum Decision {
+    Released {
+        product_id: ProductId,
+        dir: PathBuf,
+        rows: RecordBatch,
+        grant: Grant,
+        manifest_blake3: String,
+    },
+    Reused {
+        product_id: ProductId,
+        dir: PathBuf,
+        from_job: String,
+        grant: Grant,
+    },
+    Rejected(Refusal, Option<Grant>),
+    Failed(String, Option<Grant>),
+}
+
+async fn execute(
+    store: &mut Store,
+    request: &JobRequest,
+    template: &Template,
+    job_id: &JobId,
+    costs: &mut Costs,
+) -> Result<Decision> {
+    // 1. Template and parameters.
+    if let Some(refusal) = template_refusal(template, &request.operator) {
+        return Ok(Decision::Rejected(refusal, None));
+    }
+    let Some(approval) = template.approval.clone() else {
+        return Ok(Decision::Rejected(
+            Refusal::one(
+                Rule::TemplateNotApproved,
+                "the template has no approval on record",
+            ),
+            None,
+        ));
+    };
+    let bound = match template.spec.bind(&request.params) {
+        Ok(bound) => bound,
+        Err(refusal) => return Ok(Decision::Rejected(refusal, None)),
+    };
+
+    // 2. Grant.
+    let grant = match choose_grant(store, &request.operator, request.grant.as_deref())? {
+        Ok(grant) => grant,
+        Err(refusal) => return Ok(Decision::Rejected(refusal, None)),
+    };
+    let mut tables: analysis::Tables = HashMap::new();
+    for dataset_id in &grant.datasets {
+        let dataset = catalog::get(store, dataset_id.as_str())?;
+        tables.insert(dataset.name.clone(), dataset);
+    }
+
+    // 3. Statement policy and shape, on the plan.
+    let mut builder = SandboxBuilder::new(store.data_dir()).limits(SandboxLimits::default());
+    for dataset in tables.values() {
+        builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
+    }
+    let sandbox = match builder.build().await {
+        Ok(sandbox) => sandbox,
+        Err(e) => return Ok(Decision::Failed(e.to_string(), Some(grant))),
+    };
+    let (sql, _) = bind_named_parameters(&template.spec.sql);
+    let plan = match sandbox.plan_query(&sql, &bound).await {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Decision::Rejected(refusal_of_sandbox(&e), Some(grant))),
+    };
+    let analysis = match analysis::analyse(&plan, &tables) {
+        Ok(analysis) => analysis,
+        Err(refusal) => return Ok(Decision::Rejected(refusal, Some(grant))),
+    };
+    let used: Vec<Dataset> = analysis
+        .tables
+        .iter()
+        .filter_map(|name| tables.get(name).cloned())
+        .collect();
+
+    // 4. Identical earlier job, else reserve ε.
+    let fingerprint = fingerprint(template, &request.params, &grant, &used);
+    let period = clock::period_of(clock::now());
+    let at = clock::format(clock::now());
+    let reserved = store.write(|tx| {
+        let earlier: Option<(String, String, Option<String>)> = tx
+            .query_row(
+                "SELECT id, state, product_id FROM jobs
+                 WHERE fingerprint = ?1 AND id != ?2 AND state IN ('released', 'running')
+                 ORDER BY created_at LIMIT 1",
+                params![fingerprint, job_id.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        match earlier {
+            Some((id, state, Some(product))) if state == "released" => {
+                return Ok(Err(Ok((id, product))));
+            }
+            Some(_) => {
+                return Ok(Err(Err(Refusal::one(
+                    Rule::BudgetIdenticalInProgress,
+                    "an identical job (same template, parameters, grant and data) is running; run it again when it has finished to get its product at no cost",
+                ))));
+            }
+            None => {}
+        }
+        let reservation = budget::Reservation {
+            job_id: job_id.as_str(),
+            grant: &grant,
+            datasets: &used,
+            period: &period,
+            micro_epsilon: approval.micro_epsilon,
+            pico_delta: approval.pico_delta,
+            at: &at,
+        };
+        if let Err(refusal) = budget::reserve(tx, &reservation)? {
+            return Ok(Err(Err(refusal)));
+        }
+        tx.execute(
+            "UPDATE jobs SET fingerprint = ?1, grant_id = ?2 WHERE id = ?3",
+            params![fingerprint, grant.id.as_str(), job_id.as_str()],
+        )?;
+        audit::append(
+            tx,
+            audit::Kind::BudgetReserved,
+            &request.operator,
+            job_id.as_str(),
+            serde_json::json!({
+                "grant": grant.id,
+                "period": period,
+                "epsilon": approval.epsilon(),
+                "delta": approval.delta(),
+                "datasets": used.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            }),
+        )?;
+        Ok(Ok(()))
+    })?;
+    match reserved {
+        Ok(()) => {
+            costs.micro_epsilon = approval.micro_epsilon;
+            costs.pico_delta = approval.pico_delta;
+        }
+        Err(Ok((from_job, product))) => {
+            let dir = store.products_dir().join(&product);
+            return Ok(Decision::Reused {
+                product_id: ProductId::new(product),
+                dir,
+                from_job,
+                grant,
+            });
+        }
+        Err(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
+    }
+
+    // 5. The gate.
+    let config = ReleaseConfig {
+        epsilon: approval.epsilon(),
+        delta: approval.delta(),
+        k: approval.k,
+        limits: Limits {
+            max_groups: approval.max_groups,
+            max_rows: approval.max_rows,
+        },
+    };
+    let released = match gate::release(&sandbox, &analysis, config).await {
+        Ok(released) => released,
+        Err((error, stats)) => {
+            costs.stats = stats;
+            return Ok(match error {
+                GateError::Refused(refusal) => Decision::Rejected(refusal, Some(grant)),
+                GateError::Sandbox(e) => match refusal_of_sandbox(&e) {
+                    refusal if !refusal.is_empty() => Decision::Rejected(refusal, Some(grant)),
+                    _ => Decision::Failed(e.to_string(), Some(grant)),
+                },
+                GateError::Internal(what) => Decision::Failed(what, Some(grant)),
+            });
+        }
+    };
+    costs.stats = released.stats;
+
+    // 6. The product.
+    let product_id = ProductId::random();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.to_string(),
+        product_id: product_id.to_string(),
+        job_id: job_id.to_string(),
+        template_id: template.id.to_string(),
+        template_name: template.spec.name.clone(),
+        operator: request.operator.clone(),
+        purpose: grant.purpose.clone(),
+        created_at: clock::format(clock::now()),
+        sources: used
+            .iter()
+            .map(|d| SourceDataset {
+                dataset_id: d.id.to_string(),
+                name: d.name.clone(),
+                provider: d.policy.provider.clone(),
+                acquired_on: d.policy.acquired_on.clone(),
+                classification_level: d.policy.classification_level,
+                content_blake3: d.content_blake3.clone(),
+            })
+            .collect(),
+        privacy: PrivacyRecord {
+            epsilon: approval.epsilon(),
+            delta: approval.delta(),
+            mechanism: "laplace (OpenDP make_laplace; discrete on integers)".into(),
+            k: approval.k,
+            max_groups_per_unit: approval.max_groups,
+            max_rows_per_group: approval.max_rows,
+            groups_released: released.groups_released,
+            groups_suppressed: released.groups_suppressed,
+            threshold: released.threshold,
+            noise_scales: released.noise_scales.clone(),
+        },
+        columns: released.columns.clone(),
+        rows: 0,
+        files: Vec::new(),
+    };
+    let rows = released.batch.clone();
+    let written = match products::write_product(
+        &store.products_dir(),
+        ProductDraft {
+            manifest,
+            batches: vec![released.batch],
+        },
+        store.signing_key(),
+    ) {
+        Ok(written) => written,
+        Err(e) => {
+            return Ok(Decision::Failed(
+                format!("writing the product: {e}"),
+                Some(grant),
+            ));
+        }
+    };
+    costs.output_rows = rows.num_rows() as u64;
+    costs.output_bytes = written.bytes;
+    costs.price = approval.price_per_run;
+    let manifest_path = written.dir.join(veil_sdk::manifest::MANIFEST_FILE);
+    let (_, manifest_blake3) = catalog::hash_file(&manifest_path)?;
+    Ok(Decision::Released {
+        product_id,
+        dir: written.dir,
+        rows,
+        grant,
+        manifest_blake3,
+    })
+}
+
+/// Records the job's end, its meter record and audit entries in one transaction.
+fn finish(
+    store: &mut Store,
+    request: &JobRequest,
+    template: &Template,
+    job_id: &JobId,
+    result: Result<Decision>,
+    mut costs: Costs,
+    wall_ms: u64,
+) -> Result<JobOutcome> {
+    let decision = match result {
+        Ok(decision) => decision,
+        // A platform failure still ends the job and meters it; the error is reported after.
+        Err(error) => Decision::Failed(error.to_string(), None),
+    };
+    let now = clock::format(clock::now());
+    let (state, outcome) = match &decision {
+        Decision::Released {
+            product_id,
+            dir,
+            rows,
+            ..
+        } => (
+            "released",
+            JobOutcome::Released {
+                job_id: job_id.clone(),
+                product_id: product_id.clone(),
+                dir: dir.clone(),
+                reused: false,
+                rows: Some(rows.clone()),
+            },
+        ),
+        Decision::Reused {
+            product_id, dir, ..
+        } => (
+            "released",
+            JobOutcome::Released {
+                job_id: job_id.clone(),
+                product_id: product_id.clone(),
+                dir: dir.clone(),
+                reused: true,
+                rows: None,
+            },
+        ),
+        Decision::Rejected(refusal, _) => (
+            "rejected",
+            JobOutcome::Rejected {
+                job_id: job_id.clone(),
+                refusal: refusal.clone(),
+            },
+        ),
+        Decision::Failed(reason, _) => (
+            "failed",
+            JobOutcome::Failed {
+                job_id: job_id.clone(),
+                reason: reason.clone(),
+            },
+        ),
+    };
+    if !matches!(decision, Decision::Released { .. }) {
+        // Only a released run is charged; ε once reserved stays spent.
+        costs.price = Fen(0);
+    }
+    let meter = MeterRecord {
+        job_id: job_id.to_string(),
+        operator: request.operator.clone(),
+        template_id: template.id.to_string(),
+        wall_ms,
+        cpu_ms: costs.stats.cpu_ms,
+        rows_scanned: costs.stats.rows_scanned,
+        bytes_scanned: costs.stats.bytes_scanned,
+        peak_memory_bytes: costs.stats.peak_memory_bytes,
+        micro_epsilon: costs.micro_epsilon,
+        pico_delta: costs.pico_delta,
+        output_rows: costs.output_rows,
+        output_bytes: costs.output_bytes,
+        end_state: state.to_string(),
+        price: costs.price,
+        at: now.clone(),
+    };
+    store.write(|tx| {
+        let (reasons, product, reused_from, grant): (Option<String>, Option<String>, Option<String>, Option<&Grant>) =
+            match &decision {
+                Decision::Released { product_id, grant, .. } => (None, Some(product_id.to_string()), None, Some(grant)),
+                Decision::Reused { product_id, from_job, grant, .. } => {
+                    (None, Some(product_id.to_string()), Some(from_job.clone()), Some(grant))
+                }
+                Decision::Rejected(refusal, grant) => (
+                    Some(serde_json::to_string(refusal).unwrap_or_default()),
+                    None,
+                    None,
+                    grant.as_ref(),
+                ),
+                Decision::Failed(reason, grant) => (
+                    Some(serde_json::json!({ "failure": reason }).to_string()),
+                    None,
+                    None,
+                    grant.as_ref(),
+                ),
+            };
+        tx.execute(
+            "UPDATE jobs SET state = ?1, reasons_json = ?2, product_id = ?3, reused_from = ?4,
+                grant_id = COALESCE(grant_id, ?5), finished_at = ?6 WHERE id = ?7",
+            params![
+                state,
+                reasons,
+                product,
+                reused_from,
+                grant.map(|g| g.id.to_string()),
+                now,
+                job_id.as_str()
+            ],
+        )?;
+        if let Decision::Released {
+            product_id,
+            dir,
+            rows,
+            manifest_blake3,
+            ..
+        } = &decision
+        {
+            tx.execute(
+                "INSERT INTO products (id, job_id, template_id, operator, dir, rows, bytes, manifest_blake3, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    product_id.as_str(),
+                    job_id.as_str(),
+                    template.id.as_str(),
+                    request.operator,
+                    dir.display().to_string(),
+                    rows.num_rows() as i64,
+                    costs.output_bytes as i64,
+                    manifest_blake3,
+                    now
+                ],
+            )?;
+            audit::append(
+                tx,
+                audit::Kind::ProductReleased,
+                "gate",
+                product_id.as_str(),
+                serde_json::json!({ "job": job_id, "manifest_blake3": manifest_blake3, "rows": rows.num_rows() }),
+            )?;
+        }
+        let (kind, details) = match &decision {
+            Decision::Released { product_id, .. } => (
+                audit::Kind::JobReleased,
+                serde_json::json!({ "product": product_id }),
+            ),
+            Decision::Reused { product_id, from_job, .. } => (
+                audit::Kind::JobReleased,
+                serde_json::json!({ "product": product_id, "reused_from": from_job }),
+            ),
+            Decision::Rejected(refusal, _) => (
+                audit::Kind::JobRejected,
+                serde_json::json!({ "rules": refusal.codes() }),
+            ),
+            Decision::Failed(reason, _) => (
+                audit::Kind::JobFailed,
+                serde_json::json!({ "failure": reason }),
+            ),
+        };
+        audit::append(tx, kind, &request.operator, job_id.as_str(), details)?;
+        metering::record(tx, &meter)?;
+        audit::append(
+            tx,
+            audit::Kind::MeterRecorded,
+            "meter",
+            job_id.as_str(),
+            serde_json::json!({
+                "end_state": meter.end_state,
+                "price_fen": meter.price.0,
+                "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
+            }),
+        )?;
+        Ok(())
+    })?;
+    Ok(outcome)
+}
+
+fn template_refusal(template: &Template, operator: &str) -> Option<Refusal> {
+    if template.operator != operator {
+        return Some(Refusal::one(
+            Rule::TemplateNotApproved,
+            "the template belongs to another operator; submit your own template",
+        ));
+    }
+    match template.state {
+        TemplateState::Approved => None,
+        TemplateState::Submitted => Some(Refusal::one(
+            Rule::TemplateNotApproved,
+            format!(
+                "template {} is waiting for the bureau's approval",
+                template.id
+            ),
+        )),
+        TemplateState::Rejected => Some(Refusal::one(
+            Rule::TemplateNotApproved,
+            format!(
+                "template {} was rejected: {}",
+                template.id,
+                template.reasons.clone().unwrap_or_default()
+            ),
+        )),
+        TemplateState::Revoked => Some(Refusal::one(
+            Rule::TemplateNotApproved,
+            format!(
+                "template {} was revoked: {}",
+                template.id,
+                template.reasons.clone().unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+fn choose_grant(
+    store: &Store,
+    operator: &str,
+    wanted: Option<&str>,
+) -> Result<Result<Grant, Refusal>> {
+    let today = clock::today();
+    if let Some(id) = wanted {
+        let grant = match grants::get(store, id) {
+            Ok(grant) => grant,
+            Err(Error::NotFound { .. }) => {
+                return Ok(Err(Refusal::one(
+                    Rule::GrantScope,
+                    format!("grant {id} does not exist"),
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if grant.operator != operator {
+            return Ok(Err(Refusal::one(
+                Rule::GrantScope,
+                format!("grant {id} is not a grant to operator `{operator}`"),
+            )));
+        }
+        if !grant.is_in_term(today) {
+            return Ok(Err(Refusal::one(
+                Rule::GrantTerm,
+                format!(
+                    "grant {id} is valid from {} to {}; today is {today}",
+                    grant.valid_from, grant.valid_to
+                ),
+            )));
+        }
+        return Ok(Ok(grant));
+    }
+    let mine: Vec<Grant> = grants::list(store)?
+        .into_iter()
+        .filter(|g| g.operator == operator)
+        .collect();
+    if mine.is_empty() {
+        return Ok(Err(Refusal::one(
+            Rule::GrantScope,
+            format!("operator `{operator}` has no grant; the bureau must grant datasets first"),
+        )));
+    }
+    let active: Vec<Grant> = mine
+        .iter()
+        .filter(|g| g.is_in_term(today))
+        .cloned()
+        .collect();
+    match active.len() {
+        0 => Ok(Err(Refusal::one(
+            Rule::GrantTerm,
+            format!(
+                "none of operator `{operator}`'s grants is in its term today ({today}); the bureau must renew one"
+            ),
+        ))),
+        1 => Ok(Ok(active
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| mine[0].clone()))),
+        _ => Ok(Err(Refusal::one(
+            Rule::GrantScope,
+            format!(
+                "operator `{operator}` has {} grants in term; choose one with --grant ({})",
+                active.len(),
+                active
+                    .iter()
+                    .map(|g| g.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))),
+    }
+}
+
+/// Maps a sandbox error to the gate rule it breaks (empty for failures that are not the
+/// operator's fault).
+fn refusal_of_sandbox(error: &SandboxError) -> Refusal {
+    let rule = match error {
+        SandboxError::Parse(_) | SandboxError::TooLong { .. } => Rule::StatementParse,
+        SandboxError::MultipleStatements { .. } => Rule::StatementSingle,
+        SandboxError::Forbidden(_) => Rule::StatementReadOnly,
+        SandboxError::UnknownTable { .. } | SandboxError::UnknownColumn { .. } => {
+            Rule::StatementScope
+        }
+        SandboxError::Planning(_) => Rule::StatementConstruct,
+        SandboxError::UnboundParameter => Rule::StatementParameters,
+        SandboxError::QueryFailed(_) => Rule::StatementConstruct,
+        SandboxError::ResourcesExhausted | SandboxError::TimedOut { .. } => Rule::ResourcesLimit,
+        SandboxError::TableUnreadable { .. }
+        | SandboxError::Config(_)
+        | SandboxError::Internal(_) => {
+            return Refusal::default();
+        }
+    };
+    Refusal::one(rule, error.to_string())
+}
+
+/// Identity of a job's inputs: an identical fingerprint means an identical release.
+fn fingerprint(
+    template: &Template,
+    params: &[(String, String)],
+    grant: &Grant,
+    used: &[Dataset],
+) -> String {
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort();
+    let mut hasher = blake3::Hasher::new_derive_key("veil job fingerprint v1");
+    hasher.update(template.id.as_str().as_bytes());
+    for (name, value) in sorted {
+        for part in [name, value] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    hasher.update(grant.id.as_str().as_bytes());
+    for dataset in used {
+        hasher.update(dataset.content_blake3.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+const JOB_COLUMNS: &str = "id, template_id, grant_id, operator, params_json, state, reasons_json,
+    product_id, reused_from, created_at, finished_at";
+
+fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let params_json: String = row.get(4)?;
+    let reasons_json: Option<String> = row.get(6)?;
+    let (reasons, failure) = match reasons_json {
+        Some(json) => match serde_json::from_str::<Refusal>(&json) {
+            Ok(refusal) => (Some(refusal), None),
+            Err(_) => (
+                None,
+                serde_json::from_str::<serde_json::Value>(&json)
+                    .ok()
+                    .and_then(|v| v["failure"].as_str().map(str::to_string)),
+            ),
+        },
+        None => (None, None),
+    };
+    Ok(Job {
+        id: JobId::new(row.get::<_, String>(0)?),
+        template_id: row.get(1)?,
+        grant_id: row.get(2)?,
+        operator: row.get(3)?,
+        params: serde_json::from_str(&params_json).unwrap_or_default(),
+        state: row.get(5)?,
+        reasons,
+        failure,
+        product_id: row.get(7)?,
+        reused_from: row.get(8)?,
+        created_at: row.get(9)?,
+        finished_at: row.get(10)?,
+    })
+}
+
+pub fn get(store: &Store, id: &str) -> Result<Job> {
+    store
+        .conn()
+        .query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            row_to_job,
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound {
+            kind: "job",
+            id: id.to_string(),
+            hint: "; `veil job list` shows the jobs",
+        })
+}
+
+pub fn list(store: &Store) -> Result<Vec<Job>> {
+    let mut statement = store.conn().prepare(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at, rowid"
+    ))?;
+    let rows = statement.query_map([], row_to_job)?;
+    let mut jobs = Vec::new();
+    for row in rows {
+        jobs.push(row?);
+    }
+    Ok(jobs)
+}
+
+/// Statically checks a template against a grant's tables, without touching any row: the
+/// statement policy and shape rules. Used when the operator submits a template.
+pub async fn check_static(
+    store: &Store,
+    template: &Template,
+    grant: &Grant,
+) -> Result<Result<Analysis, Refusal>> {
+    let mut tables: analysis::Tables = HashMap::new();
+    for dataset_id in &grant.datasets {
+        let dataset = catalog::get(store, dataset_id.as_str())?;
+        tables.insert(dataset.name.clone(), dataset);
+    }
+    let mut builder = SandboxBuilder::new(store.data_dir());
+    for dataset in tables.values() {
+        builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
+    }
+    let sandbox = builder
+        .build()
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    // Each declared parameter gets a value of its type, so planning can type-check the SQL.
+    let sample: Vec<(String, veil_sandbox::ParamValue)> = template
+        .spec
+        .params
+        .iter()
+        .map(|p| {
+            let first = p.allowed.as_ref().and_then(|a| a.first().cloned());
+            let value = match p.kind {
+                templates::ParamType::Integer => veil_sandbox::ParamValue::Integer(
+                    first.and_then(|v| v.parse().ok()).unwrap_or(0),
+                ),
+                templates::ParamType::Text => {
+                    veil_sandbox::ParamValue::Text(first.unwrap_or_default())
+                }
+            };
+            (p.name.clone(), value)
+        })
+        .collect();
+    let (sql, _) = bind_named_parameters(&template.spec.sql);
+    let plan = match sandbox.plan_query(&sql, &sample).await {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
+    };
+    Ok(analysis::analyse(&plan, &tables))
+}

@@ -1,0 +1,39 @@
+//! Veil's domain: everything between "the bureau registers a dataset" and "a buyer verifies a
+//! product", on one machine.
+//!
+//! ```text
+//! catalog ──► grants ──► templates (submit → approve, BLAKE3-pinned)
+//!                              │
+//!                  jobs::run ──┤ check grant & template, bind parameters
+//!                              ├─ veil_sandbox: hardened DataFusion plans the SQL
+//!                              ├─ gate::analysis   (statement policy, shape)
+//!                              ├─ budget           (reserve ε atomically, never refund)
+//!                              ├─ gate::release    (bounding, k, threshold, OpenDP noise)
+//!                              ├─ products         (Parquet + CSV + signed manifest)
+//!                              └─ metering, audit  (one meter record per job; hash chain)
+//! ```
+//!
+//! Read in this order: [`store::Store`] (where state lives and how it changes), [`catalog`]
+//! (datasets and their policies), [`templates`], [`jobs::run`] (the whole flow of one job),
+//! [`gate`] (the only door out), then [`audit`].
+
+pub mod audit;
+pub mod budget;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod demo;
+pub mod demo_data;
+pub mod error;
+pub mod files;
+pub mod gate;
+pub mod grants;
+pub mod ids;
+pub mod jobs;
+pub mod keys;
+pub mod metering;
+pub mod products;
+pub mod store;
+pub mod templates;
+
+pub use error::{Error, Result};

@@ -1,0 +1,504 @@
+//! Released data products: the files a buyer downloads and their signed manifest.
+//!
+//! The release gate hands over the noisy, k-anonymous result as Arrow record batches and a
+//! draft [`Manifest`]. [`write_product`] turns them into a product folder:
+//!
+//! ```text
+//! products_dir/.tmp-<id>/  result.parquet, result.csv  ─► size + BLAKE3 of each
+//!                          manifest.json (signed)      ─► fsync every file and the folder
+//! rename .tmp-<id> ─► products_dir/<id>                ─► fsync products_dir
+//! ```
+//!
+//! **Invariant:** a folder named after a product id is complete and never changes. It
+//! appears by one rename of a fully written and synced temporary folder, so a crash leaves
+//! either no product or the whole product; and an existing product is never overwritten.
+//! Buyers check the result with `veil_sdk::manifest::verify_product_dir`.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::csv::WriterBuilder;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::errors::ParquetError;
+use ed25519_dalek::SigningKey;
+use veil_sdk::manifest::{
+    self, FileDigest, MANIFEST_FILE, Manifest, ManifestError, SignedManifest,
+};
+
+/// The Parquet file of every product.
+pub const RESULT_PARQUET: &str = "result.parquet";
+
+/// The CSV file of every product, with a header row.
+pub const RESULT_CSV: &str = "result.csv";
+
+/// The most rows a product may hold. Released results are aggregates over groups, so a
+/// larger output means the template is not the aggregate the bureau approved; refusing it
+/// also bounds the disk a single release can take.
+pub const PRODUCT_ROWS_MAX: usize = 1_000_000;
+
+/// The longest product id, in bytes. Ids become folder names, which file systems limit to
+/// 255 bytes; the temporary prefix needs room too.
+pub const PRODUCT_ID_BYTES_MAX: usize = 128;
+
+/// The prefix of the temporary folder a product is written into before it is renamed into
+/// place. It starts with a dot so listings of released products skip it.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// What the release gate hands over for writing.
+#[derive(Debug, Clone)]
+pub struct ProductDraft {
+    /// Everything but `files` and `rows`, which [`write_product`] fills in.
+    pub manifest: Manifest,
+    /// The released result. At least one batch, possibly empty, so the files have a schema.
+    pub batches: Vec<RecordBatch>,
+}
+
+/// A product that is on disk, complete and signed.
+#[derive(Debug, Clone)]
+pub struct WrittenProduct {
+    /// `products_dir/<product_id>`.
+    pub dir: PathBuf,
+    pub signed: SignedManifest,
+    /// The size of the whole folder: the result files and `manifest.json`.
+    pub bytes: u64,
+}
+
+/// Why a product could not be written. Messages say what happened and what to change; none
+/// carries a value from the result rows, and encoder errors keep their text in `source()`
+/// only, for the domain's own logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ProductError {
+    #[error(
+        "the product id is not a safe folder name; use 1 to {PRODUCT_ID_BYTES_MAX} characters from A-Z, a-z, 0-9, '_' and '-'"
+    )]
+    BadId,
+    #[error(
+        "the result has {rows} rows, more than the {PRODUCT_ROWS_MAX} a product may hold; a release is an aggregate — group more coarsely"
+    )]
+    TooManyRows { rows: usize },
+    #[error(
+        "the release produced no record batches, so the product files would have no columns; pass at least one (possibly empty) batch"
+    )]
+    NoBatches,
+    #[error(
+        "a product already exists at {}; released products are never overwritten — use a new product id", path.display()
+    )]
+    AlreadyExists { path: PathBuf },
+    #[error(
+        "{}: input/output failed ({source}); check that the products folder exists, is writable and has free space", path.display()
+    )]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{RESULT_PARQUET}: the Parquet encoder failed (for example, batches with different schemas); the source error has the details"
+    )]
+    Parquet(#[source] ParquetError),
+    #[error(
+        "{RESULT_CSV}: the CSV encoder failed (for example, a column type CSV cannot represent); the source error has the details"
+    )]
+    Csv(#[source] ArrowError),
+    #[error("{MANIFEST_FILE}: {0}")]
+    Manifest(#[from] ManifestError),
+}
+
+/// Writes `draft` as the product folder `products_dir/<product_id>`, signed with `key`.
+///
+/// Fills in `manifest.files` (Parquet first, then CSV) and `manifest.rows`. Refuses an
+/// unsafe product id, more than [`PRODUCT_ROWS_MAX`] rows, and a product id that was already
+/// released. On any error the temporary folder is removed and nothing is released.
+pub fn write_product(
+    products_dir: &Path,
+    draft: ProductDraft,
+    key: &SigningKey,
+) -> Result<WrittenProduct, ProductError> {
+    let id = draft.manifest.product_id.clone();
+    if !is_safe_id(&id) {
+        return Err(ProductError::BadId);
+    }
+    if draft.batches.is_empty() {
+        return Err(ProductError::NoBatches);
+    }
+    let rows: usize = draft.batches.iter().map(RecordBatch::num_rows).sum();
+    if rows > PRODUCT_ROWS_MAX {
+        return Err(ProductError::TooManyRows { rows });
+    }
+
+    fs::create_dir_all(products_dir).map_err(io_error(products_dir))?;
+    let target = products_dir.join(&id);
+    if target.exists() {
+        return Err(ProductError::AlreadyExists { path: target });
+    }
+    let tmp = products_dir.join(format!("{TMP_PREFIX}{id}"));
+    // Product ids are unique per job and a job is released once, so a leftover temporary
+    // folder can only come from an attempt that crashed; it never became a product.
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+    }
+    fs::create_dir(&tmp).map_err(io_error(&tmp))?;
+
+    match write_into(&tmp, draft, rows, key).and_then(|(signed, bytes)| {
+        publish(&tmp, &target, products_dir)?;
+        Ok((signed, bytes))
+    }) {
+        Ok((signed, bytes)) => Ok(WrittenProduct {
+            dir: target,
+            signed,
+            bytes,
+        }),
+        Err(e) => {
+            // Best effort: the original error is what the caller needs, and a leftover
+            // temporary folder is harmless (it is removed by the next attempt).
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes the result files and the signed manifest into `tmp`; returns the manifest and the
+/// folder's total size.
+fn write_into(
+    tmp: &Path,
+    draft: ProductDraft,
+    rows: usize,
+    key: &SigningKey,
+) -> Result<(SignedManifest, u64), ProductError> {
+    let ProductDraft {
+        mut manifest,
+        batches,
+    } = draft;
+
+    let parquet = write_parquet(tmp, &batches)?;
+    let csv = write_csv(tmp, &batches)?;
+    manifest.files = vec![parquet, csv];
+    manifest.rows = rows as u64;
+
+    let signed = manifest::sign(manifest, key)?;
+    let manifest_path = tmp.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(&signed).map_err(ManifestError::Serialize)?;
+    let file = File::create(&manifest_path).map_err(io_error(&manifest_path))?;
+    let mut out = DigestWriter::new(file);
+    out.write_all(&json).map_err(io_error(&manifest_path))?;
+    let (_, manifest_bytes) = out.finish().map_err(io_error(&manifest_path))?;
+
+    sync_dir(tmp)?;
+    let bytes = signed.manifest.files.iter().map(|f| f.bytes).sum::<u64>() + manifest_bytes;
+    Ok((signed, bytes))
+}
+
+fn write_parquet(dir: &Path, batches: &[RecordBatch]) -> Result<FileDigest, ProductError> {
+    let path = &dir.join(RESULT_PARQUET);
+    let file = File::create(path).map_err(io_error(path))?;
+    let schema = batches.first().ok_or(ProductError::NoBatches)?.schema();
+    let mut writer = ArrowWriter::try_new(DigestWriter::new(file), schema, None)
+        .map_err(ProductError::Parquet)?;
+    for batch in batches {
+        writer.write(batch).map_err(ProductError::Parquet)?;
+    }
+    let out = writer.into_inner().map_err(ProductError::Parquet)?;
+    finish_digest(path, RESULT_PARQUET, out)
+}
+
+fn write_csv(dir: &Path, batches: &[RecordBatch]) -> Result<FileDigest, ProductError> {
+    let path = &dir.join(RESULT_CSV);
+    let file = File::create(path).map_err(io_error(path))?;
+    let mut writer = WriterBuilder::new()
+        .with_header(true)
+        .build(DigestWriter::new(file));
+    for batch in batches {
+        writer.write(batch).map_err(ProductError::Csv)?;
+    }
+    finish_digest(path, RESULT_CSV, writer.into_inner())
+}
+
+fn finish_digest(path: &Path, name: &str, out: DigestWriter) -> Result<FileDigest, ProductError> {
+    let (hash, bytes) = out.finish().map_err(io_error(path))?;
+    Ok(FileDigest {
+        name: name.to_owned(),
+        bytes,
+        blake3: hash.to_hex().to_string(),
+    })
+}
+
+/// Renames the finished temporary folder into place and makes the rename durable.
+fn publish(tmp: &Path, target: &Path, products_dir: &Path) -> Result<(), ProductError> {
+    // The existence check in `write_product` can race with another writer. A released
+    // folder is never empty, so `rename` onto it fails instead of replacing it; that
+    // failure is reported as the product already existing.
+    if target.exists() {
+        return Err(ProductError::AlreadyExists {
+            path: target.to_path_buf(),
+        });
+    }
+    match fs::rename(tmp, target) {
+        Ok(()) => {}
+        Err(_) if target.exists() => {
+            return Err(ProductError::AlreadyExists {
+                path: target.to_path_buf(),
+            });
+        }
+        Err(source) => {
+            return Err(ProductError::Io {
+                path: target.to_path_buf(),
+                source,
+            });
+        }
+    }
+    sync_dir(products_dir)
+}
+
+/// A buffered file writer that hashes and counts the bytes it writes, so each file's digest
+/// comes from one pass, and that syncs the file to disk when finished.
+struct DigestWriter {
+    inner: BufWriter<File>,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl DigestWriter {
+    fn new(file: File) -> Self {
+        Self {
+            inner: BufWriter::new(file),
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Flushes, syncs the file to disk, and returns its digest and size.
+    fn finish(self) -> io::Result<(blake3::Hash, u64)> {
+        let file = self
+            .inner
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        Ok((self.hasher.finalize(), self.bytes))
+    }
+}
+
+impl Write for DigestWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        // Only the bytes the inner writer accepted are hashed, so a short write followed
+        // by a retry of the rest still hashes each byte once.
+        self.hasher.update(&buf[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn is_safe_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= PRODUCT_ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ProductError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ProductError + '_ {
+    move |source| ProductError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use veil_sdk::manifest::{
+        ColumnDescription, MANIFEST_FORMAT, NoiseScale, PrivacyRecord, SourceDataset, VerifyError,
+        verify_product_dir,
+    };
+
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn draft(product_id: &str) -> ProductDraft {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("city", DataType::Utf8, false),
+            Field::new("firms", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["Taiyuan", "Datong", "Yangquan"])),
+                Arc::new(Int64Array::from(vec![1200, 640, 310])),
+            ],
+        )
+        .expect("batch");
+        ProductDraft {
+            manifest: Manifest {
+                format: MANIFEST_FORMAT.to_owned(),
+                product_id: product_id.to_owned(),
+                job_id: "job-1".to_owned(),
+                template_id: blake3::hash(b"template").to_hex().to_string(),
+                template_name: "firms per city".to_owned(),
+                operator: "Shanxi Data Operations Co.".to_owned(),
+                purpose: "regional economic statistics".to_owned(),
+                created_at: "2025-03-01T08:00:00Z".to_owned(),
+                sources: vec![SourceDataset {
+                    dataset_id: "ds-1".to_owned(),
+                    name: "enterprise registry".to_owned(),
+                    provider: "market regulation bureau".to_owned(),
+                    acquired_on: "2025-01-15".to_owned(),
+                    classification_level: 2,
+                    content_blake3: blake3::hash(b"dataset").to_hex().to_string(),
+                }],
+                privacy: PrivacyRecord {
+                    epsilon: 1.0,
+                    delta: 0.0,
+                    mechanism: "laplace (OpenDP make_laplace, discrete on integers)".to_owned(),
+                    k: 10,
+                    max_groups_per_unit: 1,
+                    max_rows_per_group: 1,
+                    groups_released: 3,
+                    groups_suppressed: 8,
+                    threshold: None,
+                    noise_scales: vec![NoiseScale {
+                        column: "firms".to_owned(),
+                        epsilon: 1.0,
+                        sensitivity: 1.0,
+                        scale: 1.0,
+                    }],
+                },
+                columns: vec![
+                    ColumnDescription {
+                        name: "city".to_owned(),
+                        kind: "group key".to_owned(),
+                    },
+                    ColumnDescription {
+                        name: "firms".to_owned(),
+                        kind: "noisy count".to_owned(),
+                    },
+                ],
+                rows: 0,
+                files: Vec::new(),
+            },
+            batches: vec![batch],
+        }
+    }
+
+    fn written(products: &Path, id: &str) -> WrittenProduct {
+        write_product(products, draft(id), &key()).expect("write product")
+    }
+
+    #[test]
+    fn a_written_product_verifies_with_the_pinned_key() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let product = written(products.path(), "prod-1");
+        assert_eq!(product.dir, products.path().join("prod-1"));
+
+        let verified =
+            verify_product_dir(&product.dir, Some(&key().verifying_key())).expect("verifies");
+        assert!(verified.key_pinned);
+        assert_eq!(verified.manifest, product.signed.manifest);
+        assert_eq!(verified.manifest.rows, 3);
+        let names: Vec<_> = verified
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(names, [RESULT_PARQUET, RESULT_CSV]);
+
+        let csv = fs::read_to_string(product.dir.join(RESULT_CSV)).expect("read csv");
+        assert_eq!(csv, "city,firms\nTaiyuan,1200\nDatong,640\nYangquan,310\n");
+        let on_disk: u64 = fs::read_dir(&product.dir)
+            .expect("list")
+            .map(|e| e.expect("entry").metadata().expect("metadata").len())
+            .sum();
+        assert_eq!(product.bytes, on_disk);
+        assert!(!products.path().join(".tmp-prod-1").exists());
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_csv_fails_naming_the_file() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let product = written(products.path(), "prod-1");
+        let path = product.dir.join(RESULT_CSV);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[0] ^= 0x01;
+        fs::write(&path, bytes).expect("write");
+
+        let err =
+            verify_product_dir(&product.dir, Some(&key().verifying_key())).expect_err("must fail");
+        assert!(
+            matches!(&err, VerifyError::DigestMismatch { name } if name == RESULT_CSV),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("result.csv: "), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_parquet_file_fails() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let product = written(products.path(), "prod-1");
+        fs::remove_file(product.dir.join(RESULT_PARQUET)).expect("remove");
+
+        let err = verify_product_dir(&product.dir, None).expect_err("must fail");
+        assert!(
+            matches!(&err, VerifyError::FileMissing { name } if name == RESULT_PARQUET),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_extra_file_fails() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let product = written(products.path(), "prod-1");
+        fs::write(product.dir.join("notes.txt"), b"added later").expect("write");
+
+        let err = verify_product_dir(&product.dir, None).expect_err("must fail");
+        assert!(
+            matches!(&err, VerifyError::UnlistedFile { name } if name == "notes.txt"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_same_product_id_twice_fails_and_keeps_the_first() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let first = written(products.path(), "prod-1");
+
+        let mut second = draft("prod-1");
+        second.manifest.job_id = "job-2".to_owned();
+        let err = write_product(products.path(), second, &key()).expect_err("must fail");
+        assert!(matches!(err, ProductError::AlreadyExists { .. }), "{err:?}");
+
+        let verified =
+            verify_product_dir(&first.dir, Some(&key().verifying_key())).expect("first intact");
+        assert_eq!(verified.manifest.job_id, "job-1");
+        assert!(!products.path().join(".tmp-prod-1").exists());
+    }
+
+    #[test]
+    fn unsafe_product_ids_are_refused() {
+        let products = tempfile::tempdir().expect("tempdir");
+        for id in ["", "..", "../escape", "a/b", "a b", ".tmp-x"] {
+            let err = write_product(products.path(), draft(id), &key()).expect_err(id);
+            assert!(matches!(err, ProductError::BadId), "{id:?}: {err:?}");
+        }
+        let entries = fs::read_dir(products.path()).expect("list").count();
+        assert_eq!(entries, 0);
+    }
+}

@@ -1,0 +1,277 @@
+//! The domain store on one machine: a folder holding the state database (embedded SQLite in
+//! WAL mode), the in-domain data, released products, the platform key and the audit checkpoint.
+//!
+//! ```text
+//! D/
+//!   veil.db            state: catalog, grants, templates, jobs, budget, products, meter, audit
+//!   data/<dataset>/    in-domain Parquet files; only the sandbox reads them
+//!   products/<id>/     released products (the only files meant to leave)
+//!   keys/platform.ed25519   the platform's Ed25519 signing key (mode 0600)
+//!   audit.head         signed checkpoint of the audit chain's head, outside the database
+//! ```
+//!
+//! Every state change goes through [`Store::write`]: one `BEGIN IMMEDIATE` transaction that
+//! also appends the audit entries describing the change, so the state and its audit trail
+//! commit together or not at all. After the commit, the signed audit checkpoint is rewritten.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::{audit, files};
+
+/// How long a writer waits for another writer's transaction before giving up, in milliseconds.
+pub const BUSY_TIMEOUT_MS: u64 = 30_000;
+const DB_FILE: &str = "veil.db";
+const KEY_FILE: &str = "keys/platform.ed25519";
+const AUDIT_HEAD_FILE: &str = "audit.head";
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    policy_json TEXT NOT NULL,
+    file TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    content_blake3 TEXT NOT NULL,
+    registered_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    datasets_json TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT NOT NULL,
+    micro_epsilon_per_period INTEGER NOT NULL,
+    pico_delta_per_period INTEGER NOT NULL,
+    disposition TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS templates (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    canonical BLOB NOT NULL,
+    state TEXT NOT NULL,
+    approval_json TEXT,
+    reasons TEXT,
+    submitted_at TEXT NOT NULL,
+    decided_at TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    template_id TEXT NOT NULL,
+    grant_id TEXT,
+    operator TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reasons_json TEXT,
+    product_id TEXT,
+    reused_from TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_fingerprint ON jobs (fingerprint, state);
+CREATE TABLE IF NOT EXISTS budget_spend (
+    job_id TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    micro_epsilon INTEGER NOT NULL,
+    pico_delta INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (job_id, dataset_id)
+);
+CREATE INDEX IF NOT EXISTS budget_by_grant ON budget_spend (grant_id, period);
+CREATE INDEX IF NOT EXISTS budget_by_dataset ON budget_spend (dataset_id, period);
+CREATE TABLE IF NOT EXISTS products (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    manifest_blake3 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meter (
+    job_id TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    wall_ms INTEGER NOT NULL,
+    cpu_ms INTEGER NOT NULL,
+    rows_scanned INTEGER NOT NULL,
+    bytes_scanned INTEGER NOT NULL,
+    peak_memory_bytes INTEGER NOT NULL,
+    micro_epsilon INTEGER NOT NULL,
+    pico_delta INTEGER NOT NULL,
+    output_rows INTEGER NOT NULL,
+    output_bytes INTEGER NOT NULL,
+    end_state TEXT NOT NULL,
+    price_fen INTEGER NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+"#;
+
+/// An open domain store.
+pub struct Store {
+    root: PathBuf,
+    conn: Connection,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Creates an empty store in `root` (which may exist but must not hold a store yet).
+    pub fn init(root: &Path) -> Result<Self> {
+        if root.join(DB_FILE).exists() {
+            return Err(Error::invalid(format!(
+                "{} already holds a Veil store; use it as it is, or choose an empty folder",
+                root.display()
+            )));
+        }
+        for dir in [
+            root.to_path_buf(),
+            root.join("data"),
+            root.join("products"),
+            root.join("keys"),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        }
+        let key_path = root.join(KEY_FILE);
+        let key = crate::keys::generate()?;
+        files::write_atomic(&key_path, hex::encode(key.to_bytes()).as_bytes(), true)?;
+
+        let conn = open_connection(&root.join(DB_FILE))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+            [SCHEMA_VERSION.to_string()],
+        )?;
+        let mut store = Self {
+            root: root.to_path_buf(),
+            conn,
+            key,
+        };
+        let public = hex::encode(store.key.verifying_key().to_bytes());
+        store.write(|tx| {
+            audit::append(
+                tx,
+                audit::Kind::StoreInitialized,
+                "bureau",
+                "store",
+                serde_json::json!({ "platform_public_key": public }),
+            )?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing store.
+    pub fn open(root: &Path) -> Result<Self> {
+        let db = root.join(DB_FILE);
+        if !db.exists() {
+            return Err(Error::invalid(format!(
+                "{} holds no Veil store; create one with `veil init --data-dir {}`",
+                root.display(),
+                root.display()
+            )));
+        }
+        let key_path = root.join(KEY_FILE);
+        let key = crate::keys::load(&key_path)?;
+        let conn = open_connection(&db)?;
+        let version: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .map_err(Error::from)?
+            .parse()
+            .map_err(|_| Error::internal("reading the store's schema version"))?;
+        if version != SCHEMA_VERSION {
+            return Err(Error::invalid(format!(
+                "this store has schema version {version}; this veil understands version {SCHEMA_VERSION}"
+            )));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            conn,
+            key,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Folder of in-domain data. Only the sandbox reads from it.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Folder of released products.
+    pub fn products_dir(&self) -> PathBuf {
+        self.root.join("products")
+    }
+
+    pub fn audit_head_path(&self) -> PathBuf {
+        self.root.join(AUDIT_HEAD_FILE)
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Read access to the state database.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs `change` in one `BEGIN IMMEDIATE` transaction. `change` must append the audit
+    /// entries that describe it. On success the transaction commits and the signed audit
+    /// checkpoint is rewritten; on error nothing is kept.
+    pub fn write<T>(&mut self, change: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = change(&tx)?;
+        tx.commit()?;
+        audit::write_checkpoint(&self.conn, &self.audit_head_path(), &self.key)?;
+        Ok(value)
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}

@@ -1,0 +1,713 @@
+//! Job templates: what an operator submits and the bureau approves.
+//!
+//! A template is SQL text with named parameters (`:city`) and a declaration of each
+//! parameter's type and allowed values. It is identified by the BLAKE3 hash of its canonical
+//! bytes ([`TemplateSpec::canonical_bytes`]): the exact SQL text, byte for byte, and the
+//! parameter declarations. Approval pins the privacy parameters (ε, δ, k, contribution
+//! limits) and the price; a job runs only a template whose stored bytes still hash to an
+//! approved id, so a text that differs by one byte is a different, unapproved template.
+//!
+//! Template file format:
+//!
+//! ```toml
+//! name = "income_by_city_gender"
+//! sql = """
+//! SELECT city, gender, COUNT(DISTINCT person_id) AS persons, AVG(monthly_income) AS avg_income
+//! FROM social_insurance WHERE year = :year GROUP BY city, gender
+//! """
+//! [[params]]
+//! name = "year"
+//! type = "integer"              # integer | text
+//! allowed = ["2023", "2024", "2025"]   # optional
+//! ```
+
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use veil_sandbox::{ParamValue, SQL_BYTES_MAX, bind_named_parameters};
+
+use crate::error::{Error, Result};
+use crate::gate::rules::{Refusal, Rule};
+use crate::grants::{self, MICRO, PICO};
+use crate::ids::{Fen, TemplateId};
+use crate::store::Store;
+use crate::{audit, clock};
+
+/// Most parameters one template may declare.
+pub const TEMPLATE_PARAMS_MAX: usize = 16;
+/// Most allowed values one parameter may list.
+pub const PARAM_ALLOWED_VALUES_MAX: usize = 1_000;
+/// Longest parameter value, in bytes.
+pub const PARAM_VALUE_BYTES_MAX: usize = 256;
+/// Largest ε the bureau may pin for one run.
+pub const RUN_EPSILON_MAX: f64 = 10.0;
+/// Largest k the bureau may pin.
+pub const K_MAX: u32 = 10_000;
+/// Largest contribution limits the bureau may pin.
+pub const MAX_GROUPS_PER_UNIT_MAX: u32 = 1_000;
+pub const MAX_ROWS_PER_GROUP_MAX: u32 = 10_000;
+/// Largest price per run, in fen (¥1,000,000).
+pub const PRICE_PER_RUN_FEN_MAX: i64 = 100_000_000;
+const FORMAT: &str = "veil-template/1";
+
+/// A parameter's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    Integer,
+    Text,
+}
+
+/// A declared parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<String>>,
+}
+
+/// What the operator submits. Its canonical bytes define the template id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub name: String,
+    pub sql: String,
+    #[serde(default)]
+    pub params: Vec<ParamSpec>,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    format: &'static str,
+    kind: &'static str,
+    name: &'a str,
+    sql: &'a str,
+    params: &'a [ParamSpec],
+}
+
+impl TemplateSpec {
+    /// Parses a template file.
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::invalid(format!("template file: {e}")))
+    }
+
+    /// The bytes the template id hashes: the exact SQL text and the parameter declarations,
+    /// in a fixed JSON layout.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(&Canonical {
+            format: FORMAT,
+            kind: "sql",
+            name: &self.name,
+            sql: &self.sql,
+            params: &self.params,
+        })
+        .map_err(|e| Error::internal(format!("encoding a template: {e}")))
+    }
+
+    pub fn id(&self) -> Result<TemplateId> {
+        Ok(TemplateId::of_bytes(&self.canonical_bytes()?))
+    }
+
+    /// Static checks that need no data: sizes, names, and that the SQL's `:name`
+    /// placeholders are exactly the declared parameters.
+    pub fn check(&self) -> Result<(), Refusal> {
+        let mut refusal = Refusal::default();
+        if self.name.trim().is_empty() || self.name.len() > 100 {
+            refusal.push(
+                Rule::StatementParameters,
+                "give the template a name of 1–100 bytes",
+            );
+        }
+        if self.sql.len() > SQL_BYTES_MAX {
+            refusal.push(
+                Rule::StatementParse,
+                format!("the SQL is longer than {SQL_BYTES_MAX} bytes"),
+            );
+        }
+        if self.params.len() > TEMPLATE_PARAMS_MAX {
+            refusal.push(
+                Rule::StatementParameters,
+                format!("a template declares at most {TEMPLATE_PARAMS_MAX} parameters"),
+            );
+        }
+        let (_, used) = bind_named_parameters(&self.sql);
+        for name in &used {
+            if !self.params.iter().any(|p| &p.name == name) {
+                refusal.push(
+                    Rule::StatementParameters,
+                    format!("the SQL uses `:{name}` but no [[params]] entry declares it"),
+                );
+            }
+        }
+        for (index, param) in self.params.iter().enumerate() {
+            if !used.contains(&param.name) {
+                refusal.push(
+                    Rule::StatementParameters,
+                    format!(
+                        "parameter `{}` is declared but the SQL never uses `:{}`",
+                        param.name, param.name
+                    ),
+                );
+            }
+            if self.params[..index].iter().any(|p| p.name == param.name) {
+                refusal.push(
+                    Rule::StatementParameters,
+                    format!("parameter `{}` is declared twice", param.name),
+                );
+            }
+            if let Some(allowed) = &param.allowed {
+                if allowed.is_empty() || allowed.len() > PARAM_ALLOWED_VALUES_MAX {
+                    refusal.push(
+                        Rule::StatementParameters,
+                        format!(
+                            "parameter `{}`: list 1 to {PARAM_ALLOWED_VALUES_MAX} allowed values, or none",
+                            param.name
+                        ),
+                    );
+                }
+                if param.kind == ParamType::Integer
+                    && allowed.iter().any(|v| v.parse::<i64>().is_err())
+                {
+                    refusal.push(
+                        Rule::StatementParameters,
+                        format!(
+                            "parameter `{}` is an integer; its allowed values must be integers",
+                            param.name
+                        ),
+                    );
+                }
+            }
+        }
+        refusal.into_result()
+    }
+
+    /// Checks job parameters against the declarations and types them.
+    pub fn bind(&self, given: &[(String, String)]) -> Result<Vec<(String, ParamValue)>, Refusal> {
+        let mut refusal = Refusal::default();
+        let mut bound = Vec::new();
+        for (name, _) in given {
+            if !self.params.iter().any(|p| &p.name == name) {
+                let declared: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+                refusal.push(
+                    Rule::StatementParameters,
+                    format!(
+                        "parameter `{name}` is not declared by the template; it takes: {}",
+                        if declared.is_empty() {
+                            "no parameters".to_string()
+                        } else {
+                            declared.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        for param in &self.params {
+            let values: Vec<&String> = given
+                .iter()
+                .filter(|(name, _)| name == &param.name)
+                .map(|(_, value)| value)
+                .collect();
+            let value = match values.as_slice() {
+                [] => {
+                    refusal.push(
+                        Rule::StatementParameters,
+                        format!(
+                            "parameter `{}` has no value; add --param {}=…",
+                            param.name, param.name
+                        ),
+                    );
+                    continue;
+                }
+                [one] => *one,
+                _ => {
+                    refusal.push(
+                        Rule::StatementParameters,
+                        format!("parameter `{}` is given more than once", param.name),
+                    );
+                    continue;
+                }
+            };
+            if value.len() > PARAM_VALUE_BYTES_MAX {
+                refusal.push(
+                    Rule::StatementParameters,
+                    format!(
+                        "parameter `{}` is longer than {PARAM_VALUE_BYTES_MAX} bytes",
+                        param.name
+                    ),
+                );
+                continue;
+            }
+            if let Some(allowed) = &param.allowed
+                && !allowed.contains(value)
+            {
+                refusal.push(
+                    Rule::StatementParameters,
+                    format!(
+                        "parameter `{}` = `{value}` is not one of the approved values: {}",
+                        param.name,
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            match param.kind {
+                ParamType::Text => {
+                    bound.push((param.name.clone(), ParamValue::Text(value.clone())))
+                }
+                ParamType::Integer => match value.parse::<i64>() {
+                    Ok(number) => bound.push((param.name.clone(), ParamValue::Integer(number))),
+                    Err(_) => refusal.push(
+                        Rule::StatementParameters,
+                        format!(
+                            "parameter `{}` must be an integer, not `{value}`",
+                            param.name
+                        ),
+                    ),
+                },
+            }
+        }
+        refusal.into_result().map(|()| bound)
+    }
+}
+
+/// What the bureau pins when approving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// ε spent by one run, in millionths.
+    pub micro_epsilon: i64,
+    /// δ spent by one run, in trillionths.
+    pub pico_delta: i64,
+    /// Minimum distinct privacy units behind a released group.
+    pub k: u32,
+    /// Most groups one unit may contribute to.
+    pub max_groups: u32,
+    /// Most rows one unit may contribute to one group.
+    pub max_rows: u32,
+    /// Price of one released run.
+    pub price_per_run: Fen,
+}
+
+impl Approval {
+    pub fn epsilon(&self) -> f64 {
+        self.micro_epsilon as f64 / MICRO
+    }
+
+    pub fn delta(&self) -> f64 {
+        self.pico_delta as f64 / PICO
+    }
+}
+
+/// The bureau's approval as typed on the command line.
+#[derive(Debug, Clone)]
+pub struct ApprovalRequest {
+    pub epsilon: f64,
+    pub delta: f64,
+    pub k: u32,
+    pub max_groups: u32,
+    pub max_rows: u32,
+    pub price_per_run_fen: i64,
+}
+
+impl ApprovalRequest {
+    fn check(&self) -> Result<Approval> {
+        if self.epsilon > RUN_EPSILON_MAX {
+            return Err(Error::invalid(format!(
+                "--epsilon per run is at most {RUN_EPSILON_MAX}"
+            )));
+        }
+        let micro_epsilon = grants::to_micro(self.epsilon, "--epsilon")?;
+        let pico_delta = grants::to_pico(self.delta, "--delta")?;
+        if pico_delta == 0 {
+            return Err(Error::invalid(
+                "--delta must be above 0: it bounds the chance that a group's existence leaks through the DP threshold",
+            ));
+        }
+        if !(2..=K_MAX).contains(&self.k) {
+            return Err(Error::invalid(format!("--k must be between 2 and {K_MAX}")));
+        }
+        if !(1..=MAX_GROUPS_PER_UNIT_MAX).contains(&self.max_groups) {
+            return Err(Error::invalid(format!(
+                "--max-groups must be between 1 and {MAX_GROUPS_PER_UNIT_MAX}"
+            )));
+        }
+        if !(1..=MAX_ROWS_PER_GROUP_MAX).contains(&self.max_rows) {
+            return Err(Error::invalid(format!(
+                "--max-rows must be between 1 and {MAX_ROWS_PER_GROUP_MAX}"
+            )));
+        }
+        if !(0..=PRICE_PER_RUN_FEN_MAX).contains(&self.price_per_run_fen) {
+            return Err(Error::invalid(format!(
+                "--price-fen must be between 0 and {PRICE_PER_RUN_FEN_MAX}"
+            )));
+        }
+        Ok(Approval {
+            micro_epsilon,
+            pico_delta,
+            k: self.k,
+            max_groups: self.max_groups,
+            max_rows: self.max_rows,
+            price_per_run: Fen(self.price_per_run_fen),
+        })
+    }
+}
+
+/// A template's life: submitted → approved | rejected; approved → revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateState {
+    Submitted,
+    Approved,
+    Rejected,
+    Revoked,
+}
+
+impl TemplateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "submitted" => Ok(Self::Submitted),
+            "approved" => Ok(Self::Approved),
+            "rejected" => Ok(Self::Rejected),
+            "revoked" => Ok(Self::Revoked),
+            _ => Err(Error::internal("reading a template's state")),
+        }
+    }
+}
+
+/// A stored template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    pub id: TemplateId,
+    pub operator: String,
+    pub spec: TemplateSpec,
+    pub state: TemplateState,
+    pub approval: Option<Approval>,
+    pub reasons: Option<String>,
+    pub submitted_at: String,
+    pub decided_at: Option<String>,
+}
+
+/// Stores a submitted template (or returns the existing one with the same bytes).
+pub fn submit(store: &mut Store, operator: &str, spec: TemplateSpec) -> Result<Template> {
+    if operator.trim().is_empty() {
+        return Err(Error::invalid("name the submitting operator (--operator)"));
+    }
+    spec.check()?;
+    let canonical = spec.canonical_bytes()?;
+    let id = TemplateId::of_bytes(&canonical);
+    if let Some(existing) = find(store, id.as_str())? {
+        if existing.operator != operator {
+            return Err(Error::invalid(
+                "another operator already submitted a template with exactly these bytes; change the name",
+            ));
+        }
+        return Ok(existing);
+    }
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        tx.execute(
+            "INSERT INTO templates (id, name, operator, canonical, state, submitted_at)
+             VALUES (?1, ?2, ?3, ?4, 'submitted', ?5)",
+            params![id.as_str(), spec.name, operator, canonical, now],
+        )?;
+        audit::append(
+            tx,
+            audit::Kind::TemplateSubmitted,
+            operator,
+            id.as_str(),
+            serde_json::json!({ "name": spec.name }),
+        )?;
+        Ok(())
+    })?;
+    get(store, id.as_str())
+}
+
+/// Approves a submitted template, pinning its privacy parameters and price.
+pub fn approve(store: &mut Store, id: &str, request: ApprovalRequest) -> Result<Template> {
+    let approval = request.check()?;
+    let template = get(store, id)?;
+    if template.state != TemplateState::Submitted {
+        return Err(Error::invalid(format!(
+            "template {} is {}; only a submitted template can be approved",
+            template.id,
+            template.state.as_str()
+        )));
+    }
+    let json = serde_json::to_string(&approval)
+        .map_err(|e| Error::internal(format!("encoding an approval: {e}")))?;
+    decide(
+        store,
+        &template,
+        TemplateState::Approved,
+        Some(json),
+        None,
+        audit::Kind::TemplateApproved,
+        serde_json::json!({
+            "epsilon": approval.epsilon(),
+            "delta": approval.delta(),
+            "k": approval.k,
+            "max_groups": approval.max_groups,
+            "max_rows": approval.max_rows,
+            "price_per_run_fen": approval.price_per_run.0,
+        }),
+    )
+}
+
+/// Rejects a submitted template with reasons.
+pub fn reject(store: &mut Store, id: &str, reason: &str) -> Result<Template> {
+    let template = get(store, id)?;
+    if reason.trim().is_empty() {
+        return Err(Error::invalid("give the operator a reason (--reason)"));
+    }
+    if template.state != TemplateState::Submitted {
+        return Err(Error::invalid(format!(
+            "template {} is {}; only a submitted template can be rejected",
+            template.id,
+            template.state.as_str()
+        )));
+    }
+    decide(
+        store,
+        &template,
+        TemplateState::Rejected,
+        None,
+        Some(reason),
+        audit::Kind::TemplateRejected,
+        serde_json::json!({ "reason": reason }),
+    )
+}
+
+/// Revokes an approved template: no job runs it any more.
+pub fn revoke(store: &mut Store, id: &str, reason: &str) -> Result<Template> {
+    let template = get(store, id)?;
+    if reason.trim().is_empty() {
+        return Err(Error::invalid("say why the template is revoked (--reason)"));
+    }
+    if template.state != TemplateState::Approved {
+        return Err(Error::invalid(format!(
+            "template {} is {}; only an approved template can be revoked",
+            template.id,
+            template.state.as_str()
+        )));
+    }
+    let approval = template
+        .approval
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| Error::internal(format!("encoding an approval: {e}")))?;
+    decide(
+        store,
+        &template,
+        TemplateState::Revoked,
+        approval,
+        Some(reason),
+        audit::Kind::TemplateRevoked,
+        serde_json::json!({ "reason": reason }),
+    )
+}
+
+fn decide(
+    store: &mut Store,
+    template: &Template,
+    state: TemplateState,
+    approval_json: Option<String>,
+    reason: Option<&str>,
+    kind: audit::Kind,
+    details: serde_json::Value,
+) -> Result<Template> {
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        // The state in the WHERE clause makes the transition exact even if two officers act
+        // at once: the second finds no row in the expected state.
+        let changed = tx.execute(
+            "UPDATE templates SET state = ?1, approval_json = ?2, reasons = ?3, decided_at = ?4
+             WHERE id = ?5 AND state = ?6",
+            params![
+                state.as_str(),
+                approval_json,
+                reason,
+                now,
+                template.id.as_str(),
+                template.state.as_str()
+            ],
+        )?;
+        if changed != 1 {
+            return Err(Error::invalid(
+                "the template changed state meanwhile; look at it again",
+            ));
+        }
+        audit::append(tx, kind, "bureau", template.id.as_str(), details)?;
+        Ok(())
+    })?;
+    get(store, template.id.as_str())
+}
+
+const COLUMNS: &str =
+    "id, operator, canonical, state, approval_json, reasons, submitted_at, decided_at";
+
+fn row_to_template(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Template>> {
+    let id: String = row.get(0)?;
+    let canonical: Vec<u8> = row.get(2)?;
+    let state: String = row.get(3)?;
+    let approval_json: Option<String> = row.get(4)?;
+    let operator: String = row.get(1)?;
+    let reasons: Option<String> = row.get(5)?;
+    let submitted_at: String = row.get(6)?;
+    let decided_at: Option<String> = row.get(7)?;
+    Ok((|| -> Result<Template> {
+        // The stored bytes must still hash to the id they are filed under; a changed byte
+        // makes the template unusable rather than silently different.
+        if TemplateId::of_bytes(&canonical).as_str() != id {
+            return Err(Error::Refused(Refusal::one(
+                Rule::TemplateNotApproved,
+                format!(
+                    "template {id}: its stored bytes no longer hash to its id; submit it again for approval"
+                ),
+            )));
+        }
+        let canonical: serde_json::Value = serde_json::from_slice(&canonical)
+            .map_err(|e| Error::internal(format!("reading a template: {e}")))?;
+        let spec = TemplateSpec {
+            name: canonical["name"].as_str().unwrap_or_default().to_string(),
+            sql: canonical["sql"].as_str().unwrap_or_default().to_string(),
+            params: serde_json::from_value(canonical["params"].clone())
+                .map_err(|e| Error::internal(format!("reading a template: {e}")))?,
+        };
+        let approval = approval_json
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(|e| Error::internal(format!("reading an approval: {e}")))?;
+        Ok(Template {
+            id: TemplateId::new(id.clone()),
+            operator,
+            spec,
+            state: TemplateState::parse(&state)?,
+            approval,
+            reasons,
+            submitted_at,
+            decided_at,
+        })
+    })())
+}
+
+/// Finds a template by id (full hash, or a unique prefix of at least 8 digits) or by name.
+pub fn find(store: &Store, key: &str) -> Result<Option<Template>> {
+    let mut statement = store.conn().prepare(&format!(
+        "SELECT {COLUMNS} FROM templates
+         WHERE id = ?1 OR (length(?1) >= 8 AND id LIKE ?1 || '%') OR name = ?1
+         ORDER BY submitted_at DESC"
+    ))?;
+    let rows = statement.query_map([key], row_to_template)?;
+    let mut found = Vec::new();
+    for row in rows {
+        found.push(row??);
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => {
+            // Several templates share the name: prefer the one exact id, else the approved one.
+            if let Some(exact) = found.iter().position(|t| t.id.as_str() == key) {
+                return Ok(Some(found.swap_remove(exact)));
+            }
+            let approved: Vec<usize> = found
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.state == TemplateState::Approved)
+                .map(|(i, _)| i)
+                .collect();
+            if let [one] = approved.as_slice() {
+                return Ok(Some(found.swap_remove(*one)));
+            }
+            Err(Error::invalid(format!(
+                "`{key}` names {} templates; use the full template id",
+                found.len()
+            )))
+        }
+    }
+}
+
+pub fn get(store: &Store, key: &str) -> Result<Template> {
+    find(store, key)?.ok_or_else(|| Error::NotFound {
+        kind: "template",
+        id: key.to_string(),
+        hint: "; `veil template list` shows the templates",
+    })
+}
+
+pub fn list(store: &Store) -> Result<Vec<Template>> {
+    let mut statement = store.conn().prepare(&format!(
+        "SELECT {COLUMNS} FROM templates ORDER BY submitted_at, id"
+    ))?;
+    let rows = statement.query_map([], row_to_template)?;
+    let mut templates = Vec::new();
+    for row in rows {
+        templates.push(row??);
+    }
+    Ok(templates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(sql: &str) -> TemplateSpec {
+        TemplateSpec {
+            name: "t".into(),
+            sql: sql.into(),
+            params: vec![ParamSpec {
+                name: "city".into(),
+                kind: ParamType::Text,
+                allowed: Some(vec!["Taiyuan".into(), "Datong".into()]),
+            }],
+        }
+    }
+
+    #[test]
+    fn one_byte_changes_the_id() -> Result<()> {
+        let a = spec("SELECT COUNT(*) FROM t WHERE city = :city").id()?;
+        let b = spec("SELECT COUNT(*) FROM t WHERE city = :city ").id()?;
+        assert_ne!(a, b);
+        assert_eq!(a, spec("SELECT COUNT(*) FROM t WHERE city = :city").id()?);
+        Ok(())
+    }
+
+    #[test]
+    fn placeholders_must_match_declarations() {
+        let bad = spec("SELECT COUNT(*) FROM t WHERE city = :town");
+        let refusal = bad.check().err().unwrap_or_default();
+        assert_eq!(
+            refusal.codes(),
+            vec!["statement.parameters", "statement.parameters"]
+        );
+    }
+
+    #[test]
+    fn binding_checks_allowed_values_and_types() {
+        let template = spec("SELECT COUNT(*) FROM t WHERE city = :city");
+        assert!(template.bind(&[("city".into(), "Taiyuan".into())]).is_ok());
+        let refused = template.bind(&[("city".into(), "Beijing".into())]);
+        assert!(refused.is_err_and(|r| {
+            r.violations[0]
+                .message
+                .contains("not one of the approved values")
+        }));
+        assert!(template.bind(&[]).is_err());
+        assert!(
+            template
+                .bind(&[("city".into(), "Taiyuan".into()), ("x".into(), "1".into())])
+                .is_err()
+        );
+    }
+}

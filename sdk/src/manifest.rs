@@ -1,0 +1,795 @@
+//! The manifest of a released data product, its signature, and offline verification.
+//!
+//! A product is a folder: the result files (Parquet and CSV) and `manifest.json`, which is a
+//! [`SignedManifest`]. The [`Manifest`] records where the data came from (template, job,
+//! source datasets with provider and acquisition date), what privacy protection was applied
+//! (ε, δ, mechanism, k, suppressed groups, noise scales), and the size and BLAKE3 digest of
+//! every file. The platform signs it with Ed25519, so a buyer can check a download without
+//! asking the platform anything:
+//!
+//! ```text
+//! manifest ──canonical_bytes──► sorted compact JSON ──"veil-manifest-v1\n" ‖ bytes──► Ed25519
+//! verify_product_dir: manifest.json ─► signature (pinned key?) ─► every file: size, BLAKE3
+//!                                                              ─► no unlisted file
+//! ```
+//!
+//! Read [`Manifest`] first, then [`sign`], then [`verify_product_dir`].
+//!
+//! The canonical form is specified so that verifiers in other languages can reproduce it:
+//! the manifest as a JSON value, objects with keys sorted by their UTF-8 bytes, no
+//! whitespace, strings escaped as `serde_json` escapes them, numbers as `serde_json` prints
+//! them. Every struct here refuses unknown fields, because a field the signature does not
+//! cover must not be able to ride along in a signed file.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// The name of the manifest inside a product folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The format tag of this manifest version. A verifier refuses any other tag rather than
+/// guess what a newer format means.
+pub const MANIFEST_FORMAT: &str = "veil-product-manifest/1";
+
+/// The only signature algorithm this format knows.
+pub const SIGNATURE_ALGORITHM: &str = "ed25519";
+
+/// Prefixed to the canonical bytes before signing, so a manifest signature can never be
+/// replayed as the signature of anything else the platform key signs (the audit checkpoint).
+pub const SIGNING_DOMAIN: &[u8] = b"veil-manifest-v1\n";
+
+/// The largest `manifest.json` a verifier reads. Real manifests are a few kilobytes; the
+/// limit keeps a hostile file from exhausting memory before its signature is checked.
+pub const MANIFEST_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// The buffer for streaming a result file through BLAKE3, so a large file is never read
+/// into memory whole.
+const HASH_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What the platform states about one released product.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`].
+    pub format: String,
+    pub product_id: String,
+    pub job_id: String,
+    /// BLAKE3 hex digest of the approved template the job ran.
+    pub template_id: String,
+    pub template_name: String,
+    pub operator: String,
+    /// The purpose of the authorization (grant) the job ran under.
+    pub purpose: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub sources: Vec<SourceDataset>,
+    pub privacy: PrivacyRecord,
+    pub columns: Vec<ColumnDescription>,
+    /// Rows in the released result (the same in every file).
+    pub rows: u64,
+    /// Every file of the product except `manifest.json`.
+    pub files: Vec<FileDigest>,
+}
+
+/// One in-domain dataset the product was computed from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDataset {
+    pub dataset_id: String,
+    pub name: String,
+    pub provider: String,
+    /// The acquisition date (获取日期), `YYYY-MM-DD`, which every product must print.
+    pub acquired_on: String,
+    pub classification_level: u8,
+    /// BLAKE3 hex digest of the dataset's content at the time of the run.
+    pub content_blake3: String,
+}
+
+/// The privacy protection the release gate applied.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyRecord {
+    pub epsilon: f64,
+    pub delta: f64,
+    /// For example "laplace (OpenDP make_laplace, discrete on integers)".
+    pub mechanism: String,
+    /// The k of k-anonymity: distinct privacy units a released group needed.
+    pub k: u32,
+    pub max_groups_per_unit: u32,
+    pub max_rows_per_group: u32,
+    pub groups_released: u64,
+    pub groups_suppressed: u64,
+    /// The DP existence threshold τ, when group keys were not from a public key set.
+    pub threshold: Option<f64>,
+    pub noise_scales: Vec<NoiseScale>,
+}
+
+/// The noise added to one released column.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseScale {
+    pub column: String,
+    pub epsilon: f64,
+    pub sensitivity: f64,
+    pub scale: f64,
+}
+
+/// One column of the released result.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDescription {
+    pub name: String,
+    /// "group key", "noisy count", "noisy sum" or "noisy average".
+    pub kind: String,
+}
+
+/// The size and digest of one product file.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    /// A plain file name inside the product folder, never a path.
+    pub name: String,
+    pub bytes: u64,
+    /// BLAKE3 hex digest of the file's bytes.
+    pub blake3: String,
+}
+
+/// The platform's signature over a manifest.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    /// Always [`SIGNATURE_ALGORITHM`].
+    pub algorithm: String,
+    /// The platform's Ed25519 public key, hex.
+    pub public_key: String,
+    /// The 64-byte signature, hex.
+    pub value: String,
+}
+
+/// The content of `manifest.json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedManifest {
+    pub manifest: Manifest,
+    pub signature: Signature,
+}
+
+/// A product folder that passed [`verify_product_dir`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedProduct {
+    pub manifest: Manifest,
+    /// True when the caller pinned the platform key and the manifest was signed by it. When
+    /// false, the files match what the signer stated, but nothing says who the signer was.
+    pub key_pinned: bool,
+}
+
+/// Why a manifest could not be put into canonical form or signed. These are faults of the
+/// signer (the platform), never of a buyer.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "the manifest's format is not {MANIFEST_FORMAT}; set `format` to MANIFEST_FORMAT before signing"
+    )]
+    WrongFormat,
+    #[error(
+        "manifest field {field} is not a finite number; JSON cannot carry NaN or infinity, so the release must record a finite value"
+    )]
+    NotFinite { field: String },
+    #[error("internal error: the manifest could not be serialized as JSON ({0})")]
+    Serialize(#[source] serde_json::Error),
+}
+
+/// Why a product folder or a signed manifest did not verify. Each message names the file
+/// and says what to do; none carries the contents of a file.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(
+        "{MANIFEST_FILE} not found in {}; a product folder holds its files and {MANIFEST_FILE} — download the whole product again", dir.display()
+    )]
+    ManifestMissing { dir: PathBuf },
+    #[error("{}: cannot be read ({source}); check the path and permissions", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{MANIFEST_FILE}: larger than {MANIFEST_BYTES_MAX} bytes, so it is not a Veil manifest — download the product again"
+    )]
+    ManifestTooLarge,
+    #[error(
+        "{MANIFEST_FILE}: not a valid Veil manifest ({category} error at line {line}, column {column}); the file is damaged or not from Veil — download the product again"
+    )]
+    ManifestMalformed {
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error(
+        "{MANIFEST_FILE}: declares a format other than {MANIFEST_FORMAT}; use a verifier that supports that format"
+    )]
+    UnsupportedFormat,
+    #[error(
+        "{MANIFEST_FILE}: signed with an algorithm other than {SIGNATURE_ALGORITHM}; this verifier cannot check it"
+    )]
+    UnsupportedAlgorithm,
+    #[error(
+        "{MANIFEST_FILE}: the embedded public key is not 32 bytes of hex forming a valid Ed25519 key; the file is damaged — download the product again"
+    )]
+    BadPublicKey,
+    #[error(
+        "{MANIFEST_FILE}: signed by a different key than the platform key you pinned; the product did not come from that platform — do not use it, and obtain it from the platform directly"
+    )]
+    KeyMismatch,
+    #[error(
+        "{MANIFEST_FILE}: the signature value is not 64 bytes of hex; the file is damaged — download the product again"
+    )]
+    BadSignatureEncoding,
+    #[error(
+        "{MANIFEST_FILE}: the signature does not match the manifest; the manifest was changed after signing — download the product again"
+    )]
+    BadSignature,
+    #[error("{MANIFEST_FILE}: cannot be put into canonical form: {0}")]
+    Canonical(#[source] ManifestError),
+    #[error(
+        "{MANIFEST_FILE}: file entry number {index} is not a plain file name inside the product folder; do not use this product"
+    )]
+    UnsafeFileName { index: usize },
+    #[error(
+        "{MANIFEST_FILE}: lists {name} more than once; the manifest is inconsistent — do not use this product"
+    )]
+    DuplicateFile { name: String },
+    #[error(
+        "{name}: listed in the manifest but missing from the folder — download the whole product again"
+    )]
+    FileMissing { name: String },
+    #[error(
+        "{name}: not a regular file (a folder or a link); a product holds plain files only — download the product again"
+    )]
+    NotAFile { name: String },
+    #[error(
+        "{name}: {actual} bytes, but the manifest records {expected}; the file is incomplete or was changed after release — download it again"
+    )]
+    SizeMismatch {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(
+        "{name}: BLAKE3 digest does not match the manifest; the file was changed after release — download it again"
+    )]
+    DigestMismatch { name: String },
+    #[error(
+        "{name}: in the product folder but not listed in the manifest; remove it, or download the product again into an empty folder"
+    )]
+    UnlistedFile { name: String },
+}
+
+/// The bytes the signature covers (without the domain prefix): the manifest as compact JSON
+/// with object keys sorted.
+///
+/// The writer below sorts keys itself instead of relying on `serde_json`'s map type, because
+/// any crate in a build may turn on `serde_json/preserve_order`, which would silently change
+/// the order and break every signature.
+pub fn canonical_bytes(manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
+    check_finite(manifest)?;
+    let value = serde_json::to_value(manifest).map_err(ManifestError::Serialize)?;
+    let mut out = Vec::new();
+    write_canonical(&value, &mut out).map_err(ManifestError::Serialize)?;
+    Ok(out)
+}
+
+/// Signs `manifest` with the platform key.
+pub fn sign(manifest: Manifest, key: &SigningKey) -> Result<SignedManifest, ManifestError> {
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(ManifestError::WrongFormat);
+    }
+    let message = signed_message(&manifest)?;
+    let signature = key.sign(&message);
+    Ok(SignedManifest {
+        manifest,
+        signature: Signature {
+            algorithm: SIGNATURE_ALGORITHM.to_owned(),
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            value: hex::encode(signature.to_bytes()),
+        },
+    })
+}
+
+/// Checks the signature of `signed`. With `expected_key`, the manifest must be signed by that
+/// key; without it, by the key it embeds (which proves integrity, not origin).
+pub fn verify_signature(
+    signed: &SignedManifest,
+    expected_key: Option<&VerifyingKey>,
+) -> Result<(), VerifyError> {
+    if signed.manifest.format != MANIFEST_FORMAT {
+        return Err(VerifyError::UnsupportedFormat);
+    }
+    let signature = &signed.signature;
+    if signature.algorithm != SIGNATURE_ALGORITHM {
+        return Err(VerifyError::UnsupportedAlgorithm);
+    }
+    let embedded = decode_fixed::<32>(&signature.public_key)
+        .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+        .ok_or(VerifyError::BadPublicKey)?;
+    if let Some(expected) = expected_key
+        && expected.as_bytes() != embedded.as_bytes()
+    {
+        return Err(VerifyError::KeyMismatch);
+    }
+    let value = decode_fixed::<64>(&signature.value).ok_or(VerifyError::BadSignatureEncoding)?;
+    let message = signed_message(&signed.manifest).map_err(VerifyError::Canonical)?;
+    // `verify_strict` also refuses small-order keys and non-canonical signatures, so one
+    // manifest cannot carry two different valid signatures.
+    embedded
+        .verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&value))
+        .map_err(|_| VerifyError::BadSignature)
+}
+
+/// Verifies a downloaded product folder: the signature of `manifest.json`, then the size and
+/// BLAKE3 digest of every listed file, then that the folder holds nothing unlisted.
+pub fn verify_product_dir(
+    dir: &Path,
+    expected_key: Option<&VerifyingKey>,
+) -> Result<VerifiedProduct, VerifyError> {
+    let signed = read_manifest(dir)?;
+    verify_signature(&signed, expected_key)?;
+    let files = &signed.manifest.files;
+
+    for (index, entry) in files.iter().enumerate() {
+        if !is_plain_file_name(&entry.name) {
+            return Err(VerifyError::UnsafeFileName { index });
+        }
+        if files[..index].iter().any(|f| f.name == entry.name) {
+            return Err(VerifyError::DuplicateFile {
+                name: entry.name.clone(),
+            });
+        }
+    }
+    for entry in files {
+        verify_file(dir, entry)?;
+    }
+
+    let listing = std::fs::read_dir(dir).map_err(|source| VerifyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for item in listing {
+        let item = item.map_err(|source| VerifyError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let name = item.file_name();
+        let listed = name
+            .to_str()
+            .is_some_and(|n| n == MANIFEST_FILE || files.iter().any(|f| f.name == n));
+        if !listed {
+            return Err(VerifyError::UnlistedFile {
+                name: name.to_string_lossy().into_owned(),
+            });
+        }
+    }
+
+    Ok(VerifiedProduct {
+        manifest: signed.manifest,
+        key_pinned: expected_key.is_some(),
+    })
+}
+
+fn signed_message(manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
+    let mut message = SIGNING_DOMAIN.to_vec();
+    message.extend_from_slice(&canonical_bytes(manifest)?);
+    Ok(message)
+}
+
+/// `serde_json` turns NaN and infinity into `null`, which would sign a value different from
+/// the one in memory and then fail to parse back into an `f64`; refuse them up front.
+fn check_finite(manifest: &Manifest) -> Result<(), ManifestError> {
+    let privacy = &manifest.privacy;
+    let mut numbers = vec![
+        ("privacy.epsilon".to_owned(), privacy.epsilon),
+        ("privacy.delta".to_owned(), privacy.delta),
+    ];
+    if let Some(threshold) = privacy.threshold {
+        numbers.push(("privacy.threshold".to_owned(), threshold));
+    }
+    for (i, noise) in privacy.noise_scales.iter().enumerate() {
+        numbers.push((format!("privacy.noise_scales[{i}].epsilon"), noise.epsilon));
+        numbers.push((
+            format!("privacy.noise_scales[{i}].sensitivity"),
+            noise.sensitivity,
+        ));
+        numbers.push((format!("privacy.noise_scales[{i}].scale"), noise.scale));
+    }
+    match numbers.into_iter().find(|(_, n)| !n.is_finite()) {
+        Some((field, _)) => Err(ManifestError::NotFinite { field }),
+        None => Ok(()),
+    }
+}
+
+/// Writes `value` as compact JSON with object keys sorted by their bytes.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
+            serde_json::to_writer(&mut *out, value)
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out)?;
+            }
+            out.push(b']');
+            Ok(())
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key)?;
+                out.push(b':');
+                write_canonical(item, out)?;
+            }
+            out.push(b'}');
+            Ok(())
+        }
+    }
+}
+
+fn decode_fixed<const N: usize>(text: &str) -> Option<[u8; N]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
+}
+
+/// A name that stays inside the product folder: no separators, not `.` or `..`, not the
+/// manifest itself, not empty.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name != MANIFEST_FILE
+        && !name.contains(['/', '\\', '\0'])
+}
+
+fn read_manifest(dir: &Path) -> Result<SignedManifest, VerifyError> {
+    let path = dir.join(MANIFEST_FILE);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(VerifyError::ManifestMissing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(source) => return Err(VerifyError::Io { path, source }),
+    };
+    let mut text = Vec::new();
+    // One byte past the limit tells a file at the limit from a larger one.
+    file.take(MANIFEST_BYTES_MAX + 1)
+        .read_to_end(&mut text)
+        .map_err(|source| VerifyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    if text.len() as u64 > MANIFEST_BYTES_MAX {
+        return Err(VerifyError::ManifestTooLarge);
+    }
+    // The parser's own message may quote a value from the file, so only its position and
+    // category are kept.
+    serde_json::from_slice(&text).map_err(|e| VerifyError::ManifestMalformed {
+        category: match e.classify() {
+            serde_json::error::Category::Io => "read",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "structure",
+            serde_json::error::Category::Eof => "truncated",
+        },
+        line: e.line(),
+        column: e.column(),
+    })
+}
+
+fn verify_file(dir: &Path, entry: &FileDigest) -> Result<(), VerifyError> {
+    let path = dir.join(&entry.name);
+    let name = || entry.name.clone();
+    // `symlink_metadata` does not follow links, so a link pointing outside the folder is
+    // refused instead of hashed.
+    let metadata = match std::fs::symlink_metadata(&path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(VerifyError::FileMissing { name: name() });
+        }
+        Err(source) => return Err(VerifyError::Io { path, source }),
+    };
+    if !metadata.file_type().is_file() {
+        return Err(VerifyError::NotAFile { name: name() });
+    }
+    if metadata.len() != entry.bytes {
+        return Err(VerifyError::SizeMismatch {
+            name: name(),
+            expected: entry.bytes,
+            actual: metadata.len(),
+        });
+    }
+    let io_error = |source| VerifyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = File::open(&path).map_err(io_error)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+    let mut total: u64 = 0;
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(io_error(source)),
+        };
+        hasher.update(&buffer[..read]);
+        total += read as u64;
+    }
+    // The file may have changed between the size check and the read.
+    if total != entry.bytes {
+        return Err(VerifyError::SizeMismatch {
+            name: name(),
+            expected: entry.bytes,
+            actual: total,
+        });
+    }
+    let digest = hasher.finalize();
+    let matches = blake3::Hash::from_hex(entry.blake3.as_bytes()).is_ok_and(|h| h == digest);
+    if !matches {
+        return Err(VerifyError::DigestMismatch { name: name() });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blake3_hex(bytes: &[u8]) -> String {
+        blake3::hash(bytes).to_hex().to_string()
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT.to_owned(),
+            product_id: "prod-1".to_owned(),
+            job_id: "job-1".to_owned(),
+            template_id: blake3_hex(b"SELECT city, COUNT(*) FROM t GROUP BY city"),
+            template_name: "firms per city".to_owned(),
+            operator: "Shanxi Data Operations Co.".to_owned(),
+            purpose: "regional economic statistics".to_owned(),
+            created_at: "2025-03-01T08:00:00Z".to_owned(),
+            sources: vec![SourceDataset {
+                dataset_id: "ds-1".to_owned(),
+                name: "enterprise registry".to_owned(),
+                provider: "market regulation bureau".to_owned(),
+                acquired_on: "2025-01-15".to_owned(),
+                classification_level: 2,
+                content_blake3: blake3_hex(b"dataset"),
+            }],
+            privacy: PrivacyRecord {
+                epsilon: 1.0,
+                delta: 1e-6,
+                mechanism: "laplace (OpenDP make_laplace, discrete on integers)".to_owned(),
+                k: 10,
+                max_groups_per_unit: 1,
+                max_rows_per_group: 1,
+                groups_released: 11,
+                groups_suppressed: 0,
+                threshold: None,
+                noise_scales: vec![NoiseScale {
+                    column: "firms".to_owned(),
+                    epsilon: 1.0,
+                    sensitivity: 1.0,
+                    scale: 1.0,
+                }],
+            },
+            columns: vec![
+                ColumnDescription {
+                    name: "city".to_owned(),
+                    kind: "group key".to_owned(),
+                },
+                ColumnDescription {
+                    name: "firms".to_owned(),
+                    kind: "noisy count".to_owned(),
+                },
+            ],
+            rows: 11,
+            files: vec![FileDigest {
+                name: "result.csv".to_owned(),
+                bytes: 3,
+                blake3: blake3_hex(b"a,b"),
+            }],
+        }
+    }
+
+    /// Writes `value` as JSON with every object's keys in reverse order.
+    fn write_reversed(value: &serde_json::Value, out: &mut String) {
+        use serde_json::Value;
+        match value {
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_reversed(item, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| b.0.cmp(a.0));
+                out.push_str("{\n");
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(",\n");
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push_str(" : ");
+                    write_reversed(v, out);
+                }
+                out.push_str("\n}");
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    #[test]
+    fn sign_then_verify_round_trips() {
+        let key = key(7);
+        let signed = sign(manifest(), &key).expect("sign");
+        verify_signature(&signed, None).expect("embedded key");
+        verify_signature(&signed, Some(&key.verifying_key())).expect("pinned key");
+
+        let json = serde_json::to_string_pretty(&signed).expect("to json");
+        let back: SignedManifest = serde_json::from_str(&json).expect("from json");
+        assert_eq!(back, signed);
+        verify_signature(&back, Some(&key.verifying_key())).expect("after round trip");
+    }
+
+    #[test]
+    fn a_changed_field_fails() {
+        let signed = sign(manifest(), &key(7)).expect("sign");
+
+        let mut changed = signed.clone();
+        changed.manifest.privacy.epsilon = 0.5;
+        assert!(matches!(
+            verify_signature(&changed, None),
+            Err(VerifyError::BadSignature)
+        ));
+
+        let mut changed = signed;
+        changed.manifest.sources[0].acquired_on = "2025-01-16".to_owned();
+        assert!(matches!(
+            verify_signature(&changed, None),
+            Err(VerifyError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_wrong_pinned_key_fails() {
+        let signed = sign(manifest(), &key(7)).expect("sign");
+        let other = key(8).verifying_key();
+        assert!(matches!(
+            verify_signature(&signed, Some(&other)),
+            Err(VerifyError::KeyMismatch)
+        ));
+
+        // Swapping in the attacker's key and re-signing passes without a pin, which is
+        // exactly why buyers should pin the platform key.
+        let forged = sign(signed.manifest.clone(), &key(8)).expect("sign");
+        verify_signature(&forged, None).expect("self-consistent");
+        assert!(matches!(
+            verify_signature(&forged, Some(&key(7).verifying_key())),
+            Err(VerifyError::KeyMismatch)
+        ));
+    }
+
+    #[test]
+    fn canonical_bytes_ignore_key_order_in_the_file() {
+        let key = key(7);
+        let signed = sign(manifest(), &key).expect("sign");
+        let value = serde_json::to_value(&signed).expect("to value");
+        let mut reordered = String::new();
+        write_reversed(&value, &mut reordered);
+        assert_ne!(reordered, serde_json::to_string(&signed).expect("json"));
+
+        let back: SignedManifest = serde_json::from_str(&reordered).expect("parse reordered");
+        assert_eq!(
+            canonical_bytes(&back.manifest).expect("canonical"),
+            canonical_bytes(&signed.manifest).expect("canonical")
+        );
+        verify_signature(&back, Some(&key.verifying_key())).expect("verify reordered");
+    }
+
+    #[test]
+    fn canonical_bytes_are_sorted_and_compact() {
+        let bytes = canonical_bytes(&manifest()).expect("canonical");
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert!(text.starts_with("{\"columns\":[{\"kind\":\"group key\",\"name\":\"city\"}"));
+        assert!(!text.contains(": "));
+        assert!(text.contains("\"threshold\":null"));
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused() {
+        let mut m = manifest();
+        m.privacy.noise_scales[0].scale = f64::INFINITY;
+        match sign(m, &key(7)) {
+            Err(ManifestError::NotFinite { field }) => {
+                assert_eq!(field, "privacy.noise_scales[0].scale");
+            }
+            other => panic!("expected NotFinite, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let signed = sign(manifest(), &key(7)).expect("sign");
+        let mut value = serde_json::to_value(&signed).expect("to value");
+        value["manifest"]["note"] = serde_json::Value::String("unsigned".to_owned());
+        assert!(serde_json::from_value::<SignedManifest>(value).is_err());
+    }
+
+    #[test]
+    fn unsafe_file_names_are_refused() {
+        for name in ["", ".", "..", "../x", "a/b", "a\\b", MANIFEST_FILE] {
+            assert!(!is_plain_file_name(name), "{name:?}");
+        }
+        assert!(is_plain_file_name("result.parquet"));
+    }
+
+    #[test]
+    fn a_product_folder_verifies_and_a_changed_file_does_not() {
+        let dir = std::env::temp_dir().join(format!("veil-sdk-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create dir");
+        let body = b"city,firms\nTaiyuan,1200\n";
+        std::fs::write(dir.join("result.csv"), body).expect("write");
+        let mut m = manifest();
+        m.files = vec![FileDigest {
+            name: "result.csv".to_owned(),
+            bytes: body.len() as u64,
+            blake3: blake3_hex(body),
+        }];
+        let key = key(7);
+        let signed = sign(m, &key).expect("sign");
+        let json = serde_json::to_vec_pretty(&signed).expect("json");
+        std::fs::write(dir.join(MANIFEST_FILE), json).expect("write manifest");
+
+        let verified = verify_product_dir(&dir, Some(&key.verifying_key()));
+        let unpinned = verify_product_dir(&dir, None);
+        let mut changed = body.to_vec();
+        changed[0] ^= 1;
+        std::fs::write(dir.join("result.csv"), &changed).expect("write");
+        let tampered = verify_product_dir(&dir, None);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+
+        assert!(verified.expect("verifies").key_pinned);
+        assert!(!unpinned.expect("verifies").key_pinned);
+        match tampered {
+            Err(e @ VerifyError::DigestMismatch { .. }) => {
+                assert!(e.to_string().starts_with("result.csv: BLAKE3"), "{e}");
+            }
+            other => panic!("expected DigestMismatch, got {other:?}"),
+        }
+    }
+}
