@@ -1189,33 +1189,3 @@ mod tests {
         assert!(error.to_string().contains("not-a-directory"));
     }
 }
-#[cfg(test)]
-mod scratch_scale {
-    #[test]
-    #[ignore]
-    fn scratch_scale() {
-        let rows: u64 = std::env::var("SCRATCH_ROWS").unwrap().parse().unwrap();
-        let t = std::time::Instant::now();
-        let s = super::write_demo_data(
-            rows,
-            std::path::Path::new("/tmp/demo_scale"),
-            super::DEMO_SEED,
-        )
-        .unwrap();
-        eprintln!("{s:?} in {:?}", t.elapsed());
-    }
-}
-#[cfg(test)]
-mod scratch_policy {
-    #[test]
-    fn scratch_policy() {
-        for (f, s) in [
-            ("social_insurance", super::social_schema()),
-            ("enterprise_registry", super::enterprise_schema()),
-        ] {
-            let text = std::fs::read_to_string(format!("../examples/policies/{f}.toml")).unwrap();
-            let p = crate::catalog::Policy::parse(&text).unwrap();
-            eprintln!("{f}: problems {:?}", p.check(&s));
-        }
-    }
-}

@@ -46,6 +46,11 @@ use super::analysis::{Analysis, MeasureKind};
 const UNIT: &str = "__veil_unit";
 const ROWS: &str = "__veil_rows";
 
+/// Memory stage B needs per stage-A row beyond the batches themselves, in bytes: an entry in
+/// the per-unit group count (key and count, with hash-table overhead), the row-encoded group
+/// key with its allocation, and a keep flag. An estimate on the high side.
+pub const BYTES_PER_STAGE_A_ROW: usize = 96;
+
 /// Per-unit and per-group limits pinned by the template's approval.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
