@@ -584,3 +584,145 @@ pub fn hash_file(path: &Path) -> Result<(u64, String)> {
     let _ = file.rewind();
     Ok((total, hasher.finalize().to_hex().to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str =
+        "person_id,city,income,note\n1,Taiyuan,5000,a\n2,Datong,7000,b\n3,Taiyuan,4000,c\n";
+
+    fn policy(extra: &str) -> String {
+        format!(
+            r#"
+provider = "Test provider"
+classification_level = 2
+sharing = "conditional"
+acquired_on = "2026-10-01"
+privacy_unit = "person_id"
+unit_kind = "person"
+{extra}
+"#
+        )
+    }
+
+    const COLUMNS: &str = r#"
+[columns.person_id]
+role = "identifier"
+[columns.city]
+role = "quasi"
+keys = ["Taiyuan", "Datong"]
+[columns.income]
+role = "sensitive"
+bounds = [0, 100000]
+[columns.note]
+role = "public"
+"#;
+
+    fn setup() -> (tempfile::TempDir, Store, PathBuf) {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let store = Store::init(&dir.path().join("store")).expect("store");
+        let csv = dir.path().join("people.csv");
+        std::fs::write(&csv, CSV).expect("csv");
+        (dir, store, csv)
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        let (_dir, mut store, csv) = setup();
+        match register(
+            &mut store,
+            "people",
+            &csv,
+            Policy::parse(&policy(extra)).expect("parse"),
+        ) {
+            Err(Error::Policy(problems)) => problems,
+            other => panic!("expected a policy refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registers_a_csv_file_as_parquet() -> Result<()> {
+        let (_dir, mut store, csv) = setup();
+        let dataset = register(&mut store, "people", &csv, Policy::parse(&policy(COLUMNS))?)?;
+        assert_eq!(dataset.rows, 3);
+        let stored = store.data_dir().join(&dataset.file);
+        assert_eq!(hash_file(&stored)?.1, dataset.content_blake3);
+        assert_eq!(get(&store, "people")?.id, dataset.id);
+        assert_eq!(list(&store)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_a_policy_with_an_unknown_column() {
+        let found = problems(&format!("{COLUMNS}\n[columns.salary]\nrole = \"public\"\n"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("`salary`") && p.contains("not in the file")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_column_without_a_role() {
+        let without_note = COLUMNS.replace("[columns.note]\nrole = \"public\"\n", "");
+        let found = problems(&without_note);
+        assert!(
+            found.iter().any(|p| p.contains("`note` has no role")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_sensitive_number_without_bounds_and_reversed_bounds() {
+        let found = problems(&COLUMNS.replace("bounds = [0, 100000]\n", ""));
+        assert!(
+            found.iter().any(|p| p.contains("`income` has no bounds")),
+            "{found:?}"
+        );
+        let found = problems(&COLUMNS.replace("bounds = [0, 100000]", "bounds = [100, 5]"));
+        assert!(found.iter().any(|p| p.contains("lo > hi")), "{found:?}");
+    }
+
+    #[test]
+    fn refuses_a_missing_privacy_unit_and_a_bad_date() {
+        let text = policy(COLUMNS)
+            .replace("privacy_unit = \"person_id\"", "privacy_unit = \"citizen\"")
+            .replace("2026-10-01", "October");
+        let (_dir, mut store, csv) = setup();
+        let Err(Error::Policy(found)) = register(
+            &mut store,
+            "people",
+            &csv,
+            Policy::parse(&text).expect("parse"),
+        ) else {
+            panic!("expected a policy refusal");
+        };
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("`citizen` is not in the file")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|p| p.contains("YYYY-MM-DD")), "{found:?}");
+        // Nothing was kept.
+        assert!(list(&store).map(|l| l.is_empty()).unwrap_or(false));
+    }
+
+    #[test]
+    fn refuses_bad_names_and_duplicates() -> Result<()> {
+        let (_dir, mut store, csv) = setup();
+        assert!(
+            register(
+                &mut store,
+                "Drop Table",
+                &csv,
+                Policy::parse(&policy(COLUMNS))?
+            )
+            .is_err()
+        );
+        register(&mut store, "people", &csv, Policy::parse(&policy(COLUMNS))?)?;
+        assert!(register(&mut store, "people", &csv, Policy::parse(&policy(COLUMNS))?).is_err());
+        Ok(())
+    }
+}
