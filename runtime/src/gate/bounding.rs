@@ -29,8 +29,7 @@
 //! the unit keeps every joined row owned by one unit, so the argument holds after joins too.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -183,6 +182,100 @@ fn unit_keys(array: &ArrayRef) -> Result<Vec<Option<UnitKey>>, &'static str> {
         .collect())
 }
 
+/// A fast, non-cryptographic hasher (the FxHash mixing step) for stage B's maps. The keys are
+/// in-domain values and group keys, never chosen by the operator, so hash flooding is not a
+/// concern; speed is, because stage B touches every (unit, group).
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.add(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.add(value);
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.add(value as u64);
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.add(value as u64);
+        self.add((value >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// Stage A's group keys for one batch, row-encoded.
+enum BatchKeys {
+    /// No GROUP BY: every row is in the one group, whose key is empty.
+    Single,
+    Rows(datafusion::arrow::row::Rows),
+}
+
+impl BatchKeys {
+    fn encode(
+        converter: &RowConverter,
+        batch: &RecordBatch,
+        n_groups: usize,
+    ) -> Result<Self, &'static str> {
+        if n_groups == 0 {
+            return Ok(Self::Single);
+        }
+        let key_columns: Vec<ArrayRef> =
+            (0..n_groups).map(|i| batch.column(1 + i).clone()).collect();
+        converter
+            .convert_columns(&key_columns)
+            .map(Self::Rows)
+            .map_err(|_| "group keys of an unsupported type")
+    }
+
+    #[inline]
+    fn key(&self, row: usize) -> &[u8] {
+        match self {
+            Self::Single => &[],
+            Self::Rows(rows) => rows.row(row).data(),
+        }
+    }
+}
+
 /// Stage B over stage A's output batches.
 pub fn bound(
     analysis: &Analysis,
@@ -198,7 +291,7 @@ pub fn bound(
 
     // Pass 1: how many groups each unit appears in.
     let mut units_per_batch = Vec::with_capacity(batches.len());
-    let mut group_count: HashMap<UnitKey, u32> = HashMap::new();
+    let mut group_count: FastMap<UnitKey, u32> = FastMap::default();
     for batch in batches {
         let keys = unit_keys(batch.column(0))?;
         for key in keys.iter().flatten() {
@@ -207,30 +300,51 @@ pub fn bound(
         units_per_batch.push(keys);
     }
 
-    // Pass 2: keep every (unit, group) of units within the limit; for units over it, keep
-    // the `max_groups` groups with the smallest salted hash of the group key.
+    // Pass 2: add up every (unit, group) of units within the limit; set aside those of units
+    // over it.
+    let mut groups: FastMap<GroupKeyBytes, GroupTotals> = FastMap::default();
+    let add = |groups: &mut FastMap<GroupKeyBytes, GroupTotals>,
+                   key: &[u8],
+                   columns: &MeasureColumns<'_>,
+                   rows_in_group: i64,
+                   r: usize| {
+        let totals = match groups.get_mut(key) {
+            Some(totals) => totals,
+            None => groups.entry(Box::from(key)).or_insert_with(|| GroupTotals {
+                units: 0,
+                totals: columns.empty(),
+            }),
+        };
+        totals.units += 1;
+        columns.add(r, rows_in_group.min(max_rows), max_rows, &mut totals.totals);
+    };
     let hasher = std::collections::hash_map::RandomState::new();
     let mut over_limit: Vec<(UnitKey, u64, usize, usize)> = Vec::new();
-    let mut kept: Vec<Vec<bool>> = Vec::with_capacity(batches.len());
     let mut encoded = Vec::with_capacity(batches.len());
     for (b, batch) in batches.iter().enumerate() {
-        let rows = encode_batch_keys(&converter, batch, n_groups)?;
-        let mut keep = vec![false; batch.num_rows()];
+        let keys = BatchKeys::encode(&converter, batch, n_groups)?;
+        let n = batch
+            .column_by_name(ROWS)
+            .ok_or("stage A lost its row count")?
+            .as_primitive::<Int64Type>();
+        let columns = MeasureColumns::of(analysis, batch)?;
         for (r, unit) in units_per_batch[b].iter().enumerate() {
             let Some(unit) = unit else { continue };
             if group_count.get(unit).copied().unwrap_or(0) as usize <= max_groups {
-                keep[r] = true;
+                add(&mut groups, keys.key(r), &columns, n.value(r), r);
             } else {
                 // The hasher's keys are random per process: which groups a heavy unit keeps
                 // cannot be predicted, and never depends on any other unit.
                 let mut h = hasher.build_hasher();
-                h.write(&rows[r]);
+                h.write(keys.key(r));
                 over_limit.push((*unit, h.finish(), b, r));
             }
         }
-        kept.push(keep);
-        encoded.push(rows);
+        encoded.push(keys);
     }
+    drop(group_count);
+
+    // Units over the limit keep the `max_groups` groups with the smallest hash of the key.
     over_limit.sort_unstable_by_key(|(unit, hash, _, _)| (*unit, *hash));
     let mut previous: Option<UnitKey> = None;
     let mut taken = 0usize;
@@ -240,39 +354,19 @@ pub fn bound(
             taken = 0;
         }
         if taken < max_groups {
-            kept[*b][*r] = true;
+            let batch = &batches[*b];
+            let n = batch
+                .column_by_name(ROWS)
+                .ok_or("stage A lost its row count")?
+                .as_primitive::<Int64Type>();
+            let columns = MeasureColumns::of(analysis, batch)?;
+            add(&mut groups, encoded[*b].key(*r), &columns, n.value(*r), *r);
             taken += 1;
-        }
-    }
-    drop(group_count);
-
-    // Pass 3: add capped contributions up per group.
-    let mut groups: HashMap<GroupKeyBytes, GroupTotals> = HashMap::new();
-    for (b, batch) in batches.iter().enumerate() {
-        let n = batch
-            .column_by_name(ROWS)
-            .ok_or("stage A lost its row count")?
-            .as_primitive::<Int64Type>();
-        let columns = MeasureColumns::of(analysis, batch)?;
-        for r in 0..batch.num_rows() {
-            if !kept[b][r] {
-                continue;
-            }
-            let totals = match groups.entry(encoded[b][r].clone()) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => entry.insert(GroupTotals {
-                    units: 0,
-                    totals: columns.empty(),
-                }),
-            };
-            totals.units += 1;
-            let rows = n.value(r).min(max_rows);
-            columns.add(r, rows, max_rows, &mut totals.totals);
         }
     }
     Ok(Bounded {
         converter,
-        groups,
+        groups: groups.into_iter().collect(),
         key_types,
     })
 }
@@ -378,24 +472,6 @@ impl<'a> MeasureColumns<'a> {
             }
         }
     }
-}
-
-/// Row-encodes the group keys of every row of a stage-A batch.
-fn encode_batch_keys(
-    converter: &RowConverter,
-    batch: &RecordBatch,
-    n_groups: usize,
-) -> Result<Vec<GroupKeyBytes>, &'static str> {
-    if n_groups == 0 {
-        return Ok(vec![GroupKeyBytes::default(); batch.num_rows()]);
-    }
-    let key_columns: Vec<ArrayRef> = (0..n_groups).map(|i| batch.column(1 + i).clone()).collect();
-    let rows = converter
-        .convert_columns(&key_columns)
-        .map_err(|_| "group keys of an unsupported type")?;
-    Ok((0..rows.num_rows())
-        .map(|i| Box::from(rows.row(i).as_ref()))
-        .collect())
 }
 
 /// Decodes row-encoded group keys back into Arrow columns.
