@@ -180,7 +180,17 @@ pub fn write_checkpoint(conn: &Connection, path: &Path, key: &SigningKey) -> Res
         return Ok(());
     };
     // Two processes may commit and checkpoint in either order; the later checkpoint must not
-    // replace a newer one.
+    // replace a newer one. An exclusive lock on a file beside the checkpoint makes the
+    // read-compare-write one step across processes.
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("opening", &lock_path, e))?;
+    lock.lock()
+        .map_err(|e| Error::io("locking", &lock_path, e))?;
     if let Ok(existing) = read_checkpoint(path)
         && existing.seq >= seq
     {

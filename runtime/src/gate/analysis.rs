@@ -252,10 +252,7 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             .field(aggregate.group_expr.len() + index)
             .name()
             .to_string();
-        let inner = match expr {
-            Expr::Alias(alias) => alias.expr.as_ref(),
-            other => other,
-        };
+        let inner = strip_aliases(expr);
         let Expr::AggregateFunction(function) = inner else {
             refusal.push(
                 Rule::ShapeAggregateAllowList,
@@ -293,10 +290,8 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
     match projection {
         Some(p) => {
             for (i, expr) in p.expr.iter().enumerate() {
-                let unaliased = match expr {
-                    Expr::Alias(alias) => alias.expr.as_ref(),
-                    other => other,
-                };
+                // DataFusion may alias twice (`COUNT(*)` is `count(*)` and then `AS n`).
+                let unaliased = strip_aliases(expr);
                 let Expr::Column(column) = unaliased else {
                     refusal.push(
                         Rule::ShapePostProcessing,
@@ -548,6 +543,14 @@ fn origin_of(expr: &Expr, plan: &LogicalPlan, origins: &[Origin]) -> Origin {
     Origin {
         bases,
         direct: false,
+    }
+}
+
+/// Removes every alias around an expression.
+fn strip_aliases(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(alias) => strip_aliases(&alias.expr),
+        other => other,
     }
 }
 

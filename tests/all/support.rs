@@ -1,0 +1,151 @@
+//! Shared fixtures: a fresh store with the demo data registered and granted.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use chrono::Days;
+use tempfile::TempDir;
+use veil_runtime::catalog::{self, Policy};
+use veil_runtime::grants::{self, Disposition, Grant, GrantRequest};
+use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::store::Store;
+use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
+use veil_runtime::{Result, demo_data};
+
+pub const OPERATOR: &str = "op-test";
+pub const SOCIAL_POLICY: &str = include_str!("../../examples/policies/social_insurance.toml");
+pub const ENTERPRISE_POLICY: &str =
+    include_str!("../../examples/policies/enterprise_registry.toml");
+
+/// A store in a temporary folder, with `social_insurance` and `enterprise_registry` from the
+/// demo generator registered and granted to [`OPERATOR`] with a large budget.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub store: Store,
+    pub grant: Grant,
+}
+
+impl Fixture {
+    /// Demo data with `rows` social-insurance records, ε 100 per month.
+    pub fn new(rows: u64) -> Self {
+        Self::with_budget(rows, 100.0)
+    }
+
+    pub fn with_budget(rows: u64, epsilon_per_month: f64) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let raw = dir.path().join("raw");
+        demo_data::write_demo_data(rows, &raw, demo_data::DEMO_SEED).expect("demo data");
+        let mut store = Store::init(&dir.path().join("store")).expect("store");
+        catalog::register(
+            &mut store,
+            "social_insurance",
+            &raw.join("social_insurance.parquet"),
+            Policy::parse(SOCIAL_POLICY).expect("policy"),
+        )
+        .expect("register social_insurance");
+        catalog::register(
+            &mut store,
+            "enterprise_registry",
+            &raw.join("enterprise_registry.parquet"),
+            Policy::parse(ENTERPRISE_POLICY).expect("policy"),
+        )
+        .expect("register enterprise_registry");
+        let today = veil_runtime::clock::today();
+        let grant = grants::create(
+            &mut store,
+            GrantRequest {
+                operator: OPERATOR.into(),
+                datasets: vec!["social_insurance".into(), "enterprise_registry".into()],
+                purpose: "integration tests".into(),
+                // A term around today, within the longest term a grant may have.
+                valid_from: today - Days::new(30),
+                valid_to: today + Days::new(335),
+                epsilon_per_month,
+                delta_per_month: 0.5,
+                disposition: Disposition::Archive,
+            },
+        )
+        .expect("grant");
+        Self { dir, store, grant }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn raw_path(&self) -> PathBuf {
+        self.dir.path().join("raw")
+    }
+
+    /// Submits `sql` as a template (parameters declared from `params`: integer if the value
+    /// parses as one, else text), approves it with `approval`, and runs it.
+    pub async fn run_sql(
+        &mut self,
+        sql: &str,
+        params: &[(&str, &str)],
+        approval: ApprovalRequest,
+    ) -> Result<JobOutcome> {
+        let template_id = submit_and_approve(&mut self.store, sql, params, approval)?;
+        jobs::run(
+            &mut self.store,
+            JobRequest {
+                operator: OPERATOR.into(),
+                template: template_id,
+                params: params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                grant: None,
+            },
+        )
+        .await
+    }
+}
+
+/// Submits and approves a template for [`OPERATOR`]; returns its id.
+pub fn submit_and_approve(
+    store: &mut Store,
+    sql: &str,
+    params: &[(&str, &str)],
+    approval: ApprovalRequest,
+) -> Result<String> {
+    let spec = TemplateSpec {
+        name: "test".into(),
+        sql: sql.into(),
+        params: params
+            .iter()
+            .map(|(name, value)| ParamSpec {
+                name: name.to_string(),
+                kind: if value.parse::<i64>().is_ok() {
+                    ParamType::Integer
+                } else {
+                    ParamType::Text
+                },
+                allowed: None,
+            })
+            .collect(),
+    };
+    let template = templates::submit(store, OPERATOR, spec)?;
+    if template.state == templates::TemplateState::Submitted {
+        templates::approve(store, template.id.as_str(), approval)?;
+    }
+    Ok(template.id.to_string())
+}
+
+/// ε 1, δ 1e-6, k 5, three groups and three rows per unit, ¥1 per run.
+pub fn approval() -> ApprovalRequest {
+    ApprovalRequest {
+        epsilon: 1.0,
+        delta: 1e-6,
+        k: 5,
+        max_groups: 3,
+        max_rows: 3,
+        price_per_run_fen: 100,
+    }
+}
+
+/// The `veil` binary built for these tests.
+pub fn veil_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_veil"))
+}
