@@ -853,6 +853,11 @@ fn product(command: ProductCommand) -> Result<i32> {
 
 /// Prints meter records as a table.
 pub fn print_meter(records: &[metering::MeterRecord]) {
+    print!("{}", meter_table(records));
+}
+
+/// Formats meter records as a table.
+pub fn meter_table(records: &[metering::MeterRecord]) -> String {
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|m| {
@@ -872,7 +877,7 @@ pub fn print_meter(records: &[metering::MeterRecord]) {
             ]
         })
         .collect();
-    print_table(
+    format_table(
         &[
             "job",
             "operator",
@@ -888,7 +893,7 @@ pub fn print_meter(records: &[metering::MeterRecord]) {
             "price",
         ],
         &rows,
-    );
+    )
 }
 
 /// Prints an aligned text table.

@@ -277,35 +277,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
 
     say(out, "\n[bureau] veil meter list")?;
     let records = metering::list(store.conn())?;
-    let table = crate::cli::format_table(
-        &[
-            "job",
-            "end",
-            "wall ms",
-            "cpu ms",
-            "rows scanned",
-            "peak MiB",
-            "ε",
-            "out rows",
-            "price",
-        ],
-        &records
-            .iter()
-            .map(|m| {
-                vec![
-                    m.job_id.clone(),
-                    m.end_state.clone(),
-                    m.wall_ms.to_string(),
-                    m.cpu_ms.to_string(),
-                    m.rows_scanned.to_string(),
-                    format!("{:.1}", m.peak_memory_bytes as f64 / (1024.0 * 1024.0)),
-                    format!("{}", m.micro_epsilon as f64 / grants::MICRO),
-                    m.output_rows.to_string(),
-                    m.price.to_string(),
-                ]
-            })
-            .collect::<Vec<_>>(),
-    );
+    let table = crate::cli::meter_table(&records);
     say(out, table.trim_end())?;
 
     let public = store.signing_key().verifying_key();
