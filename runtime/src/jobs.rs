@@ -16,10 +16,12 @@
 //! end, and every refusal names its rules.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use futures::FutureExt;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use veil_sandbox::{SandboxBuilder, SandboxError, SandboxLimits, bind_named_parameters};
@@ -136,7 +138,17 @@ pub async fn run(store: &mut Store, request: JobRequest) -> Result<JobOutcome> {
     })?;
 
     let mut costs = Costs::default();
-    let result = execute(store, &request, &template, &job_id, &mut costs).await;
+    // A panic in the gate is a platform bug; the job must still end, metered and audited,
+    // rather than stay `running` forever.
+    let result = AssertUnwindSafe(execute(store, &request, &template, &job_id, &mut costs))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Ok(Decision::Failed(
+                "the platform hit an internal error while running the job; the bureau has been told".into(),
+                None,
+            ))
+        });
     let wall_ms = started.elapsed().as_millis() as u64;
     finish(store, &request, &template, &job_id, result, costs, wall_ms)
 }

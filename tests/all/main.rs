@@ -1,1 +1,9 @@
+//! Veil's integration tests, in one binary (one module per feature), driving the library as a
+//! caller would and the `veil` binary as a user would.
 
+mod audit;
+mod budget;
+mod cli;
+mod gate_files;
+mod statistics;
+mod support;

@@ -182,23 +182,23 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
                     Rule::ShapeAggregateOnly,
                     "the query outputs raw rows; only aggregates leave the domain — use GROUP BY with COUNT(DISTINCT unit), COUNT(*), SUM or AVG",
                 );
-                if let Ok(origins) = lineage(other, tables, &mut refusal, &mut used_tables) {
-                    let output = projection.map_or(origins.clone(), |p| {
-                        p.expr
-                            .iter()
-                            .map(|e| origin_of(e, other, &origins))
-                            .collect()
-                    });
-                    for origin in output {
-                        for base in origin.bases.iter().filter(|b| b.role == Role::Identifier) {
-                            refusal.push(
-                                Rule::StatementIdentifier,
-                                format!(
-                                    "identifier column `{}` would be output; identifiers never leave the domain",
-                                    base.column
-                                ),
-                            );
-                        }
+                // `lineage` hands back every reason found so far when it refuses.
+                let origins = lineage(other, tables, &mut refusal, &mut used_tables)?;
+                let output = projection.map_or(origins.clone(), |p| {
+                    p.expr
+                        .iter()
+                        .map(|e| origin_of(e, other, &origins))
+                        .collect()
+                });
+                for origin in output {
+                    for base in origin.bases.iter().filter(|b| b.role == Role::Identifier) {
+                        refusal.push(
+                            Rule::StatementIdentifier,
+                            format!(
+                                "identifier column `{}` would be output; identifiers never leave the domain",
+                                base.column
+                            ),
+                        );
                     }
                 }
                 return Err(refusal);
@@ -209,9 +209,11 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
     let input = aggregate.input.as_ref();
     let origins = lineage(input, tables, &mut refusal, &mut used_tables)?;
 
-    // Group keys.
+    // Group keys. `group_of[i]` is the group key made of `group_expr[i]`, if it was accepted.
     let mut groups = Vec::new();
+    let mut group_of: Vec<Option<usize>> = Vec::with_capacity(aggregate.group_expr.len());
     for (index, expr) in aggregate.group_expr.iter().enumerate() {
+        group_of.push(None);
         if matches!(expr, Expr::GroupingSet(_)) {
             refusal.push(
                 Rule::StatementConstruct,
@@ -237,6 +239,7 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             }
         }
         let keys = origin.direct_base().and_then(|b| b.keys.clone());
+        group_of[index] = Some(groups.len());
         groups.push(GroupKey {
             expr: expr.clone(),
             name: aggregate.schema.field(index).name().to_string(),
@@ -244,9 +247,11 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
         });
     }
 
-    // Aggregates.
+    // Aggregates. `measure_of[i]` is the measure made of `aggr_expr[i]`, if it was accepted.
     let mut measures = Vec::new();
+    let mut measure_of: Vec<Option<usize>> = Vec::with_capacity(aggregate.aggr_expr.len());
     for (index, expr) in aggregate.aggr_expr.iter().enumerate() {
+        measure_of.push(None);
         let name = aggregate
             .schema
             .field(aggregate.group_expr.len() + index)
@@ -261,6 +266,7 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             continue;
         };
         if let Some(kind) = measure_kind(function, input, &origins, &mut refusal) {
+            measure_of[index] = Some(measures.len());
             measures.push(Measure { name, kind });
         }
     }
@@ -302,17 +308,20 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
                     );
                     continue;
                 };
+                // A column whose group key or aggregate was refused has its reason already.
+                let n_keys = aggregate.group_expr.len();
                 match aggregate.schema.index_of_column(column) {
-                    Ok(at) if at < groups.len() => {
-                        groups[at].name = p.schema.field(i).name().to_string();
-                        output.push(OutputColumn::Group(at));
+                    Ok(at) if at < n_keys => {
+                        if let Some(g) = group_of.get(at).copied().flatten() {
+                            groups[g].name = p.schema.field(i).name().to_string();
+                            output.push(OutputColumn::Group(g));
+                        }
                     }
                     Ok(at) => {
-                        let measure = at - aggregate.group_expr.len();
-                        if let Some(m) = measures.get_mut(measure) {
-                            m.name = p.schema.field(i).name().to_string();
+                        if let Some(m) = measure_of.get(at - n_keys).copied().flatten() {
+                            measures[m].name = p.schema.field(i).name().to_string();
+                            output.push(OutputColumn::Measure(m));
                         }
-                        output.push(OutputColumn::Measure(measure));
                     }
                     Err(_) => refusal.push(
                         Rule::ShapePostProcessing,
@@ -332,7 +341,9 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             "the query has no aggregate; add COUNT(DISTINCT unit), COUNT(*), SUM or AVG",
         );
     }
-    check_unique_names(&output, &groups, &measures, &mut refusal);
+    if refusal.is_empty() {
+        check_unique_names(&output, &groups, &measures, &mut refusal);
+    }
     refusal.into_result()?;
     used_tables.sort();
     used_tables.dedup();
