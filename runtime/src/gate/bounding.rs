@@ -304,10 +304,10 @@ pub fn bound(
     // over it.
     let mut groups: FastMap<GroupKeyBytes, GroupTotals> = FastMap::default();
     let add = |groups: &mut FastMap<GroupKeyBytes, GroupTotals>,
-                   key: &[u8],
-                   columns: &MeasureColumns<'_>,
-                   rows_in_group: i64,
-                   r: usize| {
+               key: &[u8],
+               columns: &MeasureColumns<'_>,
+               rows_in_group: i64,
+               r: usize| {
         let totals = match groups.get_mut(key) {
             Some(totals) => totals,
             None => groups.entry(Box::from(key)).or_insert_with(|| GroupTotals {
