@@ -122,8 +122,8 @@ async fn main() -> Result<(), BoxError> {
             operator: OPERATOR.into(),
             datasets: vec!["social_insurance".into()],
             purpose: "benchmark".into(),
-            valid_from: "2020-01-01".parse()?,
-            valid_to: "2099-12-31".parse()?,
+            valid_from: veil_runtime::clock::today(),
+            valid_to: veil_runtime::clock::today() + chrono::Days::new(30),
             epsilon_per_month: 100.0,
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
@@ -152,6 +152,8 @@ async fn main() -> Result<(), BoxError> {
             max_groups: 1,
             max_rows: 3,
             price_per_run_fen: 0,
+            memory_mib: 4096,
+            ..ApprovalRequest::default()
         },
     )?;
 

@@ -166,6 +166,12 @@ pub enum TemplateCommand {
         /// Price of one released run, in fen.
         #[arg(long, default_value_t = 0)]
         price_fen: i64,
+        /// Memory one run may use, in MiB.
+        #[arg(long, default_value_t = templates::JOB_MEMORY_MIB_DEFAULT)]
+        memory_mib: u32,
+        /// Wall-clock time one run's query may take, in seconds.
+        #[arg(long, default_value_t = templates::JOB_WALL_SECONDS_DEFAULT)]
+        wall_seconds: u32,
     },
     /// Reject a submitted template.
     Reject {
@@ -519,6 +525,8 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             max_groups,
             max_rows,
             price_fen,
+            memory_mib,
+            wall_seconds,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let template = templates::get(&store, &id)?;
@@ -539,6 +547,8 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                     max_groups,
                     max_rows,
                     price_per_run_fen: price_fen,
+                    memory_mib,
+                    wall_seconds,
                 },
             )?;
             println!(

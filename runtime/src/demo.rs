@@ -167,6 +167,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
             max_groups: 1,
             max_rows: 1,
             price_per_run_fen: 5_000,
+            ..ApprovalRequest::default()
         },
     )?;
     let firms = templates::submit(
@@ -184,6 +185,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
             max_groups: 3,
             max_rows: 1,
             price_per_run_fen: 8_000,
+            ..ApprovalRequest::default()
         },
     )?;
     for t in [&income, &firms] {

@@ -24,7 +24,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::FutureExt;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use veil_sandbox::{SandboxBuilder, SandboxError, SandboxLimits, bind_named_parameters};
+use veil_sandbox::{SandboxBuilder, SandboxError, bind_named_parameters};
 use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset};
 
 use crate::catalog::{self, Dataset};
@@ -209,7 +209,7 @@ async fn execute(
     }
 
     // 3. Statement policy and shape, on the plan.
-    let mut builder = SandboxBuilder::new(store.data_dir()).limits(SandboxLimits::default());
+    let mut builder = SandboxBuilder::new(store.data_dir()).limits(approval.limits());
     for dataset in tables.values() {
         builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
     }

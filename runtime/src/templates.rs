@@ -45,6 +45,13 @@ pub const K_MAX: u32 = 10_000;
 /// Largest contribution limits the bureau may pin.
 pub const MAX_GROUPS_PER_UNIT_MAX: u32 = 1_000;
 pub const MAX_ROWS_PER_GROUP_MAX: u32 = 10_000;
+/// Memory a job may use unless the approval says otherwise, in MiB.
+pub const JOB_MEMORY_MIB_DEFAULT: u32 = 1024;
+/// Wall-clock time a job may run unless the approval says otherwise, in seconds.
+pub const JOB_WALL_SECONDS_DEFAULT: u32 = 300;
+const _: () =
+    assert!((JOB_MEMORY_MIB_DEFAULT as usize) * 1024 * 1024 <= veil_sandbox::JOB_MEMORY_BYTES_MAX);
+const _: () = assert!((JOB_WALL_SECONDS_DEFAULT as u64) * 1000 <= veil_sandbox::JOB_WALL_MS_MAX);
 /// Largest price per run, in fen (¥1,000,000).
 pub const PRICE_PER_RUN_FEN_MAX: i64 = 100_000_000;
 const FORMAT: &str = "veil-template/1";
@@ -287,9 +294,32 @@ pub struct Approval {
     pub max_rows: u32,
     /// Price of one released run.
     pub price_per_run: Fen,
+    /// Memory one run may reserve, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Wall-clock time one run's query may take, in seconds.
+    #[serde(default = "default_wall_seconds")]
+    pub wall_seconds: u32,
+}
+
+fn default_memory_mib() -> u32 {
+    JOB_MEMORY_MIB_DEFAULT
+}
+
+fn default_wall_seconds() -> u32 {
+    JOB_WALL_SECONDS_DEFAULT
 }
 
 impl Approval {
+    /// The sandbox limits this approval pins.
+    pub fn limits(&self) -> veil_sandbox::SandboxLimits {
+        veil_sandbox::SandboxLimits {
+            memory_bytes: self.memory_mib as usize * 1024 * 1024,
+            wall_ms: u64::from(self.wall_seconds) * 1000,
+            ..veil_sandbox::SandboxLimits::default()
+        }
+    }
+
     pub fn epsilon(&self) -> f64 {
         self.micro_epsilon as f64 / MICRO
     }
@@ -308,6 +338,24 @@ pub struct ApprovalRequest {
     pub max_groups: u32,
     pub max_rows: u32,
     pub price_per_run_fen: i64,
+    pub memory_mib: u32,
+    pub wall_seconds: u32,
+}
+
+impl Default for ApprovalRequest {
+    /// ε 1, δ 10⁻⁶, k 10, one group and one row per unit, free, default limits.
+    fn default() -> Self {
+        Self {
+            epsilon: 1.0,
+            delta: 1e-6,
+            k: 10,
+            max_groups: 1,
+            max_rows: 1,
+            price_per_run_fen: 0,
+            memory_mib: JOB_MEMORY_MIB_DEFAULT,
+            wall_seconds: JOB_WALL_SECONDS_DEFAULT,
+        }
+    }
 }
 
 impl ApprovalRequest {
@@ -342,6 +390,18 @@ impl ApprovalRequest {
                 "--price-fen must be between 0 and {PRICE_PER_RUN_FEN_MAX}"
             )));
         }
+        let memory_mib_max = (veil_sandbox::JOB_MEMORY_BYTES_MAX / (1024 * 1024)) as u32;
+        if !(1..=memory_mib_max).contains(&self.memory_mib) {
+            return Err(Error::invalid(format!(
+                "--memory-mib must be between 1 and {memory_mib_max}"
+            )));
+        }
+        let wall_seconds_max = (veil_sandbox::JOB_WALL_MS_MAX / 1000) as u32;
+        if !(1..=wall_seconds_max).contains(&self.wall_seconds) {
+            return Err(Error::invalid(format!(
+                "--wall-seconds must be between 1 and {wall_seconds_max}"
+            )));
+        }
         Ok(Approval {
             micro_epsilon,
             pico_delta,
@@ -349,6 +409,8 @@ impl ApprovalRequest {
             max_groups: self.max_groups,
             max_rows: self.max_rows,
             price_per_run: Fen(self.price_per_run_fen),
+            memory_mib: self.memory_mib,
+            wall_seconds: self.wall_seconds,
         })
     }
 }

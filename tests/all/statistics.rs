@@ -422,6 +422,7 @@ async fn one_person_with_ten_thousand_rows_moves_the_release_by_at_most_the_limi
             max_groups: max_groups as u32,
             max_rows: max_rows as u32,
             price_per_run_fen: 0,
+            ..ApprovalRequest::default()
         },
     )
     .expect("template");

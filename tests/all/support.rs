@@ -142,6 +142,7 @@ pub fn approval() -> ApprovalRequest {
         max_groups: 3,
         max_rows: 3,
         price_per_run_fen: 100,
+        ..ApprovalRequest::default()
     }
 }
 

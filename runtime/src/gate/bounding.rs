@@ -45,10 +45,11 @@ use super::analysis::{Analysis, MeasureKind};
 const UNIT: &str = "__veil_unit";
 const ROWS: &str = "__veil_rows";
 
-/// Memory stage B needs per stage-A row beyond the batches themselves, in bytes: an entry in
-/// the per-unit group count (key and count, with hash-table overhead), the row-encoded group
-/// key with its allocation, and a keep flag. An estimate on the high side.
-pub const BYTES_PER_STAGE_A_ROW: usize = 96;
+/// Memory stage B needs per stage-A row beyond the batches themselves, in bytes: at most one
+/// entry per row in the per-unit group count (a 16-byte key and a count, padded to 32 bytes,
+/// at hash-table load 7/8, plus a control byte), and the row-encoded group keys of one batch.
+/// An estimate on the high side.
+pub const BYTES_PER_STAGE_A_ROW: usize = 48;
 
 /// Per-unit and per-group limits pinned by the template's approval.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +77,27 @@ pub struct GroupTotals {
     /// Distinct units behind the group after bounding (the true count k-anonymity checks).
     pub units: i64,
     pub totals: Vec<Total>,
+}
+
+impl GroupTotals {
+    /// Adds another shard's totals of the same group (shards hold disjoint units).
+    fn merge(&mut self, other: &GroupTotals) {
+        self.units += other.units;
+        for (mine, theirs) in self.totals.iter_mut().zip(&other.totals) {
+            match (mine, theirs) {
+                (Total::Count(a), Total::Count(b)) => *a += b,
+                (Total::IntSum { sum, count }, Total::IntSum { sum: s, count: c }) => {
+                    *sum += s;
+                    *count += c;
+                }
+                (Total::FloatSum { sum, count }, Total::FloatSum { sum: s, count: c }) => {
+                    *sum += s;
+                    *count += c;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// A group key in Arrow's row format (order-preserving bytes); empty when there is no GROUP BY.
@@ -150,21 +172,25 @@ fn clamp(expr: Expr, lo: f64, hi: f64, integer: bool) -> Expr {
     }
 }
 
-/// A unit's identity in stage B: its integer value, or a 128-bit BLAKE3 digest of its text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum UnitKey {
-    Int(i64),
-    Digest(u128),
-}
+/// A unit's identity in stage B, in 16 bytes: an integer unit with the top bit set, or the
+/// first 127 bits of the BLAKE3 digest of a text unit (top bit clear), so the two kinds never
+/// meet. Two text units colliding in 127 bits is not a practical concern.
+type UnitKey = u128;
 
+const INTEGER_UNIT: u128 = 1 << 127;
+
+/// The unit keys of one stage-A batch; `None` for a null unit (such rows belong to no one
+/// and are dropped).
 fn unit_keys(array: &ArrayRef) -> Result<Vec<Option<UnitKey>>, &'static str> {
-    let as_int = datafusion::arrow::compute::cast(array, &DataType::Int64);
     if array.data_type().is_integer()
-        && let Ok(ints) = as_int
+        && let Ok(ints) = datafusion::arrow::compute::cast(array, &DataType::Int64)
     {
         let ints = ints.as_primitive::<Int64Type>();
         return Ok((0..ints.len())
-            .map(|i| ints.is_valid(i).then(|| UnitKey::Int(ints.value(i))))
+            .map(|i| {
+                ints.is_valid(i)
+                    .then(|| INTEGER_UNIT | u128::from(ints.value(i) as u64))
+            })
             .collect());
     }
     let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)
@@ -176,7 +202,7 @@ fn unit_keys(array: &ArrayRef) -> Result<Vec<Option<UnitKey>>, &'static str> {
                 let digest = blake3::hash(text.value(i).as_bytes());
                 let mut first = [0u8; 16];
                 first.copy_from_slice(&digest.as_bytes()[..16]);
-                UnitKey::Digest(u128::from_le_bytes(first))
+                u128::from_le_bytes(first) & !INTEGER_UNIT
             })
         })
         .collect())
@@ -277,27 +303,89 @@ impl BatchKeys {
 }
 
 /// Stage B over stage A's output batches.
+///
+/// The units are split into shards by a hash of the unit key, and each shard is bounded on its
+/// own thread: a unit's rows all fall in one shard, so no state is shared, and the per-unit
+/// maps are smaller. The shards' group totals are added up at the end.
 pub fn bound(
     analysis: &Analysis,
     key_types: Vec<DataType>,
     batches: &[RecordBatch],
     limits: Limits,
 ) -> Result<Bounded, &'static str> {
-    let n_groups = analysis.groups.len();
     let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
         .map_err(|_| "group keys of an unsupported type")?;
+    let shards = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, BOUNDING_SHARDS_MAX);
+    let results: Vec<Result<FastMap<GroupKeyBytes, GroupTotals>, &'static str>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..shards)
+                .map(|shard| {
+                    let converter = &converter;
+                    scope.spawn(move || {
+                        bound_shard(analysis, converter, batches, limits, shard, shards)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err("a bounding thread failed")))
+                .collect()
+        });
+    let mut groups: HashMap<GroupKeyBytes, GroupTotals> = HashMap::new();
+    for result in results {
+        for (key, totals) in result? {
+            match groups.get_mut(&key) {
+                Some(existing) => existing.merge(&totals),
+                None => {
+                    groups.insert(key, totals);
+                }
+            }
+        }
+    }
+    Ok(Bounded {
+        converter,
+        groups,
+        key_types,
+    })
+}
+
+/// Most threads stage B uses.
+const BOUNDING_SHARDS_MAX: usize = 16;
+
+/// The shard a unit belongs to.
+#[inline]
+fn shard_of(unit: UnitKey, shards: usize) -> usize {
+    let folded = (unit as u64) ^ ((unit >> 64) as u64);
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % shards
+}
+
+/// Stage B for the units of one shard.
+fn bound_shard(
+    analysis: &Analysis,
+    converter: &RowConverter,
+    batches: &[RecordBatch],
+    limits: Limits,
+    shard: usize,
+    shards: usize,
+) -> Result<FastMap<GroupKeyBytes, GroupTotals>, &'static str> {
+    let n_groups = analysis.groups.len();
     let max_groups = limits.max_groups as usize;
     let max_rows = i64::from(limits.max_rows);
 
-    // Pass 1: how many groups each unit appears in.
-    let mut units_per_batch = Vec::with_capacity(batches.len());
-    let mut group_count: FastMap<UnitKey, u32> = FastMap::default();
+    // Pass 1: how many groups each unit appears in. Unit keys are recomputed in pass 2
+    // rather than kept, to hold memory to the map alone.
+    // Sized for one unit per stage-A row of the shard, so the map never rehashes.
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut group_count: FastMap<UnitKey, u32> =
+        FastMap::with_capacity_and_hasher(rows / shards + 1, Default::default());
     for batch in batches {
-        let keys = unit_keys(batch.column(0))?;
-        for key in keys.iter().flatten() {
-            *group_count.entry(*key).or_insert(0) += 1;
+        for key in unit_keys(batch.column(0))?.into_iter().flatten() {
+            if shard_of(key, shards) == shard {
+                *group_count.entry(key).or_insert(0) += 1;
+            }
         }
-        units_per_batch.push(keys);
     }
 
     // Pass 2: add up every (unit, group) of units within the limit; set aside those of units
@@ -319,36 +407,39 @@ pub fn bound(
         columns.add(r, rows_in_group.min(max_rows), max_rows, &mut totals.totals);
     };
     let hasher = std::collections::hash_map::RandomState::new();
-    let mut over_limit: Vec<(UnitKey, u64, usize, usize)> = Vec::new();
-    let mut encoded = Vec::with_capacity(batches.len());
+    // Rows of units over the limit: (unit, hash of the group key, the key, batch, row). They
+    // are rare (a unit in more groups than the approval allows), so their keys are copied.
+    let mut over_limit: Vec<(UnitKey, u64, GroupKeyBytes, usize, usize)> = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
-        let keys = BatchKeys::encode(&converter, batch, n_groups)?;
+        let keys = BatchKeys::encode(converter, batch, n_groups)?;
         let n = batch
             .column_by_name(ROWS)
             .ok_or("stage A lost its row count")?
             .as_primitive::<Int64Type>();
         let columns = MeasureColumns::of(analysis, batch)?;
-        for (r, unit) in units_per_batch[b].iter().enumerate() {
+        for (r, unit) in unit_keys(batch.column(0))?.into_iter().enumerate() {
             let Some(unit) = unit else { continue };
-            if group_count.get(unit).copied().unwrap_or(0) as usize <= max_groups {
+            if shard_of(unit, shards) != shard {
+                continue;
+            }
+            if group_count.get(&unit).copied().unwrap_or(0) as usize <= max_groups {
                 add(&mut groups, keys.key(r), &columns, n.value(r), r);
             } else {
                 // The hasher's keys are random per process: which groups a heavy unit keeps
                 // cannot be predicted, and never depends on any other unit.
                 let mut h = hasher.build_hasher();
                 h.write(keys.key(r));
-                over_limit.push((*unit, h.finish(), b, r));
+                over_limit.push((unit, h.finish(), Box::from(keys.key(r)), b, r));
             }
         }
-        encoded.push(keys);
     }
     drop(group_count);
 
     // Units over the limit keep the `max_groups` groups with the smallest hash of the key.
-    over_limit.sort_unstable_by_key(|(unit, hash, _, _)| (*unit, *hash));
+    over_limit.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
     let mut previous: Option<UnitKey> = None;
     let mut taken = 0usize;
-    for (unit, _, b, r) in &over_limit {
+    for (unit, _, key, b, r) in &over_limit {
         if previous != Some(*unit) {
             previous = Some(*unit);
             taken = 0;
@@ -360,15 +451,11 @@ pub fn bound(
                 .ok_or("stage A lost its row count")?
                 .as_primitive::<Int64Type>();
             let columns = MeasureColumns::of(analysis, batch)?;
-            add(&mut groups, encoded[*b].key(*r), &columns, n.value(*r), *r);
+            add(&mut groups, key, &columns, n.value(*r), *r);
             taken += 1;
         }
     }
-    Ok(Bounded {
-        converter,
-        groups: groups.into_iter().collect(),
-        key_types,
-    })
+    Ok(groups)
 }
 
 /// Stage A's measure columns in one batch.

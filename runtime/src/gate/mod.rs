@@ -79,15 +79,33 @@ pub async fn release(
     let key_types: Vec<DataType> = (0..analysis.groups.len())
         .map(|i| plan.schema().field(1 + i).data_type().clone())
         .collect();
-    let (batches, stats) = sandbox
+    let (batches, mut stats) = sandbox
         .execute(plan)
         .await
         .map_err(|e| (GateError::Sandbox(e), ExecStats::default()))?;
+
+    // Stage B holds stage A's batches and a map over the units; both count against the job's
+    // memory limit and appear in its peak.
+    // Stage A's batches are slices of larger buffers, so each is measured by its own slice.
+    let held: usize = batches
+        .iter()
+        .flat_map(|b| b.columns())
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum();
+    let stage_a_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let reservation = sandbox
+        .reserve_memory(
+            "veil-gate-bounding",
+            held + stage_a_rows * bounding::BYTES_PER_STAGE_A_ROW,
+        )
+        .map_err(|e| (GateError::Sandbox(e), stats))?;
+    stats.peak_memory_bytes = sandbox.peak_memory_bytes();
     let fail = |what: &str| (GateError::Internal(what.to_string()), stats);
 
     let bounded =
         bounding::bound(analysis, key_types.clone(), &batches, config.limits).map_err(fail)?;
     drop(batches);
+    drop(reservation);
 
     // Step 4: which groups are candidates, and k-anonymity on true distinct-unit counts.
     let public = analysis.keys_are_public();
