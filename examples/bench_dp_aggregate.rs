@@ -207,7 +207,7 @@ async fn main() -> Result<(), BoxError> {
     println!("raw DataFusion (median):  {raw:.3} s");
     println!("ratio veil / raw:         {:.3}", veil / raw);
     println!(
-        "peak memory reserved: veil {:.1} MiB (DataFusion pool + gate stage B), raw {:.1} MiB",
+        "peak memory reserved: veil {:.1} MiB (DataFusion pool, including the gate's fold), raw {:.1} MiB",
         veil_peak as f64 / (1024.0 * 1024.0),
         raw_peak as f64 / (1024.0 * 1024.0)
     );

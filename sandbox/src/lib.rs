@@ -401,6 +401,99 @@ impl Sandbox {
     }
 }
 
+/// What a partition fold may report instead of finishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FoldError {
+    /// The fold's own memory did not fit the job's pool.
+    Memory,
+    /// An invariant of the folding code broke; the text names the step.
+    Internal(&'static str),
+}
+
+impl Sandbox {
+    /// The plan's output partition count, as the sandbox would execute it.
+    pub fn partitions(&self) -> usize {
+        self.limits.partitions.max(1)
+    }
+
+    /// Runs a plan and folds each output partition's batches into its own state, one task per
+    /// partition, under the job's time limit, without collecting the rows. `init` makes a
+    /// partition's state and is handed a reservation of the job's memory pool, which the fold
+    /// grows as its state grows (so the limit covers it and the meter shows it).
+    ///
+    /// The batches are raw, in-domain data: only the gate may fold them.
+    pub async fn execute_folded<S, I, F>(
+        &self,
+        plan: LogicalPlan,
+        init: I,
+        fold: F,
+    ) -> Result<(Vec<S>, ExecStats), SandboxError>
+    where
+        S: Send + 'static,
+        I: Fn(datafusion::execution::memory_pool::MemoryReservation) -> S,
+        F: Fn(&mut S, &RecordBatch) -> Result<(), FoldError> + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let deadline = Duration::from_millis(self.limits.wall_ms);
+        let state = self.ctx.state();
+        let fold = Arc::new(fold);
+        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> = self.pool.clone();
+        let run = async {
+            let physical = state
+                .create_physical_plan(&plan)
+                .await
+                .map_err(|e| error::map_exec_error(&e))?;
+            let streams = datafusion::physical_plan::execute_stream_partitioned(
+                physical.clone(),
+                self.ctx.task_ctx(),
+            )
+            .map_err(|e| error::map_exec_error(&e))?;
+            // Dropping the set (on error or time-out) aborts every task still running.
+            let mut tasks = tokio::task::JoinSet::new();
+            for (index, mut stream) in streams.into_iter().enumerate() {
+                let reservation = datafusion::execution::memory_pool::MemoryConsumer::new(format!(
+                    "veil-fold-{index}"
+                ))
+                .register(&pool);
+                let mut partition_state = init(reservation);
+                let fold = fold.clone();
+                tasks.spawn(async move {
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch.map_err(|e| error::map_exec_error(&e))?;
+                        fold(&mut partition_state, &batch).map_err(|e| match e {
+                            FoldError::Memory => SandboxError::ResourcesExhausted,
+                            FoldError::Internal(what) => SandboxError::Internal(what.to_string()),
+                        })?;
+                    }
+                    Ok::<_, SandboxError>((index, partition_state))
+                });
+            }
+            let mut states: Vec<Option<S>> = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                let (index, partition_state) = joined
+                    .map_err(|_| SandboxError::Internal("a partition task failed".into()))??;
+                if states.len() <= index {
+                    states.resize_with(index + 1, || None);
+                }
+                states[index] = Some(partition_state);
+            }
+            Ok::<_, SandboxError>((states.into_iter().flatten().collect::<Vec<S>>(), physical))
+        };
+        let (states, physical) = match tokio::time::timeout(deadline, run).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(SandboxError::TimedOut {
+                    limit_ms: self.limits.wall_ms,
+                });
+            }
+        };
+        let mut stats = collect_stats(physical.as_ref());
+        stats.peak_memory_bytes = self.pool.peak() as u64;
+        stats.wall_ms = started.elapsed().as_millis() as u64;
+        Ok((states, stats))
+    }
+}
+
 /// Sums scan and compute metrics over a finished physical plan.
 fn collect_stats(plan: &dyn ExecutionPlan) -> ExecStats {
     let mut stats = ExecStats::default();

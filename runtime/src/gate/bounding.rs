@@ -1,21 +1,31 @@
 //! Gate step 3: contribution bounding per privacy unit.
 //!
-//! The gate does not run the operator's aggregate. It runs its own two-stage plan:
+//! The gate does not run the operator's aggregate. It runs its own plan and folds the rows
+//! itself, in one pass:
 //!
 //! ```text
-//! stage A (DataFusion, in the sandbox):
-//!   SELECT unit, g1..gn, COUNT(*) AS n, SUM(clamp(v_j, lo_j, hi_j)) AS s_j, COUNT(v_j) AS c_j
-//!   FROM <the operator's input: scans, WHERE, joins on the unit> GROUP BY unit, g1..gn
-//! stage B (here, in trusted Rust): per unit keep at most `max_groups` groups, cap each
-//!   (unit, group) contribution at `max_rows` rows, and add the capped contributions up per group.
+//! in the sandbox (DataFusion):
+//!   SELECT unit, g1..gn, clamp(v_j, lo_j, hi_j) … FROM <the operator's input: scans, WHERE,
+//!   joins on the unit>, hash-partitioned by unit
+//! here, one task per partition (all rows of a unit land in one partition):
+//!   per unit, at most `max_groups` slots of (group, rows, Σ clamped v_j, non-null count);
+//!   then per group: units, capped rows, scaled sums
 //! ```
 //!
+//! # Which groups a unit keeps
+//! A unit in more than `max_groups` groups keeps the `max_groups` groups whose keys have the
+//! smallest hash (a per-partition random hash of the group key; ties broken by the key).
+//! The slots hold the smallest hashes seen so far: a new group replaces the slot with the
+//! largest hash if its own is smaller. The largest kept hash only ever decreases, so a group
+//! that was turned away or evicted can never come back, and a group that is admitted has had
+//! every one of its rows counted. The final slots are therefore exactly the `max_groups`
+//! smallest-hash groups among all the unit's groups — a choice that depends on that unit's
+//! rows alone, never on any other unit.
+//!
 //! # Proof of the bounds
-//! Neighbouring datasets differ in all rows of one privacy unit `u`. After stage A, `u` owns
-//! one row per group it appears in. Stage B keeps at most `max_groups` of them, chosen by a
-//! hash of the group key alone, so which groups `u` keeps depends on `u`'s rows only and never
-//! on other units (adding `u` changes nothing about any other unit's kept rows). For each kept
-//! (u, g):
+//! Neighbouring datasets differ in all rows of one privacy unit `u`. `u` owns at most
+//! `max_groups` slots, and nothing about other units' slots depends on `u`. For each slot
+//! (u, g) with `n` rows and, per measure, `c_j` non-null values summing to `s_j`:
 //! - its unit count contribution is exactly 1;
 //! - its row count contribution is `min(n, max_rows)` ≤ `max_rows`;
 //! - each value is clamped to `[lo, hi]` before summing, so `|s_j| ≤ c_j · B` with
@@ -33,23 +43,24 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, col, lit, when};
+use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, Partitioning, cast, col, lit, when,
+};
+use veil_sandbox::FoldError;
 
 use super::analysis::{Analysis, MeasureKind};
 
-/// Name prefix of the gate's internal columns; no operator column can clash with it because
-/// the gate builds this plan itself from expressions, not names.
+/// Name of the unit column in the gate's plan.
 const UNIT: &str = "__veil_unit";
-const ROWS: &str = "__veil_rows";
 
-/// Memory stage B needs per stage-A row beyond the batches themselves, in bytes: at most one
-/// entry per row in the per-unit group count (a 16-byte key and a count, padded to 32 bytes,
-/// at hash-table load 7/8, plus a control byte), and the row-encoded group keys of one batch.
-/// An estimate on the high side.
-pub const BYTES_PER_STAGE_A_ROW: usize = 48;
+/// Memory a fold grows its reservation by at a time, in bytes.
+const FOLD_RESERVATION_STEP_BYTES: usize = 8 * 1024 * 1024;
+/// Memory one unit costs the fold beyond its slots, in bytes: a 16-byte key and a 4-byte
+/// slot index, padded to 32, at hash-table load 7/8, plus a control byte.
+const UNIT_ENTRY_BYTES: usize = 40;
 
 /// Per-unit and per-group limits pinned by the template's approval.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +91,22 @@ pub struct GroupTotals {
 }
 
 impl GroupTotals {
-    /// Adds another shard's totals of the same group (shards hold disjoint units).
+    fn empty(kinds: &[SlotKind]) -> Self {
+        Self {
+            units: 0,
+            totals: kinds
+                .iter()
+                .map(|kind| match kind {
+                    SlotKind::Units => Total::Units,
+                    SlotKind::Rows | SlotKind::NonNull => Total::Count(0),
+                    SlotKind::IntSum => Total::IntSum { sum: 0, count: 0 },
+                    SlotKind::FloatSum => Total::FloatSum { sum: 0.0, count: 0 },
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds another partition's totals of the same group (partitions hold disjoint units).
     fn merge(&mut self, other: &GroupTotals) {
         self.units += other.units;
         for (mine, theirs) in self.totals.iter_mut().zip(&other.totals) {
@@ -103,8 +129,8 @@ impl GroupTotals {
 /// A group key in Arrow's row format (order-preserving bytes); empty when there is no GROUP BY.
 pub type GroupKeyBytes = Box<[u8]>;
 
-/// The result of stage B: every group that has at least one unit, keyed by its row-encoded
-/// group key, plus the converter that decodes keys back into columns.
+/// Every group that has at least one unit after bounding, keyed by its row-encoded group key,
+/// plus the converter that decodes keys back into columns.
 pub struct Bounded {
     pub converter: RowConverter,
     pub groups: HashMap<GroupKeyBytes, GroupTotals>,
@@ -112,45 +138,40 @@ pub struct Bounded {
     pub key_types: Vec<DataType>,
 }
 
-/// Builds the stage-A plan.
-pub fn stage_a_plan(analysis: &Analysis) -> datafusion::error::Result<LogicalPlan> {
+/// Builds the gate's plan: the operator's input, projected to the unit, the group keys and the
+/// clamped values, hash-partitioned by unit into `partitions`.
+pub fn stage_plan(
+    analysis: &Analysis,
+    partitions: usize,
+) -> datafusion::error::Result<LogicalPlan> {
     let mut projected = vec![Expr::Column(analysis.unit.clone()).alias(UNIT)];
-    let mut group_names = vec![col(UNIT)];
     for (i, group) in analysis.groups.iter().enumerate() {
-        let name = format!("__veil_g{i}");
-        projected.push(group.expr.clone().alias(&name));
-        group_names.push(col(name));
+        projected.push(group.expr.clone().alias(format!("__veil_g{i}")));
     }
-    let mut aggregates = vec![count(lit(1i64)).alias(ROWS)];
     for (j, measure) in analysis.measures.iter().enumerate() {
-        let value = format!("__veil_v{j}");
+        let name = format!("__veil_v{j}");
         match &measure.kind {
             MeasureKind::CountUnits | MeasureKind::CountRows { of: None } => {}
-            MeasureKind::CountRows { of: Some(expr) } => {
-                projected.push(expr.clone().alias(&value));
-                aggregates.push(count(col(&value)).alias(format!("__veil_c{j}")));
-            }
+            MeasureKind::CountRows { of: Some(expr) } => projected.push(expr.clone().alias(name)),
             MeasureKind::Sum {
-                value: expr,
+                value,
                 lo,
                 hi,
                 integer,
             }
             | MeasureKind::Avg {
-                value: expr,
+                value,
                 lo,
                 hi,
                 integer,
             } => {
-                projected.push(clamp(expr.clone(), *lo, *hi, *integer).alias(&value));
-                aggregates.push(sum(col(&value)).alias(format!("__veil_s{j}")));
-                aggregates.push(count(col(&value)).alias(format!("__veil_c{j}")));
+                projected.push(clamp(value.clone(), *lo, *hi, *integer).alias(name));
             }
         }
     }
     LogicalPlanBuilder::from(analysis.input.clone())
         .project(projected)?
-        .aggregate(group_names, aggregates)?
+        .repartition(Partitioning::Hash(vec![col(UNIT)], partitions.max(1)))?
         .build()
 }
 
@@ -170,6 +191,13 @@ fn clamp(expr: Expr, lo: f64, hi: f64, integer: bool) -> Expr {
             .otherwise(value)
             .unwrap_or_else(|_| lit(lo))
     }
+}
+
+/// The group key types of the gate's plan.
+pub fn key_types(plan: &LogicalPlan, n_groups: usize) -> Vec<DataType> {
+    (0..n_groups)
+        .map(|i| plan.schema().field(1 + i).data_type().clone())
+        .collect()
 }
 
 /// A unit's identity in stage B, in 16 bytes: an integer unit with the top bit set, or the
@@ -302,40 +330,299 @@ impl BatchKeys {
     }
 }
 
-/// Stage B over stage A's output batches.
-///
-/// The units are split into shards by a hash of the unit key, and each shard is bounded on its
-/// own thread: a unit's rows all fall in one shard, so no state is shared, and the per-unit
-/// maps are smaller. The shards' group totals are added up at the end.
-pub fn bound(
-    analysis: &Analysis,
-    key_types: Vec<DataType>,
-    batches: &[RecordBatch],
+/// What one measure keeps per slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SlotKind {
+    /// COUNT(DISTINCT unit): nothing per slot.
+    Units,
+    /// COUNT(*): the slot's row count.
+    Rows,
+    /// COUNT(expr): the non-null count of `__veil_v{j}`.
+    NonNull,
+    /// SUM/AVG over an integer column.
+    IntSum,
+    /// SUM/AVG over a float column.
+    FloatSum,
+}
+
+/// One measure's running value in one slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    int: i64,
+    float: f64,
+    count: i64,
+}
+
+/// One (unit, group) slot.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    group: u32,
+    rows: i64,
+    /// The unit's next slot, or `NO_SLOT`.
+    next: u32,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// The fold state of one partition.
+pub struct Fold {
     limits: Limits,
-) -> Result<Bounded, &'static str> {
+    n_groups: usize,
+    kinds: Vec<SlotKind>,
+    converter: RowConverter,
+    hasher: std::collections::hash_map::RandomState,
+    group_ids: FastMap<GroupKeyBytes, u32>,
+    group_keys: Vec<GroupKeyBytes>,
+    group_hashes: Vec<u64>,
+    units: FastMap<UnitKey, u32>,
+    slots: Vec<Slot>,
+    accs: Vec<Acc>,
+    reservation: MemoryReservation,
+    reserved_for: usize,
+}
+
+impl Fold {
+    /// A fold for `analysis` whose group keys have `key_types`.
+    pub fn new(
+        analysis: &Analysis,
+        key_types: &[DataType],
+        limits: Limits,
+        reservation: MemoryReservation,
+    ) -> Result<Self, FoldError> {
+        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
+            .map_err(|_| FoldError::Internal("group keys of an unsupported type"))?;
+        let kinds = analysis
+            .measures
+            .iter()
+            .map(|m| match &m.kind {
+                MeasureKind::CountUnits => SlotKind::Units,
+                MeasureKind::CountRows { of: None } => SlotKind::Rows,
+                MeasureKind::CountRows { of: Some(_) } => SlotKind::NonNull,
+                MeasureKind::Sum { integer: true, .. } | MeasureKind::Avg { integer: true, .. } => {
+                    SlotKind::IntSum
+                }
+                MeasureKind::Sum { .. } | MeasureKind::Avg { .. } => SlotKind::FloatSum,
+            })
+            .collect();
+        Ok(Self {
+            limits,
+            n_groups: analysis.groups.len(),
+            kinds,
+            converter,
+            hasher: std::collections::hash_map::RandomState::new(),
+            group_ids: FastMap::default(),
+            group_keys: Vec::new(),
+            group_hashes: Vec::new(),
+            units: FastMap::default(),
+            slots: Vec::new(),
+            accs: Vec::new(),
+            reservation,
+            reserved_for: 0,
+        })
+    }
+
+    fn stride(&self) -> usize {
+        self.kinds.len()
+    }
+
+    fn group_id(&mut self, key: &[u8]) -> u32 {
+        if let Some(id) = self.group_ids.get(key) {
+            return *id;
+        }
+        let id = self.group_keys.len() as u32;
+        let mut h = self.hasher.build_hasher();
+        h.write(key);
+        self.group_hashes.push(h.finish());
+        self.group_keys.push(Box::from(key));
+        self.group_ids.insert(Box::from(key), id);
+        id
+    }
+
+    /// Orders groups for the min-k choice: by hash, then by key.
+    fn rank(&self, group: u32) -> (u64, &[u8]) {
+        (
+            self.group_hashes[group as usize],
+            &self.group_keys[group as usize],
+        )
+    }
+
+    fn new_slot(&mut self, group: u32) -> u32 {
+        let index = self.slots.len() as u32;
+        self.slots.push(Slot {
+            group,
+            rows: 0,
+            next: NO_SLOT,
+        });
+        self.accs
+            .extend(std::iter::repeat_n(Acc::default(), self.kinds.len()));
+        index
+    }
+
+    /// The slot for (unit, group), making or reusing one, or `None` when the unit keeps
+    /// other groups.
+    fn slot_for(&mut self, unit: UnitKey, group: u32) -> Option<u32> {
+        let Some(&first) = self.units.get(&unit) else {
+            let slot = self.new_slot(group);
+            self.units.insert(unit, slot);
+            return Some(slot);
+        };
+        let mut count = 0usize;
+        let mut last = first;
+        let mut worst = first;
+        let mut at = first;
+        while at != NO_SLOT {
+            let slot = self.slots[at as usize];
+            if slot.group == group {
+                return Some(at);
+            }
+            if self.rank(slot.group) > self.rank(self.slots[worst as usize].group) {
+                worst = at;
+            }
+            count += 1;
+            last = at;
+            at = slot.next;
+        }
+        if count < self.limits.max_groups as usize {
+            let slot = self.new_slot(group);
+            self.slots[last as usize].next = slot;
+            return Some(slot);
+        }
+        if self.rank(group) < self.rank(self.slots[worst as usize].group) {
+            // Evict the largest-hash group: it can never come back (see the module docs).
+            let stride = self.stride();
+            let slot = &mut self.slots[worst as usize];
+            slot.group = group;
+            slot.rows = 0;
+            for acc in &mut self.accs[worst as usize * stride..(worst as usize + 1) * stride] {
+                *acc = Acc::default();
+            }
+            return Some(worst);
+        }
+        None
+    }
+
+    /// Grows the memory reservation to cover the state, a step at a time.
+    fn account(&mut self) -> Result<(), FoldError> {
+        let used = self.units.capacity() * UNIT_ENTRY_BYTES
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.accs.capacity() * std::mem::size_of::<Acc>();
+        if used > self.reserved_for {
+            let grow = (used - self.reserved_for).max(FOLD_RESERVATION_STEP_BYTES);
+            self.reservation
+                .try_grow(grow)
+                .map_err(|_| FoldError::Memory)?;
+            self.reserved_for += grow;
+        }
+        Ok(())
+    }
+
+    /// Folds one batch of the gate's plan.
+    pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<(), FoldError> {
+        let internal = FoldError::Internal;
+        let keys = BatchKeys::encode(&self.converter, batch, self.n_groups).map_err(internal)?;
+        let units = unit_keys(batch.column(0)).map_err(internal)?;
+        let mut values: Vec<Option<ArrayRef>> = Vec::with_capacity(self.kinds.len());
+        for (j, kind) in self.kinds.iter().enumerate() {
+            values.push(match kind {
+                SlotKind::Units | SlotKind::Rows => None,
+                _ => Some(
+                    batch
+                        .column_by_name(&format!("__veil_v{j}"))
+                        .cloned()
+                        .ok_or(FoldError::Internal("the gate's plan lost a value column"))?,
+                ),
+            });
+        }
+        let stride = self.stride();
+        for (r, unit) in units.into_iter().enumerate() {
+            // A row without a unit belongs to no one and is dropped.
+            let Some(unit) = unit else { continue };
+            let group = self.group_id(keys.key(r));
+            let Some(slot) = self.slot_for(unit, group) else {
+                continue;
+            };
+            self.slots[slot as usize].rows += 1;
+            let accs = &mut self.accs[slot as usize * stride..(slot as usize + 1) * stride];
+            for ((kind, value), acc) in self.kinds.iter().zip(&values).zip(accs.iter_mut()) {
+                let Some(value) = value else { continue };
+                if !value.is_valid(r) {
+                    continue;
+                }
+                acc.count += 1;
+                match kind {
+                    SlotKind::IntSum => {
+                        if let Some(ints) = value.as_primitive_opt::<Int64Type>() {
+                            acc.int = acc.int.saturating_add(ints.value(r));
+                        }
+                    }
+                    SlotKind::FloatSum => {
+                        if let Some(floats) = value.as_primitive_opt::<Float64Type>() {
+                            acc.float += floats.value(r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.account()
+    }
+
+    /// The partition's group totals, with every slot's contribution capped.
+    fn finish(self) -> HashMap<GroupKeyBytes, GroupTotals> {
+        let max_rows = i64::from(self.limits.max_rows);
+        let stride = self.stride();
+        let mut by_group: Vec<Option<GroupTotals>> = vec![None; self.group_keys.len()];
+        for (index, slot) in self.slots.iter().enumerate() {
+            if slot.rows == 0 {
+                continue;
+            }
+            let totals = by_group[slot.group as usize]
+                .get_or_insert_with(|| GroupTotals::empty(&self.kinds));
+            totals.units += 1;
+            let accs = &self.accs[index * stride..(index + 1) * stride];
+            for ((kind, acc), total) in self.kinds.iter().zip(accs).zip(totals.totals.iter_mut()) {
+                match (kind, total) {
+                    (SlotKind::Rows, Total::Count(t)) => *t += slot.rows.min(max_rows),
+                    (SlotKind::NonNull, Total::Count(t)) => *t += acc.count.min(max_rows),
+                    (SlotKind::IntSum, Total::IntSum { sum, count }) => {
+                        let s = i128::from(acc.int);
+                        // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
+                        let s = if acc.count > max_rows {
+                            s * i128::from(max_rows) / i128::from(acc.count)
+                        } else {
+                            s
+                        };
+                        *sum += s;
+                        *count += acc.count.min(max_rows);
+                    }
+                    (SlotKind::FloatSum, Total::FloatSum { sum, count }) => {
+                        let s = if acc.count > max_rows {
+                            acc.float * (max_rows as f64 / acc.count as f64)
+                        } else {
+                            acc.float
+                        };
+                        *sum += s;
+                        *count += acc.count.min(max_rows);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.group_keys
+            .into_iter()
+            .zip(by_group)
+            .filter_map(|(key, totals)| totals.map(|t| (key, t)))
+            .collect()
+    }
+}
+
+/// Adds up the partitions' folds into the bounded groups.
+pub fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'static str> {
     let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
         .map_err(|_| "group keys of an unsupported type")?;
-    let shards = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, BOUNDING_SHARDS_MAX);
-    let results: Vec<Result<FastMap<GroupKeyBytes, GroupTotals>, &'static str>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..shards)
-                .map(|shard| {
-                    let converter = &converter;
-                    scope.spawn(move || {
-                        bound_shard(analysis, converter, batches, limits, shard, shards)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(Err("a bounding thread failed")))
-                .collect()
-        });
     let mut groups: HashMap<GroupKeyBytes, GroupTotals> = HashMap::new();
-    for result in results {
-        for (key, totals) in result? {
+    for fold in folds {
+        for (key, totals) in fold.finish() {
             match groups.get_mut(&key) {
                 Some(existing) => existing.merge(&totals),
                 None => {
@@ -349,216 +636,6 @@ pub fn bound(
         groups,
         key_types,
     })
-}
-
-/// Most threads stage B uses.
-const BOUNDING_SHARDS_MAX: usize = 16;
-
-/// The shard a unit belongs to.
-#[inline]
-fn shard_of(unit: UnitKey, shards: usize) -> usize {
-    let folded = (unit as u64) ^ ((unit >> 64) as u64);
-    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % shards
-}
-
-/// Stage B for the units of one shard.
-fn bound_shard(
-    analysis: &Analysis,
-    converter: &RowConverter,
-    batches: &[RecordBatch],
-    limits: Limits,
-    shard: usize,
-    shards: usize,
-) -> Result<FastMap<GroupKeyBytes, GroupTotals>, &'static str> {
-    let n_groups = analysis.groups.len();
-    let max_groups = limits.max_groups as usize;
-    let max_rows = i64::from(limits.max_rows);
-
-    // Pass 1: how many groups each unit appears in. Unit keys are recomputed in pass 2
-    // rather than kept, to hold memory to the map alone.
-    // Sized for one unit per stage-A row of the shard, so the map never rehashes.
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut group_count: FastMap<UnitKey, u32> =
-        FastMap::with_capacity_and_hasher(rows / shards + 1, Default::default());
-    for batch in batches {
-        for key in unit_keys(batch.column(0))?.into_iter().flatten() {
-            if shard_of(key, shards) == shard {
-                *group_count.entry(key).or_insert(0) += 1;
-            }
-        }
-    }
-
-    // Pass 2: add up every (unit, group) of units within the limit; set aside those of units
-    // over it.
-    let mut groups: FastMap<GroupKeyBytes, GroupTotals> = FastMap::default();
-    let add = |groups: &mut FastMap<GroupKeyBytes, GroupTotals>,
-               key: &[u8],
-               columns: &MeasureColumns<'_>,
-               rows_in_group: i64,
-               r: usize| {
-        let totals = match groups.get_mut(key) {
-            Some(totals) => totals,
-            None => groups.entry(Box::from(key)).or_insert_with(|| GroupTotals {
-                units: 0,
-                totals: columns.empty(),
-            }),
-        };
-        totals.units += 1;
-        columns.add(r, rows_in_group.min(max_rows), max_rows, &mut totals.totals);
-    };
-    let hasher = std::collections::hash_map::RandomState::new();
-    // Rows of units over the limit: (unit, hash of the group key, the key, batch, row). They
-    // are rare (a unit in more groups than the approval allows), so their keys are copied.
-    let mut over_limit: Vec<(UnitKey, u64, GroupKeyBytes, usize, usize)> = Vec::new();
-    for (b, batch) in batches.iter().enumerate() {
-        let keys = BatchKeys::encode(converter, batch, n_groups)?;
-        let n = batch
-            .column_by_name(ROWS)
-            .ok_or("stage A lost its row count")?
-            .as_primitive::<Int64Type>();
-        let columns = MeasureColumns::of(analysis, batch)?;
-        for (r, unit) in unit_keys(batch.column(0))?.into_iter().enumerate() {
-            let Some(unit) = unit else { continue };
-            if shard_of(unit, shards) != shard {
-                continue;
-            }
-            if group_count.get(&unit).copied().unwrap_or(0) as usize <= max_groups {
-                add(&mut groups, keys.key(r), &columns, n.value(r), r);
-            } else {
-                // The hasher's keys are random per process: which groups a heavy unit keeps
-                // cannot be predicted, and never depends on any other unit.
-                let mut h = hasher.build_hasher();
-                h.write(keys.key(r));
-                over_limit.push((unit, h.finish(), Box::from(keys.key(r)), b, r));
-            }
-        }
-    }
-    drop(group_count);
-
-    // Units over the limit keep the `max_groups` groups with the smallest hash of the key.
-    over_limit.sort_unstable_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
-    let mut previous: Option<UnitKey> = None;
-    let mut taken = 0usize;
-    for (unit, _, key, b, r) in &over_limit {
-        if previous != Some(*unit) {
-            previous = Some(*unit);
-            taken = 0;
-        }
-        if taken < max_groups {
-            let batch = &batches[*b];
-            let n = batch
-                .column_by_name(ROWS)
-                .ok_or("stage A lost its row count")?
-                .as_primitive::<Int64Type>();
-            let columns = MeasureColumns::of(analysis, batch)?;
-            add(&mut groups, key, &columns, n.value(*r), *r);
-            taken += 1;
-        }
-    }
-    Ok(groups)
-}
-
-/// Stage A's measure columns in one batch.
-struct MeasureColumns<'a> {
-    kinds: Vec<ColumnKind<'a>>,
-}
-
-enum ColumnKind<'a> {
-    Units,
-    Rows,
-    NonNull(&'a datafusion::arrow::array::Int64Array),
-    IntSum(
-        &'a datafusion::arrow::array::Int64Array,
-        &'a datafusion::arrow::array::Int64Array,
-    ),
-    FloatSum(
-        &'a datafusion::arrow::array::Float64Array,
-        &'a datafusion::arrow::array::Int64Array,
-    ),
-}
-
-impl<'a> MeasureColumns<'a> {
-    fn of(analysis: &Analysis, batch: &'a RecordBatch) -> Result<Self, &'static str> {
-        let int = |name: String| {
-            batch
-                .column_by_name(&name)
-                .and_then(|c| c.as_primitive_opt::<Int64Type>())
-                .ok_or("stage A lost a measure column")
-        };
-        let mut kinds = Vec::with_capacity(analysis.measures.len());
-        for (j, measure) in analysis.measures.iter().enumerate() {
-            kinds.push(match &measure.kind {
-                MeasureKind::CountUnits => ColumnKind::Units,
-                MeasureKind::CountRows { of: None } => ColumnKind::Rows,
-                MeasureKind::CountRows { of: Some(_) } => {
-                    ColumnKind::NonNull(int(format!("__veil_c{j}"))?)
-                }
-                MeasureKind::Sum { integer: true, .. } | MeasureKind::Avg { integer: true, .. } => {
-                    ColumnKind::IntSum(int(format!("__veil_s{j}"))?, int(format!("__veil_c{j}"))?)
-                }
-                MeasureKind::Sum { .. } | MeasureKind::Avg { .. } => ColumnKind::FloatSum(
-                    batch
-                        .column_by_name(&format!("__veil_s{j}"))
-                        .and_then(|c| {
-                            c.as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>()
-                        })
-                        .ok_or("stage A lost a measure column")?,
-                    int(format!("__veil_c{j}"))?,
-                ),
-            });
-        }
-        Ok(Self { kinds })
-    }
-
-    fn empty(&self) -> Vec<Total> {
-        self.kinds
-            .iter()
-            .map(|kind| match kind {
-                ColumnKind::Units => Total::Units,
-                ColumnKind::Rows | ColumnKind::NonNull(_) => Total::Count(0),
-                ColumnKind::IntSum(..) => Total::IntSum { sum: 0, count: 0 },
-                ColumnKind::FloatSum(..) => Total::FloatSum { sum: 0.0, count: 0 },
-            })
-            .collect()
-    }
-
-    /// Adds one (unit, group)'s capped contribution.
-    fn add(&self, r: usize, rows: i64, max_rows: i64, totals: &mut [Total]) {
-        for (kind, total) in self.kinds.iter().zip(totals.iter_mut()) {
-            match (kind, total) {
-                (ColumnKind::Rows, Total::Count(t)) => *t += rows,
-                (ColumnKind::NonNull(c), Total::Count(t)) => *t += c.value(r).min(max_rows),
-                (ColumnKind::IntSum(s, c), Total::IntSum { sum, count }) => {
-                    let n = c.value(r);
-                    let s = if s.is_valid(r) {
-                        i128::from(s.value(r))
-                    } else {
-                        0
-                    };
-                    // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
-                    let s = if n > max_rows {
-                        s * i128::from(max_rows) / i128::from(n)
-                    } else {
-                        s
-                    };
-                    *sum += s;
-                    *count += n.min(max_rows);
-                }
-                (ColumnKind::FloatSum(s, c), Total::FloatSum { sum, count }) => {
-                    let n = c.value(r);
-                    let s = if s.is_valid(r) { s.value(r) } else { 0.0 };
-                    let s = if n > max_rows {
-                        s * (max_rows as f64 / n as f64)
-                    } else {
-                        s
-                    };
-                    *sum += s;
-                    *count += n.min(max_rows);
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// Decodes row-encoded group keys back into Arrow columns.

@@ -20,12 +20,12 @@ pub mod rules;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use veil_sandbox::{ExecStats, Sandbox, SandboxError};
+use datafusion::arrow::datatypes::{Field, Schema};
+use veil_sandbox::{ExecStats, FoldError, Sandbox, SandboxError};
 use veil_sdk::manifest::{ColumnDescription, NoiseScale};
 
 use analysis::{Analysis, MeasureKind, OutputColumn};
-use bounding::{GroupKeyBytes, Limits, Total};
+use bounding::{Fold, GroupKeyBytes, Limits, Total};
 use rules::{Refusal, Rule};
 
 /// Privacy parameters of one run, as the bureau pinned them.
@@ -74,38 +74,31 @@ pub async fn release(
     config: ReleaseConfig,
 ) -> Result<Released, (GateError, ExecStats)> {
     let internal = |what: &str| (GateError::Internal(what.to_string()), ExecStats::default());
-    let plan =
-        bounding::stage_a_plan(analysis).map_err(|_| internal("planning the bounded aggregate"))?;
-    let key_types: Vec<DataType> = (0..analysis.groups.len())
-        .map(|i| plan.schema().field(1 + i).data_type().clone())
-        .collect();
-    let (batches, mut stats) = sandbox
-        .execute(plan)
+    let plan = bounding::stage_plan(analysis, sandbox.partitions())
+        .map_err(|_| internal("planning the bounded query"))?;
+    let key_types = bounding::key_types(&plan, analysis.groups.len());
+
+    // Step 3: every partition folds its units' rows into bounded slots.
+    let init = {
+        let analysis = analysis.clone();
+        let key_types = key_types.clone();
+        let limits = config.limits;
+        move |reservation| Fold::new(&analysis, &key_types, limits, reservation)
+    };
+    let fold = |state: &mut Result<Fold, FoldError>, batch: &RecordBatch| match state {
+        Ok(fold) => fold.add_batch(batch),
+        Err(error) => Err(error.clone()),
+    };
+    let (folds, stats) = sandbox
+        .execute_folded(plan, init, fold)
         .await
         .map_err(|e| (GateError::Sandbox(e), ExecStats::default()))?;
-
-    // Stage B holds stage A's batches and a map over the units; both count against the job's
-    // memory limit and appear in its peak.
-    // Stage A's batches are slices of larger buffers, so each is measured by its own slice.
-    let held: usize = batches
-        .iter()
-        .flat_map(|b| b.columns())
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-        .sum();
-    let stage_a_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let reservation = sandbox
-        .reserve_memory(
-            "veil-gate-bounding",
-            held + stage_a_rows * bounding::BYTES_PER_STAGE_A_ROW,
-        )
-        .map_err(|e| (GateError::Sandbox(e), stats))?;
-    stats.peak_memory_bytes = sandbox.peak_memory_bytes();
     let fail = |what: &str| (GateError::Internal(what.to_string()), stats);
-
-    let bounded =
-        bounding::bound(analysis, key_types.clone(), &batches, config.limits).map_err(fail)?;
-    drop(batches);
-    drop(reservation);
+    let folds: Vec<Fold> = folds
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|_| fail("starting the bounding fold"))?;
+    let bounded = bounding::finish(folds, key_types.clone()).map_err(fail)?;
 
     // Step 4: which groups are candidates, and k-anonymity on true distinct-unit counts.
     let public = analysis.keys_are_public();
