@@ -379,6 +379,10 @@ pub struct Fold {
     accs: Vec<Acc>,
     reservation: MemoryReservation,
     reserved_for: usize,
+    /// The last row's unit, group and slot. Rows of one unit often arrive together (data
+    /// stored in unit order stays in order through the hash partitioning), and then the unit
+    /// and group lookups can be skipped.
+    last: Option<(UnitKey, u32, u32)>,
 }
 
 impl Fold {
@@ -418,6 +422,7 @@ impl Fold {
             accs: Vec::new(),
             reservation,
             reserved_for: 0,
+            last: None,
         })
     }
 
@@ -537,9 +542,25 @@ impl Fold {
         for (r, unit) in units.into_iter().enumerate() {
             // A row without a unit belongs to no one and is dropped.
             let Some(unit) = unit else { continue };
-            let group = self.group_id(keys.key(r));
-            let Some(slot) = self.slot_for(unit, group) else {
-                continue;
+            let key = keys.key(r);
+            let cached = match self.last {
+                Some((last_unit, group, slot))
+                    if last_unit == unit && *self.group_keys[group as usize] == *key =>
+                {
+                    Some(slot)
+                }
+                _ => None,
+            };
+            let slot = match cached {
+                Some(slot) => slot,
+                None => {
+                    let group = self.group_id(key);
+                    let Some(slot) = self.slot_for(unit, group) else {
+                        continue;
+                    };
+                    self.last = Some((unit, group, slot));
+                    slot
+                }
             };
             self.slots[slot as usize].rows += 1;
             let accs = &mut self.accs[slot as usize * stride..(slot as usize + 1) * stride];
