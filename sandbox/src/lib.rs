@@ -41,7 +41,7 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -365,39 +365,22 @@ impl Sandbox {
     }
 
     /// Runs a plan under the sandbox's time limit and returns every output batch with what
-    /// it cost. The batches are raw, in-domain data: only the gate may look at them.
+    /// it cost. The batches are raw, in-domain data: only the gate (and tests) may look at them.
     pub async fn execute(
         &self,
         plan: LogicalPlan,
     ) -> Result<(Vec<RecordBatch>, ExecStats), SandboxError> {
-        let started = Instant::now();
-        let deadline = Duration::from_millis(self.limits.wall_ms);
-        let state = self.ctx.state();
-        let run = async {
-            let physical = state
-                .create_physical_plan(&plan)
-                .await
-                .map_err(|e| error::map_exec_error(&e))?;
-            let mut stream = execute_stream(physical.clone(), self.ctx.task_ctx())
-                .map_err(|e| error::map_exec_error(&e))?;
-            let mut batches = Vec::new();
-            while let Some(batch) = stream.next().await {
-                batches.push(batch.map_err(|e| error::map_exec_error(&e))?);
-            }
-            Ok::<_, SandboxError>((batches, physical))
-        };
-        let (batches, physical) = match tokio::time::timeout(deadline, run).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(SandboxError::TimedOut {
-                    limit_ms: self.limits.wall_ms,
-                });
-            }
-        };
-        let mut stats = collect_stats(physical.as_ref());
-        stats.peak_memory_bytes = self.pool.peak() as u64;
-        stats.wall_ms = started.elapsed().as_millis() as u64;
-        Ok((batches, stats))
+        let (partitions, stats) = self
+            .execute_folded(
+                plan,
+                |_reservation| Vec::new(),
+                |batches: &mut Vec<RecordBatch>, batch: &RecordBatch| {
+                    batches.push(batch.clone());
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok((partitions.into_iter().flatten().collect(), stats))
     }
 }
 
