@@ -200,14 +200,14 @@ pub fn key_types(plan: &LogicalPlan, n_groups: usize) -> Vec<DataType> {
         .collect()
 }
 
-/// A unit's identity in stage B, in 16 bytes: an integer unit with the top bit set, or the
+/// A unit's identity in the fold, in 16 bytes: an integer unit with the top bit set, or the
 /// first 127 bits of the BLAKE3 digest of a text unit (top bit clear), so the two kinds never
 /// meet. Two text units colliding in 127 bits is not a practical concern.
 type UnitKey = u128;
 
 const INTEGER_UNIT: u128 = 1 << 127;
 
-/// The unit keys of one stage-A batch; `None` for a null unit (such rows belong to no one
+/// The unit keys of one batch; `None` for a null unit (such rows belong to no one
 /// and are dropped).
 fn unit_keys(array: &ArrayRef) -> Result<Vec<Option<UnitKey>>, &'static str> {
     if array.data_type().is_integer()
@@ -236,9 +236,9 @@ fn unit_keys(array: &ArrayRef) -> Result<Vec<Option<UnitKey>>, &'static str> {
         .collect())
 }
 
-/// A fast, non-cryptographic hasher (the FxHash mixing step) for stage B's maps. The keys are
+/// A fast, non-cryptographic hasher (the FxHash mixing step) for the fold's maps. The keys are
 /// in-domain values and group keys, never chosen by the operator, so hash flooding is not a
-/// concern; speed is, because stage B touches every (unit, group).
+/// concern; speed is, because the fold touches every row.
 #[derive(Debug, Default, Clone, Copy)]
 struct FastHasher(u64);
 

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! LogicalPlan ─► analysis (steps 1–2: statement policy, shape)  ─► Analysis | Refusal
-//! Analysis ───► bounding (step 3: stage A in the sandbox, stage B here)
+//! Analysis ───► bounding (step 3: rows partitioned by unit in the sandbox, folded here)
 //!           ───► k-anonymity + existence threshold (step 4)
 //!           ───► noise (step 5, OpenDP) ─► one RecordBatch: the product's rows
 //! ```
 //!
 //! Budget (step 6) is reserved by `jobs` before [`release`] runs, and reasons (step 7) are the
 //! [`rules::Refusal`] every step returns. **No function outside this module turns in-domain
-//! rows into something that leaves**: the sandbox returns stage-A batches to [`release`] only,
+//! rows into something that leaves**: the sandbox hands partitioned rows to [`release`]'s fold only,
 //! and [`release`] returns nothing but noisy aggregates of groups that passed k and τ.
 
 pub mod analysis;
