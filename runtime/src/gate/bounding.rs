@@ -353,6 +353,16 @@ struct Acc {
     count: i64,
 }
 
+/// A measure's column in one batch, downcast.
+enum Value<'a> {
+    /// Nothing to read (COUNT(*), COUNT(DISTINCT unit)).
+    Missing,
+    Int(&'a datafusion::arrow::array::Int64Array),
+    Float(&'a datafusion::arrow::array::Float64Array),
+    /// Only nullness matters (COUNT(expr)).
+    Any(&'a dyn Array),
+}
+
 /// One (unit, group) slot.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -526,9 +536,10 @@ impl Fold {
         let internal = FoldError::Internal;
         let keys = BatchKeys::encode(&self.converter, batch, self.n_groups).map_err(internal)?;
         let units = unit_keys(batch.column(0)).map_err(internal)?;
-        let mut values: Vec<Option<ArrayRef>> = Vec::with_capacity(self.kinds.len());
+        // Each measure's column, downcast once per batch rather than once per row.
+        let mut columns: Vec<Option<ArrayRef>> = Vec::with_capacity(self.kinds.len());
         for (j, kind) in self.kinds.iter().enumerate() {
-            values.push(match kind {
+            columns.push(match kind {
                 SlotKind::Units | SlotKind::Rows => None,
                 _ => Some(
                     batch
@@ -538,6 +549,21 @@ impl Fold {
                 ),
             });
         }
+        let values: Vec<Value<'_>> = self
+            .kinds
+            .iter()
+            .zip(&columns)
+            .map(|(kind, column)| match (kind, column) {
+                (SlotKind::IntSum, Some(c)) => c
+                    .as_primitive_opt::<Int64Type>()
+                    .map_or(Value::Missing, Value::Int),
+                (SlotKind::FloatSum, Some(c)) => c
+                    .as_primitive_opt::<Float64Type>()
+                    .map_or(Value::Missing, Value::Float),
+                (SlotKind::NonNull, Some(c)) => Value::Any(c.as_ref()),
+                _ => Value::Missing,
+            })
+            .collect();
         let stride = self.stride();
         for (r, unit) in units.into_iter().enumerate() {
             // A row without a unit belongs to no one and is dropped.
@@ -564,24 +590,26 @@ impl Fold {
             };
             self.slots[slot as usize].rows += 1;
             let accs = &mut self.accs[slot as usize * stride..(slot as usize + 1) * stride];
-            for ((kind, value), acc) in self.kinds.iter().zip(&values).zip(accs.iter_mut()) {
-                let Some(value) = value else { continue };
-                if !value.is_valid(r) {
-                    continue;
-                }
-                acc.count += 1;
-                match kind {
-                    SlotKind::IntSum => {
-                        if let Some(ints) = value.as_primitive_opt::<Int64Type>() {
+            for (value, acc) in values.iter().zip(accs.iter_mut()) {
+                match value {
+                    Value::Missing => {}
+                    Value::Int(ints) => {
+                        if ints.is_valid(r) {
+                            acc.count += 1;
                             acc.int = acc.int.saturating_add(ints.value(r));
                         }
                     }
-                    SlotKind::FloatSum => {
-                        if let Some(floats) = value.as_primitive_opt::<Float64Type>() {
+                    Value::Float(floats) => {
+                        if floats.is_valid(r) {
+                            acc.count += 1;
                             acc.float += floats.value(r);
                         }
                     }
-                    _ => {}
+                    Value::Any(column) => {
+                        if column.is_valid(r) {
+                            acc.count += 1;
+                        }
+                    }
                 }
             }
         }
