@@ -315,6 +315,9 @@ async fn execute(
             max_groups: approval.max_groups,
             max_rows: approval.max_rows,
         },
+        // Registries hold one to a few rows per unit; half the largest table's rows is a
+        // fair first size for the fold's per-unit map.
+        units_hint: used.iter().map(|d| d.rows as usize).max().unwrap_or(0) / 2,
     };
     let released = match gate::release(&sandbox, &analysis, config).await {
         Ok(released) => released,

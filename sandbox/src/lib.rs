@@ -394,6 +394,11 @@ pub enum FoldError {
 }
 
 impl Sandbox {
+    /// The job's resource limits.
+    pub fn limits(&self) -> SandboxLimits {
+        self.limits
+    }
+
     /// The plan's output partition count, as the sandbox would execute it.
     pub fn partitions(&self) -> usize {
         self.limits.partitions.max(1)

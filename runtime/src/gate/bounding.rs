@@ -330,6 +330,15 @@ impl BatchKeys {
     }
 }
 
+/// How many units a fold sizes its state for up front: the hint, but never more than
+/// `bytes_max` of state. Sizing once avoids rehashing a map of millions of entries as it grows.
+pub fn units_capacity(analysis: &Analysis, hint: usize, bytes_max: usize) -> usize {
+    let per_unit = UNIT_ENTRY_BYTES
+        + std::mem::size_of::<Slot>()
+        + analysis.measures.len() * std::mem::size_of::<Acc>();
+    hint.min(bytes_max / per_unit)
+}
+
 /// What one measure keeps per slot.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SlotKind {
@@ -402,6 +411,7 @@ impl Fold {
         key_types: &[DataType],
         limits: Limits,
         reservation: MemoryReservation,
+        units_capacity: usize,
     ) -> Result<Self, FoldError> {
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|_| FoldError::Internal("group keys of an unsupported type"))?;
@@ -427,9 +437,9 @@ impl Fold {
             group_ids: FastMap::default(),
             group_keys: Vec::new(),
             group_hashes: Vec::new(),
-            units: FastMap::default(),
-            slots: Vec::new(),
-            accs: Vec::new(),
+            units: FastMap::with_capacity_and_hasher(units_capacity, Default::default()),
+            slots: Vec::with_capacity(units_capacity),
+            accs: Vec::with_capacity(units_capacity * analysis.measures.len()),
             reservation,
             reserved_for: 0,
             last: None,

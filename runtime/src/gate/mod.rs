@@ -35,6 +35,9 @@ pub struct ReleaseConfig {
     pub delta: f64,
     pub k: u32,
     pub limits: Limits,
+    /// Roughly how many distinct units the input holds (0 when unknown), so the fold can size
+    /// its per-unit map once instead of growing it; never affects what is released.
+    pub units_hint: usize,
 }
 
 /// What the gate lets out.
@@ -79,11 +82,17 @@ pub async fn release(
     let key_types = bounding::key_types(&plan, analysis.groups.len());
 
     // Step 3: every partition folds its units' rows into bounded slots.
+    let partitions = sandbox.partitions();
+    let units_capacity = bounding::units_capacity(
+        analysis,
+        config.units_hint / partitions,
+        sandbox.limits().memory_bytes / 4 / partitions,
+    );
     let init = {
         let analysis = analysis.clone();
         let key_types = key_types.clone();
         let limits = config.limits;
-        move |reservation| Fold::new(&analysis, &key_types, limits, reservation)
+        move |reservation| Fold::new(&analysis, &key_types, limits, reservation, units_capacity)
     };
     let fold = |state: &mut Result<Fold, FoldError>, batch: &RecordBatch| match state {
         Ok(fold) => fold.add_batch(batch),
