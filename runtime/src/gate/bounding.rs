@@ -486,10 +486,21 @@ impl Fold {
     /// The slot for (unit, group), making or reusing one, or `None` when the unit keeps
     /// other groups.
     fn slot_for(&mut self, unit: UnitKey, group: u32) -> Option<u32> {
-        let Some(&first) = self.units.get(&unit) else {
-            let slot = self.new_slot(group);
-            self.units.insert(unit, slot);
-            return Some(slot);
+        // One probe of the unit map whether the unit is new or known.
+        let first = match self.units.entry(unit) {
+            std::collections::hash_map::Entry::Occupied(entry) => *entry.get(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let slot = self.slots.len() as u32;
+                entry.insert(slot);
+                self.slots.push(Slot {
+                    group,
+                    rows: 0,
+                    next: NO_SLOT,
+                });
+                self.accs
+                    .extend(std::iter::repeat_n(Acc::default(), self.kinds.len()));
+                return Some(slot);
+            }
         };
         let mut count = 0usize;
         let mut last = first;
