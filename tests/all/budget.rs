@@ -10,12 +10,10 @@
 use std::sync::{Arc, Barrier};
 
 use veil_runtime::budget::{self, Spent};
-use veil_runtime::catalog::{self, Policy};
-use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
 use veil_runtime::store::Store;
 use veil_runtime::templates::ApprovalRequest;
-use veil_runtime::{clock, demo_data, metering};
+use veil_runtime::{clock, metering};
 
 use crate::support::{self, Fixture, OPERATOR};
 
@@ -267,31 +265,16 @@ async fn epsilon_reserved_by_a_job_the_gate_refuses_is_not_refunded() {
 async fn outside_its_term_a_grant_runs_nothing_and_spends_nothing() {
     // A fresh store whose only grant ended in 2020; the clock is not pinned, because it is
     // shared by every test in this process.
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let raw = dir.path().join("raw");
-    demo_data::write_demo_data(ROWS, &raw, demo_data::DEMO_SEED).expect("demo data");
-    let mut store = Store::init(&dir.path().join("store")).expect("store");
-    catalog::register(
-        &mut store,
-        "social_insurance",
-        &raw.join("social_insurance.parquet"),
-        Policy::parse(support::SOCIAL_POLICY).expect("policy"),
-    )
-    .expect("register");
-    let expired = grants::create(
-        &mut store,
-        GrantRequest {
-            operator: OPERATOR.into(),
-            datasets: vec!["social_insurance".into()],
-            purpose: "statistics for 2020".into(),
-            valid_from: "2020-01-01".parse().expect("date"),
-            valid_to: "2020-12-31".parse().expect("date"),
-            epsilon_per_month: 10.0,
-            delta_per_month: 0.5,
-            disposition: Disposition::Archive,
-        },
-    )
-    .expect("grant");
+    let Fixture {
+        dir: _dir,
+        mut store,
+        grant: expired,
+    } = Fixture::with_term(
+        ROWS,
+        10.0,
+        "2020-01-01".parse().expect("date"),
+        "2020-12-31".parse().expect("date"),
+    );
     let template =
         support::submit_and_approve(&mut store, BY_CITY, &[("year", "2025")], one_epsilon())
             .expect("template");

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::Days;
+use chrono::{Days, NaiveDate};
 use tempfile::TempDir;
 use veil_runtime::catalog::{self, Policy};
 use veil_runtime::grants::{self, Disposition, Grant, GrantRequest};
@@ -32,35 +32,43 @@ impl Fixture {
         Self::with_budget(rows, 100.0)
     }
 
+    /// A term around today, within the longest term a grant may have.
     pub fn with_budget(rows: u64, epsilon_per_month: f64) -> Self {
+        let today = veil_runtime::clock::today();
+        Self::with_term(
+            rows,
+            epsilon_per_month,
+            today - Days::new(30),
+            today + Days::new(335),
+        )
+    }
+
+    /// A grant valid from `from` to `to` (both days included).
+    pub fn with_term(rows: u64, epsilon_per_month: f64, from: NaiveDate, to: NaiveDate) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
         let raw = dir.path().join("raw");
         demo_data::write_demo_data(rows, &raw, demo_data::DEMO_SEED).expect("demo data");
         let mut store = Store::init(&dir.path().join("store")).expect("store");
-        catalog::register(
-            &mut store,
-            "social_insurance",
-            &raw.join("social_insurance.parquet"),
-            Policy::parse(SOCIAL_POLICY).expect("policy"),
-        )
-        .expect("register social_insurance");
-        catalog::register(
-            &mut store,
-            "enterprise_registry",
-            &raw.join("enterprise_registry.parquet"),
-            Policy::parse(ENTERPRISE_POLICY).expect("policy"),
-        )
-        .expect("register enterprise_registry");
-        let today = veil_runtime::clock::today();
+        for (name, policy) in [
+            ("social_insurance", SOCIAL_POLICY),
+            ("enterprise_registry", ENTERPRISE_POLICY),
+        ] {
+            catalog::register(
+                &mut store,
+                name,
+                &raw.join(format!("{name}.parquet")),
+                Policy::parse(policy).expect("policy"),
+            )
+            .expect("register");
+        }
         let grant = grants::create(
             &mut store,
             GrantRequest {
                 operator: OPERATOR.into(),
                 datasets: vec!["social_insurance".into(), "enterprise_registry".into()],
                 purpose: "integration tests".into(),
-                // A term around today, within the longest term a grant may have.
-                valid_from: today - Days::new(30),
-                valid_to: today + Days::new(335),
+                valid_from: from,
+                valid_to: to,
                 epsilon_per_month,
                 delta_per_month: 0.5,
                 disposition: Disposition::Archive,
