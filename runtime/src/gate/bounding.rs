@@ -6,30 +6,51 @@
 //! ```text
 //! in the sandbox (DataFusion):
 //!   SELECT unit, g1..gn, clamp(v_j, lo_j, hi_j) … FROM <the operator's input: scans, WHERE,
-//!   joins on the unit>, hash-partitioned by unit
-//! here, one task per partition (all rows of a unit land in one partition):
-//!   per unit, at most `max_groups` slots of (group, rows, Σ clamped v_j, non-null count);
-//!   then per group: units, capped rows, scaled sums
+//!   joins on the unit>, in whatever partitions the scan makes (not partitioned by unit)
+//! here, one fold per partition:
+//!   per unit it saw, at most `max_groups` slots of (group, rows, Σ clamped v_j, non-null count)
+//! then `finish`, one thread per fold:
+//!   a unit only one fold saw is counted from its slots; a unit several folds saw has its
+//!   slots merged once (by the lowest-numbered fold that saw it)
+//!   per group: units, capped rows, scaled sums
 //! ```
 //!
 //! # Which groups a unit keeps
-//! A unit in more than `max_groups` groups keeps the `max_groups` groups whose keys have the
-//! smallest hash (a per-partition random hash of the group key; ties broken by the key).
-//! The slots hold the smallest hashes seen so far: a new group replaces the slot with the
-//! largest hash if its own is smaller. The largest kept hash only ever decreases, so a group
-//! that was turned away or evicted can never come back, and a group that is admitted has had
-//! every one of its rows counted. The final slots are therefore exactly the `max_groups`
-//! smallest-hash groups among all the unit's groups — a choice that depends on that unit's
-//! rows alone, never on any other unit.
+//! A unit in more than `max_groups` groups keeps the `max_groups` groups whose keys rank
+//! lowest by (hash, key), with one random hash of the group key per job, shared by all folds.
+//! Within a fold, the slots hold the lowest-ranked groups seen so far: a new group replaces
+//! the slot with the highest rank if its own is lower. The highest kept rank only ever
+//! decreases, so a group that was turned away or evicted can never come back, and a group
+//! that is admitted has had every one of its rows in that fold counted. A fold's final slots
+//! for a unit are therefore exactly the `max_groups` lowest-ranked groups among the unit's
+//! groups in that fold.
+//!
+//! ## Merging folds
+//! Let `G` be all of a unit's groups, `G_i` those fold `i` saw, `K_i` what fold `i` kept, and
+//! `K` the `max_groups` lowest-ranked groups of `G` (the choice one fold over all rows would
+//! make). A group `g` in `K` is among the `max_groups` lowest of `G`, so also among the
+//! `max_groups` lowest of any `G_i` that holds it: every fold that saw `g` kept it, with all
+//! of its rows there. So `K` ⊆ ∪ `K_i`, and as `K` is the lowest of all `G`, the `max_groups`
+//! lowest-ranked groups of ∪ `K_i` are exactly `K`; for each of them, summing rows and
+//! accumulators over the folds that kept it gives its counts over all the unit's rows. Groups
+//! are matched across folds by key (each fold numbers its groups itself), and ranks agree
+//! because the hash is the same. The merge therefore yields exactly the single-fold result,
+//! whatever the partitioning — a choice that depends on that unit's rows alone, never on any
+//! other unit.
 //!
 //! # Proof of the bounds
-//! Neighbouring datasets differ in all rows of one privacy unit `u`. `u` owns at most
-//! `max_groups` slots, and nothing about other units' slots depends on `u`. For each slot
-//! (u, g) with `n` rows and, per measure, `c_j` non-null values summing to `s_j`:
+//! Neighbouring datasets differ in all rows of one privacy unit `u`. After `finish`, `u` owns
+//! at most `max_groups` slots (each fold keeps at most that many, and a merge keeps the
+//! `max_groups` lowest), and nothing about other units' slots depends on `u` (each fold's
+//! per-unit state is keyed by the unit, and a merge reads only that unit's slots). The caps
+//! below apply once, to the merged slot: the folds' partial counts and sums of (u, g) are
+//! added up first. For each slot (u, g) with `n` rows and, per measure, `c_j` non-null values
+//! summing to `s_j`:
 //! - its unit count contribution is exactly 1;
 //! - its row count contribution is `min(n, max_rows)` ≤ `max_rows`;
 //! - each value is clamped to `[lo, hi]` before summing, so `|s_j| ≤ c_j · B` with
-//!   `B = max(|lo|, |hi|)`; the kept sum is `s_j · min(1, max_rows / c_j)` (as if only
+//!   `B = max(|lo|, |hi|)` (integer sums saturate at the `i64` range, in a fold and in a
+//!   merge, which only moves a partial sum toward zero: `|a ⊕ b| ≤ |a| + |b|`); the kept sum is `s_j · min(1, max_rows / c_j)` (as if only
 //!   `max_rows` average rows were kept), so `|s_j'| ≤ max_rows · B`; its count is
 //!   `min(c_j, max_rows)`.
 //!
@@ -46,9 +67,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::memory_pool::MemoryReservation;
-use datafusion::logical_expr::{
-    Expr, LogicalPlan, LogicalPlanBuilder, Partitioning, cast, col, lit, when,
-};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit, when};
 use veil_sandbox::FoldError;
 
 use super::analysis::{Analysis, MeasureKind};
@@ -106,7 +125,7 @@ impl GroupTotals {
         }
     }
 
-    /// Adds another partition's totals of the same group (partitions hold disjoint units).
+    /// Adds another share of the same group's totals (shares hold disjoint (unit, group) slots).
     fn merge(&mut self, other: &GroupTotals) {
         self.units += other.units;
         for (mine, theirs) in self.totals.iter_mut().zip(&other.totals) {
@@ -139,11 +158,9 @@ pub struct Bounded {
 }
 
 /// Builds the gate's plan: the operator's input, projected to the unit, the group keys and the
-/// clamped values, hash-partitioned by unit into `partitions`.
-pub fn stage_plan(
-    analysis: &Analysis,
-    partitions: usize,
-) -> datafusion::error::Result<LogicalPlan> {
+/// clamped values. It is not partitioned by unit: each fold takes whatever partition the scan
+/// gives it, and [`finish`] merges a unit's slots across folds (see the module docs).
+pub fn stage_plan(analysis: &Analysis) -> datafusion::error::Result<LogicalPlan> {
     let mut projected = vec![Expr::Column(analysis.unit.clone()).alias(UNIT)];
     for (i, group) in analysis.groups.iter().enumerate() {
         projected.push(group.expr.clone().alias(format!("__veil_g{i}")));
@@ -171,7 +188,6 @@ pub fn stage_plan(
     }
     LogicalPlanBuilder::from(analysis.input.clone())
         .project(projected)?
-        .repartition(Partitioning::Hash(vec![col(UNIT)], partitions.max(1)))?
         .build()
 }
 
@@ -383,13 +399,18 @@ struct Slot {
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// The random hash that ranks group keys for the min-k choice: one per job, shared by all of
+/// the job's folds (a fresh `RandomState` per job, so which groups a unit in too many groups
+/// keeps cannot be predicted from the keys).
+pub type GroupHasher = std::collections::hash_map::RandomState;
+
 /// The fold state of one partition.
 pub struct Fold {
     limits: Limits,
     n_groups: usize,
     kinds: Vec<SlotKind>,
     converter: RowConverter,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: GroupHasher,
     group_ids: FastMap<GroupKeyBytes, u32>,
     group_keys: Vec<GroupKeyBytes>,
     group_hashes: Vec<u64>,
@@ -405,11 +426,13 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// A fold for `analysis` whose group keys have `key_types`.
+    /// A fold for `analysis` whose group keys have `key_types`. Every fold of one job must get
+    /// the same `hasher`, so that they rank groups alike and [`finish`] can merge them.
     pub fn new(
         analysis: &Analysis,
         key_types: &[DataType],
         limits: Limits,
+        hasher: GroupHasher,
         reservation: MemoryReservation,
         units_capacity: usize,
     ) -> Result<Self, FoldError> {
@@ -433,7 +456,7 @@ impl Fold {
             n_groups: analysis.groups.len(),
             kinds,
             converter,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher,
             group_ids: FastMap::default(),
             group_keys: Vec::new(),
             group_hashes: Vec::new(),
@@ -637,70 +660,227 @@ impl Fold {
         self.account()
     }
 
-    /// The partition's group totals, with every slot's contribution capped.
-    fn finish(self) -> HashMap<GroupKeyBytes, GroupTotals> {
-        let max_rows = i64::from(self.limits.max_rows);
+    /// The slots of the unit whose first slot is `first`, in the unit's chain order.
+    fn chain(&self, first: u32) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(Some(first), |at| {
+            Some(self.slots[*at as usize].next).filter(|next| *next != NO_SLOT)
+        })
+    }
+
+    fn accs_of(&self, slot: u32) -> &[Acc] {
         let stride = self.stride();
-        let mut by_group: Vec<Option<GroupTotals>> = vec![None; self.group_keys.len()];
-        for (index, slot) in self.slots.iter().enumerate() {
-            if slot.rows == 0 {
-                continue;
-            }
-            let totals = by_group[slot.group as usize]
-                .get_or_insert_with(|| GroupTotals::empty(&self.kinds));
-            totals.units += 1;
-            let accs = &self.accs[index * stride..(index + 1) * stride];
-            for ((kind, acc), total) in self.kinds.iter().zip(accs).zip(totals.totals.iter_mut()) {
-                match (kind, total) {
-                    (SlotKind::Rows, Total::Count(t)) => *t += slot.rows.min(max_rows),
-                    (SlotKind::NonNull, Total::Count(t)) => *t += acc.count.min(max_rows),
-                    (SlotKind::IntSum, Total::IntSum { sum, count }) => {
-                        let s = i128::from(acc.int);
-                        // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
-                        let s = if acc.count > max_rows {
-                            s * i128::from(max_rows) / i128::from(acc.count)
-                        } else {
-                            s
-                        };
-                        *sum += s;
-                        *count += acc.count.min(max_rows);
-                    }
-                    (SlotKind::FloatSum, Total::FloatSum { sum, count }) => {
-                        let s = if acc.count > max_rows {
-                            acc.float * (max_rows as f64 / acc.count as f64)
-                        } else {
-                            acc.float
-                        };
-                        *sum += s;
-                        *count += acc.count.min(max_rows);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        self.group_keys
-            .into_iter()
-            .zip(by_group)
-            .filter_map(|(key, totals)| totals.map(|t| (key, t)))
-            .collect()
+        &self.accs[slot as usize * stride..(slot as usize + 1) * stride]
     }
 }
 
-/// Adds up the partitions' folds into the bounded groups.
-pub fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'static str> {
-    let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
-        .map_err(|_| "group keys of an unsupported type")?;
-    let mut groups: HashMap<GroupKeyBytes, GroupTotals> = HashMap::new();
-    for fold in folds {
-        for (key, totals) in fold.finish() {
-            match groups.get_mut(&key) {
-                Some(existing) => existing.merge(&totals),
-                None => {
-                    groups.insert(key, totals);
+/// Adds one slot's capped contribution to its group's totals.
+fn add_slot(totals: &mut GroupTotals, kinds: &[SlotKind], max_rows: i64, rows: i64, accs: &[Acc]) {
+    totals.units += 1;
+    for ((kind, acc), total) in kinds.iter().zip(accs).zip(totals.totals.iter_mut()) {
+        match (kind, total) {
+            (SlotKind::Rows, Total::Count(t)) => *t += rows.min(max_rows),
+            (SlotKind::NonNull, Total::Count(t)) => *t += acc.count.min(max_rows),
+            (SlotKind::IntSum, Total::IntSum { sum, count }) => {
+                let s = i128::from(acc.int);
+                // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
+                let s = if acc.count > max_rows {
+                    s * i128::from(max_rows) / i128::from(acc.count)
+                } else {
+                    s
+                };
+                *sum += s;
+                *count += acc.count.min(max_rows);
+            }
+            (SlotKind::FloatSum, Total::FloatSum { sum, count }) => {
+                let s = if acc.count > max_rows {
+                    acc.float * (max_rows as f64 / acc.count as f64)
+                } else {
+                    acc.float
+                };
+                *sum += s;
+                *count += acc.count.min(max_rows);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Group ids over all folds of a job: each fold numbers its groups in the order it met them,
+/// so a group key has a different id in each fold.
+struct GlobalGroups<'a> {
+    keys: Vec<&'a [u8]>,
+    /// The groups' ranking hashes (the same in every fold: one hasher per job).
+    hashes: Vec<u64>,
+    /// Per fold, its group ids' global ids.
+    of_fold: Vec<Vec<u32>>,
+}
+
+impl<'a> GlobalGroups<'a> {
+    fn new(folds: &'a [Fold]) -> Self {
+        let mut ids: FastMap<&'a [u8], u32> = FastMap::default();
+        let mut keys = Vec::new();
+        let mut hashes = Vec::new();
+        let of_fold = folds
+            .iter()
+            .map(|fold| {
+                fold.group_keys
+                    .iter()
+                    .zip(&fold.group_hashes)
+                    .map(|(key, hash)| {
+                        *ids.entry(key).or_insert_with(|| {
+                            keys.push(&**key);
+                            hashes.push(*hash);
+                            (keys.len() - 1) as u32
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            keys,
+            hashes,
+            of_fold,
+        }
+    }
+
+    fn rank(&self, group: u32) -> (u64, &[u8]) {
+        (self.hashes[group as usize], self.keys[group as usize])
+    }
+}
+
+/// One group of a unit that several folds saw, while its slots are merged.
+struct MergedSlot {
+    group: u32,
+    rows: i64,
+    /// Where its accumulators start in the merge's flat `Acc` buffer.
+    accs_at: usize,
+}
+
+/// The group totals of fold `i`'s units, by global group id: units no other fold saw straight
+/// from their slots, and units several folds saw merged once, by the lowest-numbered of them.
+fn fold_totals(folds: &[Fold], i: usize, global: &GlobalGroups<'_>) -> Vec<Option<GroupTotals>> {
+    let fold = &folds[i];
+    let kinds = &fold.kinds;
+    let stride = fold.stride();
+    let max_rows = i64::from(fold.limits.max_rows);
+    let max_groups = fold.limits.max_groups as usize;
+    let mut totals: Vec<Option<GroupTotals>> = vec![None; global.keys.len()];
+    let mut add = |group: u32, rows: i64, accs: &[Acc]| {
+        let entry = totals[group as usize].get_or_insert_with(|| GroupTotals::empty(kinds));
+        add_slot(entry, kinds, max_rows, rows, accs);
+    };
+    // Slots of units that other folds saw too: counted by the merge, not one by one.
+    let mut merged_away = vec![false; fold.slots.len()];
+    let mut holders: Vec<(usize, u32)> = Vec::with_capacity(folds.len());
+    let mut merged: Vec<MergedSlot> = Vec::new();
+    let mut merged_accs: Vec<Acc> = Vec::new();
+    for (unit, first) in &fold.units {
+        holders.clear();
+        for (j, other) in folds.iter().enumerate() {
+            if j != i
+                && let Some(other_first) = other.units.get(unit)
+            {
+                holders.push((j, *other_first));
+            }
+        }
+        if holders.is_empty() {
+            continue;
+        }
+        for slot in fold.chain(*first) {
+            merged_away[slot as usize] = true;
+        }
+        if holders.iter().any(|(j, _)| *j < i) {
+            continue;
+        }
+        holders.push((i, *first));
+        merged.clear();
+        merged_accs.clear();
+        for (j, first) in &holders {
+            let holder = &folds[*j];
+            for at in holder.chain(*first) {
+                let slot = holder.slots[at as usize];
+                let group = global.of_fold[*j][slot.group as usize];
+                let into = match merged.iter().position(|m| m.group == group) {
+                    Some(k) => k,
+                    None => {
+                        merged.push(MergedSlot {
+                            group,
+                            rows: 0,
+                            accs_at: merged_accs.len(),
+                        });
+                        merged_accs.extend(std::iter::repeat_n(Acc::default(), stride));
+                        merged.len() - 1
+                    }
+                };
+                let target = &mut merged[into];
+                target.rows += slot.rows;
+                let accs = &mut merged_accs[target.accs_at..target.accs_at + stride];
+                for (acc, theirs) in accs.iter_mut().zip(holder.accs_of(at)) {
+                    acc.int = acc.int.saturating_add(theirs.int);
+                    acc.float += theirs.float;
+                    acc.count += theirs.count;
                 }
             }
         }
+        // The unit's kept groups are the `max_groups` smallest-ranked among what the folds
+        // kept (see "Merging folds" in the module docs).
+        if merged.len() > max_groups {
+            merged.sort_by(|a, b| global.rank(a.group).cmp(&global.rank(b.group)));
+            merged.truncate(max_groups);
+        }
+        for m in &merged {
+            add(m.group, m.rows, &merged_accs[m.accs_at..m.accs_at + stride]);
+        }
     }
+    for (index, slot) in fold.slots.iter().enumerate() {
+        if slot.rows == 0 || merged_away[index] {
+            continue;
+        }
+        add(
+            global.of_fold[i][slot.group as usize],
+            slot.rows,
+            fold.accs_of(index as u32),
+        );
+    }
+    totals
+}
+
+/// Adds up the folds into the bounded groups. A unit seen by one fold only is counted from
+/// that fold's slots; a unit seen by several has its slots merged first (see the module docs).
+/// Each fold's units are counted on a thread of their own.
+pub fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'static str> {
+    let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
+        .map_err(|_| "group keys of an unsupported type")?;
+    let global = GlobalGroups::new(&folds);
+    let per_fold: Vec<Vec<Option<GroupTotals>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..folds.len())
+            .map(|i| {
+                let (folds, global) = (&folds, &global);
+                scope.spawn(move || fold_totals(folds, i, global))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join())
+            .collect::<Result<_, _>>()
+    })
+    .map_err(|_| "adding up the folds")?;
+    let mut totals: Vec<Option<GroupTotals>> = vec![None; global.keys.len()];
+    for fold in per_fold {
+        for (sum, part) in totals.iter_mut().zip(fold) {
+            match (sum.as_mut(), part) {
+                (Some(sum), Some(part)) => sum.merge(&part),
+                (None, part) => *sum = part,
+                (Some(_), None) => {}
+            }
+        }
+    }
+    let groups = global
+        .keys
+        .iter()
+        .zip(totals)
+        .filter_map(|(key, totals)| totals.map(|t| (GroupKeyBytes::from(*key), t)))
+        .collect();
     Ok(Bounded {
         converter,
         groups,
@@ -761,4 +941,222 @@ pub fn encode_public_keys(
     Ok((0..rows.num_rows())
         .map(|i| Box::from(rows.row(i).as_ref()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::common::Column;
+    use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
+    use datafusion::logical_expr::col;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::gate::analysis::{GroupKey, Measure};
+
+    /// One input row of the gate's plan: unit, group key, an integer and a float value.
+    type Row = (Option<i64>, &'static str, Option<i64>, Option<f64>);
+
+    const GROUPS: [&str; 7] = ["a", "b", "c", "d", "e", "f", "g"];
+
+    /// COUNT(DISTINCT unit), COUNT(*), SUM(int), AVG(float) grouped by one text key.
+    fn analysis() -> Analysis {
+        let measures = vec![
+            MeasureKind::CountUnits,
+            MeasureKind::CountRows { of: None },
+            MeasureKind::Sum {
+                value: col("i"),
+                lo: 0.0,
+                hi: 100.0,
+                integer: true,
+            },
+            MeasureKind::Avg {
+                value: col("f"),
+                lo: 0.0,
+                hi: 1.0,
+                integer: false,
+            },
+        ];
+        Analysis {
+            input: LogicalPlanBuilder::empty(false).build().unwrap(),
+            unit: Column::from_name("unit"),
+            unit_kind: "person".into(),
+            groups: vec![GroupKey {
+                expr: col("g"),
+                name: "g".into(),
+                keys: None,
+            }],
+            measures: measures
+                .into_iter()
+                .enumerate()
+                .map(|(j, kind)| Measure {
+                    name: format!("m{j}"),
+                    kind,
+                })
+                .collect(),
+            output: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    fn batch(rows: &[Row]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new(UNIT, DataType::Int64, true),
+            Field::new("__veil_g0", DataType::Utf8, false),
+            Field::new("__veil_v2", DataType::Int64, true),
+            Field::new("__veil_v3", DataType::Float64, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2))),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Folds each share of rows in a fold of its own (in batches of `batch_rows`), then
+    /// finishes them together.
+    fn bounded(
+        shares: &[Vec<Row>],
+        limits: Limits,
+        hasher: &GroupHasher,
+        batch_rows: usize,
+    ) -> HashMap<GroupKeyBytes, GroupTotals> {
+        let analysis = analysis();
+        let key_types = vec![DataType::Utf8];
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        let folds = shares
+            .iter()
+            .map(|rows| {
+                let reservation = MemoryConsumer::new("test-fold").register(&pool);
+                let mut fold = Fold::new(
+                    &analysis,
+                    &key_types,
+                    limits,
+                    hasher.clone(),
+                    reservation,
+                    4,
+                )
+                .unwrap();
+                for chunk in rows.chunks(batch_rows.max(1)) {
+                    fold.add_batch(&batch(chunk)).unwrap();
+                }
+                fold
+            })
+            .collect();
+        finish(folds, key_types).unwrap().groups
+    }
+
+    /// The two results agree: the same groups, the same unit and row counts and integer sums,
+    /// and float sums equal up to the order of additions.
+    fn assert_same(
+        merged: &HashMap<GroupKeyBytes, GroupTotals>,
+        single: &HashMap<GroupKeyBytes, GroupTotals>,
+    ) {
+        let mut keys: Vec<_> = merged.keys().collect();
+        keys.sort();
+        let mut expected: Vec<_> = single.keys().collect();
+        expected.sort();
+        assert_eq!(keys, expected, "the same groups");
+        for key in keys {
+            let (a, b) = (&merged[key], &single[key]);
+            assert_eq!(a.units, b.units, "units of a group");
+            for (x, y) in a.totals.iter().zip(&b.totals) {
+                match (x, y) {
+                    (
+                        Total::FloatSum { sum, count },
+                        Total::FloatSum {
+                            sum: other,
+                            count: other_count,
+                        },
+                    ) => {
+                        assert_eq!(count, other_count);
+                        assert!((sum - other).abs() <= 1e-9 * (1.0 + other.abs()));
+                    }
+                    _ => assert_eq!(x, y),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_unit_split_across_folds_keeps_the_groups_one_fold_would() {
+        let limits = Limits {
+            max_groups: 2,
+            max_rows: 2,
+        };
+        // Unit 1 is in five groups, spread over both folds, with "a" in both; unit 2 is in
+        // one fold only; unit 3 in both, in one group.
+        let first: Vec<Row> = vec![
+            (Some(1), "a", Some(10), Some(0.5)),
+            (Some(1), "b", Some(20), None),
+            (Some(1), "a", Some(30), Some(0.25)),
+            (Some(2), "c", Some(5), Some(1.0)),
+            (Some(3), "d", Some(7), Some(0.0)),
+            (None, "a", Some(99), Some(1.0)),
+        ];
+        let second: Vec<Row> = vec![
+            (Some(1), "c", Some(40), Some(0.75)),
+            (Some(1), "a", Some(50), Some(1.0)),
+            (Some(1), "d", Some(60), None),
+            (Some(1), "e", None, Some(0.5)),
+            (Some(3), "d", Some(8), Some(1.0)),
+        ];
+        let all: Vec<Row> = first.iter().chain(&second).copied().collect();
+        // Several hashers, so unit 1's kept groups differ from run to run.
+        for _ in 0..20 {
+            let hasher = GroupHasher::new();
+            let merged = bounded(&[first.clone(), second.clone()], limits, &hasher, 2);
+            let single = bounded(std::slice::from_ref(&all), limits, &hasher, 3);
+            assert_same(&merged, &single);
+            // Unit 1 keeps exactly two groups; units 2 and 3 one each.
+            let units: i64 = merged.values().map(|g| g.units).sum();
+            assert_eq!(units, 4);
+        }
+    }
+
+    #[test]
+    fn random_splits_merge_to_the_single_fold_result() {
+        let mut rng = ChaCha8Rng::seed_from_u64(20261123);
+        for _ in 0..300 {
+            let limits = Limits {
+                max_groups: rng.random_range(1..=4),
+                max_rows: rng.random_range(1..=4),
+            };
+            let n_units = rng.random_range(1..=30);
+            let n_groups = rng.random_range(1..=GROUPS.len());
+            let rows: Vec<Row> = (0..rng.random_range(0..=300))
+                .map(|_| {
+                    (
+                        (rng.random_range(0..20) > 0).then(|| rng.random_range(0..n_units)),
+                        GROUPS[rng.random_range(0..n_groups)],
+                        (rng.random_range(0..10) > 0).then(|| rng.random_range(0..=100)),
+                        (rng.random_range(0..10) > 0).then(|| rng.random_range(0.0..=1.0)),
+                    )
+                })
+                .collect();
+            let n_folds = rng.random_range(2..=4);
+            let mut shares: Vec<Vec<Row>> = vec![Vec::new(); n_folds];
+            for row in &rows {
+                shares[rng.random_range(0..n_folds)].push(*row);
+            }
+            let hasher = GroupHasher::new();
+            let merged = bounded(&shares, limits, &hasher, rng.random_range(1..=50));
+            let single = bounded(std::slice::from_ref(&rows), limits, &hasher, 64);
+            assert_same(&merged, &single);
+            // The bound itself: no unit is in more than `max_groups` groups.
+            let units: i64 = merged.values().map(|g| g.units).sum();
+            let distinct: std::collections::HashSet<i64> =
+                rows.iter().filter_map(|r| r.0).collect();
+            assert!(units <= distinct.len() as i64 * i64::from(limits.max_groups));
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! LogicalPlan ─► analysis (steps 1–2: statement policy, shape)  ─► Analysis | Refusal
-//! Analysis ───► bounding (step 3: rows partitioned by unit in the sandbox, folded here)
+//! Analysis ───► bounding (step 3: each scan partition folded per unit here, then merged)
 //!           ───► k-anonymity + existence threshold (step 4)
 //!           ───► noise (step 5, OpenDP) ─► one RecordBatch: the product's rows
 //! ```
@@ -77,12 +77,15 @@ pub async fn release(
     config: ReleaseConfig,
 ) -> Result<Released, (GateError, ExecStats)> {
     let internal = |what: &str| (GateError::Internal(what.to_string()), ExecStats::default());
-    let plan = bounding::stage_plan(analysis, sandbox.partitions())
-        .map_err(|_| internal("planning the bounded query"))?;
+    let plan =
+        bounding::stage_plan(analysis).map_err(|_| internal("planning the bounded query"))?;
     let key_types = bounding::key_types(&plan, analysis.groups.len());
 
-    // Step 3: every partition folds its units' rows into bounded slots.
+    // Step 3: every partition folds its rows into bounded slots per unit; `finish` merges the
+    // slots of units that several partitions saw. One group hasher for all folds makes their
+    // min-k choices agree, which is what makes that merge exact.
     let partitions = sandbox.partitions();
+    let hasher = bounding::GroupHasher::new();
     let units_capacity = bounding::units_capacity(
         analysis,
         config.units_hint / partitions,
@@ -92,7 +95,16 @@ pub async fn release(
         let analysis = analysis.clone();
         let key_types = key_types.clone();
         let limits = config.limits;
-        move |reservation| Fold::new(&analysis, &key_types, limits, reservation, units_capacity)
+        move |reservation| {
+            Fold::new(
+                &analysis,
+                &key_types,
+                limits,
+                hasher.clone(),
+                reservation,
+                units_capacity,
+            )
+        }
     };
     let fold = |state: &mut Result<Fold, FoldError>, batch: &RecordBatch| match state {
         Ok(fold) => fold.add_batch(batch),
