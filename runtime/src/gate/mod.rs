@@ -79,6 +79,7 @@ pub async fn release(
     let internal = |what: &str| (GateError::Internal(what.to_string()), ExecStats::default());
     let plan =
         bounding::stage_plan(analysis).map_err(|_| internal("planning the bounded query"))?;
+    let unit_type = bounding::unit_type(&plan);
     let key_types = bounding::key_types(&plan, analysis.groups.len());
 
     // Step 3: every partition folds its rows into bounded slots per unit; `finish` merges the
@@ -98,6 +99,7 @@ pub async fn release(
         move |reservation| {
             Fold::new(
                 &analysis,
+                &unit_type,
                 &key_types,
                 limits,
                 hasher.clone(),
