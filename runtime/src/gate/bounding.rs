@@ -536,37 +536,37 @@ impl Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
-/// Stage A's group keys for one batch, row-encoded.
-enum BatchKeys {
-    /// No GROUP BY: every row is in the one group, whose key is empty.
-    Single,
-    Rows(datafusion::arrow::row::Rows),
-}
-
-impl BatchKeys {
-    fn encode(
-        converter: &RowConverter,
-        batch: &RecordBatch,
-        n_groups: usize,
-    ) -> Result<Self, &'static str> {
-        if n_groups == 0 {
-            return Ok(Self::Single);
-        }
-        let key_columns: Vec<ArrayRef> =
-            (0..n_groups).map(|i| batch.column(1 + i).clone()).collect();
-        converter
-            .convert_columns(&key_columns)
-            .map(Self::Rows)
-            .map_err(|_| "group keys of an unsupported type")
+/// The rows of a batch at which a run of equal group keys starts: row 0 and every row whose
+/// key differs from the row before (nulls compare equal to nulls, and floats by their bits,
+/// as in the row format). Stored data often keeps a unit's rows together in one group, so
+/// there are far fewer runs than rows. Key types the comparison kernel does not support make
+/// every row a run of its own.
+fn run_starts(columns: &[ArrayRef], rows: usize) -> Vec<u32> {
+    use datafusion::arrow::compute::kernels::{boolean, cmp};
+    let every_row = || (0..rows as u32).collect();
+    if rows < 2 {
+        return every_row();
     }
-
-    #[inline]
-    fn key(&self, row: usize) -> &[u8] {
-        match self {
-            Self::Single => &[],
-            Self::Rows(rows) => rows.row(row).data(),
-        }
+    let mut changed: Option<datafusion::arrow::array::BooleanArray> = None;
+    for column in columns {
+        let Ok(differs) = cmp::distinct(&column.slice(1, rows - 1), &column.slice(0, rows - 1))
+        else {
+            return every_row();
+        };
+        changed = match changed {
+            None => Some(differs),
+            Some(before) => match boolean::or(&before, &differs) {
+                Ok(either) => Some(either),
+                Err(_) => return every_row(),
+            },
+        };
     }
+    let Some(changed) = changed else {
+        return vec![0];
+    };
+    std::iter::once(0)
+        .chain(changed.values().set_indices().map(|i| i as u32 + 1))
+        .collect()
 }
 
 /// How many units a fold sizes its state for up front: the hint, but never more than
@@ -712,6 +712,39 @@ impl Fold {
         self.kinds.len()
     }
 
+    /// Each row's group id. Only the first row of each run of equal keys is row-encoded and
+    /// looked up; the rest of the run shares its id.
+    fn batch_groups(&mut self, batch: &RecordBatch) -> Result<Vec<u32>, &'static str> {
+        let rows = batch.num_rows();
+        if self.n_groups == 0 {
+            // No GROUP BY: every row is in the one group, whose key is empty.
+            let group = self.group_id(&[]);
+            return Ok(vec![group; rows]);
+        }
+        let columns: Vec<ArrayRef> = (0..self.n_groups)
+            .map(|i| batch.column(1 + i).clone())
+            .collect();
+        let starts = run_starts(&columns, rows);
+        let unsupported = "group keys of an unsupported type";
+        let firsts = datafusion::arrow::array::UInt32Array::from(starts.clone());
+        let run_columns = columns
+            .iter()
+            .map(|column| datafusion::arrow::compute::take(column, &firsts, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unsupported)?;
+        let keys = self
+            .converter
+            .convert_columns(&run_columns)
+            .map_err(|_| unsupported)?;
+        let mut groups = Vec::with_capacity(rows);
+        for (run, start) in starts.iter().enumerate() {
+            let end = starts.get(run + 1).map_or(rows, |next| *next as usize);
+            let group = self.group_id(keys.row(run).data());
+            groups.extend(std::iter::repeat_n(group, end - *start as usize));
+        }
+        Ok(groups)
+    }
+
     fn group_id(&mut self, key: &[u8]) -> u32 {
         if let Some(id) = self.group_ids.get(key) {
             return *id;
@@ -820,12 +853,12 @@ impl Fold {
 
     fn add_rows<K: UnitKey>(&mut self, batch: &RecordBatch) -> Result<(), FoldError> {
         let internal = FoldError::Internal;
-        let keys = BatchKeys::encode(&self.converter, batch, self.n_groups).map_err(internal)?;
+        let groups = self.batch_groups(batch).map_err(internal)?;
         let (units, nulls) = K::keys(batch.column(0)).map_err(internal)?;
         // The table is taken out of `self` while the rows are folded, so that it and the
         // slots can be borrowed at once; it is put back before returning.
         let mut table = std::mem::take(K::table_mut(self));
-        let folded = self.fold_rows(&mut table, &units, nulls.as_ref(), &keys, batch);
+        let folded = self.fold_rows(&mut table, &units, nulls.as_ref(), &groups, batch);
         *K::table_mut(self) = table;
         folded
     }
@@ -835,7 +868,7 @@ impl Fold {
         table: &mut UnitTable<K>,
         units: &[K],
         nulls: Option<&NullBuffer>,
-        keys: &BatchKeys,
+        groups: &[u32],
         batch: &RecordBatch,
     ) -> Result<(), FoldError> {
         // Each measure's column, downcast once per batch rather than once per row.
@@ -886,10 +919,10 @@ impl Fold {
             if nulls.is_some_and(|nulls| nulls.is_null(r)) {
                 continue;
             }
-            let key = keys.key(r);
+            let group = groups[r];
             let cached = match self.last {
-                Some((last_unit, group, slot))
-                    if last_unit == unit.into() && *self.group_keys[group as usize] == *key =>
+                Some((last_unit, last_group, slot))
+                    if last_unit == unit.into() && last_group == group =>
                 {
                     Some(slot)
                 }
@@ -898,7 +931,6 @@ impl Fold {
             let slot = match cached {
                 Some(slot) => slot,
                 None => {
-                    let group = self.group_id(key);
                     let Some(slot) = self.slot_for(table, unit, group) else {
                         continue;
                     };
@@ -1432,6 +1464,46 @@ mod tests {
             // Unit 1 keeps exactly two groups; units 2 and 3 one each.
             let units: i64 = merged.values().map(|g| g.units).sum();
             assert_eq!(units, 4);
+        }
+    }
+
+    #[test]
+    fn a_run_of_equal_keys_has_one_row_encoding() {
+        // Nulls, a signed zero, NaN and a string key that changes while the float does not.
+        let text: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            Some("a"),
+            None,
+            None,
+            Some("b"),
+            Some("b"),
+            Some("b"),
+            Some("a"),
+            Some("a"),
+        ]));
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(0.0),
+            Some(-0.0),
+            Some(1.0),
+            Some(1.0),
+            Some(f64::NAN),
+            Some(f64::NAN),
+            None,
+            None,
+            None,
+        ]));
+        let columns = vec![text, floats];
+        let converter = RowConverter::new(vec![
+            SortField::new(DataType::Utf8),
+            SortField::new(DataType::Float64),
+        ])
+        .unwrap();
+        let encoded = converter.convert_columns(&columns).unwrap();
+        let starts = run_starts(&columns, 9);
+        assert_eq!(starts, vec![0, 1, 2, 4, 6, 7]);
+        for row in 1..9 {
+            let starts_a_run = starts.contains(&(row as u32));
+            assert_eq!(starts_a_run, encoded.row(row) != encoded.row(row - 1));
         }
     }
 
