@@ -25,12 +25,14 @@ mod error;
 mod params;
 mod pool;
 mod registry;
+pub mod wasm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -130,6 +132,7 @@ pub struct SandboxBuilder {
     data_dir: PathBuf,
     limits: SandboxLimits,
     tables: Vec<(String, PathBuf)>,
+    memory_tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>,
 }
 
 impl SandboxBuilder {
@@ -139,6 +142,7 @@ impl SandboxBuilder {
             data_dir: data_dir.into(),
             limits: SandboxLimits::default(),
             tables: Vec::new(),
+            memory_tables: Vec::new(),
         }
     }
 
@@ -155,6 +159,18 @@ impl SandboxBuilder {
         self
     }
 
+    /// Allows a query to read table `name` held in memory: rows computed inside the domain
+    /// (a WASM mapper's output) that only this sandbox's query may read.
+    pub fn memory_table(
+        mut self,
+        name: impl Into<String>,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Self {
+        self.memory_tables.push((name.into(), schema, batches));
+        self
+    }
+
     /// Builds the session and registers the allowed tables.
     pub async fn build(self) -> Result<Sandbox, SandboxError> {
         let limits = self.limits;
@@ -168,7 +184,7 @@ impl SandboxBuilder {
                 "wall-clock limit must be between 1 ms and {JOB_WALL_MS_MAX} ms"
             )));
         }
-        if self.tables.len() > TABLES_MAX {
+        if self.tables.len() + self.memory_tables.len() > TABLES_MAX {
             return Err(SandboxError::Config(format!(
                 "a sandbox holds at most {TABLES_MAX} tables"
             )));
@@ -230,6 +246,13 @@ impl SandboxBuilder {
                     table: name.clone(),
                 })?;
             let table = ListingTable::try_new(table_config).map_err(SandboxError::internal)?;
+            ctx.register_table(name.as_str(), Arc::new(table))
+                .map_err(SandboxError::internal)?;
+            names.push(name);
+        }
+        for (name, schema, batches) in self.memory_tables {
+            let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+                .map_err(SandboxError::internal)?;
             ctx.register_table(name.as_str(), Arc::new(table))
                 .map_err(SandboxError::internal)?;
             names.push(name);
