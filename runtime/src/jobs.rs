@@ -318,12 +318,14 @@ async fn execute(
 
     // 5. The gate (for WASM jobs, after the mapper has run once per unit).
     let (sandbox, analysis) = match prepared {
-        Prepared::Sql { sandbox, analysis } => (sandbox, analysis),
-        Prepared::Wasm(wasm) => match run_mapper(store, wasm, &approval, &bound, &used, costs).await {
-            Ok(Ok(ready)) => ready,
-            Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
-            Err(failure) => return Ok(Decision::Failed(failure, Some(grant))),
-        },
+        Prepared::Sql(sql) => *sql,
+        Prepared::Wasm(wasm) => {
+            match run_mapper(store, wasm, &approval, &bound, &used, costs).await {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
+                Err(failure) => return Ok(Decision::Failed(failure, Some(grant))),
+            }
+        }
     };
     let config = ReleaseConfig {
         epsilon: approval.epsilon(),
@@ -719,10 +721,7 @@ fn choose_grant(
 /// operator's fault).
 /// What step 3 prepared for the gate.
 enum Prepared {
-    Sql {
-        sandbox: Sandbox,
-        analysis: Analysis,
-    },
+    Sql(Box<(Sandbox, Analysis)>),
     Wasm(Box<PreparedWasm>),
 }
 
@@ -741,7 +740,7 @@ impl Prepared {
     /// The grant's tables the job reads.
     fn tables(&self) -> &[String] {
         match self {
-            Self::Sql { analysis, .. } => &analysis.tables,
+            Self::Sql(sql) => &sql.1.tables,
             Self::Wasm(wasm) => &wasm.input.tables,
         }
     }
@@ -792,12 +791,13 @@ async fn prepare_sql(
         Ok(plan) => plan,
         Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
     };
-    Ok(analysis::analyse(&plan, tables).map(|analysis| Prepared::Sql { sandbox, analysis }))
+    Ok(analysis::analyse(&plan, tables)
+        .map(|analysis| Prepared::Sql(Box::new((sandbox, analysis)))))
 }
 
 /// Checks everything about a WASM job that needs no data row: the input plan, the declared
-/// output, the release SQL over an empty `mapped` (the same gate as a SQL job) and the
-/// module. Returns the release plan's analysis too, for `check_static`.
+/// output and the release SQL over an empty `mapped` (the same gate as a SQL job). Returns
+/// the release plan's analysis too, for `check_static`.
 async fn check_wasm(
     store: &Store,
     template: &Template,
@@ -805,7 +805,7 @@ async fn check_wasm(
     approval: Option<&templates::Approval>,
     bound: &[(String, ParamValue)],
     tables: &analysis::Tables,
-) -> std::result::Result<std::result::Result<(PreparedWasm, Analysis), Refusal>, String> {
+) -> std::result::Result<std::result::Result<(CheckedWasm, Analysis), Refusal>, String> {
     let sandbox = grant_sandbox(store, approval, tables).await?;
     let (input_sql, _) = bind_named_parameters(&wasm.input_sql);
     let input_plan = match sandbox.plan_query(&input_sql, bound).await {
@@ -826,8 +826,54 @@ async fn check_wasm(
         .filter_map(|name| tables.get(name).cloned())
         .collect();
     let (release_sql, _) = bind_named_parameters(&template.spec.sql);
-    let analysis = match plan_release(store, approval, &input, wasm, &sources, &release_sql, bound, schema.clone(), Vec::new()).await? {
+    let analysis = match plan_release(
+        store,
+        approval,
+        &input,
+        wasm,
+        &sources,
+        &release_sql,
+        bound,
+        schema.clone(),
+        Vec::new(),
+    )
+    .await?
+    {
         Ok((_, analysis)) => analysis,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    Ok(Ok((
+        CheckedWasm {
+            sandbox,
+            input_plan,
+            input,
+            schema,
+            release_sql,
+        },
+        analysis,
+    )))
+}
+
+/// A WASM job's input and output, checked.
+struct CheckedWasm {
+    sandbox: Sandbox,
+    input_plan: LogicalPlan,
+    input: mapping::InputAnalysis,
+    schema: SchemaRef,
+    release_sql: String,
+}
+
+/// Step 3 for a WASM job.
+async fn prepare_wasm(
+    store: &Store,
+    template: &Template,
+    wasm: &WasmSpec,
+    approval: &templates::Approval,
+    bound: &[(String, ParamValue)],
+    tables: &analysis::Tables,
+) -> std::result::Result<std::result::Result<Prepared, Refusal>, String> {
+    let checked = match check_wasm(store, template, wasm, Some(approval), bound, tables).await? {
+        Ok((checked, _)) => checked,
         Err(refusal) => return Ok(Err(refusal)),
     };
     let module = match templates::module_bytes(store, &wasm.module_blake3) {
@@ -842,32 +888,22 @@ async fn check_wasm(
         Ok(mapper) => mapper,
         Err(refusal) => return Ok(Err(Refusal::one(Rule::WasmModule, refusal.to_string()))),
     };
-    Ok(Ok((
-        PreparedWasm {
-            sandbox,
-            input_plan,
-            input,
-            spec: wasm.clone(),
-            mapper,
-            schema,
-            release_sql,
-        },
-        analysis,
-    )))
-}
-
-/// Step 3 for a WASM job.
-async fn prepare_wasm(
-    store: &Store,
-    template: &Template,
-    wasm: &WasmSpec,
-    approval: &templates::Approval,
-    bound: &[(String, ParamValue)],
-    tables: &analysis::Tables,
-) -> std::result::Result<std::result::Result<Prepared, Refusal>, String> {
-    Ok(check_wasm(store, template, wasm, Some(approval), bound, tables)
-        .await?
-        .map(|(prepared, _)| Prepared::Wasm(Box::new(prepared))))
+    let CheckedWasm {
+        sandbox,
+        input_plan,
+        input,
+        schema,
+        release_sql,
+    } = checked;
+    Ok(Ok(Prepared::Wasm(Box::new(PreparedWasm {
+        sandbox,
+        input_plan,
+        input,
+        spec: wasm.clone(),
+        mapper,
+        schema,
+        release_sql,
+    }))))
 }
 
 /// Plans and analyses the release SQL over `mapped` holding `batches`.
@@ -946,15 +982,21 @@ async fn run_mapper(
                 },
                 mapping::MapError::TimedOut { limit_ms } => Ok(Err(Refusal::one(
                     Rule::ResourcesLimit,
-                    format!("the job did not finish within its time limit of {limit_ms} ms; ask the bureau for a longer --wall-seconds"),
+                    format!(
+                        "the job did not finish within its time limit of {limit_ms} ms; ask the bureau for a longer --wall-seconds"
+                    ),
                 ))),
-                mapping::MapError::Internal(what) => Err(format!("the mapping stage failed while {what}")),
+                mapping::MapError::Internal(what) => {
+                    Err(format!("the mapping stage failed while {what}"))
+                }
             };
         }
     };
     costs.stats = mapped.stats;
     // Charged by the tables' size, not by use: see `metering`.
-    costs.fuel = limits.fuel_per_unit.saturating_mul(mapped.stats.rows_scanned);
+    costs.fuel = limits
+        .fuel_per_unit
+        .saturating_mul(mapped.stats.rows_scanned);
     costs.wasm = Some(WasmUsage {
         fuel_used: mapped.fuel_used,
         units: mapped.units,
@@ -1119,6 +1161,15 @@ pub async fn check_static(
             (p.name.clone(), value)
         })
         .collect();
+    if let Some(wasm) = &template.spec.wasm {
+        return match check_wasm(store, template, wasm, None, &sample, &tables)
+            .await
+            .map_err(Error::internal)?
+        {
+            Ok((_, analysis)) => Ok(Ok(analysis)),
+            Err(refusal) => Ok(Err(refusal)),
+        };
+    }
     let (sql, _) = bind_named_parameters(&template.spec.sql);
     let plan = match sandbox.plan_query(&sql, &sample).await {
         Ok(plan) => plan,

@@ -229,7 +229,9 @@ pub struct Mapped {
 pub enum MapError {
     Sandbox(SandboxError),
     /// The job's wall-clock limit passed while units were still being mapped.
-    TimedOut { limit_ms: u64 },
+    TimedOut {
+        limit_ms: u64,
+    },
     Internal(&'static str),
 }
 
@@ -308,7 +310,10 @@ pub async fn map_units(
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or(Err(MapError::Internal("a mapping thread failed"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or(Err(MapError::Internal("a mapping thread failed")))
+                })
                 .collect::<Result<Vec<_>, MapError>>()
         })
     })
@@ -476,9 +481,7 @@ fn map_partition(
             let run = mapper.run_unit(&payload, limits);
             part.fuel_used = part.fuel_used.saturating_add(run.fuel);
             part.units += 1;
-            let rows = run
-                .output
-                .and_then(|bytes| checked_rows(&bytes, spec));
+            let rows = run.output.and_then(|bytes| checked_rows(&bytes, spec));
             let rows = match rows {
                 Ok(rows) => rows,
                 Err(_) => {
@@ -488,10 +491,14 @@ fn map_partition(
             };
             for row in rows {
                 match unit {
-                    Payload::Int(a) if unit_is_integer => builders.unit_int.append_value(a.value(start)),
+                    Payload::Int(a) if unit_is_integer => {
+                        builders.unit_int.append_value(a.value(start))
+                    }
                     Payload::Text(a) => builders.unit_text.append_value(a.value(start)),
                     Payload::Int(a) => builders.unit_text.append_value(a.value(start).to_string()),
-                    Payload::Float(a) => builders.unit_text.append_value(a.value(start).to_string()),
+                    Payload::Float(a) => {
+                        builders.unit_text.append_value(a.value(start).to_string())
+                    }
                 }
                 for (builder, value) in builders.columns.iter_mut().zip(row) {
                     match (builder, value) {
@@ -545,18 +552,28 @@ fn same_unit(column: &Payload, a: usize, b: usize) -> bool {
 }
 
 /// Rows `start..end` of the input as one payload batch.
-pub(crate) fn encode_rows(names: &[String], columns: &[Payload], start: usize, end: usize) -> Vec<u8> {
-    let mut writer = BatchWriter::with_capacity(end - start, 64 + 16 * columns.len() * (end - start));
+fn encode_rows(names: &[String], columns: &[Payload], start: usize, end: usize) -> Vec<u8> {
+    let mut writer =
+        BatchWriter::with_capacity(end - start, 64 + 16 * columns.len() * (end - start));
     for (name, column) in names.iter().zip(columns) {
         match column {
             Payload::Int(a) => {
-                writer.int64_iter(name, (start..end).map(|i| a.is_valid(i).then(|| a.value(i))));
+                writer.int64_iter(
+                    name,
+                    (start..end).map(|i| a.is_valid(i).then(|| a.value(i))),
+                );
             }
             Payload::Float(a) => {
-                writer.float64_iter(name, (start..end).map(|i| a.is_valid(i).then(|| a.value(i))));
+                writer.float64_iter(
+                    name,
+                    (start..end).map(|i| a.is_valid(i).then(|| a.value(i))),
+                );
             }
             Payload::Text(a) => {
-                writer.utf8_iter(name, (start..end).map(|i| a.is_valid(i).then(|| a.value(i))));
+                writer.utf8_iter(
+                    name,
+                    (start..end).map(|i| a.is_valid(i).then(|| a.value(i))),
+                );
             }
         }
     }
@@ -607,7 +624,9 @@ fn checked_rows(bytes: &[u8], spec: &WasmSpec) -> Result<Vec<Vec<Cell>>, UnitFai
             let cell = match declared.kind {
                 OutputType::Integer => match (view.int64(r), declared.bounds) {
                     (None, _) => Cell::Null,
-                    (Some(v), Some([lo, hi])) => Cell::Int(v.clamp(lo.ceil() as i64, hi.floor() as i64)),
+                    (Some(v), Some([lo, hi])) => {
+                        Cell::Int(v.clamp(lo.ceil() as i64, hi.floor() as i64))
+                    }
                     (Some(v), None) => keyed(v.to_string()).map_or(Cell::Null, |_| Cell::Int(v)),
                 },
                 OutputType::Float => match (view.float64(r), declared.bounds) {
@@ -643,5 +662,88 @@ fn fallback_rows(spec: &WasmSpec) -> Vec<Vec<Cell>> {
                 })
                 .collect(),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::templates::OutputSpec;
+
+    fn spec() -> WasmSpec {
+        WasmSpec {
+            module_blake3: "0".repeat(64),
+            input_sql: String::new(),
+            output: vec![
+                OutputSpec {
+                    name: "score".into(),
+                    kind: OutputType::Float,
+                    bounds: Some([0.0, 100.0]),
+                    keys: None,
+                    default: Some(serde_json::json!(50.0)),
+                },
+                OutputSpec {
+                    name: "band".into(),
+                    kind: OutputType::Text,
+                    bounds: None,
+                    keys: Some(vec!["low".into(), "high".into()]),
+                    default: Some(serde_json::json!("low")),
+                },
+                OutputSpec {
+                    name: "n".into(),
+                    kind: OutputType::Integer,
+                    bounds: Some([0.0, 3.0]),
+                    keys: None,
+                    default: Some(serde_json::json!(0)),
+                },
+            ],
+            max_rows_per_unit: 2,
+            fallback: Fallback::Default,
+        }
+    }
+
+    #[test]
+    fn output_is_clamped_keyed_and_capped() {
+        let mut writer = BatchWriter::new(3);
+        writer
+            .float64("score", &[Some(1e9), Some(f64::NAN), Some(5.0)])
+            .utf8("band", &[Some("high"), Some("a stolen id: 4217"), None])
+            .int64("n", &[Some(-5), Some(2), Some(99)]);
+        let rows = checked_rows(&writer.finish(), &spec()).expect("fits the schema");
+        // Two rows kept of three; values clamped, NaN and unknown keys null.
+        assert_eq!(
+            rows,
+            vec![
+                vec![Cell::Float(100.0), Cell::Text("high".into()), Cell::Int(0)],
+                vec![Cell::Null, Cell::Null, Cell::Int(2)],
+            ]
+        );
+    }
+
+    #[test]
+    fn output_of_another_shape_is_a_failure_and_falls_back() {
+        let mut writer = BatchWriter::new(1);
+        writer.float64("score", &[Some(1.0)]);
+        assert!(checked_rows(&writer.finish(), &spec()).is_err());
+        let mut writer = BatchWriter::new(1);
+        writer
+            .utf8("score", &[Some("1")])
+            .utf8("band", &[Some("low")])
+            .int64("n", &[Some(1)]);
+        assert!(checked_rows(&writer.finish(), &spec()).is_err());
+        assert!(checked_rows(b"VCB1 not a batch", &spec()).is_err());
+        assert_eq!(
+            fallback_rows(&spec()),
+            vec![vec![
+                Cell::Float(50.0),
+                Cell::Text("low".into()),
+                Cell::Int(0)
+            ]]
+        );
+        let none = WasmSpec {
+            fallback: Fallback::None,
+            ..spec()
+        };
+        assert!(fallback_rows(&none).is_empty());
     }
 }

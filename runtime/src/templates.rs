@@ -176,6 +176,7 @@ pub struct WasmSpec {
 struct WasmFile {
     module: std::path::PathBuf,
     input_sql: String,
+    #[serde(default)]
     output: Vec<OutputSpec>,
     max_rows_per_unit: u32,
     #[serde(default)]
@@ -508,7 +509,9 @@ impl WasmSpec {
     /// The declared output's rules; every problem is pushed with the column it concerns.
     fn check(&self, refusal: &mut Refusal) {
         let rule = Rule::WasmOutputSchema;
-        if self.module_blake3.len() != 64 || !self.module_blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if self.module_blake3.len() != 64
+            || !self.module_blake3.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             refusal.push(Rule::WasmModule, "`module_blake3` must be 64 hex digits");
         }
         if self.output.is_empty() || self.output.len() > OUTPUT_COLUMNS_MAX {
@@ -1128,6 +1131,7 @@ mod tests {
                 kind: ParamType::Text,
                 allowed: Some(vec!["Taiyuan".into(), "Datong".into()]),
             }],
+            wasm: None,
         }
     }
 

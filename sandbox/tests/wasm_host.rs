@@ -49,7 +49,10 @@ fn a_well_behaved_guest_round_trips_its_input() {
 #[test]
 fn an_infinite_loop_runs_out_of_fuel() {
     let looping = guest("", "(loop $l (br $l)) (i64.const 0)");
-    assert_eq!(run(&looping, &WasmLimits::default()), Err(UnitFailure::OutOfFuel));
+    assert_eq!(
+        run(&looping, &WasmLimits::default()),
+        Err(UnitFailure::OutOfFuel)
+    );
 }
 
 #[test]
@@ -71,7 +74,10 @@ fn a_memory_bomb_hits_the_memory_limit() {
         "",
         "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (i64.const 0)",
     );
-    assert_eq!(run(&bomb, &WasmLimits::default()), Err(UnitFailure::MemoryLimit));
+    assert_eq!(
+        run(&bomb, &WasmLimits::default()),
+        Err(UnitFailure::MemoryLimit)
+    );
 }
 
 #[test]
@@ -93,7 +99,13 @@ fn a_huge_table_is_refused_and_a_growing_one_is_stopped() {
     let big = guest("(table 50000 funcref)", ECHO);
     let refused = refusal(&big);
     assert!(
-        matches!(refused, WasmRefusal::TableTooLarge { elements: 50000, limit: 10000 }),
+        matches!(
+            refused,
+            WasmRefusal::TableTooLarge {
+                elements: 50000,
+                limit: 10000
+            }
+        ),
         "{refused:?}"
     );
     // Above what the engine could ever hold: refused as it compiles.
@@ -103,7 +115,10 @@ fn a_huge_table_is_refused_and_a_growing_one_is_stopped() {
         "(table $t 1 funcref)",
         "(loop $l (br_if $l (i32.ne (table.grow $t (ref.null func) (i32.const 1000)) (i32.const -1)))) (i64.const 0)",
     );
-    assert_eq!(run(&growing, &WasmLimits::default()), Err(UnitFailure::MemoryLimit));
+    assert_eq!(
+        run(&growing, &WasmLimits::default()),
+        Err(UnitFailure::MemoryLimit)
+    );
 }
 
 #[test]
@@ -120,10 +135,16 @@ fn imports_beyond_the_log_are_refused_before_any_row() {
         }
     );
     let unknown = guest(r#"(import "veil" "read_file" (func (param i32)))"#, ECHO);
-    assert!(matches!(refusal(&unknown), WasmRefusal::ForbiddenImport { .. }));
+    assert!(matches!(
+        refusal(&unknown),
+        WasmRefusal::ForbiddenImport { .. }
+    ));
     // The log with another signature is not the log.
     let wrong_log = guest(r#"(import "veil" "log" (func (param i64)))"#, ECHO);
-    assert!(matches!(refusal(&wrong_log), WasmRefusal::ForbiddenImport { .. }));
+    assert!(matches!(
+        refusal(&wrong_log),
+        WasmRefusal::ForbiddenImport { .. }
+    ));
     // The real log is allowed, and what it says goes nowhere.
     let logging = guest(
         r#"(import "veil" "log" (func $log (param i32 i32)))"#,
@@ -142,8 +163,17 @@ fn a_module_without_the_abi_is_refused() {
             (func (export "veil_map") (param i32 i32) (result i32) (i32.const 0)))"#,
     )
     .expect("wat");
-    assert!(matches!(refusal(&wrong), WasmRefusal::WrongSignature { name: "veil_map", .. }));
-    assert!(matches!(refusal(b"not wasm at all"), WasmRefusal::Invalid(_)));
+    assert!(matches!(
+        refusal(&wrong),
+        WasmRefusal::WrongSignature {
+            name: "veil_map",
+            ..
+        }
+    ));
+    assert!(matches!(
+        refusal(b"not wasm at all"),
+        WasmRefusal::Invalid(_)
+    ));
     let big = vec![0u8; veil_sandbox::wasm::MODULE_BYTES_MAX + 1];
     assert!(matches!(refusal(&big), WasmRefusal::TooLarge { .. }));
     let threads = wat::parse_str(
@@ -157,21 +187,39 @@ fn a_module_without_the_abi_is_refused() {
 
 #[test]
 fn writing_outside_memory_traps() {
-    let writer = guest("", "(i32.store (i32.const 0x7fff_fff0) (i32.const 1)) (i64.const 0)");
+    let writer = guest(
+        "",
+        "(i32.store (i32.const 0x7fff_fff0) (i32.const 1)) (i64.const 0)",
+    );
     assert_eq!(run(&writer, &WasmLimits::default()), Err(UnitFailure::Trap));
 }
 
 #[test]
 fn bad_output_pointers_and_sizes_are_failures() {
     // A length past the end of memory.
-    let past_end = guest("", "(i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 200000))");
-    assert_eq!(run(&past_end, &WasmLimits::default()), Err(UnitFailure::BadOutputBuffer));
+    let past_end = guest(
+        "",
+        "(i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 200000))",
+    );
+    assert_eq!(
+        run(&past_end, &WasmLimits::default()),
+        Err(UnitFailure::BadOutputBuffer)
+    );
     // A claimed output larger than the limit.
-    let oversized = guest("", "(i64.or (i64.shl (i64.const 0) (i64.const 32)) (i64.const 2000000))");
-    assert_eq!(run(&oversized, &WasmLimits::default()), Err(UnitFailure::OutputTooLarge));
+    let oversized = guest(
+        "",
+        "(i64.or (i64.shl (i64.const 0) (i64.const 32)) (i64.const 2000000))",
+    );
+    assert_eq!(
+        run(&oversized, &WasmLimits::default()),
+        Err(UnitFailure::OutputTooLarge)
+    );
     // A zero answer: the guest could not read its input.
     let nothing = guest("", "(i64.const 0)");
-    assert_eq!(run(&nothing, &WasmLimits::default()), Err(UnitFailure::NoOutput));
+    assert_eq!(
+        run(&nothing, &WasmLimits::default()),
+        Err(UnitFailure::NoOutput)
+    );
     // Bytes that are not a batch come back as bytes; the caller's parse refuses them.
     let garbage = guest(
         r#"(data (i32.const 4096) "VCB1garbage")"#,

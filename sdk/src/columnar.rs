@@ -417,7 +417,10 @@ mod tests {
         let batch = BatchView::parse(&bytes)?;
         assert_eq!(batch.num_rows(), 3);
         let id = batch.column("id").ok_or(FormatError("id"))?;
-        assert_eq!((id.int64(0), id.int64(1), id.int64(2)), (Some(1), None, Some(-7)));
+        assert_eq!(
+            (id.int64(0), id.int64(1), id.int64(2)),
+            (Some(1), None, Some(-7))
+        );
         let income = batch.column("income").ok_or(FormatError("income"))?;
         assert_eq!(income.float64(1), Some(f64::MAX));
         assert_eq!(income.float64(2), None);
@@ -435,7 +438,10 @@ mod tests {
     fn every_truncation_and_corruption_is_an_error_not_a_panic() {
         let bytes = sample();
         for len in 0..bytes.len() {
-            assert!(BatchView::parse(&bytes[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                BatchView::parse(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

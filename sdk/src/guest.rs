@@ -208,7 +208,11 @@ mod tests {
     fn a_mapper_runs_natively_over_encoded_rows() {
         fn count(rows: &Rows) -> Output {
             let mut out = Output::new(&[("n", OutputKind::Int64), ("city", OutputKind::Utf8)]);
-            let city = rows.iter().find_map(|r| r.text("city")).unwrap_or("").to_string();
+            let city = rows
+                .iter()
+                .find_map(|r| r.text("city"))
+                .unwrap_or("")
+                .to_string();
             out.push(&[Value::Int(rows.len() as i64), Value::Text(city)]);
             out
         }
@@ -223,6 +227,9 @@ mod tests {
         let output = count(&rows).encode();
         let batch = BatchView::parse(&output).expect("valid");
         assert_eq!(batch.column("n").and_then(|c| c.int64(0)), Some(2));
-        assert_eq!(batch.column("city").and_then(|c| c.utf8(0)), Some("Taiyuan"));
+        assert_eq!(
+            batch.column("city").and_then(|c| c.utf8(0)),
+            Some("Taiyuan")
+        );
     }
 }
