@@ -988,6 +988,11 @@ pub fn meter_table(records: &[metering::MeterRecord]) -> String {
                 format!("{}", m.micro_epsilon as f64 / MICRO),
                 m.output_rows.to_string(),
                 m.output_bytes.to_string(),
+                if m.fuel == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2e}", m.fuel as f64)
+                },
                 m.price.to_string(),
             ]
         })
@@ -1005,6 +1010,7 @@ pub fn meter_table(records: &[metering::MeterRecord]) -> String {
             "ε",
             "out rows",
             "out bytes",
+            "fuel",
             "price",
         ],
         &rows,
