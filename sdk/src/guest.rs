@@ -40,6 +40,12 @@ pub struct Row<'r, 'a> {
 }
 
 impl<'a> Rows<'a> {
+    /// Reads an input batch (what the host's `veil_map` does; also for running a mapper
+    /// natively, in tests and benchmarks).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, crate::columnar::FormatError> {
+        BatchView::parse(bytes).map(|batch| Self { batch })
+    }
+
     pub fn len(&self) -> usize {
         self.batch.num_rows()
     }

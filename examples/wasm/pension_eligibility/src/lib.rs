@@ -13,7 +13,8 @@ const MONTHS_REQUIRED: i64 = 180;
 /// The year the rule is applied in.
 const AS_OF_YEAR: i64 = 2025;
 
-fn eligibility(rows: &Rows) -> Output {
+/// The mapper (public so a benchmark can run the same logic natively).
+pub fn eligibility(rows: &Rows) -> Output {
     let mut out = Output::new(&[
         ("city", OutputKind::Utf8),
         ("eligible", OutputKind::Int64),
