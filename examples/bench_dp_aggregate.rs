@@ -140,6 +140,7 @@ async fn main() -> Result<(), BoxError> {
                 kind: ParamType::Integer,
                 allowed: None,
             }],
+            wasm: None,
         },
     )?;
     templates::approve(

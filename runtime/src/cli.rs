@@ -134,14 +134,37 @@ pub enum GrantCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
-    /// Submit a template file; the gate's static rules are checked first.
+    /// Submit a template: a template file (SQL, or WASM with a [wasm] table), or a WASM
+    /// template given by flags. The gate's static rules are checked first.
     Submit {
         #[command(flatten)]
         store: StoreArg,
         #[arg(long)]
         operator: String,
+        /// A template file (TOML).
+        #[arg(long, conflicts_with_all = ["wasm", "name"])]
+        file: Option<PathBuf>,
+        /// WASM template: the mapper module (built for wasm32-unknown-unknown).
+        #[arg(long, requires_all = ["name", "input_sql", "output_schema", "release_sql"])]
+        wasm: Option<PathBuf>,
+        /// WASM template: its name.
         #[arg(long)]
-        file: PathBuf,
+        name: Option<String>,
+        /// WASM template: the SQL choosing the rows the mapper sees (must output the unit).
+        #[arg(long)]
+        input_sql: Option<String>,
+        /// WASM template: a TOML file of [[output]] columns (name, type, bounds/keys, default).
+        #[arg(long)]
+        output_schema: Option<PathBuf>,
+        /// WASM template: the aggregate over the mapper's output table `mapped`.
+        #[arg(long)]
+        release_sql: Option<String>,
+        /// WASM template: output rows one unit may contribute.
+        #[arg(long, default_value_t = 1)]
+        max_rows_per_unit: u32,
+        /// WASM template: what a failed unit contributes: none | default.
+        #[arg(long, default_value = "none")]
+        fallback: String,
     },
     /// Approve a submitted template, pinning its privacy parameters and price.
     Approve {
@@ -502,14 +525,40 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             store,
             operator,
             file,
+            wasm,
+            name,
+            input_sql,
+            output_schema,
+            release_sql,
+            max_rows_per_unit,
+            fallback,
         } => {
             let mut store = Store::open(&store.data_dir)?;
-            let spec = TemplateSpec::parse(&read_text(&file, "template")?)?;
+            let (spec, module) = match (file, wasm) {
+                (Some(file), _) => {
+                    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                    TemplateSpec::parse_file(&read_text(&file, "template")?, &base)?
+                }
+                (None, Some(module)) => wasm_template_from_flags(WasmFlags {
+                    module,
+                    name: name.unwrap_or_default(),
+                    input_sql: input_sql.unwrap_or_default(),
+                    output_schema: output_schema.unwrap_or_default(),
+                    release_sql: release_sql.unwrap_or_default(),
+                    max_rows_per_unit,
+                    fallback,
+                })?,
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "give a template file (--file T.toml) or a WASM template (--wasm M.wasm --name … --input-sql … --output-schema … --release-sql …)",
+                    ));
+                }
+            };
             if let Some(refusal) = static_check(&store, &operator, &spec).await? {
                 print_refusal("template refused before submission", &refusal);
                 return Ok(3);
             }
-            let template = templates::submit(&mut store, &operator, spec)?;
+            let template = templates::submit_with_module(&mut store, &operator, spec, module)?;
             println!(
                 "submitted template `{}`: {} (waiting for the bureau's approval)",
                 template.spec.name, template.id
@@ -627,6 +676,62 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A WASM template given by `template submit` flags.
+struct WasmFlags {
+    module: PathBuf,
+    name: String,
+    input_sql: String,
+    output_schema: PathBuf,
+    release_sql: String,
+    max_rows_per_unit: u32,
+    fallback: String,
+}
+
+/// Builds a WASM template file's equivalent from flags and reads it like a file.
+fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Vec<u8>>)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct OutputFile {
+        output: Vec<templates::OutputSpec>,
+    }
+    let output: OutputFile = toml::from_str(&read_text(&flags.output_schema, "output schema")?)
+        .map_err(|e| {
+            Error::invalid(format!(
+                "output schema {}: {e}; write one [[output]] table per column",
+                flags.output_schema.display()
+            ))
+        })?;
+    let fallback = match flags.fallback.as_str() {
+        "none" => templates::Fallback::None,
+        "default" => templates::Fallback::Default,
+        other => {
+            return Err(Error::invalid(format!(
+                "--fallback is `{other}`; use none or default"
+            )));
+        }
+    };
+    let module = std::fs::canonicalize(&flags.module).unwrap_or(flags.module);
+    let mut wasm = toml::Table::new();
+    wasm.insert("module".into(), module.display().to_string().into());
+    wasm.insert("input_sql".into(), flags.input_sql.into());
+    wasm.insert(
+        "max_rows_per_unit".into(),
+        i64::from(flags.max_rows_per_unit).into(),
+    );
+    let mut table = toml::Table::new();
+    table.insert("name".into(), flags.name.into());
+    table.insert("sql".into(), flags.release_sql.into());
+    table.insert("wasm".into(), wasm.into());
+    let file = toml::to_string(&table)
+        .map_err(|e| Error::internal(format!("encoding a template: {e}")))?;
+    let (mut spec, module) = TemplateSpec::parse_file(&file, Path::new("."))?;
+    if let Some(wasm) = spec.wasm.as_mut() {
+        wasm.output = output.output;
+        wasm.fallback = fallback;
+    }
+    Ok((spec, module))
 }
 
 /// Checks a template against the operator's grant in term, if there is exactly one.
@@ -883,6 +988,11 @@ pub fn meter_table(records: &[metering::MeterRecord]) -> String {
                 format!("{}", m.micro_epsilon as f64 / MICRO),
                 m.output_rows.to_string(),
                 m.output_bytes.to_string(),
+                if m.fuel == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2e}", m.fuel as f64)
+                },
                 m.price.to_string(),
             ]
         })
@@ -900,6 +1010,7 @@ pub fn meter_table(records: &[metering::MeterRecord]) -> String {
             "ε",
             "out rows",
             "out bytes",
+            "fuel",
             "price",
         ],
         &rows,

@@ -24,6 +24,14 @@ const INCOME_TEMPLATE: &str = include_str!("../../examples/templates/income_by_c
 const ENTERPRISE_TEMPLATE: &str =
     include_str!("../../examples/templates/enterprises_by_rating.toml");
 const RAW_TEMPLATE: &str = include_str!("../../examples/templates/raw_incomes.toml");
+const PENSION_TEMPLATE: &str = include_str!("../../examples/templates/pension_eligibility.toml");
+const CREDIT_TEMPLATE: &str = include_str!("../../examples/templates/credit_risk.toml");
+/// The example mappers, built from `examples/wasm/` by `build.rs`.
+const PENSION_MODULE: &[u8] = include_bytes!(concat!(
+    env!("VEIL_GUESTS_DIR"),
+    "/pension_eligibility.wasm"
+));
+const CREDIT_MODULE: &[u8] = include_bytes!(concat!(env!("VEIL_GUESTS_DIR"), "/credit_risk.wasm"));
 
 /// The operator of the story.
 pub const DEMO_OPERATOR: &str = "jinyun-data-operations";
@@ -117,7 +125,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
             purpose: "regional labour-market and enterprise statistics for Shanxi planning".into(),
             valid_from: today.checked_sub_days(Days::new(30)).unwrap_or(today),
             valid_to: today.checked_add_days(Days::new(365)).unwrap_or(today),
-            epsilon_per_month: 2.5,
+            epsilon_per_month: 3.5,
             delta_per_month: 1e-4,
             disposition: Disposition::Archive,
         },
@@ -125,7 +133,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
     say(
         out,
         format!(
-            "[bureau] granted both datasets to operator `{DEMO_OPERATOR}` ({}), ε 2.5 per month, until {}",
+            "[bureau] granted both datasets to operator `{DEMO_OPERATOR}` ({}), ε 3.5 per month, until {}",
             grant.id, grant.valid_to
         ),
     )?;
@@ -199,23 +207,81 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
         )?;
     }
 
-    let mut released = 0;
-    let mut rejected = 0;
-    let mut product_dirs = Vec::new();
-    // 1 + 0 + 0.5 + 1 = 2.5 spends the month's ε; the last run finds nothing left.
-    let runs: [(&templates::Template, (&str, &str)); 5] = [
-        (&income, ("year", "2025")),
-        (&income, ("year", "2025")),
-        (&firms, ("city", "Taiyuan")),
-        (&income, ("year", "2024")),
-        (&income, ("year", "2023")),
-    ];
-    for (template, (name, value)) in runs {
+    // Two WASM templates: logic SQL cannot say, run once per privacy unit on a fresh
+    // instance, with only their bounded output going through the gate.
+    let modules_dir = root.join("operator-modules");
+    std::fs::create_dir_all(&modules_dir).map_err(|e| Error::io("creating", &modules_dir, e))?;
+    let mut wasm_templates = Vec::new();
+    for (text, module_name, module, epsilon, max_groups, max_rows) in [
+        (
+            PENSION_TEMPLATE,
+            "pension_eligibility.wasm",
+            PENSION_MODULE,
+            0.5,
+            1,
+            1,
+        ),
+        (
+            CREDIT_TEMPLATE,
+            "credit_risk.wasm",
+            CREDIT_MODULE,
+            0.5,
+            3,
+            3,
+        ),
+    ] {
+        let path = modules_dir.join(module_name);
+        crate::files::write_atomic(&path, module, false)?;
+        let (spec, bytes) = TemplateSpec::parse_file(text, &modules_dir)?;
+        let submitted = templates::submit_with_module(&mut store, DEMO_OPERATOR, spec, bytes)?;
+        let approved = templates::approve(
+            &mut store,
+            submitted.id.as_str(),
+            ApprovalRequest {
+                epsilon,
+                delta: 1e-6,
+                k: 10,
+                max_groups,
+                max_rows,
+                price_per_run_fen: 12_000,
+                ..ApprovalRequest::default()
+            },
+        )?;
         say(
             out,
             format!(
-                "\n[operator] veil job run --template {} --param {name}={value}",
-                template.spec.name
+                "\n[operator] submitted WASM template `{}` (mapper {module_name}, {} bytes, built from examples/wasm); [bureau] approved it as {}",
+                approved.spec.name,
+                module.len(),
+                &approved.id.as_str()[..16]
+            ),
+        )?;
+        wasm_templates.push(approved);
+    }
+    let (pension, credit) = (&wasm_templates[0], &wasm_templates[1]);
+
+    let mut released = 0;
+    let mut rejected = 0;
+    let mut product_dirs = Vec::new();
+    // 1 + 0 + 0.5 + 1 + 0.5 + 0.5 = 3.5 spends the month's ε; the last run finds nothing left.
+    let runs: [(&templates::Template, Option<(&str, &str)>); 7] = [
+        (&income, Some(("year", "2025"))),
+        (&income, Some(("year", "2025"))),
+        (&firms, Some(("city", "Taiyuan"))),
+        (&income, Some(("year", "2024"))),
+        (pension, Some(("born_before", "1971"))),
+        (credit, None),
+        (&income, Some(("year", "2023"))),
+    ];
+    for (template, param) in runs {
+        say(
+            out,
+            format!(
+                "\n[operator] veil job run --template {}{}",
+                template.spec.name,
+                param.map_or(String::new(), |(name, value)| format!(
+                    " --param {name}={value}"
+                ))
             ),
         )?;
         let outcome = jobs::run(
@@ -223,7 +289,9 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
             JobRequest {
                 operator: DEMO_OPERATOR.into(),
                 template: template.id.to_string(),
-                params: vec![(name.into(), value.into())],
+                params: param
+                    .map(|(name, value)| vec![(name.into(), value.into())])
+                    .unwrap_or_default(),
                 grant: None,
             },
         )

@@ -18,13 +18,18 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
 use futures::FutureExt;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use veil_sandbox::{SandboxBuilder, SandboxError, bind_named_parameters};
+use veil_sandbox::{
+    ExecStats, ParamValue, Sandbox, SandboxBuilder, SandboxError, bind_named_parameters,
+};
 use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset};
 
 use crate::catalog::{self, Dataset};
@@ -38,8 +43,8 @@ use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, MeterRecord};
 use crate::products::{self, ProductDraft};
 use crate::store::Store;
-use crate::templates::{self, Template, TemplateState};
-use crate::{audit, budget, clock};
+use crate::templates::{self, Template, TemplateState, WasmSpec};
+use crate::{audit, budget, clock, mapping};
 
 /// What an operator asks for.
 #[derive(Debug, Clone)]
@@ -105,11 +110,23 @@ pub struct Job {
 #[derive(Debug, Default, Clone, Copy)]
 struct Costs {
     stats: veil_sandbox::ExecStats,
+    /// Fuel charged (WASM jobs; see `metering`).
+    fuel: u64,
+    /// What the mapper really did; kept for the bureau's audit entry only.
+    wasm: Option<WasmUsage>,
     micro_epsilon: i64,
     pico_delta: i64,
     output_rows: u64,
     output_bytes: u64,
     price: Fen,
+}
+
+/// A WASM job's actual use, which never reaches the operator.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct WasmUsage {
+    fuel_used: u64,
+    units: u64,
+    fallbacks: u64,
 }
 
 /// Runs one job to its end. Returns `Err` only when the request names no template at all or
@@ -208,26 +225,19 @@ async fn execute(
         tables.insert(dataset.name.clone(), dataset);
     }
 
-    // 3. Statement policy and shape, on the plan.
-    let mut builder = SandboxBuilder::new(store.data_dir()).limits(approval.limits());
-    for dataset in tables.values() {
-        builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
-    }
-    let sandbox = match builder.build().await {
-        Ok(sandbox) => sandbox,
-        Err(e) => return Ok(Decision::Failed(e.to_string(), Some(grant))),
+    // 3. Statement policy and shape, on the plan (for WASM jobs: the input plan, the module
+    //    and the release SQL over the declared output, all before any row is read).
+    let prepared = match &template.spec.wasm {
+        None => prepare_sql(store, template, &approval, &bound, &tables).await,
+        Some(wasm) => prepare_wasm(store, template, wasm, &approval, &bound, &tables).await,
     };
-    let (sql, _) = bind_named_parameters(&template.spec.sql);
-    let plan = match sandbox.plan_query(&sql, &bound).await {
-        Ok(plan) => plan,
-        Err(e) => return Ok(Decision::Rejected(refusal_of_sandbox(&e), Some(grant))),
+    let prepared = match prepared {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
+        Err(failure) => return Ok(Decision::Failed(failure, Some(grant))),
     };
-    let analysis = match analysis::analyse(&plan, &tables) {
-        Ok(analysis) => analysis,
-        Err(refusal) => return Ok(Decision::Rejected(refusal, Some(grant))),
-    };
-    let used: Vec<Dataset> = analysis
-        .tables
+    let used: Vec<Dataset> = prepared
+        .tables()
         .iter()
         .filter_map(|name| tables.get(name).cloned())
         .collect();
@@ -306,7 +316,17 @@ async fn execute(
         Err(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
     }
 
-    // 5. The gate.
+    // 5. The gate (for WASM jobs, after the mapper has run once per unit).
+    let (sandbox, analysis) = match prepared {
+        Prepared::Sql(sql) => *sql,
+        Prepared::Wasm(wasm) => {
+            match run_mapper(store, wasm, &approval, &bound, &used, costs).await {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
+                Err(failure) => return Ok(Decision::Failed(failure, Some(grant))),
+            }
+        }
+    };
     let config = ReleaseConfig {
         epsilon: approval.epsilon(),
         delta: approval.delta(),
@@ -319,10 +339,11 @@ async fn execute(
         // fair first size for the fold's per-unit map.
         units_hint: used.iter().map(|d| d.rows as usize).max().unwrap_or(0) / 2,
     };
+    let mapped_input = costs.stats;
     let released = match gate::release(&sandbox, &analysis, config).await {
         Ok(released) => released,
         Err((error, stats)) => {
-            costs.stats = stats;
+            costs.stats = combine(mapped_input, stats, template.spec.wasm.is_some());
             return Ok(match error {
                 GateError::Refused(refusal) => Decision::Rejected(refusal, Some(grant)),
                 GateError::Sandbox(e) => match refusal_of_sandbox(&e) {
@@ -333,7 +354,7 @@ async fn execute(
             });
         }
     };
-    costs.stats = released.stats;
+    costs.stats = combine(mapped_input, released.stats, template.spec.wasm.is_some());
 
     // 6. The product.
     let product_id = ProductId::random();
@@ -483,6 +504,7 @@ fn finish(
         end_state: state.to_string(),
         price: costs.price,
         at: now.clone(),
+        fuel: costs.fuel,
     };
     store.write(|tx| {
         let (reasons, product, reused_from, grant): (Option<String>, Option<String>, Option<String>, Option<&Grant>) =
@@ -549,9 +571,10 @@ fn finish(
             )?;
         }
         let (kind, details) = match &decision {
+            // A WASM job's real fuel, unit and fallback counts are for the bureau only.
             Decision::Released { product_id, .. } => (
                 audit::Kind::JobReleased,
-                serde_json::json!({ "product": product_id }),
+                serde_json::json!({ "product": product_id, "wasm": costs.wasm }),
             ),
             Decision::Reused { product_id, from_job, .. } => (
                 audit::Kind::JobReleased,
@@ -696,6 +719,303 @@ fn choose_grant(
 
 /// Maps a sandbox error to the gate rule it breaks (empty for failures that are not the
 /// operator's fault).
+/// What step 3 prepared for the gate.
+enum Prepared {
+    Sql(Box<(Sandbox, Analysis)>),
+    Wasm(Box<PreparedWasm>),
+}
+
+/// A WASM job, checked and ready to run.
+struct PreparedWasm {
+    sandbox: Sandbox,
+    input_plan: LogicalPlan,
+    input: mapping::InputAnalysis,
+    spec: WasmSpec,
+    mapper: Arc<veil_sandbox::wasm::Mapper>,
+    schema: SchemaRef,
+    release_sql: String,
+}
+
+impl Prepared {
+    /// The grant's tables the job reads.
+    fn tables(&self) -> &[String] {
+        match self {
+            Self::Sql(sql) => &sql.1.tables,
+            Self::Wasm(wasm) => &wasm.input.tables,
+        }
+    }
+}
+
+/// The meter's figures for a job: a WASM job's rows and bytes scanned are its input query's
+/// (the release query reads `mapped`, whose size depends on the data); CPU adds up.
+fn combine(input: ExecStats, release: ExecStats, wasm: bool) -> ExecStats {
+    if !wasm {
+        return release;
+    }
+    ExecStats {
+        rows_scanned: input.rows_scanned,
+        bytes_scanned: input.bytes_scanned,
+        cpu_ms: input.cpu_ms + release.cpu_ms,
+        peak_memory_bytes: input.peak_memory_bytes.max(release.peak_memory_bytes),
+        wall_ms: input.wall_ms + release.wall_ms,
+    }
+}
+
+/// A sandbox over the grant's tables.
+async fn grant_sandbox(
+    store: &Store,
+    approval: Option<&templates::Approval>,
+    tables: &analysis::Tables,
+) -> std::result::Result<Sandbox, String> {
+    let mut builder = SandboxBuilder::new(store.data_dir());
+    if let Some(approval) = approval {
+        builder = builder.limits(approval.limits());
+    }
+    for dataset in tables.values() {
+        builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
+    }
+    builder.build().await.map_err(|e| e.to_string())
+}
+
+/// Step 3 for a SQL job: the statement policy and the shape of its plan.
+async fn prepare_sql(
+    store: &Store,
+    template: &Template,
+    approval: &templates::Approval,
+    bound: &[(String, ParamValue)],
+    tables: &analysis::Tables,
+) -> std::result::Result<std::result::Result<Prepared, Refusal>, String> {
+    let sandbox = grant_sandbox(store, Some(approval), tables).await?;
+    let (sql, _) = bind_named_parameters(&template.spec.sql);
+    let plan = match sandbox.plan_query(&sql, bound).await {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
+    };
+    Ok(analysis::analyse(&plan, tables)
+        .map(|analysis| Prepared::Sql(Box::new((sandbox, analysis)))))
+}
+
+/// Checks everything about a WASM job that needs no data row: the input plan, the declared
+/// output and the release SQL over an empty `mapped` (the same gate as a SQL job). Returns
+/// the release plan's analysis too, for `check_static`.
+async fn check_wasm(
+    store: &Store,
+    template: &Template,
+    wasm: &WasmSpec,
+    approval: Option<&templates::Approval>,
+    bound: &[(String, ParamValue)],
+    tables: &analysis::Tables,
+) -> std::result::Result<std::result::Result<(CheckedWasm, Analysis), Refusal>, String> {
+    let sandbox = grant_sandbox(store, approval, tables).await?;
+    let (input_sql, _) = bind_named_parameters(&wasm.input_sql);
+    let input_plan = match sandbox.plan_query(&input_sql, bound).await {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
+    };
+    let input = match mapping::analyse_input(&input_plan, tables) {
+        Ok(input) => input,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let schema = match mapping::mapped_schema(&input, wasm) {
+        Ok(schema) => schema,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let sources: Vec<Dataset> = input
+        .tables
+        .iter()
+        .filter_map(|name| tables.get(name).cloned())
+        .collect();
+    let (release_sql, _) = bind_named_parameters(&template.spec.sql);
+    let analysis = match plan_release(
+        store,
+        approval,
+        &input,
+        wasm,
+        &sources,
+        &release_sql,
+        bound,
+        schema.clone(),
+        Vec::new(),
+    )
+    .await?
+    {
+        Ok((_, analysis)) => analysis,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    Ok(Ok((
+        CheckedWasm {
+            sandbox,
+            input_plan,
+            input,
+            schema,
+            release_sql,
+        },
+        analysis,
+    )))
+}
+
+/// A WASM job's input and output, checked.
+struct CheckedWasm {
+    sandbox: Sandbox,
+    input_plan: LogicalPlan,
+    input: mapping::InputAnalysis,
+    schema: SchemaRef,
+    release_sql: String,
+}
+
+/// Step 3 for a WASM job.
+async fn prepare_wasm(
+    store: &Store,
+    template: &Template,
+    wasm: &WasmSpec,
+    approval: &templates::Approval,
+    bound: &[(String, ParamValue)],
+    tables: &analysis::Tables,
+) -> std::result::Result<std::result::Result<Prepared, Refusal>, String> {
+    let checked = match check_wasm(store, template, wasm, Some(approval), bound, tables).await? {
+        Ok((checked, _)) => checked,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let module = match templates::module_bytes(store, &wasm.module_blake3) {
+        Ok(module) => module,
+        Err(Error::Refused(refusal)) => return Ok(Err(refusal)),
+        Err(e) => return Err(e.to_string()),
+    };
+    let limits = veil_sandbox::wasm::WasmLimits::default();
+    let mapper = match veil_sandbox::wasm::WasmEngine::global()
+        .and_then(|engine| engine.compile(&module, &limits))
+    {
+        Ok(mapper) => mapper,
+        Err(refusal) => return Ok(Err(Refusal::one(Rule::WasmModule, refusal.to_string()))),
+    };
+    let CheckedWasm {
+        sandbox,
+        input_plan,
+        input,
+        schema,
+        release_sql,
+    } = checked;
+    Ok(Ok(Prepared::Wasm(Box::new(PreparedWasm {
+        sandbox,
+        input_plan,
+        input,
+        spec: wasm.clone(),
+        mapper,
+        schema,
+        release_sql,
+    }))))
+}
+
+/// Plans and analyses the release SQL over `mapped` holding `batches`.
+#[allow(clippy::too_many_arguments)]
+async fn plan_release(
+    store: &Store,
+    approval: Option<&templates::Approval>,
+    input: &mapping::InputAnalysis,
+    wasm: &WasmSpec,
+    sources: &[Dataset],
+    release_sql: &str,
+    bound: &[(String, ParamValue)],
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> std::result::Result<std::result::Result<(Sandbox, Analysis), Refusal>, String> {
+    let mut builder = SandboxBuilder::new(store.data_dir()).memory_table(
+        templates::MAPPED_TABLE,
+        schema,
+        batches,
+    );
+    if let Some(approval) = approval {
+        builder = builder.limits(approval.limits());
+    }
+    let sandbox = builder.build().await.map_err(|e| e.to_string())?;
+    // The release SQL may use only the parameters it names; the others are ignored by it.
+    let plan = match sandbox.plan_query(release_sql, bound).await {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
+    };
+    let mut mapped_tables: analysis::Tables = HashMap::new();
+    mapped_tables.insert(
+        templates::MAPPED_TABLE.to_string(),
+        mapping::mapped_dataset(input, wasm, sources),
+    );
+    Ok(analysis::analyse(&plan, &mapped_tables).map(|analysis| (sandbox, analysis)))
+}
+
+/// Step 5 for a WASM job: the mapper over every unit, then the release plan over its output.
+async fn run_mapper(
+    store: &Store,
+    wasm: Box<PreparedWasm>,
+    approval: &templates::Approval,
+    bound: &[(String, ParamValue)],
+    used: &[Dataset],
+    costs: &mut Costs,
+) -> std::result::Result<std::result::Result<(Sandbox, Analysis), Refusal>, String> {
+    let PreparedWasm {
+        sandbox,
+        input_plan,
+        input,
+        spec,
+        mapper,
+        schema,
+        release_sql,
+    } = *wasm;
+    let limits = veil_sandbox::wasm::WasmLimits::default();
+    let mapped = mapping::map_units(
+        &sandbox,
+        &input,
+        input_plan,
+        mapper,
+        &spec,
+        limits,
+        schema.clone(),
+    )
+    .await;
+    let mapped = match mapped {
+        Ok(mapped) => mapped,
+        Err((error, stats)) => {
+            costs.stats = stats;
+            costs.fuel = limits.fuel_per_unit.saturating_mul(stats.rows_scanned);
+            return match error {
+                mapping::MapError::Sandbox(e) => match refusal_of_sandbox(&e) {
+                    refusal if !refusal.is_empty() => Ok(Err(refusal)),
+                    _ => Err(e.to_string()),
+                },
+                mapping::MapError::TimedOut { limit_ms } => Ok(Err(Refusal::one(
+                    Rule::ResourcesLimit,
+                    format!(
+                        "the job did not finish within its time limit of {limit_ms} ms; ask the bureau for a longer --wall-seconds"
+                    ),
+                ))),
+                mapping::MapError::Internal(what) => {
+                    Err(format!("the mapping stage failed while {what}"))
+                }
+            };
+        }
+    };
+    costs.stats = mapped.stats;
+    // Charged by the tables' size, not by use: see `metering`.
+    costs.fuel = limits
+        .fuel_per_unit
+        .saturating_mul(mapped.stats.rows_scanned);
+    costs.wasm = Some(WasmUsage {
+        fuel_used: mapped.fuel_used,
+        units: mapped.units,
+        fallbacks: mapped.fallbacks,
+    });
+    plan_release(
+        store,
+        Some(approval),
+        &input,
+        &spec,
+        used,
+        &release_sql,
+        bound,
+        schema,
+        vec![mapped.batch],
+    )
+    .await
+}
+
 fn refusal_of_sandbox(error: &SandboxError) -> Refusal {
     let rule = match error {
         SandboxError::Parse(_) | SandboxError::TooLong { .. } => Rule::StatementParse,
@@ -841,6 +1161,15 @@ pub async fn check_static(
             (p.name.clone(), value)
         })
         .collect();
+    if let Some(wasm) = &template.spec.wasm {
+        return match check_wasm(store, template, wasm, None, &sample, &tables)
+            .await
+            .map_err(Error::internal)?
+        {
+            Ok((_, analysis)) => Ok(Ok(analysis)),
+            Err(refusal) => Ok(Err(refusal)),
+        };
+    }
     let (sql, _) = bind_named_parameters(&template.spec.sql);
     let plan = match sandbox.plan_query(&sql, &sample).await {
         Ok(plan) => plan,

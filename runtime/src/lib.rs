@@ -31,6 +31,7 @@ pub mod grants;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
+pub mod mapping;
 pub mod metering;
 pub mod products;
 pub mod store;

@@ -5,6 +5,12 @@
 //! sandbox turns Parquet pruning off, rows and bytes scanned depend on the tables read, never
 //! on values inside them. Wall and CPU time do depend on the data; they are kept for the
 //! bureau's billing and capacity planning.
+//!
+//! `fuel` (WASM jobs) is the fuel the job was allowed: the per-unit fuel limit times the rows
+//! the mapper's input scan read (an upper bound on its units). Like rows scanned it depends on
+//! the tables only, so it reveals neither how many units the input held nor whether one of
+//! them looped or trapped; the fuel actually burned stays in the job's audit entry, for the
+//! bureau.
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -30,6 +36,9 @@ pub struct MeterRecord {
     pub end_state: String,
     pub price: Fen,
     pub at: String,
+    /// WASM jobs: the fuel charged (see the module docs); 0 for SQL jobs.
+    #[serde(default)]
+    pub fuel: u64,
 }
 
 /// Inserts a record inside the caller's transaction.
@@ -37,8 +46,8 @@ pub fn record(tx: &Connection, m: &MeterRecord) -> Result<()> {
     tx.execute(
         "INSERT INTO meter (job_id, operator, template_id, wall_ms, cpu_ms, rows_scanned,
             bytes_scanned, peak_memory_bytes, micro_epsilon, pico_delta, output_rows,
-            output_bytes, end_state, price_fen, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            output_bytes, end_state, price_fen, at, fuel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             m.job_id,
             m.operator,
@@ -54,7 +63,8 @@ pub fn record(tx: &Connection, m: &MeterRecord) -> Result<()> {
             m.output_bytes as i64,
             m.end_state,
             m.price.0,
-            m.at
+            m.at,
+            m.fuel as i64
         ],
     )?;
     Ok(())
@@ -65,7 +75,7 @@ pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
     let mut statement = conn.prepare(
         "SELECT job_id, operator, template_id, wall_ms, cpu_ms, rows_scanned, bytes_scanned,
             peak_memory_bytes, micro_epsilon, pico_delta, output_rows, output_bytes, end_state,
-            price_fen, at FROM meter ORDER BY at, rowid",
+            price_fen, at, fuel FROM meter ORDER BY at, rowid",
     )?;
     let rows = statement.query_map([], |row| {
         Ok(MeterRecord {
@@ -84,6 +94,7 @@ pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
             end_state: row.get(12)?,
             price: Fen(row.get(13)?),
             at: row.get(14)?,
+            fuel: row.get::<_, i64>(15)? as u64,
         })
     })?;
     let mut records = Vec::new();

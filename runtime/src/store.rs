@@ -29,7 +29,8 @@ pub const BUSY_TIMEOUT_MS: u64 = 30_000;
 const DB_FILE: &str = "veil.db";
 const KEY_FILE: &str = "keys/platform.ed25519";
 const AUDIT_HEAD_FILE: &str = "audit.head";
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added WASM modules and the meter's fuel; version-1 stores are upgraded on open.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,6 +66,11 @@ CREATE TABLE IF NOT EXISTS templates (
     reasons TEXT,
     submitted_at TEXT NOT NULL,
     decided_at TEXT
+);
+CREATE TABLE IF NOT EXISTS modules (
+    blake3 TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL,
+    stored_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -119,7 +125,8 @@ CREATE TABLE IF NOT EXISTS meter (
     output_bytes INTEGER NOT NULL,
     end_state TEXT NOT NULL,
     price_fen INTEGER NOT NULL,
-    at TEXT NOT NULL
+    at TEXT NOT NULL,
+    fuel INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY,
@@ -214,7 +221,17 @@ impl Store {
             .map_err(Error::from)?
             .parse()
             .map_err(|_| Error::internal("reading the store's schema version"))?;
-        if version != SCHEMA_VERSION {
+        if version == 1 {
+            // One transaction: either the store is fully version 2 or still version 1.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS modules (
+                     blake3 TEXT PRIMARY KEY, bytes BLOB NOT NULL, stored_at TEXT NOT NULL);
+                 ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;
+                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
+                 COMMIT;",
+            )?;
+        } else if version != SCHEMA_VERSION {
             return Err(Error::invalid(format!(
                 "this store has schema version {version}; this veil understands version {SCHEMA_VERSION}"
             )));

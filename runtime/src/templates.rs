@@ -20,6 +20,29 @@
 //! type = "integer"              # integer | text
 //! allowed = ["2023", "2024", "2025"]   # optional
 //! ```
+//!
+//! A WASM template adds a `[wasm]` table: the mapper module (a file next to the template),
+//! the input SQL that chooses the rows it sees, and its declared output. `sql` is then the
+//! release SQL over the mapper's output, the table `mapped` (the unit column plus the declared
+//! columns), and passes the same gate as any SQL job:
+//!
+//! ```toml
+//! name = "pension_eligibility_by_city"
+//! sql = "SELECT city, COUNT(DISTINCT person_id) AS persons, SUM(eligible) AS eligible FROM mapped GROUP BY city"
+//! [wasm]
+//! module = "pension_eligibility.wasm"
+//! input_sql = "SELECT person_id, city, birth_year, contribution_months, year FROM social_insurance"
+//! max_rows_per_unit = 1        # output rows one unit may contribute
+//! fallback = "default"         # a failed unit contributes the defaults (or "none": nothing)
+//! [[wasm.output]]
+//! name = "eligible"
+//! type = "integer"             # integer | float (both need bounds) | text (needs keys)
+//! bounds = [0, 1]
+//! default = 0
+//! ```
+//!
+//! The template id hashes the module's BLAKE3 digest with everything else, so a changed
+//! module is a different, unapproved template.
 
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -76,13 +99,98 @@ pub struct ParamSpec {
 }
 
 /// What the operator submits. Its canonical bytes define the template id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     pub name: String,
+    /// The query (SQL templates) or the release SQL over `mapped` (WASM templates).
     pub sql: String,
     #[serde(default)]
     pub params: Vec<ParamSpec>,
+    /// The mapper of a WASM template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmSpec>,
+}
+
+/// The table a WASM template's release SQL reads: the mapper's output.
+pub const MAPPED_TABLE: &str = "mapped";
+/// Most output columns a mapper may declare.
+pub const OUTPUT_COLUMNS_MAX: usize = 64;
+/// Most output rows one unit may be allowed to contribute.
+pub const ROWS_PER_UNIT_MAX: u32 = 10_000;
+
+/// The type of a declared output column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputType {
+    Integer,
+    Float,
+    Text,
+}
+
+/// One declared output column of a mapper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: OutputType,
+    /// `[lo, hi]` for numbers: values are clamped into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<[f64; 2]>,
+    /// Every value a text (or integer) column may take; others become null. Such a column
+    /// may be a group key of the release SQL, and its groups are public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+    /// The value a failed unit contributes, when the fallback is `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+}
+
+/// What a unit whose call failed (trap, limit, bad output) contributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Nothing.
+    #[default]
+    None,
+    /// One row of the declared defaults.
+    Default,
+}
+
+/// The WASM part of a template, with the module identified by its BLAKE3 digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmSpec {
+    pub module_blake3: String,
+    pub input_sql: String,
+    pub output: Vec<OutputSpec>,
+    pub max_rows_per_unit: u32,
+    #[serde(default)]
+    pub fallback: Fallback,
+}
+
+/// The `[wasm]` table of a template file: like [`WasmSpec`] but naming the module's file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WasmFile {
+    module: std::path::PathBuf,
+    input_sql: String,
+    #[serde(default)]
+    output: Vec<OutputSpec>,
+    max_rows_per_unit: u32,
+    #[serde(default)]
+    fallback: Fallback,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateFile {
+    name: String,
+    sql: String,
+    #[serde(default)]
+    params: Vec<ParamSpec>,
+    wasm: Option<WasmFile>,
 }
 
 #[derive(Serialize)]
@@ -92,12 +200,51 @@ struct Canonical<'a> {
     name: &'a str,
     sql: &'a str,
     params: &'a [ParamSpec],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wasm: Option<&'a WasmSpec>,
 }
 
 impl TemplateSpec {
-    /// Parses a template file.
+    /// Parses a SQL template file's text.
     pub fn parse(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| Error::invalid(format!("template file: {e}")))
+        let (spec, module) = Self::parse_file(text, std::path::Path::new("."))?;
+        if module.is_some() {
+            return Err(Error::invalid(
+                "template file: a [wasm] template must be read with its module; submit the file itself",
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Parses a template file whose relative paths (the WASM module) start at `base`, and
+    /// returns the module's bytes with the spec.
+    pub fn parse_file(text: &str, base: &std::path::Path) -> Result<(Self, Option<Vec<u8>>)> {
+        let file: TemplateFile =
+            toml::from_str(text).map_err(|e| Error::invalid(format!("template file: {e}")))?;
+        let (wasm, module) = match file.wasm {
+            None => (None, None),
+            Some(w) => {
+                let path = base.join(&w.module);
+                let bytes = read_module(&path)?;
+                let spec = WasmSpec {
+                    module_blake3: blake3::hash(&bytes).to_hex().to_string(),
+                    input_sql: w.input_sql,
+                    output: w.output,
+                    max_rows_per_unit: w.max_rows_per_unit,
+                    fallback: w.fallback,
+                };
+                (Some(spec), Some(bytes))
+            }
+        };
+        Ok((
+            Self {
+                name: file.name,
+                sql: file.sql,
+                params: file.params,
+                wasm,
+            },
+            module,
+        ))
     }
 
     /// The bytes the template id hashes: the exact SQL text and the parameter declarations,
@@ -105,10 +252,11 @@ impl TemplateSpec {
     pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
         serde_json::to_vec(&Canonical {
             format: FORMAT,
-            kind: "sql",
+            kind: if self.wasm.is_some() { "wasm" } else { "sql" },
             name: &self.name,
             sql: &self.sql,
             params: &self.params,
+            wasm: self.wasm.as_ref(),
         })
         .map_err(|e| Error::internal(format!("encoding a template: {e}")))
     }
@@ -139,7 +287,22 @@ impl TemplateSpec {
                 format!("a template declares at most {TEMPLATE_PARAMS_MAX} parameters"),
             );
         }
-        let (_, used) = bind_named_parameters(&self.sql);
+        let (_, mut used) = bind_named_parameters(&self.sql);
+        if let Some(wasm) = &self.wasm {
+            if wasm.input_sql.len() > SQL_BYTES_MAX {
+                refusal.push(
+                    Rule::StatementParse,
+                    format!("the input SQL is longer than {SQL_BYTES_MAX} bytes"),
+                );
+            }
+            let (_, input_used) = bind_named_parameters(&wasm.input_sql);
+            for name in input_used {
+                if !used.contains(&name) {
+                    used.push(name);
+                }
+            }
+            wasm.check(&mut refusal);
+        }
         for name in &used {
             if !self.params.iter().any(|p| &p.name == name) {
                 refusal.push(
@@ -276,6 +439,159 @@ impl TemplateSpec {
             }
         }
         refusal.into_result().map(|()| bound)
+    }
+}
+
+/// Reads a mapper module's file, refusing one above the host's size limit before reading it.
+fn read_module(path: &std::path::Path) -> Result<Vec<u8>> {
+    let max = veil_sandbox::wasm::MODULE_BYTES_MAX;
+    let len = std::fs::metadata(path)
+        .map_err(|e| {
+            Error::invalid(format!(
+                "the WASM module {} cannot be read ({e}); build it with `cargo build --release --target wasm32-unknown-unknown`",
+                path.display()
+            ))
+        })?
+        .len();
+    if len > max as u64 {
+        return Err(Error::Refused(Refusal::one(
+            Rule::WasmModule,
+            format!("the module is {len} bytes; the limit is {max} bytes"),
+        )));
+    }
+    std::fs::read(path).map_err(|e| {
+        Error::invalid(format!(
+            "the WASM module {} cannot be read: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// A plain SQL identifier: lower-case letters, digits and `_`, not starting with a digit.
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl OutputSpec {
+    /// The declared default as a value of this column, if it fits.
+    pub fn default_fits(&self) -> bool {
+        let Some(value) = &self.default else {
+            return false;
+        };
+        match self.kind {
+            OutputType::Integer => value.as_i64().is_some_and(|v| {
+                self.bounds
+                    .is_none_or(|[lo, hi]| (lo..=hi).contains(&(v as f64)))
+                    && self
+                        .keys
+                        .as_ref()
+                        .is_none_or(|keys| keys.contains(&v.to_string()))
+            }),
+            OutputType::Float => value
+                .as_f64()
+                .is_some_and(|v| self.bounds.is_none_or(|[lo, hi]| (lo..=hi).contains(&v))),
+            OutputType::Text => value
+                .as_str()
+                .is_some_and(|v| self.keys.as_ref().is_some_and(|k| k.iter().any(|x| x == v))),
+        }
+    }
+}
+
+impl WasmSpec {
+    /// The declared output's rules; every problem is pushed with the column it concerns.
+    fn check(&self, refusal: &mut Refusal) {
+        let rule = Rule::WasmOutputSchema;
+        if self.module_blake3.len() != 64
+            || !self.module_blake3.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            refusal.push(Rule::WasmModule, "`module_blake3` must be 64 hex digits");
+        }
+        if self.output.is_empty() || self.output.len() > OUTPUT_COLUMNS_MAX {
+            refusal.push(
+                rule,
+                format!("declare 1 to {OUTPUT_COLUMNS_MAX} [[wasm.output]] columns"),
+            );
+        }
+        if !(1..=ROWS_PER_UNIT_MAX).contains(&self.max_rows_per_unit) {
+            refusal.push(
+                rule,
+                format!("`max_rows_per_unit` must be between 1 and {ROWS_PER_UNIT_MAX}"),
+            );
+        }
+        for (index, column) in self.output.iter().enumerate() {
+            let name = &column.name;
+            if !is_identifier(name) {
+                refusal.push(
+                    rule,
+                    format!("output column `{name}`: use lower-case letters, digits and _ (at most 64 bytes)"),
+                );
+            }
+            if self.output[..index].iter().any(|c| &c.name == name) {
+                refusal.push(rule, format!("output column `{name}` is declared twice"));
+            }
+            if let Some([lo, hi]) = column.bounds
+                && !(lo.is_finite() && hi.is_finite() && lo <= hi)
+            {
+                refusal.push(
+                    rule,
+                    format!("output column `{name}`: bounds must be finite with lo ≤ hi"),
+                );
+            }
+            if let Some(keys) = &column.keys
+                && (keys.is_empty() || keys.len() > PARAM_ALLOWED_VALUES_MAX)
+            {
+                refusal.push(
+                    rule,
+                    format!("output column `{name}`: list 1 to {PARAM_ALLOWED_VALUES_MAX} keys"),
+                );
+            }
+            match column.kind {
+                OutputType::Float if column.bounds.is_none() => refusal.push(
+                    rule,
+                    format!("output column `{name}` is a float; give it bounds = [lo, hi] so one unit's value is capped"),
+                ),
+                OutputType::Float if column.keys.is_some() => refusal.push(
+                    rule,
+                    format!("output column `{name}` is a float; key sets are for text and integer columns"),
+                ),
+                OutputType::Integer if column.bounds.is_some() == column.keys.is_some() => {
+                    refusal.push(
+                        rule,
+                        format!("output column `{name}` is an integer; give it either bounds = [lo, hi] (to sum it) or keys = [...] (to group by it)"),
+                    )
+                }
+                OutputType::Integer
+                    if column
+                        .keys
+                        .as_ref()
+                        .is_some_and(|k| k.iter().any(|v| v.parse::<i64>().is_err())) =>
+                {
+                    refusal.push(
+                        rule,
+                        format!("output column `{name}` is an integer; its keys must be integers"),
+                    )
+                }
+                OutputType::Text if column.keys.is_none() || column.bounds.is_some() => refusal.push(
+                    rule,
+                    format!("output column `{name}` is text; give it keys = [...] (every value it may take) and no bounds"),
+                ),
+                _ => {}
+            }
+            if self.fallback == Fallback::Default && !column.default_fits() {
+                refusal.push(
+                    rule,
+                    format!("output column `{name}`: fallback = \"default\" needs a default of the column's type, inside its bounds or keys"),
+                );
+            }
+        }
     }
 }
 
@@ -461,10 +777,51 @@ pub struct Template {
 
 /// Stores a submitted template (or returns the existing one with the same bytes).
 pub fn submit(store: &mut Store, operator: &str, spec: TemplateSpec) -> Result<Template> {
+    submit_with_module(store, operator, spec, None)
+}
+
+/// Checks a WASM template's module: its bytes must be the ones the spec names, and the host
+/// must accept it (valid, only the host ABI, within the limits).
+pub fn check_module(spec: &WasmSpec, module: &[u8]) -> Result<(), Refusal> {
+    if blake3::hash(module).to_hex().as_str() != spec.module_blake3 {
+        return Err(Refusal::one(
+            Rule::WasmModule,
+            "the module's bytes do not hash to the template's module_blake3",
+        ));
+    }
+    let engine = veil_sandbox::wasm::WasmEngine::global()
+        .map_err(|e| Refusal::one(Rule::WasmModule, e.to_string()))?;
+    engine
+        .compile(module, &veil_sandbox::wasm::WasmLimits::default())
+        .map(|_| ())
+        .map_err(|e| Refusal::one(Rule::WasmModule, e.to_string()))
+}
+
+/// Stores a submitted template with its WASM module, if it has one.
+pub fn submit_with_module(
+    store: &mut Store,
+    operator: &str,
+    spec: TemplateSpec,
+    module: Option<Vec<u8>>,
+) -> Result<Template> {
     if operator.trim().is_empty() {
         return Err(Error::invalid("name the submitting operator (--operator)"));
     }
     spec.check()?;
+    match (&spec.wasm, &module) {
+        (Some(wasm), Some(bytes)) => check_module(wasm, bytes)?,
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "a WASM template needs its module: give --wasm FILE or `module` in the [wasm] table",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "a module was given for a SQL template; add a [wasm] table or drop the module",
+            ));
+        }
+        (None, None) => {}
+    }
     let canonical = spec.canonical_bytes()?;
     let id = TemplateId::of_bytes(&canonical);
     if let Some(existing) = find(store, id.as_str())? {
@@ -482,6 +839,12 @@ pub fn submit(store: &mut Store, operator: &str, spec: TemplateSpec) -> Result<T
              VALUES (?1, ?2, ?3, ?4, 'submitted', ?5)",
             params![id.as_str(), spec.name, operator, canonical, now],
         )?;
+        if let (Some(wasm), Some(bytes)) = (&spec.wasm, &module) {
+            tx.execute(
+                "INSERT OR IGNORE INTO modules (blake3, bytes, stored_at) VALUES (?1, ?2, ?3)",
+                params![wasm.module_blake3, bytes, now],
+            )?;
+        }
         audit::append(
             tx,
             audit::Kind::TemplateSubmitted,
@@ -615,6 +978,33 @@ fn decide(
     get(store, template.id.as_str())
 }
 
+/// A stored module's bytes, checked against the digest they are filed under.
+pub fn module_bytes(store: &Store, blake3_hex: &str) -> Result<Vec<u8>> {
+    let bytes: Option<Vec<u8>> = store
+        .conn()
+        .query_row(
+            "SELECT bytes FROM modules WHERE blake3 = ?1",
+            [blake3_hex],
+            |row| row.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            other => Err(other),
+        })?;
+    match bytes {
+        Some(bytes) if blake3::hash(&bytes).to_hex().as_str() == blake3_hex => Ok(bytes),
+        Some(_) => Err(Error::Refused(Refusal::one(
+            Rule::TemplateNotApproved,
+            "the stored module no longer hashes to its digest; submit the template again",
+        ))),
+        None => Err(Error::Refused(Refusal::one(
+            Rule::TemplateNotApproved,
+            "the template's module is not in the store; submit the template again",
+        ))),
+    }
+}
+
 const COLUMNS: &str =
     "id, operator, canonical, state, approval_json, reasons, submitted_at, decided_at";
 
@@ -640,11 +1030,19 @@ fn row_to_template(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Template>
         }
         let canonical: serde_json::Value = serde_json::from_slice(&canonical)
             .map_err(|e| Error::internal(format!("reading a template: {e}")))?;
+        let wasm = match canonical.get("wasm") {
+            Some(wasm) => Some(
+                serde_json::from_value(wasm.clone())
+                    .map_err(|e| Error::internal(format!("reading a template: {e}")))?,
+            ),
+            None => None,
+        };
         let spec = TemplateSpec {
             name: canonical["name"].as_str().unwrap_or_default().to_string(),
             sql: canonical["sql"].as_str().unwrap_or_default().to_string(),
             params: serde_json::from_value(canonical["params"].clone())
                 .map_err(|e| Error::internal(format!("reading a template: {e}")))?,
+            wasm,
         };
         let approval = approval_json
             .map(|json| serde_json::from_str(&json))
@@ -733,6 +1131,7 @@ mod tests {
                 kind: ParamType::Text,
                 allowed: Some(vec!["Taiyuan".into(), "Datong".into()]),
             }],
+            wasm: None,
         }
     }
 

@@ -1,9 +1,14 @@
-//! The Veil SDK: the wire and file types shared by the server, clients and offline
-//! verifiers. It depends on nothing from the domain (`veil-runtime`, DataFusion), so a buyer
+//! The Veil SDK: the wire and file types shared by the server, clients, offline verifiers and
+//! WASM mappers. It depends on nothing from the domain (`veil-runtime`, DataFusion), so a buyer
 //! can verify a product with this crate alone.
 //!
 //! Read [`manifest`] first: the signed manifest of a released data product and
-//! [`manifest::verify_product_dir`], which checks a download offline. More comes later (the
-//! HTTP wire types, the async client, WASM guest helpers).
+//! [`manifest::verify_product_dir`], which checks a download offline. [`columnar`] is the
+//! payload format of WASM jobs, and [`guest`] (feature `guest`) turns a plain Rust function
+//! into a mapper module.
 
+pub mod columnar;
+#[cfg(feature = "guest")]
+pub mod guest;
+#[cfg(feature = "manifest")]
 pub mod manifest;

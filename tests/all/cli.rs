@@ -343,3 +343,112 @@ fn the_demo_tells_the_whole_story_on_small_data() {
         );
     }
 }
+
+/// An operator submits a WASM template by flags, the bureau approves it, and the job
+/// releases a product — all through the binary.
+#[test]
+fn a_wasm_template_submitted_by_flags_runs_through_the_binary() {
+    let fixture = support::Fixture::new(2_000);
+    let data = fixture.store_path();
+    let d = data.to_str().expect("utf-8 path");
+    let schema = fixture.dir.path().join("credit_output.toml");
+    std::fs::write(
+        &schema,
+        r#"
+[[output]]
+name = "industry"
+type = "text"
+keys = ["Coal mining", "Manufacturing", "Construction", "Wholesale and retail", "Transport and logistics", "Education", "Health and social work", "Public administration", "Agriculture", "Information technology", "Finance", "Hospitality"]
+
+[[output]]
+name = "risk_score"
+type = "float"
+bounds = [0, 100]
+"#,
+    )
+    .expect("write the output schema");
+    let module = Path::new(env!("VEIL_GUESTS_DIR")).join("credit_risk.wasm");
+    let submitted = veil_ok([
+        "template",
+        "submit",
+        "--data-dir",
+        d,
+        "--operator",
+        support::OPERATOR,
+        "--name",
+        "credit_risk_by_industry",
+        "--wasm",
+        module.to_str().expect("utf-8 path"),
+        "--input-sql",
+        "SELECT legal_rep_id, industry, established_year, registered_capital, employees, credit_rating FROM enterprise_registry",
+        "--output-schema",
+        schema.to_str().expect("utf-8 path"),
+        "--release-sql",
+        "SELECT industry, COUNT(*) AS enterprises, AVG(risk_score) AS avg_risk FROM mapped GROUP BY industry",
+        "--max-rows-per-unit",
+        "3",
+    ]);
+    let template = word_after(&submitted.stdout, "`: ").to_string();
+    veil_ok([
+        "template",
+        "approve",
+        "--data-dir",
+        d,
+        &template,
+        "--epsilon",
+        "1",
+        "--k",
+        "5",
+        "--max-groups",
+        "3",
+        "--max-rows",
+        "3",
+    ]);
+    let released = veil_ok([
+        "job",
+        "run",
+        "--data-dir",
+        d,
+        "--operator",
+        support::OPERATOR,
+        "--template",
+        &template,
+    ]);
+    assert!(released.stdout.contains("released product"), "{released}");
+    let product = PathBuf::from(word_after(&released.stdout, "files: "));
+    let csv = std::fs::read_to_string(product.join("result.csv")).expect("the product's CSV");
+    assert!(csv.starts_with("industry,enterprises,avg_risk"), "{csv}");
+    let meter = veil_ok(["meter", "list", "--data-dir", d]);
+    assert!(meter.stdout.contains("fuel"), "{meter}");
+
+    // A text output without a key set is refused before submission, naming the column.
+    std::fs::write(
+        &schema,
+        "[[output]]\nname = \"industry\"\ntype = \"text\"\n",
+    )
+    .expect("write the output schema");
+    let refused = veil([
+        "template",
+        "submit",
+        "--data-dir",
+        d,
+        "--operator",
+        support::OPERATOR,
+        "--name",
+        "leaky",
+        "--wasm",
+        module.to_str().expect("utf-8 path"),
+        "--input-sql",
+        "SELECT legal_rep_id, industry FROM enterprise_registry",
+        "--output-schema",
+        schema.to_str().expect("utf-8 path"),
+        "--release-sql",
+        "SELECT industry, COUNT(*) AS n FROM mapped GROUP BY industry",
+    ]);
+    assert_ne!(refused.code, Some(0), "{refused}");
+    let text = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        text.contains("wasm.output_schema") && text.contains("`industry`"),
+        "{refused}"
+    );
+}

@@ -7,3 +7,4 @@ mod cli;
 mod gate_files;
 mod statistics;
 mod support;
+mod wasm;

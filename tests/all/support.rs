@@ -133,6 +133,7 @@ pub fn submit_and_approve(
                 allowed: None,
             })
             .collect(),
+        wasm: None,
     };
     let template = templates::submit(store, OPERATOR, spec)?;
     if template.state == templates::TemplateState::Submitted {

@@ -46,7 +46,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    fn direct_base(&self) -> Option<&BaseColumn> {
+    pub fn direct_base(&self) -> Option<&BaseColumn> {
         if self.direct {
             self.bases.first()
         } else {

@@ -43,6 +43,13 @@ pub enum Rule {
     // Step 3: contribution bounding.
     /// A join that is not an inner equi-join on the privacy unit, or a lost unit column.
     BoundingUnit,
+    // WASM jobs.
+    /// The mapper module is invalid, imports more than the host ABI, or cannot start.
+    WasmModule,
+    /// The mapper's input query: no privacy unit, or a column type the payload cannot carry.
+    WasmInput,
+    /// The declared output schema: names, types, bounds, key sets, defaults.
+    WasmOutputSchema,
     // Step 4: k-anonymity.
     /// No group reached k distinct units (nothing to release).
     KAnonymity,
@@ -81,6 +88,9 @@ impl Rule {
             Self::ShapeUnboundedValue => "shape.unbounded_value",
             Self::ShapePostProcessing => "shape.post_processing",
             Self::BoundingUnit => "bounding.unit",
+            Self::WasmModule => "wasm.module",
+            Self::WasmInput => "wasm.input",
+            Self::WasmOutputSchema => "wasm.output_schema",
             Self::KAnonymity => "k_anonymity.nothing_to_release",
             Self::BudgetExhausted => "budget.exhausted",
             Self::BudgetIdenticalInProgress => "budget.identical_in_progress",

@@ -1,0 +1,286 @@
+//! WASM jobs end to end: example mappers built from `examples/wasm/` release products through
+//! the gate; hostile mappers are refused, isolated, or absorbed without telling the operator.
+
+use std::path::{Path, PathBuf};
+
+use veil_runtime::gate::rules::Rule;
+use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::templates::{self, ApprovalRequest, TemplateSpec};
+use veil_runtime::{Error, metering};
+use veil_sandbox::wasm::{WasmEngine, WasmLimits};
+use veil_sdk::columnar::{BatchView, BatchWriter};
+
+use crate::support::{Fixture, OPERATOR};
+
+const GUESTS: &str = env!("VEIL_GUESTS_DIR");
+const PENSION_TEMPLATE: &str = include_str!("../../examples/templates/pension_eligibility.toml");
+const CREDIT_TEMPLATE: &str = include_str!("../../examples/templates/credit_risk.toml");
+
+fn guest(name: &str) -> PathBuf {
+    Path::new(GUESTS).join(format!("{name}.wasm"))
+}
+
+/// Parses a template file whose `module = "<name>.wasm"` is found in the guests folder.
+fn template(text: &str) -> (TemplateSpec, Option<Vec<u8>>) {
+    TemplateSpec::parse_file(text, Path::new(GUESTS)).expect("template parses")
+}
+
+fn approval(max_groups: u32, max_rows: u32) -> ApprovalRequest {
+    ApprovalRequest {
+        epsilon: 1.0,
+        delta: 1e-6,
+        k: 5,
+        max_groups,
+        max_rows,
+        price_per_run_fen: 12_000,
+        ..ApprovalRequest::default()
+    }
+}
+
+/// Submits and approves; returns the template id.
+fn approved(
+    fixture: &mut Fixture,
+    spec: TemplateSpec,
+    module: Option<Vec<u8>>,
+    a: ApprovalRequest,
+) -> String {
+    let submitted = templates::submit_with_module(&mut fixture.store, OPERATOR, spec, module)
+        .expect("template accepted");
+    templates::approve(&mut fixture.store, submitted.id.as_str(), a).expect("approved");
+    submitted.id.to_string()
+}
+
+async fn run(fixture: &mut Fixture, template: &str, params: &[(&str, &str)]) -> JobOutcome {
+    jobs::run(
+        &mut fixture.store,
+        JobRequest {
+            operator: OPERATOR.into(),
+            template: template.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            grant: None,
+        },
+    )
+    .await
+    .expect("the job ends")
+}
+
+#[tokio::test]
+async fn the_example_mappers_release_products_through_the_gate() {
+    let mut fixture = Fixture::new(3_000);
+    let (spec, module) = template(PENSION_TEMPLATE);
+    let pension = approved(&mut fixture, spec, module, approval(1, 1));
+    let outcome = run(&mut fixture, &pension, &[("born_before", "1971")]).await;
+    let JobOutcome::Released {
+        rows: Some(rows),
+        dir,
+        ..
+    } = outcome
+    else {
+        panic!("pension eligibility did not release: {outcome:?}");
+    };
+    // Every city is a public key of the declared output, so all 11 are released.
+    assert_eq!(rows.num_rows(), 11);
+    let names: Vec<String> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["city", "persons", "eligible", "avg_months_short"]);
+    let manifest = veil_sdk::manifest::verify_product_dir(&dir, None).expect("product verifies");
+    assert_eq!(manifest.manifest.sources[0].name, "social_insurance");
+
+    let (spec, module) = template(CREDIT_TEMPLATE);
+    let credit = approved(&mut fixture, spec, module, approval(3, 3));
+    let outcome = run(&mut fixture, &credit, &[]).await;
+    assert!(
+        matches!(outcome, JobOutcome::Released { .. }),
+        "{outcome:?}"
+    );
+    let meter = metering::list(fixture.store.conn()).expect("meter");
+    let last = meter.last().expect("a record");
+    // Fuel is charged by the input table's size: the per-unit limit per row scanned.
+    assert_eq!(
+        last.fuel,
+        WasmLimits::default().fuel_per_unit * last.rows_scanned
+    );
+    assert!(last.rows_scanned > 0);
+}
+
+/// The hostile mapper loops for one watched person and traps for another; the same job with
+/// nobody watched is the baseline. What the operator sees must not differ.
+#[tokio::test]
+async fn a_unit_that_loops_or_traps_does_not_change_what_the_operator_sees() {
+    let mut fixture = Fixture::new(3_000);
+    let text = r#"
+name = "probe"
+sql = "SELECT COUNT(DISTINCT person_id) AS persons, SUM(one) AS ones FROM mapped"
+[wasm]
+module = "hostile_unit_trap.wasm"
+input_sql = "SELECT person_id, :loop_unit AS loop_unit, :trap_unit AS trap_unit FROM social_insurance"
+max_rows_per_unit = 1
+fallback = "default"
+[[wasm.output]]
+name = "one"
+type = "integer"
+bounds = [0, 1]
+default = 1
+[[params]]
+name = "loop_unit"
+type = "integer"
+[[params]]
+name = "trap_unit"
+type = "integer"
+"#;
+    let (spec, module) = template(text);
+    let id = approved(&mut fixture, spec, module, approval(1, 1));
+    // Persons 7 and 8 exist: ids are 1, 2, 3, … in the demo data.
+    let watched = run(&mut fixture, &id, &[("loop_unit", "7"), ("trap_unit", "8")]).await;
+    let baseline = run(&mut fixture, &id, &[("loop_unit", "0"), ("trap_unit", "0")]).await;
+    for outcome in [&watched, &baseline] {
+        let JobOutcome::Released {
+            rows: Some(rows), ..
+        } = outcome
+        else {
+            panic!("the job must release whoever is in the data: {outcome:?}");
+        };
+        assert_eq!(rows.num_rows(), 1);
+    }
+    let meter = metering::list(fixture.store.conn()).expect("meter");
+    let (a, b) = (&meter[meter.len() - 2], &meter[meter.len() - 1]);
+    // Everything but time and memory (documented, data-dependent) is identical.
+    assert_eq!(
+        (
+            &a.end_state,
+            a.rows_scanned,
+            a.bytes_scanned,
+            a.fuel,
+            a.micro_epsilon,
+            a.output_rows,
+            a.price
+        ),
+        (
+            &b.end_state,
+            b.rows_scanned,
+            b.bytes_scanned,
+            b.fuel,
+            b.micro_epsilon,
+            b.output_rows,
+            b.price
+        )
+    );
+    let (job_a, job_b) = (
+        jobs::get(&fixture.store, a.job_id.as_str()).expect("job"),
+        jobs::get(&fixture.store, b.job_id.as_str()).expect("job"),
+    );
+    assert_eq!(
+        (job_a.reasons, job_a.failure),
+        (job_b.reasons, job_b.failure)
+    );
+    // The host did see two failed units (the test would be empty otherwise) — and only the
+    // bureau's audit entry says so.
+    let fallbacks = |job: &str| -> i64 {
+        fixture
+            .store
+            .conn()
+            .query_row(
+                "SELECT json_extract(details, '$.wasm.fallbacks') FROM audit
+                 WHERE subject = ?1 AND kind = 'job.released'",
+                [job],
+                |row| row.get(0),
+            )
+            .expect("audit entry")
+    };
+    assert_eq!(fallbacks(&a.job_id), 2);
+    assert_eq!(fallbacks(&b.job_id), 0);
+}
+
+#[test]
+fn a_mapper_cannot_carry_state_from_one_unit_to_the_next() {
+    let bytes = std::fs::read(guest("hostile_state")).expect("guest built");
+    let limits = WasmLimits::default();
+    let mapper = WasmEngine::global()
+        .expect("engine")
+        .compile(&bytes, &limits)
+        .expect("accepted");
+    for person in [11_i64, 12, 13, 14] {
+        let mut writer = BatchWriter::new(1);
+        writer.int64("person_id", &[Some(person)]);
+        let output = mapper
+            .run_unit(&writer.finish(), &limits)
+            .output
+            .expect("output");
+        let batch = BatchView::parse(&output).expect("a batch");
+        // A reused instance would count 2, 3, … and remember 11, 12, ….
+        assert_eq!(batch.column("calls").and_then(|c| c.int64(0)), Some(1));
+        assert_eq!(
+            batch.column("previous_unit").and_then(|c| c.int64(0)),
+            Some(0)
+        );
+    }
+}
+
+#[test]
+fn a_module_that_imports_wasi_is_refused_at_submission() {
+    let mut fixture = Fixture::new(1_000);
+    let module = wat::parse_str(
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (func (export "veil_alloc") (param i32) (result i32) (i32.const 0))
+            (func (export "veil_map") (param i32 i32) (result i64) (i64.const 0)))"#,
+    )
+    .expect("wat");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("m.wasm"), &module).expect("write");
+    let text = PENSION_TEMPLATE.replace("pension_eligibility.wasm", "m.wasm");
+    let (spec, bytes) = TemplateSpec::parse_file(&text, dir.path()).expect("parses");
+    let refused = templates::submit_with_module(&mut fixture.store, OPERATOR, spec, bytes);
+    let Err(Error::Refused(refusal)) = refused else {
+        panic!("a WASI import must be refused: {refused:?}");
+    };
+    assert_eq!(refusal.violations[0].rule, Rule::WasmModule);
+    assert!(
+        refusal.violations[0]
+            .message
+            .contains("wasi_snapshot_preview1.fd_write")
+    );
+}
+
+#[test]
+fn a_declared_output_without_bounds_or_keys_is_refused_naming_the_column() {
+    let mut fixture = Fixture::new(1_000);
+    let text = PENSION_TEMPLATE.replace("bounds = [0, 180]\n", "");
+    let (spec, module) = template(&text);
+    let refused = templates::submit_with_module(&mut fixture.store, OPERATOR, spec, module);
+    let Err(Error::Refused(refusal)) = refused else {
+        panic!("an unbounded integer output must be refused: {refused:?}");
+    };
+    assert!(
+        refusal
+            .violations
+            .iter()
+            .any(|v| v.rule == Rule::WasmOutputSchema && v.message.contains("`months_short`"))
+    );
+}
+
+#[tokio::test]
+async fn an_input_without_the_unit_is_refused_before_any_row_is_read() {
+    let mut fixture = Fixture::new(1_000);
+    let text = PENSION_TEMPLATE.replace("SELECT person_id, city,", "SELECT city,");
+    let (spec, module) = template(&text);
+    let id = approved(&mut fixture, spec, module, approval(1, 1));
+    let outcome = run(&mut fixture, &id, &[("born_before", "1971")]).await;
+    let JobOutcome::Rejected { refusal, .. } = outcome else {
+        panic!("expected a refusal: {outcome:?}");
+    };
+    assert_eq!(refusal.codes(), vec!["wasm.input"]);
+    let meter = metering::list(fixture.store.conn()).expect("meter");
+    assert_eq!(
+        meter.last().map(|m| (m.micro_epsilon, m.rows_scanned)),
+        Some((0, 0))
+    );
+}
