@@ -285,18 +285,23 @@ pub struct Dataset {
     pub registered_at: String,
 }
 
-/// Checks that a dataset name is a plain SQL identifier.
-pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= DATASET_NAME_BYTES_MAX
+/// A plain SQL identifier of at most `max` bytes: lower-case letters, digits and `_`, not
+/// starting with a digit.
+pub fn is_plain_identifier(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
         && name
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Checks that a dataset name is a plain SQL identifier.
+pub fn check_name(name: &str) -> Result<()> {
+    if is_plain_identifier(name, DATASET_NAME_BYTES_MAX) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

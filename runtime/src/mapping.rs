@@ -81,7 +81,7 @@ pub fn analyse_input(plan: &LogicalPlan, tables: &Tables) -> Result<InputAnalysi
     let mut used = Vec::new();
     let origins = analysis::lineage(plan, tables, &mut refusal, &mut used)?;
     let schema = plan.schema();
-    for (index, field) in schema.fields().iter().enumerate() {
+    for field in schema.fields() {
         if payload_kind(field.data_type()).is_none() {
             refusal.push(
                 Rule::WasmInput,
@@ -92,7 +92,6 @@ pub fn analyse_input(plan: &LogicalPlan, tables: &Tables) -> Result<InputAnalysi
                 ),
             );
         }
-        let _ = index;
     }
     let unit = origins
         .iter()

@@ -467,19 +467,6 @@ fn read_module(path: &std::path::Path) -> Result<Vec<u8>> {
     })
 }
 
-/// A plain SQL identifier: lower-case letters, digits and `_`, not starting with a digit.
-fn is_identifier(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 impl OutputSpec {
     /// The declared default as a value of this column, if it fits.
     pub fn default_fits(&self) -> bool {
@@ -528,7 +515,7 @@ impl WasmSpec {
         }
         for (index, column) in self.output.iter().enumerate() {
             let name = &column.name;
-            if !is_identifier(name) {
+            if !crate::catalog::is_plain_identifier(name, 64) {
                 refusal.push(
                     rule,
                     format!("output column `{name}`: use lower-case letters, digits and _ (at most 64 bytes)"),

@@ -284,3 +284,68 @@ async fn an_input_without_the_unit_is_refused_before_any_row_is_read() {
         Some((0, 0))
     );
 }
+
+/// A mapper that answers 10⁹ for a column declared with bounds [0, 1]: the host clamps it
+/// before the gate ever sees it, so the released sum stays near the unit count.
+#[tokio::test]
+async fn output_out_of_its_bounds_is_clamped_before_the_gate() {
+    let mut fixture = Fixture::new(2_000);
+    let mut writer = BatchWriter::new(1);
+    writer.int64("eligible", &[Some(1_000_000_000)]);
+    let answer = writer.finish();
+    let escaped: String = answer.iter().map(|b| format!("\\{b:02x}")).collect();
+    let module = wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (data (i32.const 4096) "{escaped}")
+            (func (export "veil_alloc") (param i32) (result i32) (i32.const 8192))
+            (func (export "veil_map") (param i32 i32) (result i64)
+                (i64.or (i64.shl (i64.const 4096) (i64.const 32)) (i64.const {len}))))"#,
+        len = answer.len()
+    ))
+    .expect("wat");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("liar.wasm"), &module).expect("write");
+    let text = r#"
+name = "liar"
+sql = "SELECT COUNT(DISTINCT person_id) AS persons, SUM(eligible) AS eligible FROM mapped"
+[wasm]
+module = "liar.wasm"
+input_sql = "SELECT person_id FROM social_insurance"
+max_rows_per_unit = 1
+[[wasm.output]]
+name = "eligible"
+type = "integer"
+bounds = [0, 1]
+"#;
+    let (spec, bytes) = TemplateSpec::parse_file(text, dir.path()).expect("parses");
+    let id = approved(&mut fixture, spec, bytes, approval(1, 1));
+    let outcome = run(&mut fixture, &id, &[]).await;
+    let JobOutcome::Released {
+        rows: Some(rows), ..
+    } = outcome
+    else {
+        panic!("expected a release: {outcome:?}");
+    };
+    let value = |name: &str| -> f64 {
+        let column = rows.column_by_name(name).expect("column");
+        let column = datafusion::arrow::compute::cast(
+            column,
+            &datafusion::arrow::datatypes::DataType::Float64,
+        )
+        .expect("numeric");
+        column
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .expect("f64")
+            .value(0)
+    };
+    let (persons, eligible) = (value("persons"), value("eligible"));
+    // Unclamped, the sum would be about 10⁹ per person; clamped, it is one per person plus
+    // Laplace noise of scale 2 (ε 0.5, sensitivity 1).
+    assert!(persons > 500.0, "{persons}");
+    assert!(
+        (eligible - persons).abs() < 100.0,
+        "persons {persons}, eligible {eligible}"
+    );
+}
