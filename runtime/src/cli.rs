@@ -195,6 +195,12 @@ pub enum TemplateCommand {
         /// Wall-clock time one run's query may take, in seconds.
         #[arg(long, default_value_t = templates::JOB_WALL_SECONDS_DEFAULT)]
         wall_seconds: u32,
+        /// WASM templates: fuel one unit's call may burn (default 20,000,000).
+        #[arg(long)]
+        wasm_fuel_per_unit: Option<u64>,
+        /// WASM templates: memory one unit's instance may use, in MiB (default 16).
+        #[arg(long)]
+        wasm_memory_mib: Option<u32>,
     },
     /// Reject a submitted template.
     Reject {
@@ -576,6 +582,8 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             price_fen,
             memory_mib,
             wall_seconds,
+            wasm_fuel_per_unit,
+            wasm_memory_mib,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let template = templates::get(&store, &id)?;
@@ -598,6 +606,10 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                     price_per_run_fen: price_fen,
                     memory_mib,
                     wall_seconds,
+                    wasm_fuel_per_unit: wasm_fuel_per_unit
+                        .unwrap_or(ApprovalRequest::default().wasm_fuel_per_unit),
+                    wasm_memory_mib: wasm_memory_mib
+                        .unwrap_or(ApprovalRequest::default().wasm_memory_mib),
                 },
             )?;
             println!(

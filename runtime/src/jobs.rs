@@ -881,7 +881,7 @@ async fn prepare_wasm(
         Err(Error::Refused(refusal)) => return Ok(Err(refusal)),
         Err(e) => return Err(e.to_string()),
     };
-    let limits = veil_sandbox::wasm::WasmLimits::default();
+    let limits = approval.wasm_limits();
     let mapper = match veil_sandbox::wasm::WasmEngine::global()
         .and_then(|engine| engine.compile(&module, &limits))
     {
@@ -959,7 +959,7 @@ async fn run_mapper(
         schema,
         release_sql,
     } = *wasm;
-    let limits = veil_sandbox::wasm::WasmLimits::default();
+    let limits = approval.wasm_limits();
     let mapped = mapping::map_units(
         &sandbox,
         &input,

@@ -603,7 +603,24 @@ pub struct Approval {
     /// Wall-clock time one run's query may take, in seconds.
     #[serde(default = "default_wall_seconds")]
     pub wall_seconds: u32,
+    /// WASM templates: fuel one unit's call may burn.
+    #[serde(default = "default_wasm_fuel")]
+    pub wasm_fuel_per_unit: u64,
+    /// WASM templates: linear memory one unit's instance may grow to, in MiB.
+    #[serde(default = "default_wasm_memory_mib")]
+    pub wasm_memory_mib: u32,
 }
+
+fn default_wasm_fuel() -> u64 {
+    veil_sandbox::wasm::WasmLimits::default().fuel_per_unit
+}
+
+fn default_wasm_memory_mib() -> u32 {
+    (veil_sandbox::wasm::WasmLimits::default().memory_bytes / (1024 * 1024)) as u32
+}
+
+/// Most fuel the bureau may allow one unit's call (about ten seconds of guest work).
+pub const WASM_FUEL_PER_UNIT_MAX: u64 = 10_000_000_000;
 
 fn default_memory_mib() -> u32 {
     JOB_MEMORY_MIB_DEFAULT
@@ -620,6 +637,15 @@ impl Approval {
             memory_bytes: self.memory_mib as usize * 1024 * 1024,
             wall_ms: u64::from(self.wall_seconds) * 1000,
             ..veil_sandbox::SandboxLimits::default()
+        }
+    }
+
+    /// The per-unit limits a WASM template's mapper runs under.
+    pub fn wasm_limits(&self) -> veil_sandbox::wasm::WasmLimits {
+        veil_sandbox::wasm::WasmLimits {
+            fuel_per_unit: self.wasm_fuel_per_unit,
+            memory_bytes: self.wasm_memory_mib as usize * 1024 * 1024,
+            ..veil_sandbox::wasm::WasmLimits::default()
         }
     }
 
@@ -643,6 +669,8 @@ pub struct ApprovalRequest {
     pub price_per_run_fen: i64,
     pub memory_mib: u32,
     pub wall_seconds: u32,
+    pub wasm_fuel_per_unit: u64,
+    pub wasm_memory_mib: u32,
 }
 
 impl Default for ApprovalRequest {
@@ -657,6 +685,8 @@ impl Default for ApprovalRequest {
             price_per_run_fen: 0,
             memory_mib: JOB_MEMORY_MIB_DEFAULT,
             wall_seconds: JOB_WALL_SECONDS_DEFAULT,
+            wasm_fuel_per_unit: default_wasm_fuel(),
+            wasm_memory_mib: default_wasm_memory_mib(),
         }
     }
 }
@@ -705,6 +735,17 @@ impl ApprovalRequest {
                 "--wall-seconds must be between 1 and {wall_seconds_max}"
             )));
         }
+        if !(1..=WASM_FUEL_PER_UNIT_MAX).contains(&self.wasm_fuel_per_unit) {
+            return Err(Error::invalid(format!(
+                "--wasm-fuel-per-unit must be between 1 and {WASM_FUEL_PER_UNIT_MAX}"
+            )));
+        }
+        let wasm_memory_mib_max = (veil_sandbox::wasm::MEMORY_BYTES_CEILING / (1024 * 1024)) as u32;
+        if !(1..=wasm_memory_mib_max).contains(&self.wasm_memory_mib) {
+            return Err(Error::invalid(format!(
+                "--wasm-memory-mib must be between 1 and {wasm_memory_mib_max}"
+            )));
+        }
         Ok(Approval {
             micro_epsilon,
             pico_delta,
@@ -714,6 +755,8 @@ impl ApprovalRequest {
             price_per_run: Fen(self.price_per_run_fen),
             memory_mib: self.memory_mib,
             wall_seconds: self.wall_seconds,
+            wasm_fuel_per_unit: self.wasm_fuel_per_unit,
+            wasm_memory_mib: self.wasm_memory_mib,
         })
     }
 }
@@ -871,6 +914,8 @@ pub fn approve(store: &mut Store, id: &str, request: ApprovalRequest) -> Result<
             "max_groups": approval.max_groups,
             "max_rows": approval.max_rows,
             "price_per_run_fen": approval.price_per_run.0,
+            "wasm_fuel_per_unit": approval.wasm_fuel_per_unit,
+            "wasm_memory_mib": approval.wasm_memory_mib,
         }),
     )
 }

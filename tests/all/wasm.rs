@@ -349,3 +349,45 @@ bounds = [0, 1]
         "persons {persons}, eligible {eligible}"
     );
 }
+
+/// The bureau pins the mapper's fuel per unit: with too little, every unit falls back, the
+/// job still releases, and the meter charges the pinned fuel.
+#[tokio::test]
+async fn the_bureau_pins_the_fuel_per_unit() {
+    let mut fixture = Fixture::new(2_000);
+    let (spec, module) = template(PENSION_TEMPLATE);
+    let starved = ApprovalRequest {
+        wasm_fuel_per_unit: 50,
+        ..approval(1, 1)
+    };
+    let id = approved(&mut fixture, spec, module, starved);
+    let outcome = run(&mut fixture, &id, &[("born_before", "1971")]).await;
+    assert!(
+        matches!(outcome, JobOutcome::Released { .. }),
+        "{outcome:?}"
+    );
+    let meter = metering::list(fixture.store.conn()).expect("meter");
+    let last = meter.last().expect("a record");
+    assert_eq!(last.fuel, 50 * last.rows_scanned);
+    let (units, fallbacks): (i64, i64) = fixture
+        .store
+        .conn()
+        .query_row(
+            "SELECT json_extract(details, '$.wasm.units'), json_extract(details, '$.wasm.fallbacks')
+             FROM audit WHERE subject = ?1 AND kind = 'job.released'",
+            [&last.job_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .expect("audit entry");
+    assert!(units > 0);
+    assert_eq!(fallbacks, units, "50 fuel cannot map anyone");
+    let refused = templates::approve(
+        &mut fixture.store,
+        &id,
+        ApprovalRequest {
+            wasm_memory_mib: 100_000,
+            ..approval(1, 1)
+        },
+    );
+    assert!(refused.is_err());
+}
