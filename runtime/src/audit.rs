@@ -51,6 +51,8 @@ pub enum Kind {
     JobFailed,
     ProductReleased,
     MeterRecorded,
+    PrincipalAdded,
+    PrincipalRevoked,
 }
 
 impl Kind {
@@ -70,6 +72,8 @@ impl Kind {
             Self::JobFailed => "job.failed",
             Self::ProductReleased => "product.released",
             Self::MeterRecorded => "meter.recorded",
+            Self::PrincipalAdded => "principal.added",
+            Self::PrincipalRevoked => "principal.revoked",
         }
     }
 }

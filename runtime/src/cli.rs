@@ -58,6 +58,9 @@ pub enum Command {
     /// (bureau) Authorizations of datasets to operators.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// (bureau) Principals — bureau, providers, operators, buyers — and their API keys.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
     /// (operator submits, bureau decides) Job templates.
     #[command(subcommand)]
     Template(TemplateCommand),
@@ -130,6 +133,30 @@ pub enum GrantCommand {
     },
     /// List grants with their budget spent this month.
     List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrincipalCommand {
+    /// Add a principal; its API key is printed once and only its hash is stored.
+    Add {
+        #[command(flatten)]
+        store: StoreArg,
+        /// bureau | provider | operator | buyer
+        #[arg(long)]
+        role: String,
+        /// The organisation's name (an operator's name is the `--operator` of its jobs).
+        #[arg(long)]
+        name: String,
+    },
+    /// List principals (never their keys).
+    List(StoreArg),
+    /// Revoke a principal's key.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Principal id or name.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,6 +361,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Dataset(command) => dataset(command),
         Command::Grant(command) => grant(command),
         Command::Template(command) => template(command).await,
+        Command::Principal(command) => principal(command),
         Command::Job(command) => job(command).await,
         Command::Product(command) => product(command),
         Command::Meter(MeterCommand::List(store)) => {
@@ -520,6 +548,51 @@ fn grant(command: GrantCommand) -> Result<i32> {
                 ],
                 &rows,
             );
+            Ok(0)
+        }
+    }
+}
+
+fn principal(command: PrincipalCommand) -> Result<i32> {
+    match command {
+        PrincipalCommand::Add { store, role, name } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let role = crate::principals::Role::parse(&role)?;
+            let (principal, key) = crate::principals::add(&mut store, role, &name)?;
+            println!(
+                "added {} `{}`: {}",
+                principal.role.as_str(),
+                principal.name,
+                principal.id
+            );
+            println!(
+                "API key (shown once; only its hash is stored): {}",
+                key.expose()
+            );
+            Ok(0)
+        }
+        PrincipalCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = crate::principals::list(&store)?
+                .into_iter()
+                .map(|p| {
+                    vec![
+                        p.id,
+                        p.role.as_str().to_string(),
+                        p.name,
+                        p.created_at,
+                        p.revoked_at.unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(&["id", "role", "name", "added", "revoked"], &rows);
+            Ok(0)
+        }
+        PrincipalCommand::Revoke { store, id } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let id = crate::principals::get(&store, &id)?.id;
+            let principal = crate::principals::revoke(&mut store, &id)?;
+            println!("revoked the key of `{}` ({})", principal.name, principal.id);
             Ok(0)
         }
     }

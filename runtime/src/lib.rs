@@ -33,6 +33,7 @@ pub mod jobs;
 pub mod keys;
 pub mod mapping;
 pub mod metering;
+pub mod principals;
 pub mod products;
 pub mod store;
 pub mod templates;

@@ -29,8 +29,9 @@ pub const BUSY_TIMEOUT_MS: u64 = 30_000;
 const DB_FILE: &str = "veil.db";
 const KEY_FILE: &str = "keys/platform.ed25519";
 const AUDIT_HEAD_FILE: &str = "audit.head";
-/// Version 2 added WASM modules and the meter's fuel; version-1 stores are upgraded on open.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 2 added WASM modules and the meter's fuel, version 3 principals; older stores are
+/// upgraded on open.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,6 +67,14 @@ CREATE TABLE IF NOT EXISTS templates (
     reasons TEXT,
     submitted_at TEXT NOT NULL,
     decided_at TEXT
+);
+CREATE TABLE IF NOT EXISTS principals (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
 );
 CREATE TABLE IF NOT EXISTS modules (
     blake3 TEXT PRIMARY KEY,
@@ -221,16 +230,24 @@ impl Store {
             .map_err(Error::from)?
             .parse()
             .map_err(|_| Error::internal("reading the store's schema version"))?;
-        if version == 1 {
-            // One transaction: either the store is fully version 2 or still version 1.
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 CREATE TABLE IF NOT EXISTS modules (
+        if version == 1 || version == 2 {
+            // One transaction: either the store is fully version 3 or unchanged.
+            let to_2 = if version == 1 {
+                "CREATE TABLE IF NOT EXISTS modules (
                      blake3 TEXT PRIMARY KEY, bytes BLOB NOT NULL, stored_at TEXT NOT NULL);
-                 ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;
-                 UPDATE meta SET value = '2' WHERE key = 'schema_version';
-                 COMMIT;",
-            )?;
+                 ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;"
+            } else {
+                ""
+            };
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE;
+                 {to_2}
+                 CREATE TABLE IF NOT EXISTS principals (
+                     id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
+                     key_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT);
+                 UPDATE meta SET value = '3' WHERE key = 'schema_version';
+                 COMMIT;"
+            ))?;
         } else if version != SCHEMA_VERSION {
             return Err(Error::invalid(format!(
                 "this store has schema version {version}; this veil understands version {SCHEMA_VERSION}"

@@ -452,3 +452,46 @@ bounds = [0, 100]
         "{refused}"
     );
 }
+
+/// The bureau adds principals; each key is printed once, and never listed.
+#[test]
+fn principals_get_a_key_once() {
+    let temp = tempfile::tempdir().expect("temporary folder");
+    let data = temp.path().join("store");
+    let d = data.to_str().expect("utf-8 path");
+    veil_ok(["init", "--data-dir", d]);
+    let added = veil_ok([
+        "principal",
+        "add",
+        "--data-dir",
+        d,
+        "--role",
+        "buyer",
+        "--name",
+        "taiyuan-planning",
+    ]);
+    let key = word_after(&added.stdout, "stored): ").to_string();
+    assert!(key.starts_with("veil_") && key.len() == 69, "{added}");
+    let listed = veil_ok(["principal", "list", "--data-dir", d]);
+    assert!(
+        listed.stdout.contains("taiyuan-planning") && !listed.stdout.contains(&key[5..]),
+        "{listed}"
+    );
+    let wrong = veil([
+        "principal",
+        "add",
+        "--data-dir",
+        d,
+        "--role",
+        "admin",
+        "--name",
+        "x",
+    ]);
+    assert_eq!(wrong.code, Some(2), "{wrong}");
+    assert!(
+        wrong.stderr.contains("bureau, provider, operator, buyer"),
+        "{wrong}"
+    );
+    veil_ok(["principal", "revoke", "--data-dir", d, "taiyuan-planning"]);
+    veil_ok(["audit", "verify", "--data-dir", d]);
+}
