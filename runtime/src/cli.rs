@@ -774,7 +774,7 @@ struct WasmFlags {
     fallback: String,
 }
 
-/// Builds a WASM template file's equivalent from flags and reads it like a file.
+/// A WASM template from flags (no parameters: declare those in a template file).
 fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Vec<u8>>)> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -797,26 +797,20 @@ fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Ve
             )));
         }
     };
-    let module = std::fs::canonicalize(&flags.module).unwrap_or(flags.module);
-    let mut wasm = toml::Table::new();
-    wasm.insert("module".into(), module.display().to_string().into());
-    wasm.insert("input_sql".into(), flags.input_sql.into());
-    wasm.insert(
-        "max_rows_per_unit".into(),
-        i64::from(flags.max_rows_per_unit).into(),
-    );
-    let mut table = toml::Table::new();
-    table.insert("name".into(), flags.name.into());
-    table.insert("sql".into(), flags.release_sql.into());
-    table.insert("wasm".into(), wasm.into());
-    let file = toml::to_string(&table)
-        .map_err(|e| Error::internal(format!("encoding a template: {e}")))?;
-    let (mut spec, module) = TemplateSpec::parse_file(&file, Path::new("."))?;
-    if let Some(wasm) = spec.wasm.as_mut() {
-        wasm.output = output.output;
-        wasm.fallback = fallback;
-    }
-    Ok((spec, module))
+    let (wasm, module) = templates::WasmSpec::with_module(
+        &flags.module,
+        flags.input_sql,
+        output.output,
+        flags.max_rows_per_unit,
+        fallback,
+    )?;
+    let spec = TemplateSpec {
+        name: flags.name,
+        sql: flags.release_sql,
+        params: Vec::new(),
+        wasm: Some(wasm),
+    };
+    Ok((spec, Some(module)))
 }
 
 /// Checks a template against the operator's grant in term, if there is exactly one.

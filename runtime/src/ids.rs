@@ -54,6 +54,10 @@ id_type!(
     /// A released data product.
     ProductId, "prod-"
 );
+id_type!(
+    /// An organisation with an API key (bureau, provider, operator, buyer).
+    PrincipalId, "pr-"
+);
 
 /// A template is named by the BLAKE3 hash of its canonical bytes (64 hex digits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -219,16 +219,14 @@ async fn execute(
         Ok(grant) => grant,
         Err(refusal) => return Ok(Decision::Rejected(refusal, None)),
     };
-    let mut tables: analysis::Tables = HashMap::new();
-    for dataset_id in &grant.datasets {
-        let dataset = catalog::get(store, dataset_id.as_str())?;
-        tables.insert(dataset.name.clone(), dataset);
-    }
+    let tables = grant_tables(store, &grant)?;
 
     // 3. Statement policy and shape, on the plan (for WASM jobs: the input plan, the module
     //    and the release SQL over the declared output, all before any row is read).
     let prepared = match &template.spec.wasm {
-        None => prepare_sql(store, template, &approval, &bound, &tables).await,
+        None => prepare_sql(store, template, Some(&approval), &bound, &tables)
+            .await
+            .map(|checked| checked.map(|sql| Prepared::Sql(Box::new(sql)))),
         Some(wasm) => prepare_wasm(store, template, wasm, &approval, &bound, &tables).await,
     };
     let prepared = match prepared {
@@ -761,6 +759,16 @@ fn combine(input: ExecStats, release: ExecStats, wasm: bool) -> ExecStats {
     }
 }
 
+/// The grant's datasets, by table name.
+fn grant_tables(store: &Store, grant: &Grant) -> Result<analysis::Tables> {
+    let mut tables: analysis::Tables = HashMap::new();
+    for dataset_id in &grant.datasets {
+        let dataset = catalog::get(store, dataset_id.as_str())?;
+        tables.insert(dataset.name.clone(), dataset);
+    }
+    Ok(tables)
+}
+
 /// A sandbox over the grant's tables.
 async fn grant_sandbox(
     store: &Store,
@@ -777,22 +785,21 @@ async fn grant_sandbox(
     builder.build().await.map_err(|e| e.to_string())
 }
 
-/// Step 3 for a SQL job: the statement policy and the shape of its plan.
+/// Step 3 for a SQL job (and `check_static`): the statement policy and the shape of its plan.
 async fn prepare_sql(
     store: &Store,
     template: &Template,
-    approval: &templates::Approval,
+    approval: Option<&templates::Approval>,
     bound: &[(String, ParamValue)],
     tables: &analysis::Tables,
-) -> std::result::Result<std::result::Result<Prepared, Refusal>, String> {
-    let sandbox = grant_sandbox(store, Some(approval), tables).await?;
+) -> std::result::Result<std::result::Result<(Sandbox, Analysis), Refusal>, String> {
+    let sandbox = grant_sandbox(store, approval, tables).await?;
     let (sql, _) = bind_named_parameters(&template.spec.sql);
     let plan = match sandbox.plan_query(&sql, bound).await {
         Ok(plan) => plan,
         Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
     };
-    Ok(analysis::analyse(&plan, tables)
-        .map(|analysis| Prepared::Sql(Box::new((sandbox, analysis)))))
+    Ok(analysis::analyse(&plan, tables).map(|analysis| (sandbox, analysis)))
 }
 
 /// Checks everything about a WASM job that needs no data row: the input plan, the declared
@@ -1130,19 +1137,7 @@ pub async fn check_static(
     template: &Template,
     grant: &Grant,
 ) -> Result<Result<Analysis, Refusal>> {
-    let mut tables: analysis::Tables = HashMap::new();
-    for dataset_id in &grant.datasets {
-        let dataset = catalog::get(store, dataset_id.as_str())?;
-        tables.insert(dataset.name.clone(), dataset);
-    }
-    let mut builder = SandboxBuilder::new(store.data_dir());
-    for dataset in tables.values() {
-        builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
-    }
-    let sandbox = builder
-        .build()
-        .await
-        .map_err(|e| Error::internal(e.to_string()))?;
+    let tables = grant_tables(store, grant)?;
     // Each declared parameter gets a value of its type, so planning can type-check the SQL.
     let sample: Vec<(String, veil_sandbox::ParamValue)> = template
         .spec
@@ -1161,19 +1156,13 @@ pub async fn check_static(
             (p.name.clone(), value)
         })
         .collect();
-    if let Some(wasm) = &template.spec.wasm {
-        return match check_wasm(store, template, wasm, None, &sample, &tables)
+    let checked = match &template.spec.wasm {
+        Some(wasm) => check_wasm(store, template, wasm, None, &sample, &tables)
             .await
-            .map_err(Error::internal)?
-        {
-            Ok((_, analysis)) => Ok(Ok(analysis)),
-            Err(refusal) => Ok(Err(refusal)),
-        };
-    }
-    let (sql, _) = bind_named_parameters(&template.spec.sql);
-    let plan = match sandbox.plan_query(&sql, &sample).await {
-        Ok(plan) => plan,
-        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
+            .map(|checked| checked.map(|(_, analysis)| analysis)),
+        None => prepare_sql(store, template, None, &sample, &tables)
+            .await
+            .map(|checked| checked.map(|(_, analysis)| analysis)),
     };
-    Ok(analysis::analyse(&plan, &tables))
+    checked.map_err(Error::internal)
 }

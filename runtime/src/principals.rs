@@ -11,6 +11,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::ids::PrincipalId;
 use crate::store::Store;
 use crate::{audit, clock};
 
@@ -81,10 +82,7 @@ impl std::fmt::Debug for ApiKey {
 }
 
 fn key_hash(key: &str) -> String {
-    blake3::derive_key(KEY_HASH_CONTEXT, key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(blake3::derive_key(KEY_HASH_CONTEXT, key.as_bytes()))
 }
 
 /// Adds a principal and returns it with its API key, which is not stored and cannot be shown
@@ -101,11 +99,7 @@ pub fn add(store: &mut Store, role: Role, name: &str) -> Result<(Principal, ApiK
         Error::internal("the operating system's random source failed; no key was made")
     })?;
     let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
-    let mut id_bytes = [0u8; 8];
-    getrandom::fill(&mut id_bytes).map_err(|_| {
-        Error::internal("the operating system's random source failed; no key was made")
-    })?;
-    let id = format!("pr-{}", hex::encode(id_bytes));
+    let id = PrincipalId::random().to_string();
     let now = clock::format(clock::now());
     store.write(|tx| {
         let taken: Option<String> = tx
@@ -182,14 +176,13 @@ const COLUMNS: &str = "id, role, name, created_at, revoked_at";
 
 fn row_to_principal(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Principal>> {
     let role: String = row.get(1)?;
-    Ok(Role::parse(&role).map(|role| -> Principal {
-        Principal {
-            id: row.get(0).unwrap_or_default(),
-            role,
-            name: row.get(2).unwrap_or_default(),
-            created_at: row.get(3).unwrap_or_default(),
-            revoked_at: row.get(4).unwrap_or_default(),
-        }
+    let (id, name, created_at, revoked_at) = (row.get(0)?, row.get(2)?, row.get(3)?, row.get(4)?);
+    Ok(Role::parse(&role).map(|role| Principal {
+        id,
+        role,
+        name,
+        created_at,
+        revoked_at,
     }))
 }
 

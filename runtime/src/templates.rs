@@ -44,7 +44,7 @@
 //! The template id hashes the module's BLAKE3 digest with everything else, so a changed
 //! module is a different, unapproved template.
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use veil_sandbox::{ParamValue, SQL_BYTES_MAX, bind_named_parameters};
 
@@ -224,15 +224,13 @@ impl TemplateSpec {
         let (wasm, module) = match file.wasm {
             None => (None, None),
             Some(w) => {
-                let path = base.join(&w.module);
-                let bytes = read_module(&path)?;
-                let spec = WasmSpec {
-                    module_blake3: blake3::hash(&bytes).to_hex().to_string(),
-                    input_sql: w.input_sql,
-                    output: w.output,
-                    max_rows_per_unit: w.max_rows_per_unit,
-                    fallback: w.fallback,
-                };
+                let (spec, bytes) = WasmSpec::with_module(
+                    &base.join(&w.module),
+                    w.input_sql,
+                    w.output,
+                    w.max_rows_per_unit,
+                    w.fallback,
+                )?;
                 (Some(spec), Some(bytes))
             }
         };
@@ -493,6 +491,25 @@ impl OutputSpec {
 }
 
 impl WasmSpec {
+    /// A spec naming the module at `path` by its digest, with the module's bytes.
+    pub fn with_module(
+        path: &std::path::Path,
+        input_sql: String,
+        output: Vec<OutputSpec>,
+        max_rows_per_unit: u32,
+        fallback: Fallback,
+    ) -> Result<(Self, Vec<u8>)> {
+        let bytes = read_module(path)?;
+        let spec = Self {
+            module_blake3: blake3::hash(&bytes).to_hex().to_string(),
+            input_sql,
+            output,
+            max_rows_per_unit,
+            fallback,
+        };
+        Ok((spec, bytes))
+    }
+
     /// The declared output's rules; every problem is pushed with the column it concerns.
     fn check(&self, refusal: &mut Refusal) {
         let rule = Rule::WasmOutputSchema;
@@ -1019,11 +1036,7 @@ pub fn module_bytes(store: &Store, blake3_hex: &str) -> Result<Vec<u8>> {
             [blake3_hex],
             |row| row.get(0),
         )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            other => Err(other),
-        })?;
+        .optional()?;
     match bytes {
         Some(bytes) if blake3::hash(&bytes).to_hex().as_str() == blake3_hex => Ok(bytes),
         Some(_) => Err(Error::Refused(Refusal::one(

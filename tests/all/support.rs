@@ -95,11 +95,16 @@ impl Fixture {
         approval: ApprovalRequest,
     ) -> Result<JobOutcome> {
         let template_id = submit_and_approve(&mut self.store, sql, params, approval)?;
+        self.run(&template_id, params).await
+    }
+
+    /// Runs template `template` as [`OPERATOR`] under the one grant.
+    pub async fn run(&mut self, template: &str, params: &[(&str, &str)]) -> Result<JobOutcome> {
         jobs::run(
             &mut self.store,
             JobRequest {
                 operator: OPERATOR.into(),
-                template: template_id,
+                template: template.into(),
                 params: params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use veil_runtime::gate::rules::Rule;
-use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::jobs::{self, JobOutcome};
 use veil_runtime::templates::{self, ApprovalRequest, TemplateSpec};
 use veil_runtime::{Error, metering};
 use veil_sandbox::wasm::{WasmEngine, WasmLimits};
@@ -51,20 +51,7 @@ fn approved(
 }
 
 async fn run(fixture: &mut Fixture, template: &str, params: &[(&str, &str)]) -> JobOutcome {
-    jobs::run(
-        &mut fixture.store,
-        JobRequest {
-            operator: OPERATOR.into(),
-            template: template.into(),
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            grant: None,
-        },
-    )
-    .await
-    .expect("the job ends")
+    fixture.run(template, params).await.expect("the job ends")
 }
 
 #[tokio::test]
