@@ -11,7 +11,7 @@ use crate::gate::rules::Refusal;
 use crate::grants::{self, Disposition, GrantRequest, MICRO, PICO};
 use crate::jobs::{self, JobOutcome, JobRequest};
 use crate::store::Store;
-use crate::templates::{self, ApprovalRequest, TemplateSpec};
+use crate::templates::{self, ApprovalRequest, SpecRules, TemplateSpec};
 use crate::{audit, catalog, demo, demo_data, keys, metering};
 
 /// Veil: a compute sandbox for authorized operation of public data.
@@ -797,13 +797,14 @@ fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Ve
             )));
         }
     };
-    let (wasm, module) = templates::WasmSpec::with_module(
+    let (wasm, module) = templates::WasmSpec::from_module_file(
         &flags.module,
         flags.input_sql,
         output.output,
         flags.max_rows_per_unit,
         fallback,
-    )?;
+    )
+    .map_err(templates::file_error)?;
     let spec = TemplateSpec {
         name: flags.name,
         sql: flags.release_sql,
@@ -949,6 +950,10 @@ pub fn print_outcome(outcome: &JobOutcome) -> i32 {
         }
         JobOutcome::Failed { job_id, reason } => {
             println!("job {job_id} failed: {reason}");
+            1
+        }
+        JobOutcome::Cancelled { job_id } => {
+            println!("job {job_id} was cancelled");
             1
         }
     }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::grants::{Disposition, GrantRequest};
 use crate::jobs::{JobOutcome, JobRequest};
 use crate::store::Store;
-use crate::templates::{ApprovalRequest, TemplateSpec};
+use crate::templates::{ApprovalRequest, SpecRules, TemplateSpec};
 use crate::{audit, catalog, clock, demo_data, grants, jobs, metering, templates};
 
 const SOCIAL_INSURANCE_POLICY: &str = include_str!("../../examples/policies/social_insurance.toml");
@@ -342,6 +342,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
             JobOutcome::Failed { reason, .. } => {
                 say(out, format!("  failed: {reason}"))?;
             }
+            JobOutcome::Cancelled { .. } => say(out, "  cancelled")?,
         }
     }
 

@@ -6,6 +6,8 @@
 //! | [`Error::Invalid`] | whoever gave the input (a flag, a file) | fix the input as the message says |
 //! | [`Error::NotFound`] | the caller named something that does not exist | check the id |
 //! | [`Error::Policy`] | the bureau's: a dataset policy does not fit its data | fix the policy file |
+//! | [`Error::Conflict`] | the caller's: the request contradicts the current state | read the state, then retry differently |
+//! | [`Error::Forbidden`] | the caller's: its role may not do this | use a principal of the right role |
 //! | [`Error::Resources`] | nobody's: a limit was reached | retry later or ask for a higher limit |
 //! | [`Error::Internal`] | the platform's: an invariant broke | report it; the message names the step |
 //!
@@ -32,6 +34,10 @@ pub enum Error {
     },
     #[error("the policy does not fit the data:\n{}", bullet_list(.0))]
     Policy(Vec<String>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Resources(String),
     #[error("internal error while {0}")]
@@ -64,7 +70,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Refused(_) => 3,
-            Self::Invalid(_) | Self::NotFound { .. } | Self::Policy(_) => 2,
+            Self::Invalid(_)
+            | Self::NotFound { .. }
+            | Self::Policy(_)
+            | Self::Conflict(_)
+            | Self::Forbidden(_) => 2,
             Self::Resources(_) => 4,
             Self::Internal(_) => 1,
         }

@@ -27,6 +27,7 @@ use datafusion::logical_expr::LogicalPlan;
 use futures::FutureExt;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use veil_sandbox::{
     ExecStats, ParamValue, Sandbox, SandboxBuilder, SandboxError, bind_named_parameters,
 };
@@ -43,7 +44,7 @@ use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, MeterRecord};
 use crate::products::{self, ProductDraft};
 use crate::store::Store;
-use crate::templates::{self, Template, TemplateState, WasmSpec};
+use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock, mapping};
 
 /// What an operator asks for.
@@ -77,6 +78,10 @@ pub enum JobOutcome {
         job_id: JobId,
         reason: String,
     },
+    /// Cancelled by the operator or the bureau before it ended.
+    Cancelled {
+        job_id: JobId,
+    },
 }
 
 impl JobOutcome {
@@ -84,7 +89,8 @@ impl JobOutcome {
         match self {
             Self::Released { job_id, .. }
             | Self::Rejected { job_id, .. }
-            | Self::Failed { job_id, .. } => job_id,
+            | Self::Failed { job_id, .. }
+            | Self::Cancelled { job_id } => job_id,
         }
     }
 }
@@ -104,6 +110,8 @@ pub struct Job {
     pub reused_from: Option<String>,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// The grant the operator asked to run under, if it named one.
+    pub requested_grant: Option<String>,
 }
 
 /// Costs gathered while the job runs, for its meter record.
@@ -129,45 +137,319 @@ struct WasmUsage {
     fallbacks: u64,
 }
 
-/// Runs one job to its end. Returns `Err` only when the request names no template at all or
-/// the platform itself fails; every refusal is an `Ok(JobOutcome::Rejected)` with its rules.
+/// Longest idempotency key a client may send, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// A submitted job: the stored row, and whether an earlier submission with the same
+/// idempotency key already created it (then nothing new was queued).
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub job: Job,
+    pub replayed: bool,
+}
+
+/// Runs one job to its end: [`enqueue`], then [`run_queued`]. Returns `Err` only when the
+/// request names no template at all or the platform itself fails; every refusal is an
+/// `Ok(JobOutcome::Rejected)` with its rules.
 pub async fn run(store: &mut Store, request: JobRequest) -> Result<JobOutcome> {
-    let started = Instant::now();
+    let submission = enqueue(store, &request, None)?;
+    run_queued(store, &submission.job.id, None).await
+}
+
+/// Records a job as `queued`, without reading any data or reserving any ε.
+///
+/// With an idempotency key, a second submission by the same operator with the same key and the
+/// same request returns the first job (`replayed`), so a client that retries after a lost
+/// response never runs or charges twice; the same key with a different request is refused.
+pub fn enqueue(
+    store: &mut Store,
+    request: &JobRequest,
+    idempotency_key: Option<&str>,
+) -> Result<Submission> {
+    if let Some(key) = idempotency_key
+        && (key.is_empty()
+            || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
+            || !key.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(Error::invalid(format!(
+            "an idempotency key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters without spaces"
+        )));
+    }
     let template = templates::get(store, &request.template)?;
-    let job_id = JobId::random();
     let params_json = serde_json::to_string(&request.params)
         .map_err(|e| Error::internal(format!("encoding parameters: {e}")))?;
+    // What the key stands for: the same key must always mean the same request.
+    let request_blake3 = blake3::hash(
+        serde_json::json!([template.id, request.params, request.grant])
+            .to_string()
+            .as_bytes(),
+    )
+    .to_hex()
+    .to_string();
+    let job_id = JobId::random();
     let now = clock::format(clock::now());
-    store.write(|tx| {
+    let replayed = store.write(|tx| {
+        if let Some(key) = idempotency_key {
+            let earlier: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT job_id, request_blake3 FROM job_submissions
+                     WHERE operator = ?1 AND idempotency_key = ?2",
+                    params![request.operator, key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            if let Some((earlier_job, earlier_request)) = earlier {
+                if earlier_request != request_blake3 {
+                    return Err(Error::Conflict(format!(
+                        "idempotency key `{key}` was already used for a different job ({earlier_job}); use a new key for a new job"
+                    )));
+                }
+                return Ok(Some(JobId::new(earlier_job)));
+            }
+            tx.execute(
+                "INSERT INTO job_submissions (operator, idempotency_key, job_id, request_blake3, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![request.operator, key, job_id.as_str(), request_blake3, now],
+            )?;
+        }
         tx.execute(
-            "INSERT INTO jobs (id, template_id, operator, params_json, fingerprint, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, '', 'running', ?5)",
-            params![job_id.as_str(), template.id.as_str(), request.operator, params_json, now],
+            "INSERT INTO jobs (id, template_id, operator, params_json, fingerprint, state,
+                created_at, requested_grant)
+             VALUES (?1, ?2, ?3, ?4, '', 'queued', ?5, ?6)",
+            params![
+                job_id.as_str(),
+                template.id.as_str(),
+                request.operator,
+                params_json,
+                now,
+                request.grant
+            ],
         )?;
         audit::append(
             tx,
-            audit::Kind::JobStarted,
+            audit::Kind::JobQueued,
             &request.operator,
             job_id.as_str(),
             serde_json::json!({ "template": template.id, "params": request.params }),
         )?;
-        Ok(())
+        Ok(None)
     })?;
+    let id = replayed.clone().unwrap_or(job_id);
+    Ok(Submission {
+        job: get(store, id.as_str())?,
+        replayed: replayed.is_some(),
+    })
+}
+
+/// Runs a `queued` job to its end. `cancel`, when it fires, stops the job where it is: a
+/// queued job never starts, a running one ends `cancelled` (ε already reserved stays spent,
+/// as for every job that started).
+pub async fn run_queued(
+    store: &mut Store,
+    job_id: &JobId,
+    cancel: Option<CancellationToken>,
+) -> Result<JobOutcome> {
+    let started = Instant::now();
+    let job = get(store, job_id.as_str())?;
+    let request = JobRequest {
+        operator: job.operator.clone(),
+        template: job.template_id.clone(),
+        params: job.params.clone(),
+        grant: job.requested_grant.clone(),
+    };
+    let template = templates::get(store, &job.template_id)?;
+    let cancel = cancel.unwrap_or_default();
+    let claimed = store.write(|tx| {
+        // Only a queued job starts; a cancelled one (or one another worker took) does not.
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'running' WHERE id = ?1 AND state = 'queued'",
+            [job_id.as_str()],
+        )?;
+        if changed == 1 {
+            audit::append(
+                tx,
+                audit::Kind::JobStarted,
+                &request.operator,
+                job_id.as_str(),
+                serde_json::json!({ "template": template.id, "params": request.params }),
+            )?;
+        }
+        Ok(changed == 1)
+    })?;
+    if !claimed {
+        return outcome_of(store, job_id);
+    }
 
     let mut costs = Costs::default();
     // A panic in the gate is a platform bug; the job must still end, metered and audited,
     // rather than stay `running` forever.
-    let result = AssertUnwindSafe(execute(store, &request, &template, &job_id, &mut costs))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
+    let execution =
+        AssertUnwindSafe(execute(store, &request, &template, job_id, &mut costs)).catch_unwind();
+    let result = tokio::select! {
+        result = execution => result.unwrap_or_else(|_| {
             Ok(Decision::Failed(
                 "the platform hit an internal error while running the job; the bureau has been told".into(),
                 None,
             ))
-        });
+        }),
+        () = cancel.cancelled() => Ok(Decision::Cancelled),
+    };
     let wall_ms = started.elapsed().as_millis() as u64;
-    finish(store, &request, &template, &job_id, result, costs, wall_ms)
+    finish(store, &request, &template, job_id, result, costs, wall_ms)
+}
+
+/// Cancels a job that has not ended. A queued job ends `cancelled` here, metered at zero;
+/// a running job is only marked for the caller, which fires its worker's token (see
+/// `api::workers`). Returns the job as it now stands.
+pub fn cancel_queued(store: &mut Store, job_id: &JobId, actor: &str) -> Result<Job> {
+    let job = get(store, job_id.as_str())?;
+    if job.state != "queued" {
+        return Ok(job);
+    }
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?1 WHERE id = ?2 AND state = 'queued'",
+            params![now, job_id.as_str()],
+        )?;
+        if changed == 0 {
+            return Ok(());
+        }
+        audit::append(
+            tx,
+            audit::Kind::JobCancelled,
+            actor,
+            job_id.as_str(),
+            serde_json::json!({ "while": "queued" }),
+        )?;
+        let meter = MeterRecord {
+            job_id: job_id.to_string(),
+            operator: job.operator.clone(),
+            template_id: job.template_id.clone(),
+            wall_ms: 0,
+            cpu_ms: 0,
+            rows_scanned: 0,
+            bytes_scanned: 0,
+            peak_memory_bytes: 0,
+            micro_epsilon: 0,
+            pico_delta: 0,
+            output_rows: 0,
+            output_bytes: 0,
+            end_state: "cancelled".into(),
+            price: Fen(0),
+            at: now.clone(),
+            fuel: 0,
+        };
+        record_meter(tx, &meter, job_id)
+    })?;
+    get(store, job_id.as_str())
+}
+
+/// Ends the jobs a stopped process left `running` (they end `failed`, metered, and their
+/// reserved ε stays spent) and returns the ids of the jobs still `queued`, oldest first, so a
+/// new server can run them.
+pub fn recover(store: &mut Store) -> Result<Vec<JobId>> {
+    let interrupted: Vec<Job> = list(store)?
+        .into_iter()
+        .filter(|job| job.state == "running")
+        .collect();
+    for job in interrupted {
+        let now = clock::format(clock::now());
+        store.write(|tx| {
+            let reason = "the platform stopped while the job ran; submit it again";
+            tx.execute(
+                "UPDATE jobs SET state = 'failed', reasons_json = ?1, finished_at = ?2
+                 WHERE id = ?3 AND state = 'running'",
+                params![
+                    serde_json::json!({ "failure": reason }).to_string(),
+                    now,
+                    job.id.as_str()
+                ],
+            )?;
+            audit::append(
+                tx,
+                audit::Kind::JobFailed,
+                "platform",
+                job.id.as_str(),
+                serde_json::json!({ "failure": reason }),
+            )?;
+            let reserved: (i64, i64) = tx.query_row(
+                "SELECT COALESCE(MAX(micro_epsilon), 0), COALESCE(MAX(pico_delta), 0)
+                 FROM budget_spend WHERE job_id = ?1",
+                [job.id.as_str()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            let meter = MeterRecord {
+                job_id: job.id.to_string(),
+                operator: job.operator.clone(),
+                template_id: job.template_id.clone(),
+                wall_ms: 0,
+                cpu_ms: 0,
+                rows_scanned: 0,
+                bytes_scanned: 0,
+                peak_memory_bytes: 0,
+                micro_epsilon: reserved.0,
+                pico_delta: reserved.1,
+                output_rows: 0,
+                output_bytes: 0,
+                end_state: "failed".into(),
+                price: Fen(0),
+                at: now.clone(),
+                fuel: 0,
+            };
+            record_meter(tx, &meter, &job.id)
+        })?;
+    }
+    Ok(list(store)?
+        .into_iter()
+        .filter(|job| job.state == "queued")
+        .map(|job| job.id)
+        .collect())
+}
+
+/// The meter record and its audit entry, inside the caller's transaction.
+fn record_meter(tx: &rusqlite::Transaction<'_>, meter: &MeterRecord, job_id: &JobId) -> Result<()> {
+    metering::record(tx, meter)?;
+    audit::append(
+        tx,
+        audit::Kind::MeterRecorded,
+        "meter",
+        job_id.as_str(),
+        serde_json::json!({
+            "end_state": meter.end_state,
+            "price_fen": meter.price.0,
+            "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
+        }),
+    )?;
+    Ok(())
+}
+
+/// The outcome of a job that has ended (or the state it is in), read back from the store.
+fn outcome_of(store: &Store, job_id: &JobId) -> Result<JobOutcome> {
+    let job = get(store, job_id.as_str())?;
+    Ok(match job.state.as_str() {
+        "released" => {
+            let product = job.product_id.clone().unwrap_or_default();
+            JobOutcome::Released {
+                job_id: job.id,
+                dir: store.products_dir().join(&product),
+                product_id: ProductId::new(product),
+                reused: job.reused_from.is_some(),
+                rows: None,
+            }
+        }
+        "rejected" => JobOutcome::Rejected {
+            job_id: job.id,
+            refusal: job.reasons.unwrap_or_default(),
+        },
+        "cancelled" => JobOutcome::Cancelled { job_id: job.id },
+        state => JobOutcome::Failed {
+            job_id: job.id,
+            reason: job
+                .failure
+                .unwrap_or_else(|| format!("the job is {state}, not queued")),
+        },
+    })
 }
 
 /// What `execute` decided.
@@ -187,6 +469,7 @@ enum Decision {
     },
     Rejected(Refusal, Option<Grant>),
     Failed(String, Option<Grant>),
+    Cancelled,
 }
 
 async fn execute(
@@ -481,6 +764,12 @@ fn finish(
                 reason: reason.clone(),
             },
         ),
+        Decision::Cancelled => (
+            "cancelled",
+            JobOutcome::Cancelled {
+                job_id: job_id.clone(),
+            },
+        ),
     };
     if !matches!(decision, Decision::Released { .. }) {
         // Only a released run is charged; ε once reserved stays spent.
@@ -523,6 +812,7 @@ fn finish(
                     None,
                     grant.as_ref(),
                 ),
+                Decision::Cancelled => (None, None, None, None),
             };
         tx.execute(
             "UPDATE jobs SET state = ?1, reasons_json = ?2, product_id = ?3, reused_from = ?4,
@@ -586,21 +876,13 @@ fn finish(
                 audit::Kind::JobFailed,
                 serde_json::json!({ "failure": reason }),
             ),
+            Decision::Cancelled => (
+                audit::Kind::JobCancelled,
+                serde_json::json!({ "while": "running" }),
+            ),
         };
         audit::append(tx, kind, &request.operator, job_id.as_str(), details)?;
-        metering::record(tx, &meter)?;
-        audit::append(
-            tx,
-            audit::Kind::MeterRecorded,
-            "meter",
-            job_id.as_str(),
-            serde_json::json!({
-                "end_state": meter.end_state,
-                "price_fen": meter.price.0,
-                "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
-            }),
-        )?;
-        Ok(())
+        record_meter(tx, &meter, job_id)
     })?;
     Ok(outcome)
 }
@@ -1069,7 +1351,7 @@ fn fingerprint(
 }
 
 const JOB_COLUMNS: &str = "id, template_id, grant_id, operator, params_json, state, reasons_json,
-    product_id, reused_from, created_at, finished_at";
+    product_id, reused_from, created_at, finished_at, requested_grant";
 
 fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     let params_json: String = row.get(4)?;
@@ -1099,6 +1381,7 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         reused_from: row.get(8)?,
         created_at: row.get(9)?,
         finished_at: row.get(10)?,
+        requested_grant: row.get(11)?,
     })
 }
 

@@ -29,9 +29,58 @@ pub const BUSY_TIMEOUT_MS: u64 = 30_000;
 const DB_FILE: &str = "veil.db";
 const KEY_FILE: &str = "keys/platform.ed25519";
 const AUDIT_HEAD_FILE: &str = "audit.head";
-/// Version 2 added WASM modules and the meter's fuel, version 3 principals; older stores are
-/// upgraded on open.
-const SCHEMA_VERSION: i64 = 3;
+/// Version 2 added WASM modules and the meter's fuel, version 3 principals, version 4 the
+/// server's job queue (idempotency keys, requested grants) and grant requests; older stores
+/// are upgraded on open.
+const SCHEMA_VERSION: i64 = 4;
+
+/// What each version adds to the one before it, applied in order inside one transaction.
+const UPGRADES: [(i64, &str); 3] = [
+    (
+        2,
+        "CREATE TABLE IF NOT EXISTS modules (
+             blake3 TEXT PRIMARY KEY, bytes BLOB NOT NULL, stored_at TEXT NOT NULL);
+         ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        3,
+        "CREATE TABLE IF NOT EXISTS principals (
+             id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
+             key_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT);",
+    ),
+    (4, SERVER_TABLES),
+];
+
+/// Version 4: what the server needs (also part of a fresh store's schema).
+const SERVER_TABLES: &str = r#"
+ALTER TABLE jobs ADD COLUMN requested_grant TEXT;
+CREATE TABLE IF NOT EXISTS job_submissions (
+    operator TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    request_blake3 TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (operator, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+CREATE TABLE IF NOT EXISTS grant_requests (
+    id TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    datasets_json TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT NOT NULL,
+    micro_epsilon_per_period INTEGER NOT NULL,
+    pico_delta_per_period INTEGER NOT NULL,
+    disposition TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reasons TEXT,
+    grant_id TEXT,
+    submitted_at TEXT NOT NULL,
+    decided_at TEXT,
+    decided_by TEXT
+);
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -185,6 +234,7 @@ impl Store {
 
         let conn = open_connection(&root.join(DB_FILE))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(SERVER_TABLES)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
             [SCHEMA_VERSION.to_string()],
@@ -230,22 +280,17 @@ impl Store {
             .map_err(Error::from)?
             .parse()
             .map_err(|_| Error::internal("reading the store's schema version"))?;
-        if version == 1 || version == 2 {
-            // One transaction: either the store is fully version 3 or unchanged.
-            let to_2 = if version == 1 {
-                "CREATE TABLE IF NOT EXISTS modules (
-                     blake3 TEXT PRIMARY KEY, bytes BLOB NOT NULL, stored_at TEXT NOT NULL);
-                 ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;"
-            } else {
-                ""
-            };
+        if (1..SCHEMA_VERSION).contains(&version) {
+            // One transaction: either the store is fully at the current version or unchanged.
+            let steps: String = UPGRADES
+                .iter()
+                .filter(|(to, _)| *to > version)
+                .map(|(_, sql)| *sql)
+                .collect();
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE;
-                 {to_2}
-                 CREATE TABLE IF NOT EXISTS principals (
-                     id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
-                     key_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT);
-                 UPDATE meta SET value = '3' WHERE key = 'schema_version';
+                 {steps}
+                 UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
                  COMMIT;"
             ))?;
         } else if version != SCHEMA_VERSION {

@@ -47,6 +47,10 @@
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use veil_sandbox::{ParamValue, SQL_BYTES_MAX, bind_named_parameters};
+pub use veil_sdk::template::{
+    Fallback, OutputSpec, OutputType, ParamSpec, ParamType, TemplateFileError, TemplateSpec,
+    WasmSpec,
+};
 
 use crate::error::{Error, Result};
 use crate::gate::rules::{Refusal, Rule};
@@ -75,42 +79,10 @@ pub const JOB_WALL_SECONDS_DEFAULT: u32 = 300;
 const _: () =
     assert!((JOB_MEMORY_MIB_DEFAULT as usize) * 1024 * 1024 <= veil_sandbox::JOB_MEMORY_BYTES_MAX);
 const _: () = assert!((JOB_WALL_SECONDS_DEFAULT as u64) * 1000 <= veil_sandbox::JOB_WALL_MS_MAX);
+// A client checks a module's size with the SDK's limit before uploading; the host's is the same.
+const _: () = assert!(veil_sdk::template::MODULE_BYTES_MAX == veil_sandbox::wasm::MODULE_BYTES_MAX);
 /// Largest price per run, in fen (¥1,000,000).
 pub const PRICE_PER_RUN_FEN_MAX: i64 = 100_000_000;
-const FORMAT: &str = "veil-template/1";
-
-/// A parameter's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ParamType {
-    Integer,
-    Text,
-}
-
-/// A declared parameter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParamSpec {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: ParamType,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed: Option<Vec<String>>,
-}
-
-/// What the operator submits. Its canonical bytes define the template id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateSpec {
-    pub name: String,
-    /// The query (SQL templates) or the release SQL over `mapped` (WASM templates).
-    pub sql: String,
-    #[serde(default)]
-    pub params: Vec<ParamSpec>,
-    /// The mapper of a WASM template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wasm: Option<WasmSpec>,
-}
 
 /// The table a WASM template's release SQL reads: the mapper's output.
 pub const MAPPED_TABLE: &str = "mapped";
@@ -119,94 +91,39 @@ pub const OUTPUT_COLUMNS_MAX: usize = 64;
 /// Most output rows one unit may be allowed to contribute.
 pub const ROWS_PER_UNIT_MAX: u32 = 10_000;
 
-/// The type of a declared output column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputType {
-    Integer,
-    Float,
-    Text,
-}
-
-/// One declared output column of a mapper.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputSpec {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: OutputType,
-    /// `[lo, hi]` for numbers: values are clamped into it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bounds: Option<[f64; 2]>,
-    /// Every value a text (or integer) column may take; others become null. Such a column
-    /// may be a group key of the release SQL, and its groups are public.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keys: Option<Vec<String>>,
-    /// The value a failed unit contributes, when the fallback is `default`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<serde_json::Value>,
-}
-
-/// What a unit whose call failed (trap, limit, bad output) contributes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Fallback {
-    /// Nothing.
-    #[default]
-    None,
-    /// One row of the declared defaults.
-    Default,
-}
-
-/// The WASM part of a template, with the module identified by its BLAKE3 digest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WasmSpec {
-    pub module_blake3: String,
-    pub input_sql: String,
-    pub output: Vec<OutputSpec>,
-    pub max_rows_per_unit: u32,
-    #[serde(default)]
-    pub fallback: Fallback,
-}
-
-/// The `[wasm]` table of a template file: like [`WasmSpec`] but naming the module's file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WasmFile {
-    module: std::path::PathBuf,
-    input_sql: String,
-    #[serde(default)]
-    output: Vec<OutputSpec>,
-    max_rows_per_unit: u32,
-    #[serde(default)]
-    fallback: Fallback,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TemplateFile {
-    name: String,
-    sql: String,
-    #[serde(default)]
-    params: Vec<ParamSpec>,
-    wasm: Option<WasmFile>,
-}
-
-#[derive(Serialize)]
-struct Canonical<'a> {
-    format: &'static str,
-    kind: &'static str,
-    name: &'a str,
-    sql: &'a str,
-    params: &'a [ParamSpec],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wasm: Option<&'a WasmSpec>,
-}
-
-impl TemplateSpec {
+/// The domain's rules on a [`TemplateSpec`] (whose data type lives in `veil_sdk::template`,
+/// shared with clients): reading files with errors sorted by fault, the id, static checks,
+/// and parameter binding.
+pub trait SpecRules: Sized {
     /// Parses a SQL template file's text.
-    pub fn parse(text: &str) -> Result<Self> {
+    fn parse(text: &str) -> Result<Self>;
+    /// Parses a template file whose relative paths (the WASM module) start at `base`, and
+    /// returns the module's bytes with the spec.
+    fn parse_file(text: &str, base: &std::path::Path) -> Result<(Self, Option<Vec<u8>>)>;
+    /// The bytes the template id hashes ([`TemplateSpec::canonical_json`]).
+    fn canonical_bytes(&self) -> Result<Vec<u8>>;
+    fn id(&self) -> Result<TemplateId>;
+    /// Static checks that need no data: sizes, names, and that the SQL's `:name`
+    /// placeholders are exactly the declared parameters.
+    fn check(&self) -> Result<(), Refusal>;
+    /// Binds the given values to the declared parameters, refusing undeclared, missing,
+    /// mistyped and disallowed values.
+    fn bind(&self, given: &[(String, String)]) -> Result<Vec<(String, ParamValue)>, Refusal>;
+}
+
+/// A template file's problem as a Veil error: a module over the size limit breaks a rule, the
+/// rest are bad input.
+pub fn file_error(error: TemplateFileError) -> Error {
+    match error {
+        TemplateFileError::ModuleTooLarge { .. } => {
+            Error::Refused(Refusal::one(Rule::WasmModule, error.to_string()))
+        }
+        other => Error::invalid(other.to_string()),
+    }
+}
+
+impl SpecRules for TemplateSpec {
+    fn parse(text: &str) -> Result<Self> {
         let (spec, module) = Self::parse_file(text, std::path::Path::new("."))?;
         if module.is_some() {
             return Err(Error::invalid(
@@ -216,56 +133,20 @@ impl TemplateSpec {
         Ok(spec)
     }
 
-    /// Parses a template file whose relative paths (the WASM module) start at `base`, and
-    /// returns the module's bytes with the spec.
-    pub fn parse_file(text: &str, base: &std::path::Path) -> Result<(Self, Option<Vec<u8>>)> {
-        let file: TemplateFile =
-            toml::from_str(text).map_err(|e| Error::invalid(format!("template file: {e}")))?;
-        let (wasm, module) = match file.wasm {
-            None => (None, None),
-            Some(w) => {
-                let (spec, bytes) = WasmSpec::with_module(
-                    &base.join(&w.module),
-                    w.input_sql,
-                    w.output,
-                    w.max_rows_per_unit,
-                    w.fallback,
-                )?;
-                (Some(spec), Some(bytes))
-            }
-        };
-        Ok((
-            Self {
-                name: file.name,
-                sql: file.sql,
-                params: file.params,
-                wasm,
-            },
-            module,
-        ))
+    fn parse_file(text: &str, base: &std::path::Path) -> Result<(Self, Option<Vec<u8>>)> {
+        Self::from_file(text, base).map_err(file_error)
     }
 
-    /// The bytes the template id hashes: the exact SQL text and the parameter declarations,
-    /// in a fixed JSON layout.
-    pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(&Canonical {
-            format: FORMAT,
-            kind: if self.wasm.is_some() { "wasm" } else { "sql" },
-            name: &self.name,
-            sql: &self.sql,
-            params: &self.params,
-            wasm: self.wasm.as_ref(),
-        })
-        .map_err(|e| Error::internal(format!("encoding a template: {e}")))
+    fn canonical_bytes(&self) -> Result<Vec<u8>> {
+        self.canonical_json()
+            .map_err(|e| Error::internal(format!("encoding a template: {e}")))
     }
 
-    pub fn id(&self) -> Result<TemplateId> {
+    fn id(&self) -> Result<TemplateId> {
         Ok(TemplateId::of_bytes(&self.canonical_bytes()?))
     }
 
-    /// Static checks that need no data: sizes, names, and that the SQL's `:name`
-    /// placeholders are exactly the declared parameters.
-    pub fn check(&self) -> Result<(), Refusal> {
+    fn check(&self) -> Result<(), Refusal> {
         let mut refusal = Refusal::default();
         if self.name.trim().is_empty() || self.name.len() > 100 {
             refusal.push(
@@ -299,7 +180,7 @@ impl TemplateSpec {
                     used.push(name);
                 }
             }
-            wasm.check(&mut refusal);
+            check_wasm_spec(wasm, &mut refusal);
         }
         for name in &used {
             if !self.params.iter().any(|p| &p.name == name) {
@@ -352,7 +233,7 @@ impl TemplateSpec {
     }
 
     /// Checks job parameters against the declarations and types them.
-    pub fn bind(&self, given: &[(String, String)]) -> Result<Vec<(String, ParamValue)>, Refusal> {
+    fn bind(&self, given: &[(String, String)]) -> Result<Vec<(String, ParamValue)>, Refusal> {
         let mut refusal = Refusal::default();
         let mut bound = Vec::new();
         for (name, _) in given {
@@ -440,161 +321,89 @@ impl TemplateSpec {
     }
 }
 
-/// Reads a mapper module's file, refusing one above the host's size limit before reading it.
-fn read_module(path: &std::path::Path) -> Result<Vec<u8>> {
-    let max = veil_sandbox::wasm::MODULE_BYTES_MAX;
-    let len = std::fs::metadata(path)
-        .map_err(|e| {
-            Error::invalid(format!(
-                "the WASM module {} cannot be read ({e}); build it with `cargo build --release --target wasm32-unknown-unknown`",
-                path.display()
-            ))
-        })?
-        .len();
-    if len > max as u64 {
-        return Err(Error::Refused(Refusal::one(
-            Rule::WasmModule,
-            format!("the module is {len} bytes; the limit is {max} bytes"),
-        )));
+/// The declared output's rules; every problem is pushed with the column it concerns.
+fn check_wasm_spec(spec: &WasmSpec, refusal: &mut Refusal) {
+    let rule = Rule::WasmOutputSchema;
+    if spec.module_blake3.len() != 64 || !spec.module_blake3.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        refusal.push(Rule::WasmModule, "`module_blake3` must be 64 hex digits");
     }
-    std::fs::read(path).map_err(|e| {
-        Error::invalid(format!(
-            "the WASM module {} cannot be read: {e}",
-            path.display()
-        ))
-    })
-}
-
-impl OutputSpec {
-    /// The declared default as a value of this column, if it fits.
-    pub fn default_fits(&self) -> bool {
-        let Some(value) = &self.default else {
-            return false;
-        };
-        match self.kind {
-            OutputType::Integer => value.as_i64().is_some_and(|v| {
-                self.bounds
-                    .is_none_or(|[lo, hi]| (lo..=hi).contains(&(v as f64)))
-                    && self
-                        .keys
-                        .as_ref()
-                        .is_none_or(|keys| keys.contains(&v.to_string()))
-            }),
-            OutputType::Float => value
-                .as_f64()
-                .is_some_and(|v| self.bounds.is_none_or(|[lo, hi]| (lo..=hi).contains(&v))),
-            OutputType::Text => value
-                .as_str()
-                .is_some_and(|v| self.keys.as_ref().is_some_and(|k| k.iter().any(|x| x == v))),
+    if spec.output.is_empty() || spec.output.len() > OUTPUT_COLUMNS_MAX {
+        refusal.push(
+            rule,
+            format!("declare 1 to {OUTPUT_COLUMNS_MAX} [[wasm.output]] columns"),
+        );
+    }
+    if !(1..=ROWS_PER_UNIT_MAX).contains(&spec.max_rows_per_unit) {
+        refusal.push(
+            rule,
+            format!("`max_rows_per_unit` must be between 1 and {ROWS_PER_UNIT_MAX}"),
+        );
+    }
+    for (index, column) in spec.output.iter().enumerate() {
+        let name = &column.name;
+        if !crate::catalog::is_plain_identifier(name, 64) {
+            refusal.push(
+                rule,
+                format!("output column `{name}`: use lower-case letters, digits and _ (at most 64 bytes)"),
+            );
         }
-    }
-}
-
-impl WasmSpec {
-    /// A spec naming the module at `path` by its digest, with the module's bytes.
-    pub fn with_module(
-        path: &std::path::Path,
-        input_sql: String,
-        output: Vec<OutputSpec>,
-        max_rows_per_unit: u32,
-        fallback: Fallback,
-    ) -> Result<(Self, Vec<u8>)> {
-        let bytes = read_module(path)?;
-        let spec = Self {
-            module_blake3: blake3::hash(&bytes).to_hex().to_string(),
-            input_sql,
-            output,
-            max_rows_per_unit,
-            fallback,
-        };
-        Ok((spec, bytes))
-    }
-
-    /// The declared output's rules; every problem is pushed with the column it concerns.
-    fn check(&self, refusal: &mut Refusal) {
-        let rule = Rule::WasmOutputSchema;
-        if self.module_blake3.len() != 64
-            || !self.module_blake3.bytes().all(|b| b.is_ascii_hexdigit())
+        if spec.output[..index].iter().any(|c| &c.name == name) {
+            refusal.push(rule, format!("output column `{name}` is declared twice"));
+        }
+        if let Some([lo, hi]) = column.bounds
+            && !(lo.is_finite() && hi.is_finite() && lo <= hi)
         {
-            refusal.push(Rule::WasmModule, "`module_blake3` must be 64 hex digits");
-        }
-        if self.output.is_empty() || self.output.len() > OUTPUT_COLUMNS_MAX {
             refusal.push(
                 rule,
-                format!("declare 1 to {OUTPUT_COLUMNS_MAX} [[wasm.output]] columns"),
+                format!("output column `{name}`: bounds must be finite with lo ≤ hi"),
             );
         }
-        if !(1..=ROWS_PER_UNIT_MAX).contains(&self.max_rows_per_unit) {
+        if let Some(keys) = &column.keys
+            && (keys.is_empty() || keys.len() > PARAM_ALLOWED_VALUES_MAX)
+        {
             refusal.push(
                 rule,
-                format!("`max_rows_per_unit` must be between 1 and {ROWS_PER_UNIT_MAX}"),
+                format!("output column `{name}`: list 1 to {PARAM_ALLOWED_VALUES_MAX} keys"),
             );
         }
-        for (index, column) in self.output.iter().enumerate() {
-            let name = &column.name;
-            if !crate::catalog::is_plain_identifier(name, 64) {
+        match column.kind {
+            OutputType::Float if column.bounds.is_none() => refusal.push(
+                rule,
+                format!("output column `{name}` is a float; give it bounds = [lo, hi] so one unit's value is capped"),
+            ),
+            OutputType::Float if column.keys.is_some() => refusal.push(
+                rule,
+                format!("output column `{name}` is a float; key sets are for text and integer columns"),
+            ),
+            OutputType::Integer if column.bounds.is_some() == column.keys.is_some() => {
                 refusal.push(
                     rule,
-                    format!("output column `{name}`: use lower-case letters, digits and _ (at most 64 bytes)"),
-                );
+                    format!("output column `{name}` is an integer; give it either bounds = [lo, hi] (to sum it) or keys = [...] (to group by it)"),
+                )
             }
-            if self.output[..index].iter().any(|c| &c.name == name) {
-                refusal.push(rule, format!("output column `{name}` is declared twice"));
-            }
-            if let Some([lo, hi]) = column.bounds
-                && !(lo.is_finite() && hi.is_finite() && lo <= hi)
+            OutputType::Integer
+                if column
+                    .keys
+                    .as_ref()
+                    .is_some_and(|k| k.iter().any(|v| v.parse::<i64>().is_err())) =>
             {
                 refusal.push(
                     rule,
-                    format!("output column `{name}`: bounds must be finite with lo ≤ hi"),
-                );
+                    format!("output column `{name}` is an integer; its keys must be integers"),
+                )
             }
-            if let Some(keys) = &column.keys
-                && (keys.is_empty() || keys.len() > PARAM_ALLOWED_VALUES_MAX)
-            {
-                refusal.push(
-                    rule,
-                    format!("output column `{name}`: list 1 to {PARAM_ALLOWED_VALUES_MAX} keys"),
-                );
-            }
-            match column.kind {
-                OutputType::Float if column.bounds.is_none() => refusal.push(
-                    rule,
-                    format!("output column `{name}` is a float; give it bounds = [lo, hi] so one unit's value is capped"),
-                ),
-                OutputType::Float if column.keys.is_some() => refusal.push(
-                    rule,
-                    format!("output column `{name}` is a float; key sets are for text and integer columns"),
-                ),
-                OutputType::Integer if column.bounds.is_some() == column.keys.is_some() => {
-                    refusal.push(
-                        rule,
-                        format!("output column `{name}` is an integer; give it either bounds = [lo, hi] (to sum it) or keys = [...] (to group by it)"),
-                    )
-                }
-                OutputType::Integer
-                    if column
-                        .keys
-                        .as_ref()
-                        .is_some_and(|k| k.iter().any(|v| v.parse::<i64>().is_err())) =>
-                {
-                    refusal.push(
-                        rule,
-                        format!("output column `{name}` is an integer; its keys must be integers"),
-                    )
-                }
-                OutputType::Text if column.keys.is_none() || column.bounds.is_some() => refusal.push(
-                    rule,
-                    format!("output column `{name}` is text; give it keys = [...] (every value it may take) and no bounds"),
-                ),
-                _ => {}
-            }
-            if self.fallback == Fallback::Default && !column.default_fits() {
-                refusal.push(
-                    rule,
-                    format!("output column `{name}`: fallback = \"default\" needs a default of the column's type, inside its bounds or keys"),
-                );
-            }
+            OutputType::Text if column.keys.is_none() || column.bounds.is_some() => refusal.push(
+                rule,
+                format!("output column `{name}` is text; give it keys = [...] (every value it may take) and no bounds"),
+            ),
+            _ => {}
+        }
+        if spec.fallback == Fallback::Default && !column.default_fits() {
+            refusal.push(
+                rule,
+                format!("output column `{name}`: fallback = \"default\" needs a default of the column's type, inside its bounds or keys"),
+            );
         }
     }
 }

@@ -12,3 +12,5 @@ pub mod columnar;
 pub mod guest;
 #[cfg(feature = "manifest")]
 pub mod manifest;
+#[cfg(feature = "manifest")]
+pub mod template;

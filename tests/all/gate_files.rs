@@ -570,6 +570,10 @@ fn verdict(outcome: veil_runtime::Result<JobOutcome>) -> Verdict {
             lines: vec!["failed".into()],
             detail: reason,
         },
+        Ok(JobOutcome::Cancelled { .. }) => Verdict {
+            lines: vec!["cancelled".into()],
+            detail: String::new(),
+        },
         Err(error) => Verdict {
             lines: vec![format!(
                 "invalid {}",

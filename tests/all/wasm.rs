@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use veil_runtime::gate::rules::Rule;
 use veil_runtime::jobs::{self, JobOutcome};
-use veil_runtime::templates::{self, ApprovalRequest, TemplateSpec};
+use veil_runtime::templates::{self, ApprovalRequest, SpecRules, TemplateSpec};
 use veil_runtime::{Error, metering};
 use veil_sandbox::wasm::{WasmEngine, WasmLimits};
 use veil_sdk::columnar::{BatchView, BatchWriter};
