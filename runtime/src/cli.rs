@@ -78,6 +78,19 @@ pub enum Command {
     Audit(AuditCommand),
     /// Print the platform's public key (what buyers pin to verify products).
     PlatformKey(StoreArg),
+    /// (bureau) Serve the HTTP API for every role over this store.
+    Serve {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Address to listen on; keep it on loopback behind the bureau's TLS proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Jobs that run at the same time.
+        #[arg(long, default_value_t = crate::api::workers::WORKERS_DEFAULT)]
+        workers: usize,
+    },
+    /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
+    Client(crate::cli_client::ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +282,22 @@ pub enum JobCommand {
         #[arg(long)]
         grant: Option<String>,
     },
+    /// Pre-flight: would the job pass, what would it cost, what budget would remain? Reads
+    /// no data row and spends nothing.
+    Check {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        #[arg(long)]
+        template: String,
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        #[arg(long)]
+        grant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     Show {
         #[command(flatten)]
         store: StoreArg,
@@ -303,7 +332,7 @@ pub enum AuditCommand {
     Verify(StoreArg),
 }
 
-fn parse_param(text: &str) -> std::result::Result<(String, String), String> {
+pub(crate) fn parse_param(text: &str) -> std::result::Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
         _ => Err(format!("`{text}` is not name=value")),
@@ -363,6 +392,20 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Template(command) => template(command).await,
         Command::Principal(command) => principal(command),
         Command::Job(command) => job(command).await,
+        Command::Serve {
+            store,
+            listen,
+            workers,
+        } => {
+            crate::api::serve(crate::api::ServeConfig {
+                data_dir: store.data_dir,
+                listen,
+                workers,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Client(args) => crate::cli_client::run(args).await,
         Command::Product(command) => product(command),
         Command::Meter(MeterCommand::List(store)) => {
             let store = Store::open(&store.data_dir)?;
@@ -866,6 +909,32 @@ async fn job(command: JobCommand) -> Result<i32> {
             .await?;
             Ok(print_outcome(&outcome))
         }
+        JobCommand::Check {
+            store,
+            operator,
+            template,
+            params,
+            grant,
+            json,
+        } => {
+            let store = Store::open(&store.data_dir)?;
+            let answer = jobs::dry_run(
+                &store,
+                &JobRequest {
+                    operator,
+                    template,
+                    params,
+                    grant,
+                },
+            )
+            .await?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                print_dry_run(&answer);
+            }
+            Ok(if answer.passes { 0 } else { 3 })
+        }
         JobCommand::Show { store, id } => {
             let store = Store::open(&store.data_dir)?;
             let j = jobs::get(&store, &id)?;
@@ -1145,4 +1214,47 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str("(none)\n");
     }
     out
+}
+
+/// Prints a value as pretty JSON (the `--json` form of a command).
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints a pre-flight answer for people.
+pub fn print_dry_run(answer: &veil_sdk::api::DryRun) {
+    if answer.passes {
+        println!("the job would pass every rule checked before data is read");
+    } else {
+        println!("the job would be refused:");
+        for v in &answer.violations {
+            println!("  - [{}] {}", v.rule, v.message);
+        }
+    }
+    if let Some(job) = &answer.reuses_job {
+        println!(
+            "  identical to released job {job}: running it returns that product and costs nothing"
+        );
+        return;
+    }
+    if let Some(grant) = &answer.grant_id {
+        println!("  grant:      {grant}");
+    }
+    println!(
+        "  cost:       ε {} δ {}, {}",
+        answer.epsilon,
+        answer.delta,
+        crate::ids::Fen(answer.price_fen)
+    );
+    println!("  rows read:  {}", answer.rows_scanned);
+    println!(
+        "  budget {}: ε {} of {} spent; {} would remain",
+        answer.budget_period,
+        answer.epsilon_spent,
+        answer.epsilon_per_period,
+        answer.epsilon_remaining_after
+    );
 }

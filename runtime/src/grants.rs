@@ -110,48 +110,12 @@ pub fn to_pico(delta: f64, what: &str) -> Result<i64> {
 
 /// Checks a grant request and stores it, with an audit entry.
 pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
-    if request.operator.trim().is_empty() {
-        return Err(Error::invalid(
-            "name the operator the grant is for (--operator)",
-        ));
-    }
-    if request.purpose.trim().is_empty() {
-        return Err(Error::invalid(
-            "state the grant's purpose (--purpose); data may be used only for it (seed 003 art. 29)",
-        ));
-    }
-    if request.datasets.is_empty() {
-        return Err(Error::invalid(
-            "a grant covers at least one dataset (--datasets a,b)",
-        ));
-    }
-    if request.valid_from > request.valid_to {
-        return Err(Error::invalid(format!(
-            "the term starts {} after it ends {}; swap --valid-from and --valid-to",
-            request.valid_from, request.valid_to
-        )));
-    }
-    if (request.valid_to - request.valid_from).num_days() > GRANT_TERM_DAYS_MAX {
-        return Err(Error::invalid(format!(
-            "a grant's term is at most {GRANT_TERM_DAYS_MAX} days; shorten it and renew later"
-        )));
-    }
-    if request.epsilon_per_month > GRANT_EPSILON_PER_MONTH_MAX {
-        return Err(Error::invalid(format!(
-            "--epsilon-per-month is at most {GRANT_EPSILON_PER_MONTH_MAX}"
-        )));
-    }
+    validate(store, &request)?;
     let micro_epsilon = to_micro(request.epsilon_per_month, "--epsilon-per-month")?;
     let pico_delta = to_pico(request.delta_per_month, "--delta-per-month")?;
     let mut datasets = Vec::new();
     for name in &request.datasets {
         let dataset = catalog::get(store, name)?;
-        if dataset.policy.sharing == Sharing::None {
-            return Err(Error::invalid(format!(
-                "dataset `{}` has sharing attribute `none` (不予共享) and cannot be granted",
-                dataset.name
-            )));
-        }
         if !datasets.contains(&dataset.id) {
             datasets.push(dataset.id);
         }
@@ -267,4 +231,320 @@ pub fn list(store: &Store) -> Result<Vec<Grant>> {
         grants.push(row??);
     }
     Ok(grants)
+}
+
+/// Working days a grant request may wait for the bureau before it is flagged as overdue
+/// (seed 003, art. 16: the bureau answers an application within five working days).
+pub const APPLICATION_WORKING_DAYS_MAX: u32 = 5;
+/// Longest reason a bureau may give when it rejects a request, in bytes.
+pub const REASON_BYTES_MAX: usize = 2_000;
+
+/// An operator's application for a grant (seed 003, art. 16), and the bureau's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Application {
+    pub id: String,
+    pub operator: String,
+    /// Dataset names or ids as the operator asked for them.
+    pub datasets: Vec<String>,
+    pub purpose: String,
+    pub valid_from: NaiveDate,
+    pub valid_to: NaiveDate,
+    pub micro_epsilon_per_month: i64,
+    pub pico_delta_per_month: i64,
+    pub disposition: Disposition,
+    /// `pending`, `approved` or `rejected`.
+    pub state: String,
+    pub reasons: Option<String>,
+    pub grant_id: Option<String>,
+    pub submitted_at: String,
+    pub decided_at: Option<String>,
+}
+
+impl Application {
+    /// Working days (Monday to Friday) from the day it was submitted to `today`, in the
+    /// bureau's time zone. Public holidays are not modelled: the flag errs towards early.
+    pub fn working_days_waiting(&self, today: NaiveDate) -> u32 {
+        let submitted = chrono::DateTime::parse_from_rfc3339(&self.submitted_at)
+            .map(|t| t.with_timezone(&clock::bureau_offset()).date_naive())
+            .unwrap_or(today);
+        working_days_between(submitted, today)
+    }
+
+    /// A pending request older than [`APPLICATION_WORKING_DAYS_MAX`] working days.
+    pub fn is_overdue(&self, today: NaiveDate) -> bool {
+        self.state == "pending" && self.working_days_waiting(today) > APPLICATION_WORKING_DAYS_MAX
+    }
+}
+
+/// Working days after `from` up to and including `to` (0 when `to` is not after `from`).
+pub fn working_days_between(from: NaiveDate, to: NaiveDate) -> u32 {
+    use chrono::Datelike;
+    let mut days = 0;
+    let mut day = from;
+    while day < to {
+        day = day.succ_opt().unwrap_or(to);
+        if day.weekday().number_from_monday() <= 5 {
+            days += 1;
+        }
+    }
+    days
+}
+
+/// Records an operator's application. Everything `create` would check is checked now, so the
+/// bureau only ever sees requests it could approve as they stand.
+pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
+    validate(store, &request)?;
+    let application = Application {
+        id: format!(
+            "greq-{}",
+            &GrantId::random().as_str()[GrantId::PREFIX.len()..]
+        ),
+        operator: request.operator.trim().to_string(),
+        datasets: request.datasets.clone(),
+        purpose: request.purpose.trim().to_string(),
+        valid_from: request.valid_from,
+        valid_to: request.valid_to,
+        micro_epsilon_per_month: to_micro(request.epsilon_per_month, "epsilon_per_month")?,
+        pico_delta_per_month: to_pico(request.delta_per_month, "delta_per_month")?,
+        disposition: request.disposition,
+        state: "pending".into(),
+        reasons: None,
+        grant_id: None,
+        submitted_at: clock::format(clock::now()),
+        decided_at: None,
+    };
+    let datasets_json = serde_json::to_string(&application.datasets)
+        .map_err(|e| Error::internal(format!("encoding a grant request: {e}")))?;
+    store.write(|tx| {
+        tx.execute(
+            "INSERT INTO grant_requests (id, operator, datasets_json, purpose, valid_from, valid_to,
+                micro_epsilon_per_period, pico_delta_per_period, disposition, state, submitted_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10)",
+            params![
+                application.id,
+                application.operator,
+                datasets_json,
+                application.purpose,
+                application.valid_from.to_string(),
+                application.valid_to.to_string(),
+                application.micro_epsilon_per_month,
+                application.pico_delta_per_month,
+                application.disposition.as_str(),
+                application.submitted_at
+            ],
+        )?;
+        audit::append(
+            tx,
+            audit::Kind::GrantRequested,
+            &application.operator,
+            &application.id,
+            serde_json::json!({
+                "datasets": application.datasets,
+                "purpose": application.purpose,
+                "epsilon_per_month": application.micro_epsilon_per_month as f64 / MICRO,
+            }),
+        )?;
+        Ok(())
+    })?;
+    Ok(application)
+}
+
+/// Everything about a request that can be wrong, checked before anything is stored.
+fn validate(store: &Store, request: &GrantRequest) -> Result<()> {
+    if request.operator.trim().is_empty() {
+        return Err(Error::invalid("name the operator the grant is for"));
+    }
+    if request.purpose.trim().is_empty() {
+        return Err(Error::invalid(
+            "state the grant's purpose; data may be used only for it (seed 003 art. 29)",
+        ));
+    }
+    if request.datasets.is_empty() {
+        return Err(Error::invalid("a grant covers at least one dataset"));
+    }
+    if request.valid_from > request.valid_to {
+        return Err(Error::invalid(format!(
+            "the term starts {} after it ends {}; swap valid_from and valid_to",
+            request.valid_from, request.valid_to
+        )));
+    }
+    if (request.valid_to - request.valid_from).num_days() > GRANT_TERM_DAYS_MAX {
+        return Err(Error::invalid(format!(
+            "a grant's term is at most {GRANT_TERM_DAYS_MAX} days; shorten it and renew later"
+        )));
+    }
+    if request.epsilon_per_month > GRANT_EPSILON_PER_MONTH_MAX {
+        return Err(Error::invalid(format!(
+            "epsilon_per_month is at most {GRANT_EPSILON_PER_MONTH_MAX}"
+        )));
+    }
+    to_micro(request.epsilon_per_month, "epsilon_per_month")?;
+    to_pico(request.delta_per_month, "delta_per_month")?;
+    for name in &request.datasets {
+        let dataset = catalog::get(store, name)?;
+        if dataset.policy.sharing == Sharing::None {
+            return Err(Error::invalid(format!(
+                "dataset `{}` has sharing attribute `none` (不予共享) and cannot be granted",
+                dataset.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+const APPLICATION_COLUMNS: &str = "id, operator, datasets_json, purpose, valid_from, valid_to,
+    micro_epsilon_per_period, pico_delta_per_period, disposition, state, reasons, grant_id,
+    submitted_at, decided_at";
+
+fn row_to_application(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Application>> {
+    let datasets_json: String = row.get(2)?;
+    let from: String = row.get(4)?;
+    let to: String = row.get(5)?;
+    let disposition: String = row.get(8)?;
+    let parsed = (|| -> Result<Application> {
+        Ok(Application {
+            id: row.get(0).map_err(Error::from)?,
+            operator: row.get(1).map_err(Error::from)?,
+            datasets: serde_json::from_str(&datasets_json)
+                .map_err(|e| Error::internal(format!("reading a grant request: {e}")))?,
+            purpose: row.get(3).map_err(Error::from)?,
+            valid_from: from
+                .parse()
+                .map_err(|_| Error::internal("reading a grant request's term"))?,
+            valid_to: to
+                .parse()
+                .map_err(|_| Error::internal("reading a grant request's term"))?,
+            micro_epsilon_per_month: row.get(6).map_err(Error::from)?,
+            pico_delta_per_month: row.get(7).map_err(Error::from)?,
+            disposition: Disposition::parse(&disposition)?,
+            state: row.get(9).map_err(Error::from)?,
+            reasons: row.get(10).map_err(Error::from)?,
+            grant_id: row.get(11).map_err(Error::from)?,
+            submitted_at: row.get(12).map_err(Error::from)?,
+            decided_at: row.get(13).map_err(Error::from)?,
+        })
+    })();
+    Ok(parsed)
+}
+
+pub fn application(store: &Store, id: &str) -> Result<Application> {
+    store
+        .conn()
+        .query_row(
+            &format!("SELECT {APPLICATION_COLUMNS} FROM grant_requests WHERE id = ?1"),
+            [id],
+            row_to_application,
+        )
+        .optional()?
+        .transpose()?
+        .ok_or_else(|| Error::NotFound {
+            kind: "grant request",
+            id: id.to_string(),
+            hint: "",
+        })
+}
+
+/// Every application, oldest first.
+pub fn applications(store: &Store) -> Result<Vec<Application>> {
+    let mut statement = store.conn().prepare(&format!(
+        "SELECT {APPLICATION_COLUMNS} FROM grant_requests ORDER BY submitted_at, id"
+    ))?;
+    let rows = statement.query_map([], row_to_application)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+/// The bureau approves a pending application: the grant is created as asked (or with a lower
+/// monthly ε), and the application points to it.
+pub fn approve_application(
+    store: &mut Store,
+    id: &str,
+    actor: &str,
+    epsilon_per_month: Option<f64>,
+) -> Result<(Application, Grant)> {
+    let application = application(store, id)?;
+    if application.state != "pending" {
+        return Err(Error::Conflict(format!(
+            "grant request {id} is already {}",
+            application.state
+        )));
+    }
+    let asked = application.micro_epsilon_per_month as f64 / MICRO;
+    let epsilon = epsilon_per_month.unwrap_or(asked);
+    if epsilon > asked {
+        return Err(Error::invalid(format!(
+            "the operator asked for ε {asked} per month; the bureau may grant less, not more"
+        )));
+    }
+    let grant = create(
+        store,
+        GrantRequest {
+            operator: application.operator.clone(),
+            datasets: application.datasets.clone(),
+            purpose: application.purpose.clone(),
+            valid_from: application.valid_from,
+            valid_to: application.valid_to,
+            epsilon_per_month: epsilon,
+            delta_per_month: application.pico_delta_per_month as f64 / PICO,
+            disposition: application.disposition,
+        },
+    )?;
+    decide(store, id, actor, "approved", None, Some(grant.id.as_str()))?;
+    Ok((self::application(store, id)?, grant))
+}
+
+/// The bureau rejects a pending application, with its reasons.
+pub fn reject_application(
+    store: &mut Store,
+    id: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Application> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > REASON_BYTES_MAX {
+        return Err(Error::invalid(format!(
+            "give the operator a reason of 1–{REASON_BYTES_MAX} bytes"
+        )));
+    }
+    decide(store, id, actor, "rejected", Some(reason), None)?;
+    application(store, id)
+}
+
+fn decide(
+    store: &mut Store,
+    id: &str,
+    actor: &str,
+    state: &str,
+    reason: Option<&str>,
+    grant: Option<&str>,
+) -> Result<()> {
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        let changed = tx.execute(
+            "UPDATE grant_requests SET state = ?1, reasons = ?2, grant_id = ?3, decided_at = ?4,
+                decided_by = ?5 WHERE id = ?6 AND state = 'pending'",
+            params![state, reason, grant, now, actor, id],
+        )?;
+        if changed != 1 {
+            return Err(Error::Conflict(format!(
+                "grant request {id} is no longer pending"
+            )));
+        }
+        let kind = if state == "approved" {
+            audit::Kind::GrantRequestApproved
+        } else {
+            audit::Kind::GrantRequestRejected
+        };
+        audit::append(
+            tx,
+            kind,
+            actor,
+            id,
+            serde_json::json!({ "grant": grant, "reason": reason }),
+        )?;
+        Ok(())
+    })
 }

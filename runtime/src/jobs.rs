@@ -286,13 +286,15 @@ pub async fn run_queued(
     let execution =
         AssertUnwindSafe(execute(store, &request, &template, job_id, &mut costs)).catch_unwind();
     let result = tokio::select! {
+        // A token that has already fired wins before the job does any work.
+        biased;
+        () = cancel.cancelled() => Ok(Decision::Cancelled),
         result = execution => result.unwrap_or_else(|_| {
             Ok(Decision::Failed(
                 "the platform hit an internal error while running the job; the bureau has been told".into(),
                 None,
             ))
         }),
-        () = cancel.cancelled() => Ok(Decision::Cancelled),
     };
     let wall_ms = started.elapsed().as_millis() as u64;
     finish(store, &request, &template, job_id, result, costs, wall_ms)
@@ -1411,6 +1413,127 @@ pub fn list(store: &Store) -> Result<Vec<Job>> {
         jobs.push(row?);
     }
     Ok(jobs)
+}
+
+/// Pre-flight: what [`run`] would decide before it reads any data row — the template, grant,
+/// statement and shape rules, an identical earlier job, and the budget — with what the run
+/// would cost. Nothing is stored: the budget check runs the real reservation inside a
+/// transaction that is rolled back.
+pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::api::DryRun> {
+    let template = templates::get(store, &request.template)?;
+    let period = clock::period_of(clock::now());
+    let mut answer = veil_sdk::api::DryRun {
+        passes: false,
+        violations: Vec::new(),
+        grant_id: None,
+        reuses_job: None,
+        epsilon: 0.0,
+        delta: 0.0,
+        price_fen: 0,
+        rows_scanned: 0,
+        budget_period: period.clone(),
+        epsilon_per_period: 0.0,
+        epsilon_spent: 0.0,
+        epsilon_remaining_after: 0.0,
+    };
+    let refuse = |mut answer: veil_sdk::api::DryRun, refusal: &Refusal| {
+        answer.violations = refusal
+            .violations
+            .iter()
+            .map(|v| veil_sdk::api::Violation {
+                rule: v.rule.code().to_string(),
+                message: v.message.clone(),
+            })
+            .collect();
+        Ok(answer)
+    };
+    if let Some(refusal) = template_refusal(&template, &request.operator) {
+        return refuse(answer, &refusal);
+    }
+    let Some(approval) = template.approval.clone() else {
+        return refuse(
+            answer,
+            &Refusal::one(
+                Rule::TemplateNotApproved,
+                "the template has no approval on record",
+            ),
+        );
+    };
+    let bound = match template.spec.bind(&request.params) {
+        Ok(bound) => bound,
+        Err(refusal) => return refuse(answer, &refusal),
+    };
+    let grant = match choose_grant(store, &request.operator, request.grant.as_deref())? {
+        Ok(grant) => grant,
+        Err(refusal) => return refuse(answer, &refusal),
+    };
+    answer.grant_id = Some(grant.id.to_string());
+    let spent = budget::spent_by_grant(store.conn(), grant.id.as_str(), &period)?;
+    answer.epsilon_per_period = grant.micro_epsilon_per_month as f64 / grants::MICRO;
+    answer.epsilon_spent = spent.micro_epsilon as f64 / grants::MICRO;
+    answer.epsilon_remaining_after = answer.epsilon_per_period - answer.epsilon_spent;
+    let tables = grant_tables(store, &grant)?;
+    let prepared = match &template.spec.wasm {
+        None => prepare_sql(store, &template, Some(&approval), &bound, &tables)
+            .await
+            .map(|checked| checked.map(|sql| Prepared::Sql(Box::new(sql)))),
+        Some(wasm) => prepare_wasm(store, &template, wasm, &approval, &bound, &tables).await,
+    };
+    let prepared = match prepared {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(refusal)) => return refuse(answer, &refusal),
+        Err(failure) => return Err(Error::internal(format!("checking the job: {failure}"))),
+    };
+    let used: Vec<Dataset> = prepared
+        .tables()
+        .iter()
+        .filter_map(|name| tables.get(name).cloned())
+        .collect();
+    answer.rows_scanned = used.iter().map(|d| d.rows).sum();
+    let fingerprint = fingerprint(&template, &request.params, &grant, &used);
+    let earlier: Option<String> = store
+        .conn()
+        .query_row(
+            "SELECT id FROM jobs WHERE fingerprint = ?1 AND state = 'released'
+             ORDER BY created_at LIMIT 1",
+            [&fingerprint],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(job) = earlier {
+        answer.reuses_job = Some(job);
+        answer.passes = true;
+        return Ok(answer);
+    }
+    let at = clock::format(clock::now());
+    let probe_id = JobId::random();
+    let reservation = budget::Reservation {
+        job_id: probe_id.as_str(),
+        grant: &grant,
+        datasets: &used,
+        period: &period,
+        micro_epsilon: approval.micro_epsilon,
+        pico_delta: approval.pico_delta,
+        at: &at,
+    };
+    // Dropping the transaction rolls the probe reservation back.
+    let tx = store.conn().unchecked_transaction()?;
+    let fits = budget::reserve(&tx, &reservation)?;
+    drop(tx);
+    answer.epsilon = approval.epsilon();
+    answer.delta = approval.delta();
+    answer.epsilon_remaining_after -= answer.epsilon;
+    answer.price_fen = run_price(store, &approval, answer.rows_scanned)?.0;
+    match fits {
+        Ok(()) => answer.passes = true,
+        Err(refusal) => return refuse(answer, &refusal),
+    }
+    Ok(answer)
+}
+
+/// The price of a released run: the template's per-run fee (set at approval).
+fn run_price(_store: &Store, approval: &templates::Approval, _rows_scanned: u64) -> Result<Fen> {
+    Ok(approval.price_per_run)
 }
 
 /// Statically checks a template against a grant's tables, without touching any row: the

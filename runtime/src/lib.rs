@@ -17,10 +17,12 @@
 //! (datasets and their policies), [`templates`], [`jobs::run`] (the whole flow of one job),
 //! [`gate`] (the only door out), then [`audit`].
 
+pub mod api;
 pub mod audit;
 pub mod budget;
 pub mod catalog;
 pub mod cli;
+pub mod cli_client;
 pub mod clock;
 pub mod demo;
 pub mod demo_data;

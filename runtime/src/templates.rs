@@ -653,6 +653,53 @@ pub fn check_module(spec: &WasmSpec, module: &[u8]) -> Result<(), Refusal> {
         .map_err(|e| Refusal::one(Rule::WasmModule, e.to_string()))
 }
 
+/// Stores an uploaded WASM module by its BLAKE3 digest, after the host has compiled it and
+/// checked its imports and exports: a module that could never run is refused here, before
+/// any template names it. Storing the same bytes again changes nothing.
+pub fn store_module(
+    store: &mut Store,
+    actor: &str,
+    bytes: &[u8],
+) -> Result<veil_sdk::api::ModuleStored> {
+    if bytes.len() > veil_sdk::template::MODULE_BYTES_MAX {
+        return Err(Error::Refused(Refusal::one(
+            Rule::WasmModule,
+            format!(
+                "the module is {} bytes; the limit is {} bytes",
+                bytes.len(),
+                veil_sdk::template::MODULE_BYTES_MAX
+            ),
+        )));
+    }
+    let engine = veil_sandbox::wasm::WasmEngine::global()
+        .map_err(|e| Error::internal(format!("starting the WASM engine: {e}")))?;
+    engine
+        .compile(bytes, &veil_sandbox::wasm::WasmLimits::default())
+        .map_err(|e| Error::Refused(Refusal::one(Rule::WasmModule, e.to_string())))?;
+    let digest = blake3::hash(bytes).to_hex().to_string();
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO modules (blake3, bytes, stored_at) VALUES (?1, ?2, ?3)",
+            params![digest, bytes, now],
+        )?;
+        if added == 1 {
+            audit::append(
+                tx,
+                audit::Kind::ModuleStored,
+                actor,
+                &digest,
+                serde_json::json!({ "bytes": bytes.len() }),
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(veil_sdk::api::ModuleStored {
+        blake3: digest,
+        bytes: bytes.len() as u64,
+    })
+}
+
 /// Stores a submitted template with its WASM module, if it has one.
 pub fn submit_with_module(
     store: &mut Store,

@@ -5,8 +5,13 @@
 //! Read [`manifest`] first: the signed manifest of a released data product and
 //! [`manifest::verify_product_dir`], which checks a download offline. [`columnar`] is the
 //! payload format of WASM jobs, and [`guest`] (feature `guest`) turns a plain Rust function
-//! into a mapper module.
+//! into a mapper module. [`api`] holds the HTTP API's bodies and [`client::Client`] (feature
+//! `client`) speaks it.
 
+#[cfg(feature = "manifest")]
+pub mod api;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod columnar;
 #[cfg(feature = "guest")]
 pub mod guest;
