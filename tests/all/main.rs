@@ -1,6 +1,7 @@
 //! Veil's integration tests, in one binary (one module per feature), driving the library as a
 //! caller would and the `veil` binary as a user would.
 
+mod api;
 mod audit;
 mod budget;
 mod cli;

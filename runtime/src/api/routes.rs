@@ -624,6 +624,7 @@ async fn job_submit(
     Json(body): Json<SubmitJob>,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     caller.require("submitting a job", &[Role::Operator])?;
+    owned_template(&state, &caller, &body.template).await?;
     let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
         Some(value) => Some(
             value
@@ -672,6 +673,7 @@ async fn job_dry_run(
     Json(body): Json<SubmitJob>,
 ) -> Answer<DryRun> {
     caller.require("checking a job", &[Role::Operator])?;
+    owned_template(&state, &caller, &body.template).await?;
     let request = job_request(&caller, body);
     let answer = state
         .stores

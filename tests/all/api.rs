@@ -1,0 +1,311 @@
+//! The HTTP API without a port: every route × every role × own or another's object, and the
+//! status each must answer (ISSUE 3's authorization matrix).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+use veil_runtime::api::{self, AppState, StorePool, Workers};
+use veil_runtime::grants;
+use veil_runtime::principals::{self, Role};
+use veil_runtime::templates::{self, TemplateSpec};
+
+use crate::support::{self, Fixture, OPERATOR};
+
+const OTHER_OPERATOR: &str = "op-other";
+const PROVIDER: &str = "Shanxi Provincial Department of Human Resources and Social Security";
+
+/// The callers of the matrix, in the order each row is tried (the bureau last, since its
+/// calls change state).
+const CALLERS: [&str; 5] = ["provider", "buyer", "op_other", "op_own", "bureau"];
+
+struct Keys {
+    provider: String,
+    buyer: String,
+    op_other: String,
+    op_own: String,
+    bureau: String,
+}
+
+impl Keys {
+    fn of(&self, caller: &str) -> &str {
+        match caller {
+            "provider" => &self.provider,
+            "buyer" => &self.buyer,
+            "op_other" => &self.op_other,
+            "op_own" => &self.op_own,
+            _ => &self.bureau,
+        }
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let body = match body {
+        Some(bytes) => {
+            request = request.header("content-type", "application/json");
+            Body::from(bytes)
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
+        .await
+        .expect("body");
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+fn spec(name: &str) -> TemplateSpec {
+    TemplateSpec {
+        name: name.into(),
+        sql:
+            "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city"
+                .into(),
+        params: Vec::new(),
+        wasm: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_checks_role_and_ownership() {
+    let mut fixture = Fixture::new(3_000);
+    let store = &mut fixture.store;
+    let key = |store: &mut _, role, name: &str| {
+        principals::add(store, role, name)
+            .expect("principal")
+            .1
+            .expose()
+            .to_string()
+    };
+    let keys = Keys {
+        bureau: key(store, Role::Bureau, "bureau"),
+        provider: key(store, Role::Provider, PROVIDER),
+        op_own: key(store, Role::Operator, OPERATOR),
+        op_other: key(store, Role::Operator, OTHER_OPERATOR),
+        buyer: key(store, Role::Buyer, "buyer-1"),
+    };
+    // Objects of OPERATOR: an approved template with a released job, a pending template, a
+    // grant request.
+    let approved = support::submit_and_approve(
+        store,
+        "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city",
+        &[],
+        support::approval(),
+    )
+    .expect("template");
+    let outcome = fixture.run(&approved, &[]).await.expect("job");
+    let job = outcome.job_id().to_string();
+    let store = &mut fixture.store;
+    let pending = templates::submit(store, OPERATOR, spec("pending"))
+        .expect("pending")
+        .id
+        .to_string();
+    let to_reject = templates::submit(store, OPERATOR, spec("to_reject"))
+        .expect("to reject")
+        .id
+        .to_string();
+    let today = veil_runtime::clock::today();
+    let application = |store: &mut _| {
+        grants::apply(
+            store,
+            grants::GrantRequest {
+                operator: OPERATOR.into(),
+                datasets: vec!["social_insurance".into()],
+                purpose: "matrix".into(),
+                valid_from: today,
+                valid_to: today + chrono::Days::new(30),
+                epsilon_per_month: 1.0,
+                delta_per_month: 0.0,
+                disposition: grants::Disposition::Archive,
+            },
+        )
+        .expect("application")
+        .id
+    };
+    let request_1 = application(store);
+    let request_2 = application(store);
+
+    let root = fixture.store_path();
+    let state = Arc::new(AppState {
+        stores: Arc::new(StorePool::new(&root).expect("pool")),
+        workers: Workers::start(&root, 1).expect("workers"),
+    });
+    let app = api::app(state);
+
+    let module = std::fs::read(
+        std::path::Path::new(env!("VEIL_GUESTS_DIR")).join("pension_eligibility.wasm"),
+    )
+    .expect("guest module");
+    let json = |value: serde_json::Value| Some(value.to_string().into_bytes());
+    let submit_spec = json(serde_json::json!({ "spec": spec("matrix_submit") }));
+    let grant_request = json(serde_json::json!({
+        "datasets": ["social_insurance"], "purpose": "more", "valid_from": today.to_string(),
+        "valid_to": (today + chrono::Days::new(10)).to_string(), "epsilon_per_month": 1.0,
+        "delta_per_month": 0.0, "disposition": "archive"
+    }));
+    let reason = json(serde_json::json!({ "reason": "not needed" }));
+    let run = json(serde_json::json!({ "template": approved }));
+
+    // method, path, body, expected status for [provider, buyer, op_other, op_own, bureau].
+    type Row<'a> = (&'a str, String, Option<Vec<u8>>, [u16; 5]);
+    let rows: Vec<Row> = vec![
+        ("GET", "/v1/me".into(), None, [200, 200, 200, 200, 200]),
+        (
+            "GET",
+            "/v1/platform/key".into(),
+            None,
+            [200, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/openapi.json".into(),
+            None,
+            [200, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/datasets".into(),
+            None,
+            [200, 403, 200, 200, 200],
+        ),
+        ("GET", "/v1/grants".into(), None, [403, 403, 200, 200, 200]),
+        (
+            "GET",
+            "/v1/grant-requests".into(),
+            None,
+            [403, 403, 200, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/grant-requests/{request_1}"),
+            None,
+            [403, 403, 404, 200, 200],
+        ),
+        (
+            "POST",
+            "/v1/grant-requests".into(),
+            grant_request,
+            [403, 403, 201, 201, 403],
+        ),
+        (
+            "POST",
+            format!("/v1/grant-requests/{request_1}/approve"),
+            json(serde_json::json!({})),
+            [403, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            format!("/v1/grant-requests/{request_2}/reject"),
+            reason.clone(),
+            [403, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/v1/templates".into(),
+            None,
+            [403, 403, 200, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/templates/{approved}"),
+            None,
+            [403, 403, 404, 200, 200],
+        ),
+        (
+            "POST",
+            "/v1/templates".into(),
+            submit_spec,
+            [403, 403, 201, 400, 403],
+        ),
+        (
+            "POST",
+            "/v1/modules".into(),
+            Some(module),
+            [403, 403, 201, 201, 403],
+        ),
+        (
+            "POST",
+            format!("/v1/templates/{pending}/approve"),
+            json(serde_json::json!({ "k": 5 })),
+            [403, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            format!("/v1/templates/{to_reject}/reject"),
+            reason.clone(),
+            [403, 403, 403, 403, 200],
+        ),
+        ("GET", "/v1/jobs".into(), None, [403, 403, 200, 200, 200]),
+        (
+            "GET",
+            format!("/v1/jobs/{job}"),
+            None,
+            [403, 403, 404, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/jobs/{job}/wait?timeout_ms=10"),
+            None,
+            [403, 403, 404, 200, 200],
+        ),
+        (
+            "POST",
+            format!("/v1/jobs/{job}/cancel"),
+            None,
+            [403, 403, 404, 409, 409],
+        ),
+        (
+            "POST",
+            "/v1/jobs/dry-run".into(),
+            run.clone(),
+            [403, 403, 404, 200, 403],
+        ),
+        ("POST", "/v1/jobs".into(), run, [403, 403, 404, 202, 403]),
+        ("GET", "/v1/meter".into(), None, [403, 403, 200, 200, 200]),
+        (
+            "POST",
+            format!("/v1/templates/{approved}/revoke"),
+            reason,
+            [403, 403, 403, 403, 200],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body, expected) in &rows {
+        let (status, _) = call(&app, method, path, None, body.clone()).await;
+        if status != StatusCode::UNAUTHORIZED {
+            wrong.push(format!("{method} {path} without a key: {status}"));
+        }
+        let (status, _) = call(&app, method, path, Some("veil_0000"), body.clone()).await;
+        if status != StatusCode::UNAUTHORIZED {
+            wrong.push(format!("{method} {path} with a wrong key: {status}"));
+        }
+        for (caller, expected) in CALLERS.iter().zip(expected) {
+            let (status, answer) =
+                call(&app, method, path, Some(keys.of(caller)), body.clone()).await;
+            if status.as_u16() != *expected {
+                wrong.push(format!(
+                    "{method} {path} as {caller}: {status}, expected {expected} ({answer})"
+                ));
+            }
+        }
+    }
+    let (status, _) = call(&app, "GET", "/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK, "health needs no key");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
