@@ -463,7 +463,8 @@ fn is_plain_file_name(name: &str) -> bool {
         && !name.contains(['/', '\\', '\0'])
 }
 
-fn read_manifest(dir: &Path) -> Result<SignedManifest, VerifyError> {
+/// Reads and parses a product folder's manifest, without checking its signature or files.
+pub fn read_manifest(dir: &Path) -> Result<SignedManifest, VerifyError> {
     let path = dir.join(MANIFEST_FILE);
     let file = match File::open(&path) {
         Ok(file) => file,

@@ -31,6 +31,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -64,7 +65,7 @@ type AppState_ = State<Arc<AppState>>;
         grant_requests_list, grant_request_get, grant_request_approve, grant_request_reject,
         module_upload, template_submit, templates_list, template_get, template_approve,
         template_reject, template_revoke, job_submit, job_dry_run, jobs_list, job_get, job_wait,
-        job_cancel, meter_list
+        job_cancel, meter_list, products_list, product_get, product_file
     ),
     modifiers(&BearerAuth),
     tags((name = "veil"))
@@ -111,7 +112,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(job_get))
         .route("/jobs/{id}/wait", get(job_wait))
         .route("/jobs/{id}/cancel", post(job_cancel))
-        .route("/meter", get(meter_list));
+        .route("/meter", get(meter_list))
+        .route("/products", get(products_list))
+        .route("/products/{id}", get(product_get))
+        .route("/products/{id}/files/{name}", get(product_file));
     Router::new()
         .nest(API_PREFIX, api)
         .layer(DefaultBodyLimit::max(super::REQUEST_BYTES_MAX))
@@ -800,4 +804,236 @@ async fn meter_list(State(state): AppState_, caller: Caller) -> Answer<Vec<Meter
         })
         .await?;
     Ok(Json(views))
+}
+
+// --- Products ---
+
+/// A product row and the files its signed manifest lists.
+struct StoredProduct {
+    view: ProductView,
+    dir: std::path::PathBuf,
+}
+
+fn stored_products(
+    store: &crate::store::Store,
+    id: Option<&str>,
+) -> crate::Result<Vec<StoredProduct>> {
+    let mut statement = store.conn().prepare(
+        "SELECT id, job_id, template_id, operator, rows, created_at FROM products
+         WHERE (?1 IS NULL OR id = ?1) ORDER BY created_at, rowid",
+    )?;
+    let rows = statement.query_map([id], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, i64>(4)?,
+            row.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut products = Vec::new();
+    for row in rows {
+        let (id, job_id, template_id, operator, rows, created_at) = row?;
+        let dir = store.products_dir().join(&id);
+        let manifest = veil_sdk::manifest::read_manifest(&dir)
+            .map_err(|e| Error::internal(format!("reading product {id}'s manifest: {e}")))?;
+        let manifest_bytes = std::fs::metadata(dir.join(veil_sdk::manifest::MANIFEST_FILE))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut files = vec![ProductFile {
+            name: veil_sdk::manifest::MANIFEST_FILE.into(),
+            bytes: manifest_bytes,
+            blake3: String::new(),
+        }];
+        files.extend(manifest.manifest.files.iter().map(|f| ProductFile {
+            name: f.name.clone(),
+            bytes: f.bytes,
+            blake3: f.blake3.clone(),
+        }));
+        products.push(StoredProduct {
+            view: ProductView {
+                id,
+                job_id,
+                template_id,
+                operator,
+                rows: rows as u64,
+                created_at,
+                files,
+                price_fen: None,
+                recalled: false,
+            },
+            dir,
+        });
+    }
+    Ok(products)
+}
+
+/// Whether the caller may see (and download) a product: the bureau always, its operator.
+fn may_read_product(caller: &Caller, product: &ProductView) -> bool {
+    caller.is_bureau() || (caller.role() == Role::Operator && product.operator == caller.name())
+}
+
+async fn readable_product(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredProduct, ApiError> {
+    let found = state
+        .stores
+        .with({
+            let id = id.to_string();
+            move |store| stored_products(store, Some(&id))
+        })
+        .await?
+        .pop();
+    match found {
+        Some(product) if may_read_product(caller, &product.view) => Ok(product),
+        _ => Err(ApiError::Domain(Error::not_found("product", id))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/products", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProductView>)))]
+async fn products_list(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
+    caller.require(
+        "listing products",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    let products = state
+        .stores
+        .with(|store| stored_products(store, None))
+        .await?;
+    Ok(Json(
+        products
+            .into_iter()
+            .filter(|p| may_read_product(&caller, &p.view))
+            .map(|p| p.view)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/products/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = ProductView)))]
+async fn product_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<ProductView> {
+    caller.require(
+        "reading a product",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    Ok(Json(readable_product(&state, &caller, &id).await?.view))
+}
+
+/// Largest chunk a download stream reads at once, in bytes.
+const DOWNLOAD_CHUNK_BYTES: usize = 64 * 1024;
+
+#[utoipa::path(get, path = "/v1/products/{id}/files/{name}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path), ("name" = String, Path),
+        ("range" = Option<String>, Header, description = "`bytes=N-` or `bytes=N-M` to resume")),
+    responses((status = 200, description = "the file, streamed"),
+        (status = 206, description = "the requested range"),
+        (status = 416, description = "the range lies outside the file")))]
+async fn product_file(
+    State(state): AppState_,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    caller.require(
+        "downloading a product",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    let product = readable_product(&state, &caller, &id).await?;
+    // Only the manifest and the files it lists, by plain name: never a path.
+    if !product.view.files.iter().any(|f| f.name == name) {
+        return Err(ApiError::Domain(Error::not_found("product file", name)));
+    }
+    let path = product.dir.join(&name);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::io("opening", &path, e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Error::io("reading", &path, e))?
+        .len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|text| parse_range(text, len));
+    let (status, start, end) = match range {
+        None => (StatusCode::OK, 0, len),
+        Some(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
+        Some(None) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response());
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| Error::io("reading", &path, e))?;
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file.take(end - start), DOWNLOAD_CHUNK_BYTES);
+    let actor = caller.name().to_string();
+    let recorded = (id.clone(), name.clone(), start);
+    state
+        .stores
+        .with(move |store| record_download(store, &actor, &recorded.0, &recorded.1, recorded.2))
+        .await?;
+    let mut response = axum::response::Response::new(axum::body::Body::from_stream(stream));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, (end - start).into());
+    headers.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(value) =
+            header::HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1))
+    {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    Ok(response)
+}
+
+/// `bytes=N-` or `bytes=N-M` as a half-open `[start, end)` inside a file of `len` bytes;
+/// `None` when it lies outside (or is a form this server does not serve, like suffixes).
+fn parse_range(text: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = text.strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = match end.trim() {
+        "" => len,
+        last => last.parse::<u64>().ok()?.checked_add(1)?.min(len),
+    };
+    (start < end).then_some((start, end))
+}
+
+/// Every download is recorded (who, which file, from which byte) in the audit log.
+fn record_download(
+    store: &mut crate::store::Store,
+    actor: &str,
+    product: &str,
+    file: &str,
+    from_byte: u64,
+) -> crate::Result<()> {
+    store.write(|tx| {
+        crate::audit::append(
+            tx,
+            crate::audit::Kind::ProductDownloaded,
+            actor,
+            product,
+            serde_json::json!({ "file": file, "from_byte": from_byte }),
+        )?;
+        Ok(())
+    })
 }

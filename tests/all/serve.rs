@@ -1,0 +1,295 @@
+//! End to end over real HTTP on 127.0.0.1: the `veil serve` binary, driven through
+//! `veil_sdk::client::Client` and the `veil client` commands as an operator, the bureau and a
+//! buyer would.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use veil_runtime::principals::{self, Role};
+use veil_runtime::templates::{ParamSpec, ParamType, TemplateSpec};
+use veil_sdk::api::{ApproveTemplate, SubmitJob};
+use veil_sdk::client::{Client, ClientError};
+
+use crate::support::{Fixture, OPERATOR, veil_bin};
+
+/// A `veil serve` process on a free loopback port, stopped when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, workers: usize) -> Self {
+        let mut child = Command::new(veil_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
+            .arg(workers.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("veil serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("veil serve prints its address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .expect("an address")
+            .to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Keys {
+    pub bureau: String,
+    pub operator: String,
+    pub buyer: String,
+}
+
+pub fn add_principals(fixture: &mut Fixture) -> Keys {
+    let mut key = |role, name: &str| {
+        principals::add(&mut fixture.store, role, name)
+            .expect("principal")
+            .1
+            .expose()
+            .to_string()
+    };
+    Keys {
+        bureau: key(Role::Bureau, "bureau"),
+        operator: key(Role::Operator, OPERATOR),
+        buyer: key(Role::Buyer, "buyer-1"),
+    }
+}
+
+fn persons_by_city(min_year: bool) -> TemplateSpec {
+    TemplateSpec {
+        name: "persons_by_city".into(),
+        sql: if min_year {
+            "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance WHERE birth_year >= :born GROUP BY city".into()
+        } else {
+            "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city"
+                .into()
+        },
+        params: if min_year {
+            vec![ParamSpec {
+                name: "born".into(),
+                kind: ParamType::Integer,
+                allowed: None,
+            }]
+        } else {
+            Vec::new()
+        },
+        wasm: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_runs_a_job_through_the_sdk_and_downloads_a_verified_product() {
+    let mut fixture = Fixture::new(3_000);
+    let keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 2);
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
+
+    // The operator submits; the bureau approves; the operator sees the decision.
+    let submitted = operator
+        .submit_template(&persons_by_city(false))
+        .await
+        .expect("submitted");
+    assert_eq!(submitted.state, "submitted");
+    assert_eq!(
+        submitted.id,
+        persons_by_city(false).template_id().expect("id"),
+        "the client can compute the id the server gives"
+    );
+    bureau
+        .approve_template(
+            &submitted.id,
+            &ApproveTemplate {
+                epsilon: Some(0.5),
+                k: Some(5),
+                price_per_run_fen: Some(250),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+    let decided = operator
+        .wait_template_decided(&submitted.id, Duration::from_secs(10))
+        .await
+        .expect("decided");
+    assert_eq!(decided.state, "approved");
+
+    // Pre-flight: passes, costs the approved ε and the per-run fee, reads the whole table.
+    let job = SubmitJob {
+        template: submitted.id.clone(),
+        ..Default::default()
+    };
+    let check = operator.dry_run(&job).await.expect("dry run");
+    assert!(check.passes, "{check:?}");
+    assert_eq!(check.epsilon, 0.5);
+    assert_eq!(check.price_fen, 250);
+    assert_eq!(check.rows_scanned, 3_000);
+    assert_eq!(check.epsilon_spent, 0.0);
+
+    // A client that sends its own ε and k: ignored, only the approval applies.
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.url))
+        .bearer_auth(&keys.operator)
+        .header("idempotency-key", "first-run")
+        .json(&serde_json::json!({ "template": submitted.id, "epsilon": 50.0, "k": 1 }))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(raw.status(), 202);
+    let first: veil_sdk::api::Submitted = raw.json().await.expect("body");
+    assert_eq!(first.job.state, "queued");
+
+    // The same idempotency key again: the same job, nothing new queued or charged.
+    let replay = operator
+        .submit_job(&job, Some("first-run"))
+        .await
+        .expect("replay");
+    assert!(replay.replayed);
+    assert_eq!(replay.job.id, first.job.id);
+    // The same key for a different request is a conflict.
+    let other = SubmitJob {
+        template: submitted.id.clone(),
+        grant: Some(fixture.grant.id.to_string()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        operator.submit_job(&other, Some("first-run")).await,
+        Err(ClientError::Conflict(_))
+    ));
+
+    let done = operator
+        .wait_job(&first.job.id, Duration::from_secs(120))
+        .await
+        .expect("waited");
+    assert_eq!(done.state, "released", "{done:?}");
+    let jobs = bureau.jobs().await.expect("jobs");
+    assert_eq!(jobs.len(), 1, "the replay ran nothing: {jobs:?}");
+    let meter = operator.meter().await.expect("meter");
+    assert_eq!(meter.len(), 1);
+    assert_eq!(meter[0].price_fen, 250);
+    assert_eq!(meter[0].micro_epsilon, 500_000);
+
+    // Download every file, resume one from the middle, and verify offline.
+    let product = done.product_id.expect("product");
+    let out = fixture.dir.path().join("download");
+    operator
+        .download_product(&product, &out, |_, _| {})
+        .await
+        .expect("download");
+    let key = operator.platform_key().await.expect("key");
+    let public = veil_runtime::keys::parse_public(&key.public_key_hex).expect("key parses");
+    let verified =
+        veil_sdk::manifest::verify_product_dir(&out, Some(&public)).expect("product verifies");
+    assert_eq!(
+        verified.manifest.privacy.epsilon, 0.5,
+        "the client's ε was ignored"
+    );
+    assert_eq!(verified.manifest.privacy.k, 5, "the client's k was ignored");
+    let csv = out.join("result.csv");
+    let whole = std::fs::read(&csv).expect("csv");
+    std::fs::write(out.join("result.csv.part"), &whole[..whole.len() / 2]).expect("part");
+    std::fs::remove_file(&csv).expect("remove");
+    let bytes = operator
+        .download_file(&product, "result.csv", &csv, |_| {})
+        .await
+        .expect("resumed");
+    assert_eq!(bytes as usize, whole.len());
+    assert_eq!(
+        std::fs::read(&csv).expect("csv"),
+        whole,
+        "resumed bytes match"
+    );
+
+    // The buyer cannot see the operator's product, which is not for sale.
+    let buyer = Client::new(&server.url, &keys.buyer).expect("client");
+    assert!(matches!(
+        buyer.product(&product).await,
+        Err(ClientError::NotFound(_))
+    ));
+    assert!(matches!(buyer.jobs().await, Err(ClientError::Forbidden(_))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_submits_against_a_budget_for_one_run_exactly_one() {
+    // ε 1.5 a month, ε 1 a run: room for exactly one.
+    let mut fixture = Fixture::with_budget(2_000, 1.5);
+    let keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 2);
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
+    let template = operator
+        .submit_template(&persons_by_city(true))
+        .await
+        .expect("submitted");
+    bureau
+        .approve_template(
+            &template.id,
+            &ApproveTemplate {
+                epsilon: Some(1.0),
+                k: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+
+    // Fifty different jobs (different parameters, so none reuses another's product).
+    let submits = (0..50).map(|i| {
+        let operator = operator.clone();
+        let template = template.id.clone();
+        tokio::spawn(async move {
+            operator
+                .submit_job(
+                    &SubmitJob {
+                        template,
+                        params: [("born".to_string(), (1940 + i).to_string())].into(),
+                        grant: None,
+                    },
+                    Some(&format!("concurrent-{i}")),
+                )
+                .await
+        })
+    });
+    let mut ids = Vec::new();
+    for submit in submits {
+        ids.push(submit.await.expect("task").expect("queued").job.id);
+    }
+    let mut states = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let job = operator
+            .wait_job(id, Duration::from_secs(300))
+            .await
+            .expect("ended");
+        if job.state == "rejected" {
+            assert!(
+                job.violations.iter().any(|v| v.rule == "budget.exhausted"),
+                "{job:?}"
+            );
+        }
+        *states.entry(job.state).or_default() += 1;
+    }
+    assert_eq!(
+        states,
+        [("rejected".to_string(), 49), ("released".to_string(), 1)].into(),
+    );
+}
