@@ -32,10 +32,5 @@ pub fn load(path: &Path) -> Result<SigningKey> {
 
 /// Parses a public key given as 64 hex digits (what `veil platform-key` prints).
 pub fn parse_public(text: &str) -> Result<VerifyingKey> {
-    let bytes = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| Error::invalid("a public key is 64 hex digits (32 bytes)"))?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| Error::invalid("those 32 bytes are not a valid Ed25519 public key"))
+    veil_sdk::manifest::parse_public_key(text).map_err(Error::invalid)
 }

@@ -25,7 +25,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
 /// The name of the manifest inside a product folder.
@@ -461,6 +462,17 @@ fn is_plain_file_name(name: &str) -> bool {
         && name != ".."
         && name != MANIFEST_FILE
         && !name.contains(['/', '\\', '\0'])
+}
+
+/// Parses the platform's public key as `GET /v1/platform/key` and `veil platform-key` give
+/// it: 64 hex digits.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
+    let bytes = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| "a public key is 64 hex digits (32 bytes)".to_string())?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "those 32 bytes are not a valid Ed25519 public key".to_string())
 }
 
 /// Reads and parses a product folder's manifest, without checking its signature or files.

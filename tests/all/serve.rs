@@ -293,3 +293,106 @@ async fn fifty_concurrent_submits_against_a_budget_for_one_run_exactly_one() {
         [("rejected".to_string(), 49), ("released".to_string(), 1)].into(),
     );
 }
+
+/// Runs `veil client …` with the server's URL and a key in the environment.
+fn veil_client(server: &Server, key: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(veil_bin())
+        .arg("client")
+        .args(args)
+        .env("VEIL_URL", &server.url)
+        .env("VEIL_TOKEN", key)
+        .output()
+        .expect("veil client runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_client_submits_waits_and_downloads_a_verified_product() {
+    let mut fixture = Fixture::new(3_000);
+    let keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 1);
+    let template_file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/templates/income_by_city_gender.toml");
+
+    let (code, out, err) = veil_client(
+        &server,
+        &keys.operator,
+        &[
+            "--json",
+            "template",
+            "submit",
+            template_file.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let template: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = template["id"].as_str().expect("id").to_string();
+    assert_eq!(template["state"], "submitted");
+
+    // An operator may not approve its own template.
+    let (code, _, err) = veil_client(&server, &keys.operator, &["template", "approve", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("bureau"), "{err}");
+    let (code, out, err) = veil_client(
+        &server,
+        &keys.bureau,
+        &["template", "approve", &id, "--k", "5"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("approved"), "{out}");
+
+    let (code, out, err) = veil_client(
+        &server,
+        &keys.operator,
+        &["job", "check", "--template", &id, "--param", "year=2024"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("would pass"), "{out}");
+
+    let (code, out, err) = veil_client(
+        &server,
+        &keys.operator,
+        &[
+            "job",
+            "submit",
+            "--template",
+            &id,
+            "--param",
+            "year=2024",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("released"), "{out}");
+    assert!(err.contains("job job-"), "progress goes to stderr: {err}");
+    let product = out
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("product: "))
+        .expect("a product line")
+        .to_string();
+
+    let dir = fixture.dir.path().join("cli-download");
+    let (code, out, err) = veil_client(
+        &server,
+        &keys.operator,
+        &[
+            "product",
+            "download",
+            &product,
+            "--out",
+            dir.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified"), "{out}");
+    assert!(dir.join("result.parquet").exists());
+
+    // A wrong key is told what to do.
+    let (code, _, err) = veil_client(&server, "veil_nothing", &["whoami"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Authorization: Bearer"), "{err}");
+}
