@@ -53,6 +53,12 @@ pub enum Kind {
     MeterRecorded,
     PrincipalAdded,
     PrincipalRevoked,
+    PriceSet,
+    ProductListed,
+    ProductPurchased,
+    ProductDownloaded,
+    ProductRecalled,
+    PeriodSettled,
 }
 
 impl Kind {
@@ -74,6 +80,12 @@ impl Kind {
             Self::MeterRecorded => "meter.recorded",
             Self::PrincipalAdded => "principal.added",
             Self::PrincipalRevoked => "principal.revoked",
+            Self::PriceSet => "price.set",
+            Self::ProductListed => "product.listed",
+            Self::ProductPurchased => "product.purchased",
+            Self::ProductDownloaded => "product.downloaded",
+            Self::ProductRecalled => "product.recalled",
+            Self::PeriodSettled => "period.settled",
         }
     }
 }

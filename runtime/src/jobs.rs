@@ -45,6 +45,7 @@ use crate::products::{self, ProductDraft};
 use crate::store::Store;
 use crate::templates::{self, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock, mapping};
+use crate::{ledger, prices};
 
 /// What an operator asks for.
 #[derive(Debug, Clone)]
@@ -411,7 +412,11 @@ async fn execute(
     };
     costs.output_rows = rows.num_rows() as u64;
     costs.output_bytes = written.bytes;
-    costs.price = approval.price_per_run;
+    costs.price = prices::run_price(
+        store.conn(),
+        approval.price_per_run,
+        costs.stats.rows_scanned,
+    )?;
     let manifest_path = written.dir.join(veil_sdk::manifest::MANIFEST_FILE);
     let (_, manifest_blake3) = catalog::hash_file(&manifest_path)?;
     Ok(Decision::Released {
@@ -589,7 +594,7 @@ fn finish(
         };
         audit::append(tx, kind, &request.operator, job_id.as_str(), details)?;
         metering::record(tx, &meter)?;
-        audit::append(
+        let meter_seq = audit::append(
             tx,
             audit::Kind::MeterRecorded,
             "meter",
@@ -600,6 +605,7 @@ fn finish(
                 "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
             }),
         )?;
+        ledger::post_run(tx, &meter, meter_seq)?;
         Ok(())
     })?;
     Ok(outcome)
