@@ -5,6 +5,7 @@ mod audit;
 mod budget;
 mod cli;
 mod gate_files;
+mod money;
 mod statistics;
 mod support;
 mod wasm;
