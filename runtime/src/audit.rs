@@ -56,10 +56,15 @@ pub enum Kind {
     JobRejected,
     JobFailed,
     ProductReleased,
-    ProductDownloaded,
     MeterRecorded,
     PrincipalAdded,
     PrincipalRevoked,
+    PriceSet,
+    ProductListed,
+    ProductPurchased,
+    ProductDownloaded,
+    ProductRecalled,
+    PeriodSettled,
 }
 
 impl Kind {
@@ -84,10 +89,15 @@ impl Kind {
             Self::JobRejected => "job.rejected",
             Self::JobFailed => "job.failed",
             Self::ProductReleased => "product.released",
-            Self::ProductDownloaded => "product.downloaded",
             Self::MeterRecorded => "meter.recorded",
             Self::PrincipalAdded => "principal.added",
             Self::PrincipalRevoked => "principal.revoked",
+            Self::PriceSet => "price.set",
+            Self::ProductListed => "product.listed",
+            Self::ProductPurchased => "product.purchased",
+            Self::ProductDownloaded => "product.downloaded",
+            Self::ProductRecalled => "product.recalled",
+            Self::PeriodSettled => "period.settled",
         }
     }
 }

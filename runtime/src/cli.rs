@@ -1,5 +1,6 @@
 //! The `veil` command line, by role: the bureau (init, datasets, grants, template decisions,
-//! meter, audit), operators (templates, jobs) and buyers (product verification).
+//! meter, audit, prices, ledger, settlement, product sale and recall), operators (templates,
+//! jobs) and buyers (product verification).
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +10,13 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::{Error, Result};
 use crate::gate::rules::Refusal;
 use crate::grants::{self, Disposition, GrantRequest, MICRO, PICO};
+use crate::ids::{Fen, ProductId};
 use crate::jobs::{self, JobOutcome, JobRequest};
+use crate::principals::Role;
 use crate::store::Store;
 use crate::templates::{self, ApprovalRequest, SpecRules, TemplateSpec};
 use crate::{audit, catalog, demo, demo_data, keys, metering};
+use crate::{ledger, market, prices, settlement};
 
 /// Veil: a compute sandbox for authorized operation of public data.
 /// Raw data does not leave the domain; only noisy, k-anonymous, signed products do.
@@ -73,6 +77,23 @@ pub enum Command {
     /// (bureau) Meter records.
     #[command(subcommand)]
     Meter(MeterCommand),
+    /// (bureau) The price book: rows fee and sale shares.
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// (bureau) The double-entry ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// (bureau) Settle a closed month: write each operator's and provider's statement.
+    Settle {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The month to settle, YYYY-MM in bureau time; it must have ended.
+        #[arg(long)]
+        period: String,
+        /// Print the settlement as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// (bureau) The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -319,11 +340,73 @@ pub enum ProductCommand {
         data_dir: Option<PathBuf>,
     },
     List(StoreArg),
+    /// (operator of the product, or bureau) List a product for sale, or change its price.
+    Sell {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        /// Price in fen.
+        #[arg(long)]
+        price_fen: i64,
+        /// Sell as this operator instead of as the bureau.
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// (bureau) Recall a product: no listing, purchase or download works afterwards.
+    Recall {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MeterCommand {
     List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PriceCommand {
+    /// Show the price book in force and its history.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a new price book version, in force from now on.
+    Set {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Fee per million rows a released run scanned, in fen (rounded down per run).
+        #[arg(long)]
+        per_million_rows_fen: i64,
+        /// Providers' share of a sale, in basis points (the three shares sum to 10000).
+        #[arg(long)]
+        provider_bp: i64,
+        /// The platform's share of a sale, in basis points.
+        #[arg(long)]
+        platform_bp: i64,
+        /// The operator's share of a sale, in basis points.
+        #[arg(long)]
+        operator_bp: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// List postings and their lines, oldest first.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only this month (YYYY-MM, bureau time).
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -410,6 +493,102 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Meter(MeterCommand::List(store)) => {
             let store = Store::open(&store.data_dir)?;
             print_meter(&metering::list(store.conn())?);
+            Ok(0)
+        }
+        Command::Price(command) => price(command),
+        Command::Ledger(LedgerCommand::List {
+            store,
+            period,
+            json,
+        }) => {
+            let store = Store::open(&store.data_dir)?;
+            if let Some(period) = &period {
+                settlement::period_bounds(period)?;
+            }
+            let postings = ledger::postings(store.conn(), period.as_deref())?;
+            if json {
+                print_json(&postings)?;
+            } else {
+                let rows: Vec<Vec<String>> = postings
+                    .iter()
+                    .flat_map(|p| {
+                        p.lines.iter().map(move |l| {
+                            vec![
+                                p.id.to_string(),
+                                l.id.to_string(),
+                                p.period.clone(),
+                                p.kind.clone(),
+                                format!("{} {}", p.source_kind, p.source_id),
+                                l.account.clone(),
+                                l.item.clone(),
+                                if l.debit.0 > 0 {
+                                    l.debit.to_string()
+                                } else {
+                                    String::new()
+                                },
+                                if l.credit.0 > 0 {
+                                    l.credit.to_string()
+                                } else {
+                                    String::new()
+                                },
+                            ]
+                        })
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "posting", "line", "period", "kind", "source", "account", "item", "debit",
+                        "credit",
+                    ],
+                    &rows,
+                );
+            }
+            Ok(0)
+        }
+        Command::Settle {
+            store,
+            period,
+            json,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let settled = settlement::settle(&mut store, &period, "bureau")?;
+            if json {
+                print_json(&settled)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = settled
+                .statements
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.party.clone(),
+                        f.lines.to_string(),
+                        f.total_debit.to_string(),
+                        f.total_credit.to_string(),
+                        f.net.to_string(),
+                        f.csv
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            println!(
+                "settled {}: debits {} = credits {}",
+                settled.period, settled.total_debit, settled.total_credit
+            );
+            print_table(
+                &[
+                    "party",
+                    "lines",
+                    "debit",
+                    "credit",
+                    "net",
+                    "file (.csv, .json)",
+                ],
+                &rows,
+            );
+            println!("statements are in {}", settled.dir.display());
             Ok(0)
         }
         Command::Audit(AuditCommand::Verify(store)) => {
@@ -1088,6 +1267,47 @@ fn product(command: ProductCommand) -> Result<i32> {
                 }
             }
         }
+        ProductCommand::Sell {
+            store,
+            id,
+            price_fen,
+            operator,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let (role, actor) = match &operator {
+                Some(name) => (Role::Operator, name.as_str()),
+                None => (Role::Bureau, "bureau"),
+            };
+            let listing = market::list_for_sale(
+                &mut store,
+                role,
+                actor,
+                &ProductId::new(id),
+                Fen(price_fen),
+            )?;
+            println!(
+                "product {} is for sale at {} (listed by {})",
+                listing.product_id, listing.price, listing.listed_by
+            );
+            Ok(0)
+        }
+        ProductCommand::Recall { store, id, reason } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let recall = market::recall(&mut store, &ProductId::new(id), &reason)?;
+            println!(
+                "product {} is recalled: {}",
+                recall.product_id, recall.reason
+            );
+            if recall.buyers.is_empty() {
+                println!("nobody bought it");
+            } else {
+                println!("tell these buyers:");
+                for buyer in &recall.buyers {
+                    println!("  {buyer}");
+                }
+            }
+            Ok(0)
+        }
         ProductCommand::List(store) => {
             let store = Store::open(&store.data_dir)?;
             let mut statement = store.conn().prepare(
@@ -1117,6 +1337,84 @@ fn product(command: ProductCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn price(command: PriceCommand) -> Result<i32> {
+    match command {
+        PriceCommand::Show { store, json } => {
+            let store = Store::open(&store.data_dir)?;
+            let current = prices::current(store.conn())?;
+            let history = prices::history(store.conn())?;
+            if json {
+                print_json(&serde_json::json!({ "current": current, "history": history }))?;
+                return Ok(0);
+            }
+            let book_row = |b: &prices::PriceBook| {
+                vec![
+                    b.version.to_string(),
+                    b.set_at.clone().unwrap_or_else(|| "(default)".into()),
+                    b.fee_per_million_rows.to_string(),
+                    b.shares.provider_bp.to_string(),
+                    b.shares.platform_bp.to_string(),
+                    b.shares.operator_bp.to_string(),
+                ]
+            };
+            let headers = [
+                "version",
+                "from",
+                "per million rows",
+                "provider bp",
+                "platform bp",
+                "operator bp",
+            ];
+            println!("in force:");
+            print_table(&headers, &[book_row(&current)]);
+            println!("history:");
+            print_table(&headers, &history.iter().map(book_row).collect::<Vec<_>>());
+            println!(
+                "the per-run fee is set per template when the bureau approves it (--price-fen)"
+            );
+            Ok(0)
+        }
+        PriceCommand::Set {
+            store,
+            per_million_rows_fen,
+            provider_bp,
+            platform_bp,
+            operator_bp,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let book = prices::set(
+                &mut store,
+                "bureau",
+                &prices::PriceRequest {
+                    fee_per_million_rows_fen: per_million_rows_fen,
+                    shares: prices::Shares {
+                        provider_bp,
+                        platform_bp,
+                        operator_bp,
+                    },
+                },
+            )?;
+            println!(
+                "price book version {} in force from {}: {} per million rows; shares provider {} bp, platform {} bp, operator {} bp",
+                book.version,
+                book.set_at.unwrap_or_default(),
+                book.fee_per_million_rows,
+                book.shares.provider_bp,
+                book.shares.platform_bp,
+                book.shares.operator_bp
+            );
+            Ok(0)
+        }
+    }
+}
+
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// Prints meter records as a table.
@@ -1214,14 +1512,6 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str("(none)\n");
     }
     out
-}
-
-/// Prints a value as pretty JSON (the `--json` form of a command).
-pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
-    println!("{text}");
-    Ok(())
 }
 
 /// Prints a pre-flight answer for people.

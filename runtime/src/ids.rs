@@ -55,6 +55,10 @@ id_type!(
     ProductId, "prod-"
 );
 id_type!(
+    /// A buyer's purchase of a product.
+    PurchaseId, "pur-"
+);
+id_type!(
     /// An organisation with an API key (bureau, provider, operator, buyer).
     PrincipalId, "pr-"
 );

@@ -46,6 +46,7 @@ use crate::products::{self, ProductDraft};
 use crate::store::Store;
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock, mapping};
+use crate::{ledger, prices};
 
 /// What an operator asks for.
 #[derive(Debug, Clone)]
@@ -409,10 +410,10 @@ pub fn recover(store: &mut Store) -> Result<Vec<JobId>> {
         .collect())
 }
 
-/// The meter record and its audit entry, inside the caller's transaction.
+/// The meter record, its audit entry and its ledger posting, inside the caller's transaction.
 fn record_meter(tx: &rusqlite::Transaction<'_>, meter: &MeterRecord, job_id: &JobId) -> Result<()> {
     metering::record(tx, meter)?;
-    audit::append(
+    let meter_seq = audit::append(
         tx,
         audit::Kind::MeterRecorded,
         "meter",
@@ -423,6 +424,7 @@ fn record_meter(tx: &rusqlite::Transaction<'_>, meter: &MeterRecord, job_id: &Jo
             "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
         }),
     )?;
+    ledger::post_run(tx, meter, meter_seq)?;
     Ok(())
 }
 
@@ -696,7 +698,11 @@ async fn execute(
     };
     costs.output_rows = rows.num_rows() as u64;
     costs.output_bytes = written.bytes;
-    costs.price = approval.price_per_run;
+    costs.price = prices::run_price(
+        store.conn(),
+        approval.price_per_run,
+        costs.stats.rows_scanned,
+    )?;
     let manifest_path = written.dir.join(veil_sdk::manifest::MANIFEST_FILE);
     let (_, manifest_blake3) = catalog::hash_file(&manifest_path)?;
     Ok(Decision::Released {
@@ -1523,17 +1529,13 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
     answer.epsilon = approval.epsilon();
     answer.delta = approval.delta();
     answer.epsilon_remaining_after -= answer.epsilon;
-    answer.price_fen = run_price(store, &approval, answer.rows_scanned)?.0;
+    answer.price_fen =
+        prices::run_price(store.conn(), approval.price_per_run, answer.rows_scanned)?.0;
     match fits {
         Ok(()) => answer.passes = true,
         Err(refusal) => return refuse(answer, &refusal),
     }
     Ok(answer)
-}
-
-/// The price of a released run: the template's per-run fee (set at approval).
-fn run_price(_store: &Store, approval: &templates::Approval, _rows_scanned: u64) -> Result<Fen> {
-    Ok(approval.price_per_run)
 }
 
 /// Statically checks a template against a grant's tables, without touching any row: the

@@ -33,10 +33,14 @@ pub mod grants;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
+pub mod ledger;
 pub mod mapping;
+pub mod market;
 pub mod metering;
+pub mod prices;
 pub mod principals;
 pub mod products;
+pub mod settlement;
 pub mod store;
 pub mod templates;
 

@@ -24,6 +24,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 use ed25519_dalek::SigningKey;
+
+use crate::ids::ProductId;
 use veil_sdk::manifest::{
     self, FileDigest, MANIFEST_FILE, Manifest, ManifestError, SignedManifest,
 };
@@ -189,6 +191,62 @@ fn write_into(
     sync_dir(tmp)?;
     let bytes = signed.manifest.files.iter().map(|f| f.bytes).sum::<u64>() + manifest_bytes;
     Ok((signed, bytes))
+}
+
+/// A released product as the store records it, for listings and ownership checks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Product {
+    pub id: String,
+    pub job_id: String,
+    pub template_id: String,
+    /// The operator who made it; only it (or the bureau) may list it for sale.
+    pub operator: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub created_at: String,
+    /// Recalled by the bureau: no listing, purchase or download works any more.
+    pub recalled: bool,
+}
+
+const PRODUCT_COLUMNS: &str = "p.id, p.job_id, p.template_id, p.operator, p.rows, p.bytes,
+    p.created_at, EXISTS (SELECT 1 FROM recalls r WHERE r.product_id = p.id)";
+
+fn row_to_product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Product> {
+    Ok(Product {
+        id: row.get(0)?,
+        job_id: row.get(1)?,
+        template_id: row.get(2)?,
+        operator: row.get(3)?,
+        rows: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+        bytes: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+        created_at: row.get(6)?,
+        recalled: row.get(7)?,
+    })
+}
+
+/// One released product.
+pub fn get(conn: &rusqlite::Connection, id: &ProductId) -> crate::Result<Product> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        &format!("SELECT {PRODUCT_COLUMNS} FROM products p WHERE p.id = ?1"),
+        [id.as_str()],
+        row_to_product,
+    )
+    .optional()?
+    .ok_or_else(|| crate::Error::not_found("product", id.as_str()))
+}
+
+/// Every released product, oldest first.
+pub fn list(conn: &rusqlite::Connection) -> crate::Result<Vec<Product>> {
+    let mut statement = conn.prepare(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products p ORDER BY p.created_at, p.rowid"
+    ))?;
+    let rows = statement.query_map([], row_to_product)?;
+    let mut products = Vec::new();
+    for row in rows {
+        products.push(row?);
+    }
+    Ok(products)
 }
 
 fn write_parquet(dir: &Path, batches: &[RecordBatch]) -> Result<FileDigest, ProductError> {

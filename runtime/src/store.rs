@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! D/
-//!   veil.db            state: catalog, grants, templates, jobs, budget, products, meter, audit
+//!   veil.db            state: catalog, grants, templates, jobs, budget, products, meter, audit,
+//!                      price book, ledger, market
 //!   data/<dataset>/    in-domain Parquet files; only the sandbox reads them
 //!   products/<id>/     released products (the only files meant to leave)
 //!   keys/platform.ed25519   the platform's Ed25519 signing key (mode 0600)
 //!   audit.head         signed checkpoint of the audit chain's head, outside the database
+//!   statements/<period>/    settlement statements (CSV + JSON), derived from the ledger
 //! ```
 //!
 //! Every state change goes through [`Store::write`]: one `BEGIN IMMEDIATE` transaction that
@@ -30,8 +32,8 @@ const DB_FILE: &str = "veil.db";
 const KEY_FILE: &str = "keys/platform.ed25519";
 const AUDIT_HEAD_FILE: &str = "audit.head";
 /// Version 2 added WASM modules and the meter's fuel, version 3 principals, version 4 the
-/// server's job queue (idempotency keys, requested grants) and grant requests; older stores
-/// are upgraded on open.
+/// server's job queue (idempotency keys, requested grants), grant requests and the money
+/// tables (price book, ledger, market, recalls, downloads); older stores are upgraded on open.
 const SCHEMA_VERSION: i64 = 4;
 
 /// What each version adds to the one before it, applied in order inside one transaction.
@@ -196,6 +198,99 @@ CREATE TABLE IF NOT EXISTS audit (
     prev TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+
+-- ── Money (schema version 4): price book, ledger, market ───────────────────────────────
+-- Written by `prices`, `ledger`, `market`; read by `settlement`. Amounts are integer fen.
+-- The price book: one row per version, in force from `set_at` until the next version. With
+-- no row, the documented defaults of `prices` apply.
+CREATE TABLE IF NOT EXISTS price_book (
+    version INTEGER PRIMARY KEY,
+    fee_per_million_rows_fen INTEGER NOT NULL CHECK (fee_per_million_rows_fen >= 0),
+    provider_bp INTEGER NOT NULL CHECK (provider_bp >= 0),
+    platform_bp INTEGER NOT NULL CHECK (platform_bp >= 0),
+    operator_bp INTEGER NOT NULL CHECK (operator_bp >= 0),
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL,
+    CHECK (provider_bp + platform_bp + operator_bp = 10000)
+);
+-- The double-entry ledger. A posting is one business event (a released run, a sale) with at
+-- most one posting per source; its lines move whole fen between accounts
+-- (`operator:<name>`, `provider:<name>`, `buyer:<name>`, `platform`).
+CREATE TABLE IF NOT EXISTS ledger_postings (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    source_kind TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    at TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL,
+    UNIQUE (source_kind, source_id)
+);
+CREATE INDEX IF NOT EXISTS ledger_postings_by_period ON ledger_postings (period, id);
+CREATE TABLE IF NOT EXISTS ledger_lines (
+    id INTEGER PRIMARY KEY,
+    posting_id INTEGER NOT NULL REFERENCES ledger_postings (id),
+    account TEXT NOT NULL,
+    debit_fen INTEGER NOT NULL CHECK (debit_fen >= 0),
+    credit_fen INTEGER NOT NULL CHECK (credit_fen >= 0),
+    item TEXT NOT NULL,
+    dataset_id TEXT,
+    CHECK ((debit_fen > 0) + (credit_fen > 0) = 1)
+);
+CREATE INDEX IF NOT EXISTS ledger_lines_by_posting ON ledger_lines (posting_id, id);
+CREATE INDEX IF NOT EXISTS ledger_lines_by_account ON ledger_lines (account, posting_id);
+-- The ledger and the price book are append-only: SQLite itself refuses to change history.
+CREATE TRIGGER IF NOT EXISTS ledger_postings_no_update BEFORE UPDATE ON ledger_postings
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only; post a correcting entry instead'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_postings_no_delete BEFORE DELETE ON ledger_postings
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only; post a correcting entry instead'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_lines_no_update BEFORE UPDATE ON ledger_lines
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only; post a correcting entry instead'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_lines_no_delete BEFORE DELETE ON ledger_lines
+    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only; post a correcting entry instead'); END;
+CREATE TRIGGER IF NOT EXISTS price_book_no_update BEFORE UPDATE ON price_book
+    BEGIN SELECT RAISE(ABORT, 'the price book is append-only; set a new version instead'); END;
+CREATE TRIGGER IF NOT EXISTS price_book_no_delete BEFORE DELETE ON price_book
+    BEGIN SELECT RAISE(ABORT, 'the price book is append-only; set a new version instead'); END;
+-- The market: a product's current listing (relisting changes the price), purchases (one per
+-- buyer and product, with the shares in force when bought), recalls and every download.
+CREATE TABLE IF NOT EXISTS listings (
+    product_id TEXT PRIMARY KEY,
+    price_fen INTEGER NOT NULL CHECK (price_fen > 0),
+    listed_by TEXT NOT NULL,
+    listed_at TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purchases (
+    id TEXT PRIMARY KEY,
+    product_id TEXT NOT NULL,
+    buyer TEXT NOT NULL,
+    price_fen INTEGER NOT NULL,
+    provider_bp INTEGER NOT NULL,
+    platform_bp INTEGER NOT NULL,
+    operator_bp INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL,
+    UNIQUE (product_id, buyer)
+);
+CREATE TABLE IF NOT EXISTS recalls (
+    product_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    recalled_by TEXT NOT NULL,
+    at TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS downloads (
+    id INTEGER PRIMARY KEY,
+    product_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    at TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS downloads_by_product ON downloads (product_id, id);
+-- ── end of the money block ─────────────────────────────────────────────────────────────
 "#;
 
 /// An open domain store.
@@ -282,6 +377,9 @@ impl Store {
             .map_err(|_| Error::internal("reading the store's schema version"))?;
         if (1..SCHEMA_VERSION).contains(&version) {
             // One transaction: either the store is fully at the current version or unchanged.
+            // Each version's own changes, then SCHEMA again: every statement in it is
+            // `IF NOT EXISTS`, so it adds exactly the tables, indexes and triggers an older
+            // store lacks (the money tables of version 4 among them).
             let steps: String = UPGRADES
                 .iter()
                 .filter(|(to, _)| *to > version)
@@ -290,6 +388,7 @@ impl Store {
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE;
                  {steps}
+                 {SCHEMA}
                  UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
                  COMMIT;"
             ))?;
@@ -312,6 +411,11 @@ impl Store {
     /// Folder of in-domain data. Only the sandbox reads from it.
     pub fn data_dir(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// Folder of settlement statements, one sub-folder per period.
+    pub fn statements_dir(&self) -> PathBuf {
+        self.root.join("statements")
     }
 
     /// Folder of released products.

@@ -6,6 +6,7 @@ mod audit;
 mod budget;
 mod cli;
 mod gate_files;
+mod money;
 mod serve;
 mod statistics;
 mod support;

@@ -1,0 +1,540 @@
+//! Settlement: turning a closed period's ledger into statements that reconcile to the fen.
+//!
+//! [`settle`] is the bureau's month-end step. It refuses a period that has not ended in bureau
+//! time (its postings could still grow) and writes, under `D/statements/<period>/`,
+//!
+//! - one statement per operator and per provider with any ledger line in the period, and
+//! - `platform.csv` / `platform.json`: the platform's own lines and a summary of the whole
+//!   period (postings, runs, sales, every party's totals),
+//!
+//! each as CSV and JSON, written atomically. Every statement line carries the ledger posting
+//! and line id it came from, the source (`job` or `purchase`) and the audit entry, so any fen
+//! can be traced back. Before writing, the ledger is reconciled: each posting's debits equal
+//! its credits, each sale's lines equal the price its purchase recorded, each run's lines equal
+//! its meter price, and all debits equal all credits; if not, nothing is written and an
+//! internal error is returned.
+//!
+//! Statements are derived from the ledger alone, in a fixed order, and carry no "generated
+//! at" time (only the period's bounds), so settling a period again writes byte-identical
+//! files. Each call is audited once, with the BLAKE3 digest of every file it wrote.
+//!
+//! Rounding rule (printed in every JSON statement as [`ROUNDING_RULE`]): every provider and
+//! operator share is rounded down to the fen; the platform receives the remainder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Months, NaiveDate, TimeZone, Utc};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::ids::Fen;
+use crate::ledger::{self, Account, Posting};
+use crate::store::Store;
+use crate::{audit, clock, files};
+
+/// The format tag of every JSON statement.
+pub const STATEMENT_FORMAT: &str = "veil statement v1";
+/// The rounding rule, as printed in statements.
+pub const ROUNDING_RULE: &str = "every provider and operator share is rounded down to the fen; \
+     the platform receives the remainder, so each posting's lines add up to its price exactly";
+/// The header of every CSV statement.
+pub const CSV_HEADER: &str = "posting_id,line_id,at,kind,source_kind,source_id,audit_seq,item,dataset_id,debit_fen,credit_fen";
+
+/// One line of a statement, traced to its ledger posting and line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementLine {
+    pub posting_id: i64,
+    pub line_id: i64,
+    pub at: String,
+    /// `run` or `sale`.
+    pub kind: String,
+    pub source_kind: String,
+    pub source_id: String,
+    pub audit_seq: i64,
+    pub item: String,
+    pub dataset_id: Option<String>,
+    pub debit: Fen,
+    pub credit: Fen,
+}
+
+/// One party's totals in the platform summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartyTotal {
+    pub party: String,
+    pub debit: Fen,
+    pub credit: Fen,
+    /// Credit minus debit: what the party earned (positive) or owes (negative).
+    pub net: Fen,
+}
+
+/// The whole period at a glance (the platform statement only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub postings: u64,
+    pub runs: u64,
+    pub sales: u64,
+    pub total_debit: Fen,
+    pub total_credit: Fen,
+    /// Every party with a line in the period, by account name.
+    pub parties: Vec<PartyTotal>,
+}
+
+/// One party's statement for one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    pub format: String,
+    pub period: String,
+    /// First instant of the period (RFC 3339, UTC; the period is a bureau-time month).
+    pub period_start: String,
+    /// First instant after the period.
+    pub period_end: String,
+    /// The account: `operator:<name>`, `provider:<name>` or `platform`.
+    pub party: String,
+    pub rounding_rule: String,
+    pub lines: Vec<StatementLine>,
+    pub total_debit: Fen,
+    pub total_credit: Fen,
+    /// Credit minus debit.
+    pub net: Fen,
+    /// Only in the platform's statement.
+    pub summary: Option<Summary>,
+}
+
+/// Where one statement was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementFile {
+    pub party: String,
+    pub csv: PathBuf,
+    pub json: PathBuf,
+    pub csv_blake3: String,
+    pub json_blake3: String,
+    pub lines: u64,
+    pub total_debit: Fen,
+    pub total_credit: Fen,
+    pub net: Fen,
+}
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub period: String,
+    pub dir: PathBuf,
+    /// The platform first, then the other parties by account name.
+    pub statements: Vec<StatementFile>,
+    pub total_debit: Fen,
+    pub total_credit: Fen,
+    pub audit_seq: i64,
+}
+
+/// A period's bounds: `(start, end)` instants in UTC of a bureau-time calendar month.
+pub fn period_bounds(period: &str) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let malformed = || {
+        Error::invalid(
+            "write the period as YYYY-MM, a calendar month in bureau time (for example 2026-11)",
+        )
+    };
+    let bytes = period.as_bytes();
+    if bytes.len() != 7 || bytes[4] != b'-' {
+        return Err(malformed());
+    }
+    let first =
+        NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| malformed())?;
+    let next = first
+        .checked_add_months(Months::new(1))
+        .ok_or_else(malformed)?;
+    let offset = clock::bureau_offset();
+    let at_midnight = |day: NaiveDate| {
+        offset
+            .from_local_datetime(&day.and_time(chrono::NaiveTime::MIN))
+            .single()
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(malformed)
+    };
+    Ok((at_midnight(first)?, at_midnight(next)?))
+}
+
+/// A file-name-safe, unique name for a party's statement files (without extension).
+pub fn file_stem(party: &Account) -> String {
+    match party {
+        Account::Platform => "platform".to_string(),
+        Account::Operator(name) | Account::Provider(name) | Account::Buyer(name) => {
+            let slug: String = name
+                .chars()
+                .take(40)
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            // The digest keeps two names that slug alike apart.
+            let digest = blake3::hash(party.as_text().as_bytes()).to_hex();
+            format!("{}-{slug}-{}", party.role(), &digest.as_str()[..12])
+        }
+    }
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn to_csv(statement: &Statement) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.push('\n');
+    for l in &statement.lines {
+        let row = [
+            l.posting_id.to_string(),
+            l.line_id.to_string(),
+            l.at.clone(),
+            l.kind.clone(),
+            l.source_kind.clone(),
+            l.source_id.clone(),
+            l.audit_seq.to_string(),
+            l.item.clone(),
+            l.dataset_id.clone().unwrap_or_default(),
+            l.debit.0.to_string(),
+            l.credit.0.to_string(),
+        ];
+        out.push_str(
+            &row.iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        ",,,,,,,total,,{},{}\n",
+        statement.total_debit.0, statement.total_credit.0
+    ));
+    out
+}
+
+fn fen(sum: i128) -> Result<Fen> {
+    i64::try_from(sum)
+        .map(Fen)
+        .map_err(|_| Error::internal("adding up a statement: a total does not fit in fen"))
+}
+
+/// Checks that the period's postings balance and match their sources (see the module docs).
+fn reconcile(conn: &Connection, postings: &[Posting]) -> Result<()> {
+    let mut debits = 0i128;
+    let mut credits = 0i128;
+    for posting in postings {
+        if posting.debits() != posting.credits() {
+            return Err(Error::internal(format!(
+                "reconciling ledger posting {}: its debits and credits differ",
+                posting.id
+            )));
+        }
+        let recorded: i64 = match posting.source_kind.as_str() {
+            "purchase" => conn.query_row(
+                "SELECT price_fen FROM purchases WHERE id = ?1",
+                [&posting.source_id],
+                |row| row.get(0),
+            )?,
+            "job" => conn.query_row(
+                "SELECT price_fen FROM meter WHERE job_id = ?1",
+                [&posting.source_id],
+                |row| row.get(0),
+            )?,
+            _ => {
+                return Err(Error::internal(format!(
+                    "reconciling ledger posting {}: unknown source kind",
+                    posting.id
+                )));
+            }
+        };
+        if posting.credits() != i128::from(recorded) {
+            return Err(Error::internal(format!(
+                "reconciling ledger posting {}: its splits do not add up to the price its {} recorded",
+                posting.id, posting.source_kind
+            )));
+        }
+        debits += posting.debits();
+        credits += posting.credits();
+    }
+    if debits != credits {
+        return Err(Error::internal(
+            "reconciling the period: all debits differ from all credits",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds every statement of a period from the ledger (reconciled first), platform first.
+pub fn statements(conn: &Connection, period: &str) -> Result<Vec<Statement>> {
+    let (start, end) = period_bounds(period)?;
+    let postings = ledger::postings(conn, Some(period))?;
+    reconcile(conn, &postings)?;
+    let mut by_party: BTreeMap<String, Vec<StatementLine>> = BTreeMap::new();
+    let (mut total_debit, mut total_credit) = (0i128, 0i128);
+    for posting in &postings {
+        for line in &posting.lines {
+            total_debit += i128::from(line.debit.0);
+            total_credit += i128::from(line.credit.0);
+            by_party
+                .entry(line.account.clone())
+                .or_default()
+                .push(StatementLine {
+                    posting_id: posting.id,
+                    line_id: line.id,
+                    at: posting.at.clone(),
+                    kind: posting.kind.clone(),
+                    source_kind: posting.source_kind.clone(),
+                    source_id: posting.source_id.clone(),
+                    audit_seq: posting.audit_seq,
+                    item: line.item.clone(),
+                    dataset_id: line.dataset_id.clone(),
+                    debit: line.debit,
+                    credit: line.credit,
+                });
+        }
+    }
+    let statement = |party: &str, lines: Vec<StatementLine>| -> Result<Statement> {
+        let debit: i128 = lines.iter().map(|l| i128::from(l.debit.0)).sum();
+        let credit: i128 = lines.iter().map(|l| i128::from(l.credit.0)).sum();
+        Ok(Statement {
+            format: STATEMENT_FORMAT.to_string(),
+            period: period.to_string(),
+            period_start: clock::format(start),
+            period_end: clock::format(end),
+            party: party.to_string(),
+            rounding_rule: ROUNDING_RULE.to_string(),
+            lines,
+            total_debit: fen(debit)?,
+            total_credit: fen(credit)?,
+            net: fen(credit - debit)?,
+            summary: None,
+        })
+    };
+    let mut parties = Vec::new();
+    for (party, lines) in &by_party {
+        let s = statement(party, lines.clone())?;
+        parties.push(PartyTotal {
+            party: party.clone(),
+            debit: s.total_debit,
+            credit: s.total_credit,
+            net: s.net,
+        });
+    }
+    let mut platform = statement(
+        "platform",
+        by_party.get("platform").cloned().unwrap_or_default(),
+    )?;
+    platform.summary = Some(Summary {
+        postings: postings.len() as u64,
+        runs: postings.iter().filter(|p| p.kind == "run").count() as u64,
+        sales: postings.iter().filter(|p| p.kind == "sale").count() as u64,
+        total_debit: fen(total_debit)?,
+        total_credit: fen(total_credit)?,
+        parties,
+    });
+    let mut out = vec![platform];
+    for (party, lines) in by_party {
+        let account = Account::parse(&party)?;
+        if matches!(account, Account::Operator(_) | Account::Provider(_)) {
+            out.push(statement(&party, lines)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Settles a period that has ended (the bureau): writes every statement (see the module docs)
+/// and audits the settlement with the files' digests.
+pub fn settle(store: &mut Store, period: &str, actor: &str) -> Result<Settlement> {
+    let (_, end) = period_bounds(period)?;
+    if clock::now() < end {
+        return Err(Error::invalid(format!(
+            "period {period} has not ended yet: it ends at {} (bureau time); settle it after then",
+            end.with_timezone(&clock::bureau_offset()).to_rfc3339()
+        )));
+    }
+    let built = statements(store.conn(), period)?;
+    let dir = store.statements_dir().join(period);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    let mut written = Vec::new();
+    let mut total = (Fen(0), Fen(0));
+    for statement in &built {
+        let account = Account::parse(&statement.party)?;
+        let stem = file_stem(&account);
+        let csv_path = dir.join(format!("{stem}.csv"));
+        let json_path = dir.join(format!("{stem}.json"));
+        let csv = to_csv(statement);
+        let mut json = serde_json::to_vec_pretty(statement)
+            .map_err(|e| Error::internal(format!("encoding a statement: {e}")))?;
+        json.push(b'\n');
+        files::write_atomic(&csv_path, csv.as_bytes(), false)?;
+        files::write_atomic(&json_path, &json, false)?;
+        if let Some(summary) = &statement.summary {
+            total = (summary.total_debit, summary.total_credit);
+        }
+        written.push(StatementFile {
+            party: statement.party.clone(),
+            csv: csv_path,
+            json: json_path,
+            csv_blake3: blake3::hash(csv.as_bytes()).to_hex().to_string(),
+            json_blake3: blake3::hash(&json).to_hex().to_string(),
+            lines: statement.lines.len() as u64,
+            total_debit: statement.total_debit,
+            total_credit: statement.total_credit,
+            net: statement.net,
+        });
+    }
+    let digests: Vec<serde_json::Value> = written
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "party": f.party,
+                "csv_blake3": f.csv_blake3,
+                "json_blake3": f.json_blake3,
+            })
+        })
+        .collect();
+    let audit_seq = store.write(|tx| {
+        audit::append(
+            tx,
+            audit::Kind::PeriodSettled,
+            actor,
+            period,
+            serde_json::json!({
+                "statements": digests,
+                "total_debit_fen": total.0.0,
+                "total_credit_fen": total.1.0,
+            }),
+        )
+    })?;
+    Ok(Settlement {
+        period: period.to_string(),
+        dir,
+        statements: written,
+        total_debit: total.0,
+        total_credit: total.1,
+        audit_seq,
+    })
+}
+
+/// Reads back one party's settled statement (`party` as an account name, e.g.
+/// `operator:<name>`, or `platform`).
+pub fn statement(store: &Store, period: &str, party: &str) -> Result<Statement> {
+    period_bounds(period)?;
+    let account = Account::parse(party)?;
+    let path = store
+        .statements_dir()
+        .join(period)
+        .join(format!("{}.json", file_stem(&account)));
+    read_statement(&path).ok_or(Error::NotFound {
+        kind: "settled statement",
+        id: format!("{party} for {period}"),
+        hint: "; the period may not be settled yet (veil settle --period) or the party had no entries in it",
+    })
+}
+
+fn read_statement(path: &Path) -> Option<Statement> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What one of a provider's datasets was used for and earned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetUsage {
+    pub dataset_id: String,
+    pub name: String,
+    /// Registered rows: the weight of its share.
+    pub rows: u64,
+    /// Jobs that reserved budget on it (whatever their end).
+    pub jobs: u64,
+    pub rows_fee_earned: Fen,
+    pub sale_shares_earned: Fen,
+}
+
+/// A provider's view of its datasets: per dataset, the jobs that read it, the rows fees and
+/// the sale shares it earned (all periods).
+pub fn provider_usage(conn: &Connection, provider: &str) -> Result<Vec<DatasetUsage>> {
+    let account = Account::Provider(provider.to_string()).as_text();
+    let mut statement = conn.prepare(
+        "SELECT d.id, d.name, d.rows, d.policy_json,
+            (SELECT COUNT(DISTINCT b.job_id) FROM budget_spend b WHERE b.dataset_id = d.id),
+            (SELECT COALESCE(SUM(l.credit_fen), 0) FROM ledger_lines l
+                WHERE l.account = ?1 AND l.dataset_id = d.id AND l.item = ?2),
+            (SELECT COALESCE(SUM(l.credit_fen), 0) FROM ledger_lines l
+                WHERE l.account = ?1 AND l.dataset_id = d.id AND l.item = ?3)
+         FROM datasets d ORDER BY d.name",
+    )?;
+    let rows = statement.query_map(
+        [
+            account.as_str(),
+            ledger::ITEM_ROWS_FEE,
+            ledger::ITEM_PROVIDER_SHARE,
+        ],
+        |row| {
+            Ok((
+                DatasetUsage {
+                    dataset_id: row.get(0)?,
+                    name: row.get(1)?,
+                    rows: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                    jobs: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                    rows_fee_earned: Fen(row.get(5)?),
+                    sale_shares_earned: Fen(row.get(6)?),
+                },
+                row.get::<_, String>(3)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (usage, policy_json) = row?;
+        let policy: serde_json::Value = serde_json::from_str(&policy_json)
+            .map_err(|_| Error::internal("reading a dataset's stored policy"))?;
+        if policy.get("provider").and_then(serde_json::Value::as_str) == Some(provider) {
+            out.push(usage);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_bureau_months() {
+        let (start, end) = period_bounds("2026-11").expect("bounds");
+        assert_eq!(clock::format(start), "2026-10-31T16:00:00Z");
+        assert_eq!(clock::format(end), "2026-11-30T16:00:00Z");
+        let (_, december) = period_bounds("2026-12").expect("bounds");
+        assert_eq!(clock::format(december), "2026-12-31T16:00:00Z");
+        for bad in [
+            "2026-13",
+            "2026-1",
+            "26-11",
+            "2026/11",
+            "2026-11-01",
+            "",
+            "abcd-ef",
+        ] {
+            assert!(period_bounds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_stems_are_safe_and_distinct() {
+        let a = file_stem(&Account::Operator("a/b".into()));
+        let b = file_stem(&Account::Operator("a_b".into()));
+        assert_ne!(a, b);
+        assert!(a.starts_with("operator-a_b-"));
+        assert!(!a.contains('/'));
+        assert_eq!(file_stem(&Account::Platform), "platform");
+        let chinese = file_stem(&Account::Provider("山西省人社厅".into()));
+        assert!(chinese.is_ascii());
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}
