@@ -75,8 +75,12 @@ pub enum ClientCommand {
     Offers,
     /// Your purchases (buyer).
     Purchases,
-    /// A settlement statement, as JSON.
-    Statement { period: String, party: String },
+    /// Your settlement statement for a month (the bureau names --party), as JSON.
+    Statement {
+        period: String,
+        #[arg(long)]
+        party: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,7 +375,11 @@ async fn run_command(
             }
         }
         ClientCommand::Statement { period, party } => {
-            json_out(&client.statement(&period, &party).await?)?;
+            let statement = match party {
+                Some(party) => client.statement_of(&period, &party).await?,
+                None => client.statement(&period).await?,
+            };
+            json_out(&statement)?;
         }
     }
     Ok(0)

@@ -437,13 +437,28 @@ impl Client {
 
     // --- Money ---
 
-    /// A settlement statement of the caller (operator or provider), or any (bureau), as JSON.
-    pub async fn statement(
+    /// The caller's settled statement for a period (operator or provider), as JSON: every
+    /// line carries its ledger posting and line id.
+    pub async fn statement(&self, period: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&format!("/statements/{period}")).await
+    }
+
+    /// Any party's statement (bureau): `operator:<name>`, `provider:<name>` or `platform`.
+    pub async fn statement_of(
         &self,
         period: &str,
         party: &str,
     ) -> Result<serde_json::Value, ClientError> {
-        self.get(&format!("/statements/{period}/{party}")).await
+        self.send(
+            self.request(Method::GET, &format!("/statements/{period}"))
+                .query(&[("party", party)]),
+        )
+        .await
+    }
+
+    /// A provider's datasets: jobs that read them, rows fees and sale shares earned.
+    pub async fn usage(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/usage").await
     }
 
     // --- The bureau's decisions ---

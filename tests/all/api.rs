@@ -8,6 +8,9 @@ use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 use veil_runtime::api::{self, AppState, StorePool, Workers};
 use veil_runtime::grants;
+use veil_runtime::ids::{Fen, ProductId};
+use veil_runtime::jobs::JobOutcome;
+use veil_runtime::market;
 use veil_runtime::principals::{self, Role};
 use veil_runtime::templates::{self, TemplateSpec};
 
@@ -111,7 +114,25 @@ async fn every_route_checks_role_and_ownership() {
     .expect("template");
     let outcome = fixture.run(&approved, &[]).await.expect("job");
     let job = outcome.job_id().to_string();
+    let listed = product_of(&outcome);
+    let by_gender = support::submit_and_approve(
+        &mut fixture.store,
+        "SELECT gender, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY gender",
+        &[],
+        support::approval(),
+    )
+    .expect("template");
+    let unlisted = product_of(&fixture.run(&by_gender, &[]).await.expect("job"));
     let store = &mut fixture.store;
+    market::list_for_sale(
+        store,
+        Role::Operator,
+        OPERATOR,
+        &ProductId::new(&listed),
+        Fen(500),
+    )
+    .expect("listed");
+    let period = veil_runtime::clock::period_of(veil_runtime::clock::now());
     let pending = templates::submit(store, OPERATOR, spec("pending"))
         .expect("pending")
         .id
@@ -279,6 +300,92 @@ async fn every_route_checks_role_and_ownership() {
         ("POST", "/v1/jobs".into(), run, [403, 403, 404, 202, 403]),
         ("GET", "/v1/meter".into(), None, [403, 403, 200, 200, 200]),
         (
+            "GET",
+            "/v1/products".into(),
+            None,
+            [403, 200, 200, 200, 200],
+        ),
+        ("GET", "/v1/offers".into(), None, [403, 200, 200, 200, 200]),
+        (
+            "GET",
+            format!("/v1/products/{listed}"),
+            None,
+            [403, 200, 404, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/products/{unlisted}"),
+            None,
+            [403, 404, 404, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/products/{unlisted}/files/result.csv"),
+            None,
+            [403, 404, 404, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/products/{listed}/files/result.csv"),
+            None,
+            [403, 403, 404, 200, 200],
+        ),
+        (
+            "POST",
+            format!("/v1/products/{unlisted}/listing"),
+            json(serde_json::json!({ "price_fen": 700 })),
+            [403, 403, 404, 200, 200],
+        ),
+        (
+            "POST",
+            format!("/v1/products/{listed}/purchase"),
+            None,
+            [403, 201, 403, 403, 403],
+        ),
+        (
+            "POST",
+            format!("/v1/products/{listed}/purchase"),
+            None,
+            [403, 200, 403, 403, 403],
+        ),
+        (
+            "GET",
+            format!("/v1/products/{listed}/files/manifest.json"),
+            None,
+            [403, 200, 404, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/purchases".into(),
+            None,
+            [403, 200, 403, 403, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/statements/{period}"),
+            None,
+            [404, 403, 404, 404, 400],
+        ),
+        (
+            "POST",
+            "/v1/settlements".into(),
+            json(serde_json::json!({ "period": period })),
+            [403, 403, 403, 403, 400],
+        ),
+        ("GET", "/v1/usage".into(), None, [200, 403, 403, 403, 403]),
+        (
+            "POST",
+            format!("/v1/products/{listed}/recall"),
+            reason.clone(),
+            [403, 403, 403, 403, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/products/{listed}/files/result.csv"),
+            None,
+            [403, 409, 404, 409, 200],
+        ),
+        (
             "POST",
             format!("/v1/templates/{approved}/revoke"),
             reason,
@@ -308,4 +415,11 @@ async fn every_route_checks_role_and_ownership() {
     let (status, _) = call(&app, "GET", "/v1/health", None, None).await;
     assert_eq!(status, StatusCode::OK, "health needs no key");
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+fn product_of(outcome: &JobOutcome) -> String {
+    match outcome {
+        JobOutcome::Released { product_id, .. } => product_id.to_string(),
+        other => panic!("the job was not released: {other:?}"),
+    }
 }

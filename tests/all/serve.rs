@@ -396,3 +396,156 @@ fn the_cli_client_submits_waits_and_downloads_a_verified_product() {
     assert_ne!(code, 0);
     assert!(err.contains("Authorization: Bearer"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buyer_buys_and_verifies_a_product_and_the_bureau_settles_the_month() {
+    let mut fixture = Fixture::new(3_000);
+    let keys = add_principals(&mut fixture);
+    let provider_key = principals::add(
+        &mut fixture.store,
+        Role::Provider,
+        "Shanxi Provincial Department of Human Resources and Social Security",
+    )
+    .expect("provider")
+    .1
+    .expose()
+    .to_string();
+    let server = Server::start(&fixture.store_path(), 1);
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
+    let buyer = Client::new(&server.url, &keys.buyer).expect("client");
+    let provider = Client::new(&server.url, &provider_key).expect("client");
+
+    // Operator: a template approved at 250 fen a run, one released job (the default price
+    // book: no rows fee; sales split provider 40 %, platform 20 %, operator 40 %).
+    let template = operator
+        .submit_template(&persons_by_city(false))
+        .await
+        .expect("submitted");
+    bureau
+        .approve_template(
+            &template.id,
+            &ApproveTemplate {
+                k: Some(5),
+                price_per_run_fen: Some(250),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+    let submitted = operator
+        .submit_job(
+            &SubmitJob {
+                template: template.id.clone(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("queued");
+    let job = operator
+        .wait_job(&submitted.job.id, Duration::from_secs(120))
+        .await
+        .expect("ended");
+    let product = job.product_id.expect("released");
+
+    // Not for sale yet: the buyer cannot see it. Offered at ¥10.01: it can, and buys it once.
+    assert!(matches!(
+        buyer.product(&product).await,
+        Err(ClientError::NotFound(_))
+    ));
+    operator
+        .list_for_sale(&product, 1_001)
+        .await
+        .expect("listed");
+    let offers = buyer.offers().await.expect("offers");
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].price_fen, Some(1_001));
+    assert!(matches!(
+        buyer
+            .download_product(&product, &fixture.dir.path().join("early"), |_, _| {})
+            .await,
+        Err(ClientError::Forbidden(_))
+    ));
+    let bought = buyer.purchase(&product).await.expect("bought");
+    assert!(bought.new);
+    let again = buyer.purchase(&product).await.expect("bought again");
+    assert!(!again.new, "a second purchase charges nothing");
+    assert_eq!(again.id, bought.id);
+
+    let out = fixture.dir.path().join("bought");
+    buyer
+        .download_product(&product, &out, |_, _| {})
+        .await
+        .expect("download");
+    let key = buyer.platform_key().await.expect("key");
+    let public = veil_runtime::keys::parse_public(&key.public_key_hex).expect("key");
+    veil_sdk::manifest::verify_product_dir(&out, Some(&public)).expect("verifies offline");
+    let verify = Command::new(veil_bin())
+        .args(["product", "verify", "--public-key", &key.public_key_hex])
+        .arg(&out)
+        .output()
+        .expect("veil product verify");
+    assert!(verify.status.success(), "{verify:?}");
+
+    // The month cannot be settled while it is open; a bureau process whose clock is past
+    // the month's end settles it.
+    let period = veil_runtime::clock::period_of(veil_runtime::clock::now());
+    assert!(matches!(
+        bureau.settle(&period).await,
+        Err(ClientError::Invalid(_))
+    ));
+    let (_, end) = veil_runtime::settlement::period_bounds(&period).expect("period");
+    let settled = Command::new(veil_bin())
+        .args(["settle", "--period", &period, "--data-dir"])
+        .arg(fixture.store_path())
+        .env(
+            "VEIL_CLOCK",
+            veil_runtime::clock::format(end + chrono::Duration::hours(1)),
+        )
+        .output()
+        .expect("veil settle");
+    assert!(settled.status.success(), "{settled:?}");
+
+    // By hand: the run charged the operator 250 to the platform. The sale of 1001 split
+    // 40 % to the provider (400.4 → 400), 40 % to the operator (400), the rest (201) to the
+    // platform.
+    let statement = operator
+        .statement(&period)
+        .await
+        .expect("operator statement");
+    assert_eq!(statement["total_debit"], 250);
+    assert_eq!(statement["total_credit"], 400);
+    assert_eq!(statement["net"], 150);
+    let statement = provider
+        .statement(&period)
+        .await
+        .expect("provider statement");
+    assert_eq!(statement["total_credit"], 400);
+    assert_eq!(statement["net"], 400);
+    let platform = bureau
+        .statement_of(&period, "platform")
+        .await
+        .expect("platform statement");
+    assert_eq!(platform["net"], 250 + 201);
+    assert_eq!(
+        platform["summary"]["total_debit"], platform["summary"]["total_credit"],
+        "the ledger balances"
+    );
+    let usage = provider.usage().await.expect("usage");
+    assert_eq!(usage[0]["sale_shares_earned"], 400);
+
+    // The bureau recalls the product: the buyer is named, and nobody can download it.
+    let recall = bureau
+        .recall(&product, "a defect in the source data")
+        .await
+        .expect("recall");
+    assert_eq!(recall.buyers, vec!["buyer-1".to_string()]);
+    assert!(matches!(
+        buyer
+            .download_product(&product, &fixture.dir.path().join("late"), |_, _| {})
+            .await,
+        Err(ClientError::Conflict(_))
+    ));
+    assert!(buyer.offers().await.expect("offers").is_empty());
+}

@@ -22,7 +22,8 @@
 //! | `POST /v1/products/{id}/purchase` | buyer | — |
 //! | `GET /v1/purchases` | bureau, buyer | buyer: own |
 //! | `POST /v1/products/{id}/recall` | bureau | — |
-//! | `GET /v1/statements/{period}/{party}` | bureau, operator, provider | own |
+//! | `GET /v1/statements/{period}[?party=]` | bureau, operator, provider | own (bureau: any) |
+//! | `GET /v1/usage` | provider | own datasets |
 //! | `POST /v1/settlements` | bureau | — |
 
 use std::sync::Arc;
@@ -44,11 +45,12 @@ use super::error::{ApiError, violations};
 use crate::catalog::{self, Dataset};
 use crate::error::Error;
 use crate::grants::{self, Application, Grant, MICRO, PICO};
-use crate::ids::JobId;
+use crate::ids::{Fen, JobId, ProductId};
 use crate::jobs::{self, Job, JobRequest};
 use crate::metering::{self, MeterRecord};
 use crate::principals::Role;
 use crate::templates::{self, ApprovalRequest, Template};
+use crate::{market, products, settlement};
 
 type Answer<T> = Result<Json<T>, ApiError>;
 type AppState_ = State<Arc<AppState>>;
@@ -65,7 +67,9 @@ type AppState_ = State<Arc<AppState>>;
         grant_requests_list, grant_request_get, grant_request_approve, grant_request_reject,
         module_upload, template_submit, templates_list, template_get, template_approve,
         template_reject, template_revoke, job_submit, job_dry_run, jobs_list, job_get, job_wait,
-        job_cancel, meter_list, products_list, product_get, product_file
+        job_cancel, meter_list, products_list, offers, product_get, product_file,
+        product_list_for_sale, product_purchase, purchases_list, product_recall, statement_get,
+        settle, provider_usage
     ),
     modifiers(&BearerAuth),
     tags((name = "veil"))
@@ -114,8 +118,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}/cancel", post(job_cancel))
         .route("/meter", get(meter_list))
         .route("/products", get(products_list))
+        .route("/offers", get(offers))
         .route("/products/{id}", get(product_get))
-        .route("/products/{id}/files/{name}", get(product_file));
+        .route("/products/{id}/files/{name}", get(product_file))
+        .route("/products/{id}/listing", post(product_list_for_sale))
+        .route("/products/{id}/purchase", post(product_purchase))
+        .route("/products/{id}/recall", post(product_recall))
+        .route("/purchases", get(purchases_list))
+        .route("/statements/{period}", get(statement_get))
+        .route("/settlements", post(settle))
+        .route("/usage", get(provider_usage));
     Router::new()
         .nest(API_PREFIX, api)
         .layer(DefaultBodyLimit::max(super::REQUEST_BYTES_MAX))
@@ -806,72 +818,69 @@ async fn meter_list(State(state): AppState_, caller: Caller) -> Answer<Vec<Meter
     Ok(Json(views))
 }
 
-// --- Products ---
+// --- Products and the market ---
 
-/// A product row and the files its signed manifest lists.
+/// A product as a caller may see it, with the files its signed manifest lists.
 struct StoredProduct {
     view: ProductView,
     dir: std::path::PathBuf,
+    /// Whether the caller (a buyer) bought it.
+    bought: bool,
 }
 
-fn stored_products(
+fn stored_product(
     store: &crate::store::Store,
-    id: Option<&str>,
-) -> crate::Result<Vec<StoredProduct>> {
-    let mut statement = store.conn().prepare(
-        "SELECT id, job_id, template_id, operator, rows, created_at FROM products
-         WHERE (?1 IS NULL OR id = ?1) ORDER BY created_at, rowid",
-    )?;
-    let rows = statement.query_map([id], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, i64>(4)?,
-            row.get::<_, String>(5)?,
-        ))
-    })?;
-    let mut products = Vec::new();
-    for row in rows {
-        let (id, job_id, template_id, operator, rows, created_at) = row?;
-        let dir = store.products_dir().join(&id);
-        let manifest = veil_sdk::manifest::read_manifest(&dir)
-            .map_err(|e| Error::internal(format!("reading product {id}'s manifest: {e}")))?;
-        let manifest_bytes = std::fs::metadata(dir.join(veil_sdk::manifest::MANIFEST_FILE))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let mut files = vec![ProductFile {
-            name: veil_sdk::manifest::MANIFEST_FILE.into(),
-            bytes: manifest_bytes,
-            blake3: String::new(),
-        }];
-        files.extend(manifest.manifest.files.iter().map(|f| ProductFile {
-            name: f.name.clone(),
-            bytes: f.bytes,
-            blake3: f.blake3.clone(),
-        }));
-        products.push(StoredProduct {
-            view: ProductView {
-                id,
-                job_id,
-                template_id,
-                operator,
-                rows: rows as u64,
-                created_at,
-                files,
-                price_fen: None,
-                recalled: false,
-            },
-            dir,
-        });
-    }
-    Ok(products)
+    product: products::Product,
+    caller: &Caller,
+) -> crate::Result<StoredProduct> {
+    let id = ProductId::new(&product.id);
+    let dir = store.products_dir().join(&product.id);
+    let manifest = veil_sdk::manifest::read_manifest(&dir)
+        .map_err(|e| Error::internal(format!("reading product {}'s manifest: {e}", product.id)))?;
+    let manifest_bytes = std::fs::metadata(dir.join(veil_sdk::manifest::MANIFEST_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let mut files = vec![ProductFile {
+        name: veil_sdk::manifest::MANIFEST_FILE.into(),
+        bytes: manifest_bytes,
+        blake3: String::new(),
+    }];
+    files.extend(manifest.manifest.files.iter().map(|f| ProductFile {
+        name: f.name.clone(),
+        bytes: f.bytes,
+        blake3: f.blake3.clone(),
+    }));
+    let listing = market::listing(store.conn(), &id)?;
+    let bought = caller.role() == Role::Buyer
+        && market::purchases_of(store.conn(), caller.name())?
+            .iter()
+            .any(|p| p.product_id == product.id);
+    Ok(StoredProduct {
+        view: ProductView {
+            id: product.id,
+            job_id: product.job_id,
+            template_id: product.template_id,
+            operator: product.operator,
+            rows: product.rows,
+            created_at: product.created_at,
+            files,
+            price_fen: listing.filter(|_| !product.recalled).map(|l| l.price.0),
+            recalled: product.recalled,
+        },
+        dir,
+        bought,
+    })
 }
 
-/// Whether the caller may see (and download) a product: the bureau always, its operator.
-fn may_read_product(caller: &Caller, product: &ProductView) -> bool {
-    caller.is_bureau() || (caller.role() == Role::Operator && product.operator == caller.name())
+/// Who may see a product: the bureau; its operator; a buyer while it is offered for sale, or
+/// that bought it.
+fn may_read_product(caller: &Caller, product: &StoredProduct) -> bool {
+    match caller.role() {
+        Role::Bureau => true,
+        Role::Operator => product.view.operator == caller.name(),
+        Role::Buyer => product.bought || product.view.price_fen.is_some(),
+        Role::Provider => false,
+    }
 }
 
 async fn readable_product(
@@ -882,35 +891,65 @@ async fn readable_product(
     let found = state
         .stores
         .with({
-            let id = id.to_string();
-            move |store| stored_products(store, Some(&id))
+            let (id, caller) = (id.to_string(), caller.clone());
+            move |store| {
+                let product = products::get(store.conn(), &ProductId::new(&id))?;
+                stored_product(store, product, &caller)
+            }
         })
-        .await?
-        .pop();
+        .await;
     match found {
-        Some(product) if may_read_product(caller, &product.view) => Ok(product),
-        _ => Err(ApiError::Domain(Error::not_found("product", id))),
+        Ok(product) if may_read_product(caller, &product) => Ok(product),
+        Ok(_) | Err(Error::NotFound { .. }) => {
+            Err(ApiError::Domain(Error::not_found("product", id)))
+        }
+        Err(error) => Err(error.into()),
     }
 }
 
+async fn visible_products(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    only_offered: bool,
+) -> Result<Vec<ProductView>, ApiError> {
+    let caller = caller.clone();
+    let products = state
+        .stores
+        .with(move |store| {
+            let mut visible = Vec::new();
+            for product in products::list(store.conn())? {
+                let product = stored_product(store, product, &caller)?;
+                let offered = product.view.price_fen.is_some();
+                if (!only_offered && may_read_product(&caller, &product))
+                    || (only_offered && offered)
+                {
+                    visible.push(product.view);
+                }
+            }
+            Ok(visible)
+        })
+        .await?;
+    Ok(products)
+}
+
 #[utoipa::path(get, path = "/v1/products", tag = "veil", security(("bearer" = [])),
-    responses((status = 200, body = Vec<ProductView>)))]
+    responses((status = 200, body = Vec<ProductView>, description = "operator: its own; buyer: offered or bought; bureau: all")))]
 async fn products_list(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
     caller.require(
         "listing products",
         &[Role::Bureau, Role::Operator, Role::Buyer],
     )?;
-    let products = state
-        .stores
-        .with(|store| stored_products(store, None))
-        .await?;
-    Ok(Json(
-        products
-            .into_iter()
-            .filter(|p| may_read_product(&caller, &p.view))
-            .map(|p| p.view)
-            .collect(),
-    ))
+    Ok(Json(visible_products(&state, &caller, false).await?))
+}
+
+#[utoipa::path(get, path = "/v1/offers", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProductView>, description = "products offered for sale, not recalled")))]
+async fn offers(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
+    caller.require(
+        "listing offers",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    Ok(Json(visible_products(&state, &caller, true).await?))
 }
 
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "veil", security(("bearer" = [])),
@@ -925,6 +964,124 @@ async fn product_get(
         &[Role::Bureau, Role::Operator, Role::Buyer],
     )?;
     Ok(Json(readable_product(&state, &caller, &id).await?.view))
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/listing", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = ListForSale,
+    responses((status = 200, body = ProductView)))]
+async fn product_list_for_sale(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ListForSale>,
+) -> Answer<ProductView> {
+    caller.require(
+        "offering a product for sale",
+        &[Role::Bureau, Role::Operator],
+    )?;
+    readable_product(&state, &caller, &id).await?;
+    let role = caller.role();
+    let actor = caller.name().to_string();
+    let product_id = ProductId::new(&id);
+    state
+        .stores
+        .with(move |store| {
+            market::list_for_sale(store, role, &actor, &product_id, Fen(body.price_fen))
+        })
+        .await?;
+    Ok(Json(readable_product(&state, &caller, &id).await?.view))
+}
+
+fn purchase_view(p: &market::Purchase, new: bool) -> PurchaseView {
+    PurchaseView {
+        id: p.id.clone(),
+        product_id: p.product_id.clone(),
+        buyer: p.buyer.clone(),
+        price_fen: p.price.0,
+        at: p.at.clone(),
+        new,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/purchase", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 201, body = PurchaseView, description = "bought"),
+        (status = 200, body = PurchaseView, description = "bought before: nothing charged again")))]
+async fn product_purchase(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<PurchaseView>), ApiError> {
+    caller.require("buying a product", &[Role::Buyer])?;
+    readable_product(&state, &caller, &id).await?;
+    let buyer = caller.name().to_string();
+    let product_id = ProductId::new(&id);
+    let (purchase, new) = state
+        .stores
+        .with(move |store| {
+            let before = market::purchases_of(store.conn(), &buyer)?.len();
+            let purchase = market::purchase(store, &buyer, &product_id)?;
+            let after = market::purchases_of(store.conn(), &buyer)?.len();
+            Ok((purchase, after > before))
+        })
+        .await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(purchase_view(&purchase, new))))
+}
+
+#[utoipa::path(get, path = "/v1/purchases", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<PurchaseView>)))]
+async fn purchases_list(State(state): AppState_, caller: Caller) -> Answer<Vec<PurchaseView>> {
+    caller.require("listing purchases", &[Role::Bureau, Role::Buyer])?;
+    let purchases = state
+        .stores
+        .with(move |store| {
+            if caller.is_bureau() {
+                let mut all = Vec::new();
+                for product in products::list(store.conn())? {
+                    let id = ProductId::new(&product.id);
+                    for buyer in market::buyers_of(store.conn(), &id)? {
+                        all.extend(
+                            market::purchases_of(store.conn(), &buyer)?
+                                .into_iter()
+                                .filter(|p| p.product_id == product.id),
+                        );
+                    }
+                }
+                Ok(all)
+            } else {
+                market::purchases_of(store.conn(), caller.name())
+            }
+        })
+        .await?;
+    Ok(Json(
+        purchases.iter().map(|p| purchase_view(p, true)).collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/recall", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = RecallView, description = "the buyers to tell")))]
+async fn product_recall(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<RecallView> {
+    caller.require("recalling a product", &[Role::Bureau])?;
+    let recall = state
+        .stores
+        .with(move |store| market::recall(store, &ProductId::new(&id), &body.reason))
+        .await?;
+    Ok(Json(RecallView {
+        product_id: recall.product_id,
+        reason: recall.reason,
+        buyers: recall.buyers,
+    }))
 }
 
 /// Largest chunk a download stream reads at once, in bytes.
@@ -949,6 +1106,17 @@ async fn product_file(
         &[Role::Bureau, Role::Operator, Role::Buyer],
     )?;
     let product = readable_product(&state, &caller, &id).await?;
+    // A buyer downloads only what it bought; nobody but the bureau downloads a recalled product.
+    if caller.role() == Role::Buyer && !product.bought {
+        return Err(ApiError::Domain(Error::Forbidden(format!(
+            "buy product {id} before downloading it"
+        ))));
+    }
+    if product.view.recalled && !caller.is_bureau() {
+        return Err(ApiError::Domain(Error::Conflict(format!(
+            "product {id} was recalled by the bureau; it can no longer be downloaded"
+        ))));
+    }
     // Only the manifest and the files it lists, by plain name: never a path.
     if !product.view.files.iter().any(|f| f.name == name) {
         return Err(ApiError::Domain(Error::not_found("product file", name)));
@@ -982,11 +1150,19 @@ async fn product_file(
         .map_err(|e| Error::io("reading", &path, e))?;
     let stream =
         tokio_util::io::ReaderStream::with_capacity(file.take(end - start), DOWNLOAD_CHUNK_BYTES);
+    let role = caller.role();
     let actor = caller.name().to_string();
-    let recorded = (id.clone(), name.clone(), start);
     state
         .stores
-        .with(move |store| record_download(store, &actor, &recorded.0, &recorded.1, recorded.2))
+        .with(move |store| {
+            let product_id = ProductId::new(&id);
+            if role == Role::Buyer {
+                // Checked again inside the transaction that records the download.
+                market::record_download(store, &actor, &product_id, &name).map(|_| ())
+            } else {
+                record_own_download(store, &actor, &product_id, &name, start)
+            }
+        })
         .await?;
     let mut response = axum::response::Response::new(axum::body::Body::from_stream(stream));
     *response.status_mut() = status;
@@ -1018,11 +1194,11 @@ fn parse_range(text: &str, len: u64) -> Option<(u64, u64)> {
     (start < end).then_some((start, end))
 }
 
-/// Every download is recorded (who, which file, from which byte) in the audit log.
-fn record_download(
+/// A download by the product's operator or the bureau: audited like a buyer's.
+fn record_own_download(
     store: &mut crate::store::Store,
     actor: &str,
-    product: &str,
+    product: &ProductId,
     file: &str,
     from_byte: u64,
 ) -> crate::Result<()> {
@@ -1031,9 +1207,76 @@ fn record_download(
             tx,
             crate::audit::Kind::ProductDownloaded,
             actor,
-            product,
+            product.as_str(),
             serde_json::json!({ "file": file, "from_byte": from_byte }),
         )?;
         Ok(())
     })
+}
+
+// --- Money ---
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct StatementQuery {
+    /// The bureau names the party: `operator:<name>`, `provider:<name>` or `platform`.
+    /// Operators and providers always get their own.
+    party: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/statements/{period}", tag = "veil", security(("bearer" = [])),
+    params(("period" = String, Path, description = "YYYY-MM"), StatementQuery),
+    responses((status = 200, description = "the settled statement (JSON, with every line's ledger posting and line id)")))]
+async fn statement_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(period): Path<String>,
+    Query(query): Query<StatementQuery>,
+) -> Answer<settlement::Statement> {
+    caller.require(
+        "reading a statement",
+        &[Role::Bureau, Role::Operator, Role::Provider],
+    )?;
+    let party = match caller.role() {
+        Role::Operator => format!("operator:{}", caller.name()),
+        Role::Provider => format!("provider:{}", caller.name()),
+        _ => query
+            .party
+            .ok_or_else(|| ApiError::invalid("name the party: ?party=operator:<name>"))?,
+    };
+    let statement = state
+        .stores
+        .with(move |store| settlement::statement(store, &period, &party))
+        .await?;
+    Ok(Json(statement))
+}
+
+#[utoipa::path(post, path = "/v1/settlements", tag = "veil", security(("bearer" = [])),
+    request_body = Settle,
+    responses((status = 200, description = "the statements written, with their digests"),
+        (status = 400, body = ErrorBody, description = "the period has not ended, or is malformed")))]
+async fn settle(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<Settle>,
+) -> Answer<settlement::Settlement> {
+    caller.require("settling a period", &[Role::Bureau])?;
+    let settled = state
+        .stores
+        .with(move |store| settlement::settle(store, &body.period, caller.name()))
+        .await?;
+    Ok(Json(settled))
+}
+
+#[utoipa::path(get, path = "/v1/usage", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, description = "per dataset of the provider: jobs that read it, rows fees and sale shares earned")))]
+async fn provider_usage(
+    State(state): AppState_,
+    caller: Caller,
+) -> Answer<Vec<settlement::DatasetUsage>> {
+    caller.require("reading dataset usage", &[Role::Provider])?;
+    let usage = state
+        .stores
+        .with(move |store| settlement::provider_usage(store.conn(), caller.name()))
+        .await?;
+    Ok(Json(usage))
 }
