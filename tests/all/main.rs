@@ -2,6 +2,7 @@
 //! caller would and the `veil` binary as a user would.
 
 mod api;
+mod api_docs;
 mod audit;
 mod budget;
 mod cli;
