@@ -285,7 +285,9 @@ mod tests {
         let root = dir.path().join("store");
         let store = Store::init(&root)?;
         store.conn().execute_batch(
-            "DROP TABLE principals; UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+            "DROP TABLE principals; DROP TABLE job_submissions; DROP TABLE grant_requests;
+             ALTER TABLE jobs DROP COLUMN requested_grant;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
         )?;
         drop(store);
         let mut store = Store::open(&root)?;

@@ -454,6 +454,8 @@ fn a_version_3_store_is_upgraded_with_the_money_tables() {
         conn.execute_batch(
             "DROP TABLE price_book; DROP TABLE ledger_lines; DROP TABLE ledger_postings;
              DROP TABLE listings; DROP TABLE purchases; DROP TABLE recalls; DROP TABLE downloads;
+             DROP TABLE job_submissions; DROP TABLE grant_requests;
+             ALTER TABLE jobs DROP COLUMN requested_grant;
              UPDATE meta SET value = '3' WHERE key = 'schema_version';",
         )
         .expect("make it version 3");
