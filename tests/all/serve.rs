@@ -549,3 +549,67 @@ async fn a_buyer_buys_and_verifies_a_product_and_the_bureau_settles_the_month() 
     ));
     assert!(buyer.offers().await.expect("offers").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wasm_template_is_submitted_through_the_sdk_and_released() {
+    let mut fixture = Fixture::new(3_000);
+    let keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 1);
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
+
+    // The template file names its module; the SDK reads both, uploads the module (checked by
+    // the host before it is stored) and submits the spec naming it by digest.
+    let guests = Path::new(env!("VEIL_GUESTS_DIR"));
+    let text = include_str!("../../examples/templates/pension_eligibility.toml");
+    let (spec, module) = TemplateSpec::from_file(text, guests).expect("template file");
+    let module = module.expect("a WASM template has a module");
+    let stored = operator.upload_module(module).await.expect("module stored");
+    assert_eq!(
+        Some(stored.blake3.as_str()),
+        spec.wasm.as_ref().map(|w| w.module_blake3.as_str())
+    );
+    let template = operator.submit_template(&spec).await.expect("submitted");
+    bureau
+        .approve_template(
+            &template.id,
+            &ApproveTemplate {
+                k: Some(5),
+                max_groups: Some(1),
+                max_rows: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+    let submitted = operator
+        .submit_job(
+            &SubmitJob {
+                template: template.id.clone(),
+                params: [("born_before".to_string(), "1971".to_string())].into(),
+                grant: None,
+            },
+            None,
+        )
+        .await
+        .expect("queued");
+    let job = operator
+        .wait_job(&submitted.job.id, Duration::from_secs(120))
+        .await
+        .expect("ended");
+    assert_eq!(job.state, "released", "{job:?}");
+
+    // A module that imports WASI is refused at upload, naming the rule.
+    let wasi = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+    )
+    .expect("wat");
+    let refused = operator.upload_module(wasi).await;
+    assert!(
+        refused
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.violations().iter().any(|v| v.rule == "wasm.module")),
+        "{refused:?}"
+    );
+}
