@@ -779,7 +779,7 @@ fn principal(command: PrincipalCommand) -> Result<i32> {
     match command {
         PrincipalCommand::Add { store, role, name } => {
             let mut store = Store::open(&store.data_dir)?;
-            let role = crate::principals::Role::parse(&role)?;
+            let role = crate::principals::parse_role(&role)?;
             let (principal, key) = crate::principals::add(&mut store, role, &name)?;
             println!(
                 "added {} `{}`: {}",

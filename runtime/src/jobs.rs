@@ -325,24 +325,14 @@ pub fn cancel_queued(store: &mut Store, job_id: &JobId, actor: &str) -> Result<J
             job_id.as_str(),
             serde_json::json!({ "while": "queued" }),
         )?;
-        let meter = MeterRecord {
-            job_id: job_id.to_string(),
-            operator: job.operator.clone(),
-            template_id: job.template_id.clone(),
-            wall_ms: 0,
-            cpu_ms: 0,
-            rows_scanned: 0,
-            bytes_scanned: 0,
-            peak_memory_bytes: 0,
-            micro_epsilon: 0,
-            pico_delta: 0,
-            output_rows: 0,
-            output_bytes: 0,
-            end_state: "cancelled".into(),
-            price: Fen(0),
-            at: now.clone(),
-            fuel: 0,
-        };
+        let meter = MeterRecord::idle(
+            job_id.as_str(),
+            &job.operator,
+            &job.template_id,
+            "cancelled",
+            (0, 0),
+            &now,
+        );
         record_meter(tx, &meter, job_id)
     })?;
     get(store, job_id.as_str())
@@ -382,24 +372,14 @@ pub fn recover(store: &mut Store) -> Result<Vec<JobId>> {
                 [job.id.as_str()],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )?;
-            let meter = MeterRecord {
-                job_id: job.id.to_string(),
-                operator: job.operator.clone(),
-                template_id: job.template_id.clone(),
-                wall_ms: 0,
-                cpu_ms: 0,
-                rows_scanned: 0,
-                bytes_scanned: 0,
-                peak_memory_bytes: 0,
-                micro_epsilon: reserved.0,
-                pico_delta: reserved.1,
-                output_rows: 0,
-                output_bytes: 0,
-                end_state: "failed".into(),
-                price: Fen(0),
-                at: now.clone(),
-                fuel: 0,
-            };
+            let meter = MeterRecord::idle(
+                job.id.as_str(),
+                &job.operator,
+                &job.template_id,
+                "failed",
+                reserved,
+                &now,
+            );
             record_meter(tx, &meter, &job.id)
         })?;
     }

@@ -41,6 +41,38 @@ pub struct MeterRecord {
     pub fuel: u64,
 }
 
+impl MeterRecord {
+    /// The record of a job that ended without running (cancelled while queued, or failed by a
+    /// restart): no resources used, nothing charged, ε as reserved.
+    pub fn idle(
+        job_id: &str,
+        operator: &str,
+        template_id: &str,
+        end_state: &str,
+        (micro_epsilon, pico_delta): (i64, i64),
+        at: &str,
+    ) -> Self {
+        Self {
+            job_id: job_id.to_string(),
+            operator: operator.to_string(),
+            template_id: template_id.to_string(),
+            wall_ms: 0,
+            cpu_ms: 0,
+            rows_scanned: 0,
+            bytes_scanned: 0,
+            peak_memory_bytes: 0,
+            micro_epsilon,
+            pico_delta,
+            output_rows: 0,
+            output_bytes: 0,
+            end_state: end_state.to_string(),
+            price: Fen(0),
+            at: at.to_string(),
+            fuel: 0,
+        }
+    }
+}
+
 /// Inserts a record inside the caller's transaction.
 pub fn record(tx: &Connection, m: &MeterRecord) -> Result<()> {
     tx.execute(

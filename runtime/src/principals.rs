@@ -21,37 +21,16 @@ const KEY_HASH_CONTEXT: &str = "veil api key v1";
 /// Longest principal name, in bytes.
 pub const NAME_BYTES_MAX: usize = 100;
 
-/// The four kinds of organisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Bureau,
-    Provider,
-    Operator,
-    Buyer,
-}
+/// The four kinds of organisation (the wire type, shared with clients).
+pub use veil_sdk::api::Role;
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bureau => "bureau",
-            Self::Provider => "provider",
-            Self::Operator => "operator",
-            Self::Buyer => "buyer",
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "bureau" => Ok(Self::Bureau),
-            "provider" => Ok(Self::Provider),
-            "operator" => Ok(Self::Operator),
-            "buyer" => Ok(Self::Buyer),
-            other => Err(Error::invalid(format!(
-                "role `{other}` is not one of bureau, provider, operator, buyer"
-            ))),
-        }
-    }
+/// Parses a role's name, with an error that lists the four.
+pub fn parse_role(text: &str) -> Result<Role> {
+    Role::parse(text).ok_or_else(|| {
+        Error::invalid(format!(
+            "role `{text}` is not one of bureau, provider, operator, buyer"
+        ))
+    })
 }
 
 /// A stored principal (never its key).
@@ -177,7 +156,7 @@ const COLUMNS: &str = "id, role, name, created_at, revoked_at";
 fn row_to_principal(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Principal>> {
     let role: String = row.get(1)?;
     let (id, name, created_at, revoked_at) = (row.get(0)?, row.get(2)?, row.get(3)?, row.get(4)?);
-    Ok(Role::parse(&role).map(|role| Principal {
+    Ok(parse_role(&role).map(|role| Principal {
         id,
         role,
         name,

@@ -36,53 +36,15 @@ const AUDIT_HEAD_FILE: &str = "audit.head";
 /// tables (price book, ledger, market, recalls, downloads); older stores are upgraded on open.
 const SCHEMA_VERSION: i64 = 4;
 
-/// What each version adds to the one before it, applied in order inside one transaction.
-const UPGRADES: [(i64, &str); 3] = [
+/// The columns each version added to tables an older version already had; applied in order,
+/// inside one transaction, before [`SCHEMA`] runs again to add the missing tables.
+const UPGRADES: [(i64, &str); 2] = [
     (
         2,
-        "CREATE TABLE IF NOT EXISTS modules (
-             blake3 TEXT PRIMARY KEY, bytes BLOB NOT NULL, stored_at TEXT NOT NULL);
-         ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;",
+        "ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;",
     ),
-    (
-        3,
-        "CREATE TABLE IF NOT EXISTS principals (
-             id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL UNIQUE,
-             key_hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked_at TEXT);",
-    ),
-    (4, SERVER_TABLES),
+    (4, "ALTER TABLE jobs ADD COLUMN requested_grant TEXT;"),
 ];
-
-/// Version 4: what the server needs (also part of a fresh store's schema).
-const SERVER_TABLES: &str = r#"
-ALTER TABLE jobs ADD COLUMN requested_grant TEXT;
-CREATE TABLE IF NOT EXISTS job_submissions (
-    operator TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    request_blake3 TEXT NOT NULL,
-    at TEXT NOT NULL,
-    PRIMARY KEY (operator, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
-CREATE TABLE IF NOT EXISTS grant_requests (
-    id TEXT PRIMARY KEY,
-    operator TEXT NOT NULL,
-    datasets_json TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    valid_from TEXT NOT NULL,
-    valid_to TEXT NOT NULL,
-    micro_epsilon_per_period INTEGER NOT NULL,
-    pico_delta_per_period INTEGER NOT NULL,
-    disposition TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reasons TEXT,
-    grant_id TEXT,
-    submitted_at TEXT NOT NULL,
-    decided_at TEXT,
-    decided_by TEXT
-);
-"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,9 +106,37 @@ CREATE TABLE IF NOT EXISTS jobs (
     product_id TEXT,
     reused_from TEXT,
     created_at TEXT NOT NULL,
-    finished_at TEXT
+    finished_at TEXT,
+    requested_grant TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_fingerprint ON jobs (fingerprint, state);
+CREATE TABLE IF NOT EXISTS job_submissions (
+    operator TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    request_blake3 TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (operator, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+CREATE TABLE IF NOT EXISTS grant_requests (
+    id TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    datasets_json TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT NOT NULL,
+    micro_epsilon_per_period INTEGER NOT NULL,
+    pico_delta_per_period INTEGER NOT NULL,
+    disposition TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reasons TEXT,
+    grant_id TEXT,
+    submitted_at TEXT NOT NULL,
+    decided_at TEXT,
+    decided_by TEXT
+);
+
 CREATE TABLE IF NOT EXISTS budget_spend (
     job_id TEXT NOT NULL,
     grant_id TEXT NOT NULL,
@@ -329,7 +319,6 @@ impl Store {
 
         let conn = open_connection(&root.join(DB_FILE))?;
         conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(SERVER_TABLES)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
             [SCHEMA_VERSION.to_string()],

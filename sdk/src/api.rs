@@ -42,6 +42,13 @@ impl Role {
             Self::Buyer => "buyer",
         }
     }
+
+    /// The role named `text` (`bureau`, `provider`, `operator` or `buyer`).
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Bureau, Self::Provider, Self::Operator, Self::Buyer]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
 }
 
 /// Whose fault an error is; it fixes the HTTP status.

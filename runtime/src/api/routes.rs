@@ -136,15 +136,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 // --- Conversions to wire types ---
 
-fn role_of(role: Role) -> veil_sdk::api::Role {
-    match role {
-        Role::Bureau => veil_sdk::api::Role::Bureau,
-        Role::Provider => veil_sdk::api::Role::Provider,
-        Role::Operator => veil_sdk::api::Role::Operator,
-        Role::Buyer => veil_sdk::api::Role::Buyer,
-    }
-}
-
 fn dataset_view(d: &Dataset) -> DatasetView {
     DatasetView {
         id: d.id.to_string(),
@@ -293,7 +284,7 @@ async fn openapi(_caller: Caller) -> Json<utoipa::openapi::OpenApi> {
 async fn me(caller: Caller) -> Json<Me> {
     Json(Me {
         id: caller.0.id.clone(),
-        role: role_of(caller.role()),
+        role: caller.role(),
         name: caller.name().to_string(),
     })
 }
