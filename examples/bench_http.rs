@@ -97,7 +97,12 @@ async fn main() {
 
     let state = Arc::new(AppState {
         stores: Arc::new(StorePool::new(&root).expect("pool")),
-        workers: Workers::start(&root, api::workers::WORKERS_DEFAULT).expect("workers"),
+        workers: Workers::start(
+            &root,
+            api::workers::WORKERS_DEFAULT,
+            api::workers::QUEUE_JOBS_DEFAULT,
+        )
+        .expect("workers"),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -109,6 +109,9 @@ pub enum Command {
         /// Jobs that run at the same time.
         #[arg(long, default_value_t = crate::api::workers::WORKERS_DEFAULT)]
         workers: usize,
+        /// Jobs queued or running at once; more submissions get 429 until one ends.
+        #[arg(long, default_value_t = crate::api::workers::QUEUE_JOBS_DEFAULT)]
+        queue: usize,
     },
     /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
     Client(crate::cli_client::ClientArgs),
@@ -479,11 +482,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
             store,
             listen,
             workers,
+            queue,
         } => {
             crate::api::serve(crate::api::ServeConfig {
                 data_dir: store.data_dir,
                 listen,
                 workers,
+                queue,
             })
             .await?;
             Ok(0)

@@ -165,7 +165,7 @@ async fn every_route_checks_role_and_ownership() {
     let root = fixture.store_path();
     let state = Arc::new(AppState {
         stores: Arc::new(StorePool::new(&root).expect("pool")),
-        workers: Workers::start(&root, 1).expect("workers"),
+        workers: Workers::start(&root, 1, api::workers::QUEUE_JOBS_DEFAULT).expect("workers"),
     });
     let app = api::app(state);
 
@@ -422,4 +422,86 @@ fn product_of(outcome: &JobOutcome) -> String {
         JobOutcome::Released { product_id, .. } => product_id.to_string(),
         other => panic!("the job was not released: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_429_and_a_queued_job_can_be_cancelled() {
+    let mut fixture = Fixture::new(2_000);
+    let operator = principals::add(&mut fixture.store, Role::Operator, OPERATOR)
+        .expect("principal")
+        .1
+        .expose()
+        .to_string();
+    let template = support::submit_and_approve(
+        &mut fixture.store,
+        "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city",
+        &[],
+        support::approval(),
+    )
+    .expect("template");
+    let root = fixture.store_path();
+    let store_pool = Arc::new(StorePool::new(&root).expect("pool"));
+    // A queue of one place, taken.
+    let workers = Workers::start(&root, 1, 1).expect("workers");
+    let _taken = workers.reserve().expect("a place");
+    // A job queued but not yet handed to any worker (as when the queue is full behind it).
+    let queued = veil_runtime::jobs::enqueue(
+        &mut fixture.store,
+        &veil_runtime::jobs::JobRequest {
+            operator: OPERATOR.into(),
+            template: template.clone(),
+            params: Vec::new(),
+            grant: None,
+        },
+        None,
+    )
+    .expect("queued")
+    .job
+    .id;
+    let state = Arc::new(AppState {
+        stores: store_pool,
+        workers,
+    });
+    let app = api::app(state);
+
+    let run = Some(
+        serde_json::json!({ "template": template })
+            .to_string()
+            .into_bytes(),
+    );
+    let (status, body) = call(&app, "POST", "/v1/jobs", Some(&operator), run).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["kind"], "busy");
+    let (jobs_status, jobs) = call(&app, "GET", "/v1/jobs", Some(&operator), None).await;
+    assert_eq!(jobs_status, StatusCode::OK);
+    // Only the queued job exists: the refused submission wrote nothing.
+    assert!(
+        jobs.as_array().is_some_and(|jobs| jobs.len() == 1),
+        "{jobs}"
+    );
+
+    // Cancelling the queued job ends it, metered at zero; cancelling again is a conflict.
+    let (status, job) = call(
+        &app,
+        "POST",
+        &format!("/v1/jobs/{queued}/cancel"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["state"], "cancelled");
+    let (_, meter) = call(&app, "GET", "/v1/meter", Some(&operator), None).await;
+    assert_eq!(meter[0]["end_state"], "cancelled");
+    assert_eq!(meter[0]["price_fen"], 0);
+    assert_eq!(meter[0]["micro_epsilon"], 0);
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/jobs/{queued}/cancel"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
 }

@@ -187,7 +187,7 @@ async fn every_route_has_a_recorded_example() {
     let root = fixture.store_path();
     let state = Arc::new(AppState {
         stores: Arc::new(StorePool::new(&root).expect("pool")),
-        workers: Workers::start(&root, 1).expect("workers"),
+        workers: Workers::start(&root, 1, api::workers::QUEUE_JOBS_DEFAULT).expect("workers"),
     });
     let mut r = Recorder {
         app: api::app(state),

@@ -125,6 +125,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub workers: usize,
+    /// Jobs queued or running at once.
+    pub queue: usize,
 }
 
 /// The router with every route, on a store that is already open (used by tests without a
@@ -137,7 +139,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// listens on (useful with port 0).
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let stores = Arc::new(StorePool::new(&config.data_dir)?);
-    let workers = Workers::start(&config.data_dir, config.workers)?;
+    let workers = Workers::start(&config.data_dir, config.workers, config.queue)?;
     let state = Arc::new(AppState { stores, workers });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -645,7 +645,7 @@ async fn job_submit(
     let permit = state.workers.reserve().ok_or_else(|| {
         ApiError::Busy(format!(
             "{} jobs are queued or running, the most this server takes; retry shortly",
-            super::workers::QUEUE_JOBS_MAX
+            state.workers.capacity()
         ))
     })?;
     let request = job_request(&caller, body);

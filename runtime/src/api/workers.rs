@@ -1,7 +1,8 @@
 //! The bounded job queue and its worker pool.
 //!
 //! A submitted job is a `queued` row in the store (written by `jobs::enqueue`, with its
-//! idempotency key) and a permit from a semaphore of [`QUEUE_JOBS_MAX`] permits, held until
+//! idempotency key) and a permit from a semaphore of [`QUEUE_JOBS_DEFAULT`] permits (or
+//! `veil serve --queue N`), held until
 //! the job ends: when every permit is taken the server answers 429 before writing anything.
 //! [`WORKERS_DEFAULT`] workers take job ids in order; each owns its own store connection and
 //! runs one job at a time with `jobs::run_queued`, so the job's own wall-time and memory limits
@@ -20,8 +21,11 @@ use crate::ids::JobId;
 use crate::jobs;
 use crate::store::Store;
 
-/// Jobs queued or running at once; more submissions are refused with 429 until one ends.
-pub const QUEUE_JOBS_MAX: usize = 256;
+/// Jobs queued or running at once unless `veil serve --queue` says otherwise; more
+/// submissions are refused with 429 until one ends.
+pub const QUEUE_JOBS_DEFAULT: usize = 256;
+/// Largest queue a server may be given.
+pub const QUEUE_JOBS_MAX: usize = 100_000;
 /// Jobs that run at the same time unless `veil serve --workers` says otherwise: one per core
 /// of the machine this was sized for, since DataFusion already uses every core for one job.
 pub const WORKERS_DEFAULT: usize = 2;
@@ -32,6 +36,7 @@ pub const WORKERS_MAX: usize = 64;
 pub struct Workers {
     sender: mpsc::UnboundedSender<JobId>,
     slots: Arc<Semaphore>,
+    capacity: usize,
     /// The permit and cancellation token of every job queued or running here.
     jobs: Mutex<HashMap<JobId, Slot>>,
     /// Bumped each time a job ends.
@@ -52,19 +57,26 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers on the store at `root`, and queues the jobs a stopped server
-    /// left queued (those it left running end `failed`; see `jobs::recover`).
-    pub fn start(root: &Path, count: usize) -> Result<Arc<Self>> {
+    /// Starts `count` workers on the store at `root` with a queue of `capacity` jobs, and
+    /// queues the jobs a stopped server left queued (those it left running end `failed`; see
+    /// `jobs::recover`).
+    pub fn start(root: &Path, count: usize, capacity: usize) -> Result<Arc<Self>> {
         if !(1..=WORKERS_MAX).contains(&count) {
             return Err(Error::invalid(format!(
                 "--workers must be between 1 and {WORKERS_MAX}"
+            )));
+        }
+        if !(1..=QUEUE_JOBS_MAX).contains(&capacity) {
+            return Err(Error::invalid(format!(
+                "--queue must be between 1 and {QUEUE_JOBS_MAX}"
             )));
         }
         let (sender, receiver) = mpsc::unbounded_channel();
         let (ended, _) = watch::channel(0);
         let workers = Arc::new(Self {
             sender,
-            slots: Arc::new(Semaphore::new(QUEUE_JOBS_MAX)),
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
             jobs: Mutex::new(HashMap::new()),
             ended,
         });
@@ -99,6 +111,11 @@ impl Workers {
             workers.admit(job, permit)?;
         }
         Ok(workers)
+    }
+
+    /// How many jobs may be queued or running at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// A place in the queue, or `None` when it is full.
