@@ -548,3 +548,66 @@ fn decide(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().expect("date")
+    }
+
+    #[test]
+    fn working_days_skip_weekends() {
+        // 2026-11-20 is a Friday.
+        assert_eq!(
+            working_days_between(day("2026-11-20"), day("2026-11-20")),
+            0
+        );
+        assert_eq!(
+            working_days_between(day("2026-11-20"), day("2026-11-22")),
+            0
+        );
+        assert_eq!(
+            working_days_between(day("2026-11-20"), day("2026-11-23")),
+            1
+        );
+        assert_eq!(
+            working_days_between(day("2026-11-20"), day("2026-11-27")),
+            5
+        );
+        assert_eq!(
+            working_days_between(day("2026-11-23"), day("2026-11-20")),
+            0
+        );
+    }
+
+    #[test]
+    fn a_pending_request_is_overdue_after_five_working_days() {
+        let mut application = Application {
+            id: "greq-1".into(),
+            operator: "op".into(),
+            datasets: vec!["social_insurance".into()],
+            purpose: "study".into(),
+            valid_from: day("2026-12-01"),
+            valid_to: day("2026-12-31"),
+            micro_epsilon_per_month: 1_000_000,
+            pico_delta_per_month: 0,
+            disposition: Disposition::Archive,
+            state: "pending".into(),
+            reasons: None,
+            grant_id: None,
+            // Friday 2026-11-20, 10:00 in Beijing.
+            submitted_at: "2026-11-20T02:00:00Z".into(),
+            decided_at: None,
+        };
+        assert_eq!(application.working_days_waiting(day("2026-11-27")), 5);
+        assert!(!application.is_overdue(day("2026-11-27")));
+        assert!(application.is_overdue(day("2026-11-30")));
+        application.state = "approved".into();
+        assert!(
+            !application.is_overdue(day("2026-11-30")),
+            "only pending requests wait"
+        );
+    }
+}
