@@ -11,11 +11,15 @@
 //!                              ├─ gate::release    (bounding, k, threshold, OpenDP noise)
 //!                              ├─ products         (Parquet + CSV + signed manifest)
 //!                              └─ metering, audit  (one meter record per job; hash chain)
+//!                                      └─ ledger → settlement (fen, double entry)
+//! api (veil serve): bearer key → role → ownership → the functions above; jobs::enqueue and a
+//! bounded worker pool; market (listing, purchase, download, recall) for buyers.
 //! ```
 //!
 //! Read in this order: [`store::Store`] (where state lives and how it changes), [`catalog`]
 //! (datasets and their policies), [`templates`], [`jobs::run`] (the whole flow of one job),
-//! [`gate`] (the only door out), then [`audit`].
+//! [`gate`] (the only door out), then [`audit`]; for the service, [`api`], then [`market`],
+//! [`ledger`] and [`settlement`].
 
 pub mod api;
 pub mod audit;
