@@ -290,6 +290,42 @@ pub enum TemplateCommand {
     },
 }
 
+/// What a job runs: the same flags locally (`veil job`) and through the server
+/// (`veil client job`).
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Template id (or a unique prefix of it, or its name).
+    #[arg(long)]
+    pub template: String,
+    /// A parameter value, `name=value`; repeat for several.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// The grant to run under; may be omitted when exactly one grant fits.
+    #[arg(long)]
+    pub grant: Option<String>,
+}
+
+impl JobArgs {
+    /// The request of `operator`.
+    pub fn request(self, operator: String) -> JobRequest {
+        JobRequest {
+            operator,
+            template: self.template,
+            params: self.params,
+            grant: self.grant,
+        }
+    }
+
+    /// The same job as an HTTP body.
+    pub fn submit(self) -> veil_sdk::api::SubmitJob {
+        veil_sdk::api::SubmitJob {
+            template: self.template,
+            params: self.params.into_iter().collect(),
+            grant: self.grant,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
     /// Run an approved template.
@@ -298,13 +334,8 @@ pub enum JobCommand {
         store: StoreArg,
         #[arg(long)]
         operator: String,
-        #[arg(long)]
-        template: String,
-        /// A parameter value, `name=value`; repeat for several.
-        #[arg(long = "param", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        job: JobArgs,
     },
     /// Pre-flight: would the job pass, what would it cost, what budget would remain? Reads
     /// no data row and spends nothing.
@@ -313,12 +344,8 @@ pub enum JobCommand {
         store: StoreArg,
         #[arg(long)]
         operator: String,
-        #[arg(long)]
-        template: String,
-        #[arg(long = "param", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        job: JobArgs,
         #[arg(long)]
         json: bool,
     },
@@ -1076,42 +1103,20 @@ async fn job(command: JobCommand) -> Result<i32> {
         JobCommand::Run {
             store,
             operator,
-            template,
-            params,
-            grant,
+            job,
         } => {
             let mut store = Store::open(&store.data_dir)?;
-            let outcome = jobs::run(
-                &mut store,
-                JobRequest {
-                    operator,
-                    template,
-                    params,
-                    grant,
-                },
-            )
-            .await?;
+            let outcome = jobs::run(&mut store, job.request(operator)).await?;
             Ok(print_outcome(&outcome))
         }
         JobCommand::Check {
             store,
             operator,
-            template,
-            params,
-            grant,
+            job,
             json,
         } => {
             let store = Store::open(&store.data_dir)?;
-            let answer = jobs::dry_run(
-                &store,
-                &JobRequest {
-                    operator,
-                    template,
-                    params,
-                    grant,
-                },
-            )
-            .await?;
+            let answer = jobs::dry_run(&store, &job.request(operator)).await?;
             if json {
                 print_json(&answer)?;
             } else {

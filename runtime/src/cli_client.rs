@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use veil_sdk::api::{ApproveTemplate, JobView, ProductView, RequestGrant, SubmitJob};
+use veil_sdk::api::{ApproveTemplate, JobView, ProductView, RequestGrant};
 use veil_sdk::client::{Client, ClientError};
 
-use crate::cli::{parse_param, print_json, print_table};
+use crate::cli::{JobArgs, print_json, print_table};
 use crate::error::{Error, Result};
 use crate::ids::Fen;
 
@@ -115,12 +115,8 @@ pub enum ClientTemplate {
 pub enum ClientJob {
     /// Submit a job; with --wait, wait for its end.
     Submit {
-        #[arg(long)]
-        template: String,
-        #[arg(long = "param", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        job: JobArgs,
         /// Makes a retried submit safe: the same key returns the same job.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -129,12 +125,8 @@ pub enum ClientJob {
     },
     /// Would the job pass, and what would it cost? Nothing runs.
     Check {
-        #[arg(long)]
-        template: String,
-        #[arg(long = "param", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        #[arg(long)]
-        grant: Option<String>,
+        #[command(flatten)]
+        job: JobArgs,
     },
     Show {
         id: String,
@@ -459,24 +451,14 @@ async fn job(
     json: bool,
     command: ClientJob,
 ) -> std::result::Result<i32, ClientError> {
-    let request = |template, params: Vec<(String, String)>, grant| SubmitJob {
-        template,
-        params: params.into_iter().collect(),
-        grant,
-    };
     let job = match command {
         ClientJob::Submit {
-            template,
-            params,
-            grant,
+            job,
             idempotency_key,
             wait,
         } => {
             let submitted = client
-                .submit_job(
-                    &request(template, params, grant),
-                    idempotency_key.as_deref(),
-                )
+                .submit_job(&job.submit(), idempotency_key.as_deref())
                 .await?;
             if submitted.replayed {
                 eprintln!("(this idempotency key was used before: showing that job)");
@@ -487,12 +469,8 @@ async fn job(
                 submitted.job
             }
         }
-        ClientJob::Check {
-            template,
-            params,
-            grant,
-        } => {
-            let answer = client.dry_run(&request(template, params, grant)).await?;
+        ClientJob::Check { job } => {
+            let answer = client.dry_run(&job.submit()).await?;
             if json {
                 json_out(&answer)?;
             } else {
