@@ -456,8 +456,18 @@ pub fn buyers_of(conn: &Connection, product_id: &ProductId) -> Result<Vec<String
 
 /// A buyer's purchases, oldest first.
 pub fn purchases_of(conn: &Connection, buyer: &str) -> Result<Vec<Purchase>> {
+    purchases_where(conn, Some(buyer))
+}
+
+/// Every purchase by every buyer (the bureau's view), oldest first.
+pub fn all_purchases(conn: &Connection) -> Result<Vec<Purchase>> {
+    purchases_where(conn, None)
+}
+
+fn purchases_where(conn: &Connection, buyer: Option<&str>) -> Result<Vec<Purchase>> {
     let mut statement = conn.prepare(&format!(
-        "SELECT {PURCHASE_COLUMNS} FROM {PURCHASE_FROM} WHERE u.buyer = ?1 ORDER BY u.at, u.id"
+        "SELECT {PURCHASE_COLUMNS} FROM {PURCHASE_FROM} WHERE ?1 IS NULL OR u.buyer = ?1
+         ORDER BY u.at, u.id"
     ))?;
     let rows = statement.query_map([buyer], row_to_purchase)?;
     let mut out = Vec::new();
@@ -465,6 +475,27 @@ pub fn purchases_of(conn: &Connection, buyer: &str) -> Result<Vec<Purchase>> {
         out.push(row?);
     }
     Ok(out)
+}
+
+/// Records (and audits) a download by the product's operator or the bureau, who need no
+/// purchase; buyers go through [`record_download`].
+pub fn record_owner_download(
+    store: &mut Store,
+    actor: &str,
+    product_id: &ProductId,
+    file_name: &str,
+    from_byte: u64,
+) -> Result<()> {
+    store.write(|tx| {
+        audit::append(
+            tx,
+            audit::Kind::ProductDownloaded,
+            actor,
+            product_id.as_str(),
+            serde_json::json!({ "file": file_name, "from_byte": from_byte }),
+        )?;
+        Ok(())
+    })
 }
 
 /// Every recorded download of a product, oldest first.

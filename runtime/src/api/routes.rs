@@ -1032,18 +1032,7 @@ async fn purchases_list(State(state): AppState_, caller: Caller) -> Answer<Vec<P
         .stores
         .with(move |store| {
             if caller.is_bureau() {
-                let mut all = Vec::new();
-                for product in products::list(store.conn())? {
-                    let id = ProductId::new(&product.id);
-                    for buyer in market::buyers_of(store.conn(), &id)? {
-                        all.extend(
-                            market::purchases_of(store.conn(), &buyer)?
-                                .into_iter()
-                                .filter(|p| p.product_id == product.id),
-                        );
-                    }
-                }
-                Ok(all)
+                market::all_purchases(store.conn())
             } else {
                 market::purchases_of(store.conn(), caller.name())
             }
@@ -1151,7 +1140,7 @@ async fn product_file(
                 // Checked again inside the transaction that records the download.
                 market::record_download(store, &actor, &product_id, &name).map(|_| ())
             } else {
-                record_own_download(store, &actor, &product_id, &name, start)
+                market::record_owner_download(store, &actor, &product_id, &name, start)
             }
         })
         .await?;
@@ -1183,26 +1172,6 @@ fn parse_range(text: &str, len: u64) -> Option<(u64, u64)> {
         last => last.parse::<u64>().ok()?.checked_add(1)?.min(len),
     };
     (start < end).then_some((start, end))
-}
-
-/// A download by the product's operator or the bureau: audited like a buyer's.
-fn record_own_download(
-    store: &mut crate::store::Store,
-    actor: &str,
-    product: &ProductId,
-    file: &str,
-    from_byte: u64,
-) -> crate::Result<()> {
-    store.write(|tx| {
-        crate::audit::append(
-            tx,
-            crate::audit::Kind::ProductDownloaded,
-            actor,
-            product.as_str(),
-            serde_json::json!({ "file": file, "from_byte": from_byte }),
-        )?;
-        Ok(())
-    })
 }
 
 // --- Money ---
