@@ -100,8 +100,13 @@ async fn raw_run(file: &Path, partitions: usize) -> Result<(f64, usize), BoxErro
     Ok((seconds, pool.peak()))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
+fn main() -> Result<(), BoxError> {
+    // Jobs run in a child process of this very program (see `veil_runtime::exec`).
+    veil_runtime::exec::serve_child_if_asked();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
     let rows: u64 = args.next().map_or(Ok(10_000_000), |a| a.parse())?;
     let runs: usize = args.next().map_or(Ok(5), |a| a.parse())?;

@@ -30,8 +30,16 @@ use veil_sdk::client::Client;
 const ROWS: u64 = 10_000;
 const OPERATOR: &str = "op-bench";
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Jobs run in a child process of this very program (see `veil_runtime::exec`).
+    veil_runtime::exec::serve_child_if_asked();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => eprintln!("cannot start the async runtime: {e}"),
+    }
+}
+
+async fn run() {
     let mut args = std::env::args().skip(1);
     let mut next = |default: usize| args.next().and_then(|a| a.parse().ok()).unwrap_or(default);
     let jobs = next(1_000);

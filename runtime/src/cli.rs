@@ -1260,14 +1260,17 @@ fn product(command: ProductCommand) -> Result<i32> {
                             s.name, s.provider, s.acquired_on
                         );
                     }
+                    let suppressed = match m.privacy.groups_suppressed {
+                        Some(n) => format!(", {n} marked below k"),
+                        None => String::new(),
+                    };
                     println!(
-                        "  privacy: ε {} δ {} · {} · k {} · {} groups released, {} suppressed",
+                        "  privacy: ε {} δ {} · {} · k {} · {} groups released{suppressed}",
                         m.privacy.epsilon,
                         m.privacy.delta,
                         m.privacy.mechanism,
                         m.privacy.k,
                         m.privacy.groups_released,
-                        m.privacy.groups_suppressed
                     );
                     Ok(0)
                 }

@@ -360,7 +360,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
         say(
             out,
             format!(
-                "\n[buyer] veil product verify {} → signature and digests OK (sources: {}; ε {}; {} groups suppressed)",
+                "\n[buyer] veil product verify {} → signature and digests OK (sources: {}; ε {}; {} groups released)",
                 dir.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
                 verified
                     .manifest
@@ -370,7 +370,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
                     .collect::<Vec<_>>()
                     .join(", "),
                 verified.manifest.privacy.epsilon,
-                verified.manifest.privacy.groups_suppressed
+                verified.manifest.privacy.groups_released
             ),
         )?;
     }

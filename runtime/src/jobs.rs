@@ -18,34 +18,28 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::logical_expr::LogicalPlan;
 use futures::FutureExt;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use veil_sandbox::{
-    ExecStats, ParamValue, Sandbox, SandboxBuilder, SandboxError, bind_named_parameters,
-};
+use veil_sandbox::{ExecStats, ParamValue};
 use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset};
 
 use crate::catalog::{self, Dataset};
 use crate::error::{Error, Result};
+use crate::gate;
 use crate::gate::analysis::{self, Analysis};
-use crate::gate::bounding::Limits;
 use crate::gate::rules::{Refusal, Rule};
-use crate::gate::{self, GateError, ReleaseConfig};
 use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, MeterRecord};
 use crate::products::{self, ProductDraft};
 use crate::store::Store;
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
-use crate::{audit, budget, clock, mapping};
+use crate::{audit, budget, clock, exec};
 use crate::{ledger, prices};
 
 /// What an operator asks for.
@@ -122,20 +116,12 @@ struct Costs {
     /// Fuel charged (WASM jobs; see `metering`).
     fuel: u64,
     /// What the mapper really did; kept for the bureau's audit entry only.
-    wasm: Option<WasmUsage>,
+    wasm: Option<exec::WasmUsage>,
     micro_epsilon: i64,
     pico_delta: i64,
     output_rows: u64,
     output_bytes: u64,
     price: Fen,
-}
-
-/// A WASM job's actual use, which never reaches the operator.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-struct WasmUsage {
-    fuel_used: u64,
-    units: u64,
-    fallbacks: u64,
 }
 
 /// Longest idempotency key a client may send, in bytes.
@@ -291,10 +277,7 @@ pub async fn run_queued(
         biased;
         () = cancel.cancelled() => Ok(Decision::Cancelled),
         result = execution => result.unwrap_or_else(|_| {
-            Ok(Decision::Failed(
-                "the platform hit an internal error while running the job; the bureau has been told".into(),
-                None,
-            ))
+            Ok(Decision::Failed(Failure::after_reservation("the job's execution panicked"), None))
         }),
     };
     let wall_ms = started.elapsed().as_millis() as u64;
@@ -452,8 +435,37 @@ enum Decision {
         grant: Grant,
     },
     Rejected(Refusal, Option<Grant>),
-    Failed(String, Option<Grant>),
+    Failed(Failure, Option<Grant>),
     Cancelled,
+}
+
+/// A job that failed: what its operator sees, and what only the bureau's records hold.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// Shown to the operator. After the budget is reserved this is always
+    /// [`gate::FAILED_MESSAGE`], whatever went wrong: a message that depended on the data
+    /// would be an oracle.
+    operator: String,
+    /// The category, for the audit log (never a data value).
+    bureau: String,
+}
+
+impl Failure {
+    /// A failure after ε was reserved: one fixed message for the operator.
+    fn after_reservation(bureau: impl Into<String>) -> Self {
+        Self {
+            operator: gate::FAILED_MESSAGE.to_string(),
+            bureau: bureau.into(),
+        }
+    }
+
+    /// A platform fault before any row was read.
+    fn platform(bureau: impl Into<String>) -> Self {
+        Self {
+            operator: "the platform hit an internal error while preparing the job; nothing was read or spent. The bureau has the job's record".into(),
+            bureau: bureau.into(),
+        }
+    }
 }
 
 async fn execute(
@@ -491,21 +503,38 @@ async fn execute(
     // 3. Statement policy and shape, on the plan (for WASM jobs: the input plan, the module
     //    and the release SQL over the declared output, all before any row is read).
     let prepared = match &template.spec.wasm {
-        None => prepare_sql(store, template, Some(&approval), &bound, &tables)
-            .await
-            .map(|checked| checked.map(|sql| Prepared::Sql(Box::new(sql)))),
+        None => exec::prepare_sql(
+            &store.data_dir(),
+            &template.spec,
+            Some(&approval),
+            &bound,
+            &tables,
+        )
+        .await
+        .map(|checked| checked.map(|(_, analysis)| Prepared::Sql(Box::new(analysis)))),
         Some(wasm) => prepare_wasm(store, template, wasm, &approval, &bound, &tables).await,
     };
     let prepared = match prepared {
         Ok(Ok(prepared)) => prepared,
         Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
-        Err(failure) => return Ok(Decision::Failed(failure, Some(grant))),
+        Err(failure) => return Ok(Decision::Failed(Failure::platform(failure), Some(grant))),
     };
     let used: Vec<Dataset> = prepared
         .tables()
         .iter()
         .filter_map(|name| tables.get(name).cloned())
         .collect();
+
+    // The ε plan: every draw, its share and scale, and the existence threshold, checked by
+    // OpenDP now — a plan it refuses costs nothing. The child repeats it from the same inputs.
+    // Registries hold one to a few rows per unit; half the largest table's rows is a fair
+    // first size for the fold's per-unit map.
+    let units_hint = used.iter().map(|d| d.rows as usize).max().unwrap_or(0) / 2;
+    let noise_seed = exec::seed_of(store.noise_source());
+    let config = exec::release_config(&approval, units_hint, noise_seed);
+    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config) {
+        return Ok(Decision::Rejected(refusal, Some(grant)));
+    }
 
     // 4. Identical earlier job, else reserve ε.
     let fingerprint = fingerprint(template, &request.params, &grant, &used);
@@ -581,45 +610,47 @@ async fn execute(
         Err(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
     }
 
-    // 5. The gate (for WASM jobs, after the mapper has run once per unit).
-    let (sandbox, analysis) = match prepared {
-        Prepared::Sql(sql) => *sql,
-        Prepared::Wasm(wasm) => {
-            match run_mapper(store, wasm, &approval, &bound, &used, costs).await {
-                Ok(Ok(ready)) => ready,
-                Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
-                Err(failure) => return Ok(Decision::Failed(failure, Some(grant))),
-            }
+    // 5. The job's execution, in a child process under the job's limits (see `exec`): for
+    //    WASM jobs the mapper once per unit, then the gate. From here on, whatever goes wrong,
+    //    the operator sees one fixed failure (`Failure::after_reservation`).
+    let module = match prepared {
+        Prepared::Sql(_) => None,
+        Prepared::Wasm(wasm) => Some(wasm.module),
+    };
+    let child = exec::ChildRequest {
+        data_dir: store.data_dir(),
+        spec: template.spec.clone(),
+        approval: approval.clone(),
+        params: request.params.clone(),
+        tables: tables.clone(),
+        units_hint,
+        noise_seed,
+    };
+    let exe = exec::executable()?;
+    // What the meter charges depends on the tables' registered sizes, never on what a scan
+    // read (see `metering`).
+    let (registered_rows, registered_bytes) = used.iter().fold((0u64, 0u64), |(r, b), d| {
+        (r.saturating_add(d.rows), b.saturating_add(d.bytes))
+    });
+    if template.spec.wasm.is_some() {
+        costs.fuel = approval.wasm_fuel_per_unit.saturating_mul(registered_rows);
+    }
+    let executed = exec::run(&exe, &child, module.as_deref()).await;
+    let released = match executed {
+        Ok(executed) => {
+            costs.wasm = executed.wasm;
+            costs.stats = metered(executed.released.stats, registered_rows, registered_bytes);
+            executed.released
+        }
+        Err(failure) => {
+            costs.wasm = failure.wasm;
+            costs.stats = metered(failure.stats, registered_rows, registered_bytes);
+            return Ok(Decision::Failed(
+                Failure::after_reservation(failure.category),
+                Some(grant),
+            ));
         }
     };
-    let config = ReleaseConfig {
-        epsilon: approval.epsilon(),
-        delta: approval.delta(),
-        k: approval.k,
-        limits: Limits {
-            max_groups: approval.max_groups,
-            max_rows: approval.max_rows,
-        },
-        // Registries hold one to a few rows per unit; half the largest table's rows is a
-        // fair first size for the fold's per-unit map.
-        units_hint: used.iter().map(|d| d.rows as usize).max().unwrap_or(0) / 2,
-    };
-    let mapped_input = costs.stats;
-    let released = match gate::release(&sandbox, &analysis, config).await {
-        Ok(released) => released,
-        Err((error, stats)) => {
-            costs.stats = combine(mapped_input, stats, template.spec.wasm.is_some());
-            return Ok(match error {
-                GateError::Refused(refusal) => Decision::Rejected(refusal, Some(grant)),
-                GateError::Sandbox(e) => match refusal_of_sandbox(&e) {
-                    refusal if !refusal.is_empty() => Decision::Rejected(refusal, Some(grant)),
-                    _ => Decision::Failed(e.to_string(), Some(grant)),
-                },
-                GateError::Internal(what) => Decision::Failed(what, Some(grant)),
-            });
-        }
-    };
-    costs.stats = combine(mapped_input, released.stats, template.spec.wasm.is_some());
 
     // 6. The product.
     let product_id = ProductId::random();
@@ -652,7 +683,7 @@ async fn execute(
             max_rows_per_group: approval.max_rows,
             groups_released: released.groups_released,
             groups_suppressed: released.groups_suppressed,
-            threshold: released.threshold,
+            threshold: Some(released.threshold),
             noise_scales: released.noise_scales.clone(),
         },
         columns: released.columns.clone(),
@@ -670,19 +701,19 @@ async fn execute(
     ) {
         Ok(written) => written,
         Err(e) => {
+            let message = format!("writing the product: {e}");
             return Ok(Decision::Failed(
-                format!("writing the product: {e}"),
+                Failure {
+                    operator: message.clone(),
+                    bureau: message,
+                },
                 Some(grant),
             ));
         }
     };
     costs.output_rows = rows.num_rows() as u64;
     costs.output_bytes = written.bytes;
-    costs.price = prices::run_price(
-        store.conn(),
-        approval.price_per_run,
-        costs.stats.rows_scanned,
-    )?;
+    costs.price = prices::run_price(store.conn(), approval.price_per_run, registered_rows)?;
     let manifest_path = written.dir.join(veil_sdk::manifest::MANIFEST_FILE);
     let (_, manifest_blake3) = catalog::hash_file(&manifest_path)?;
     Ok(Decision::Released {
@@ -707,7 +738,7 @@ fn finish(
     let decision = match result {
         Ok(decision) => decision,
         // A platform failure still ends the job and meters it; the error is reported after.
-        Err(error) => Decision::Failed(error.to_string(), None),
+        Err(error) => Decision::Failed(Failure::after_reservation(error.to_string()), None),
     };
     let now = clock::format(clock::now());
     let (state, outcome) = match &decision {
@@ -745,11 +776,11 @@ fn finish(
                 refusal: refusal.clone(),
             },
         ),
-        Decision::Failed(reason, _) => (
+        Decision::Failed(failure, _) => (
             "failed",
             JobOutcome::Failed {
                 job_id: job_id.clone(),
-                reason: reason.clone(),
+                reason: failure.operator.clone(),
             },
         ),
         Decision::Cancelled => (
@@ -794,8 +825,8 @@ fn finish(
                     None,
                     grant.as_ref(),
                 ),
-                Decision::Failed(reason, grant) => (
-                    Some(serde_json::json!({ "failure": reason }).to_string()),
+                Decision::Failed(failure, grant) => (
+                    Some(serde_json::json!({ "failure": failure.operator }).to_string()),
                     None,
                     None,
                     grant.as_ref(),
@@ -860,9 +891,9 @@ fn finish(
                 audit::Kind::JobRejected,
                 serde_json::json!({ "rules": refusal.codes() }),
             ),
-            Decision::Failed(reason, _) => (
+            Decision::Failed(failure, _) => (
                 audit::Kind::JobFailed,
-                serde_json::json!({ "failure": reason }),
+                serde_json::json!({ "failure": failure.operator, "category": failure.bureau }),
             ),
             Decision::Cancelled => (
                 audit::Kind::JobCancelled,
@@ -989,43 +1020,35 @@ fn choose_grant(
 /// operator's fault).
 /// What step 3 prepared for the gate.
 enum Prepared {
-    Sql(Box<(Sandbox, Analysis)>),
+    Sql(Box<Analysis>),
     Wasm(Box<PreparedWasm>),
 }
 
-/// A WASM job, checked and ready to run.
+/// A WASM job, checked and ready to hand to its child.
 struct PreparedWasm {
-    sandbox: Sandbox,
-    input_plan: LogicalPlan,
-    input: mapping::InputAnalysis,
-    spec: WasmSpec,
-    mapper: Arc<veil_sandbox::wasm::Mapper>,
-    schema: SchemaRef,
-    release_sql: String,
+    /// The grant's tables the input SQL reads.
+    input_tables: Vec<String>,
+    /// The release SQL's analysis over an empty `mapped`: the groups and measures the release
+    /// will have, which fix its ε plan before the mapper runs.
+    release: Analysis,
+    module: Vec<u8>,
 }
 
 impl Prepared {
     /// The grant's tables the job reads.
     fn tables(&self) -> &[String] {
         match self {
-            Self::Sql(sql) => &sql.1.tables,
-            Self::Wasm(wasm) => &wasm.input.tables,
+            Self::Sql(analysis) => &analysis.tables,
+            Self::Wasm(wasm) => &wasm.input_tables,
         }
     }
-}
 
-/// The meter's figures for a job: a WASM job's rows and bytes scanned are its input query's
-/// (the release query reads `mapped`, whose size depends on the data); CPU adds up.
-fn combine(input: ExecStats, release: ExecStats, wasm: bool) -> ExecStats {
-    if !wasm {
-        return release;
-    }
-    ExecStats {
-        rows_scanned: input.rows_scanned,
-        bytes_scanned: input.bytes_scanned,
-        cpu_ms: input.cpu_ms + release.cpu_ms,
-        peak_memory_bytes: input.peak_memory_bytes.max(release.peak_memory_bytes),
-        wall_ms: input.wall_ms + release.wall_ms,
+    /// The analysis of the query the gate will release.
+    fn release_analysis(&self) -> &Analysis {
+        match self {
+            Self::Sql(analysis) => analysis,
+            Self::Wasm(wasm) => &wasm.release,
+        }
     }
 }
 
@@ -1039,108 +1062,9 @@ fn grant_tables(store: &Store, grant: &Grant) -> Result<analysis::Tables> {
     Ok(tables)
 }
 
-/// A sandbox over the grant's tables.
-async fn grant_sandbox(
-    store: &Store,
-    approval: Option<&templates::Approval>,
-    tables: &analysis::Tables,
-) -> std::result::Result<Sandbox, String> {
-    let mut builder = SandboxBuilder::new(store.data_dir());
-    if let Some(approval) = approval {
-        builder = builder.limits(approval.limits());
-    }
-    for dataset in tables.values() {
-        builder = builder.table(dataset.name.clone(), PathBuf::from(&dataset.file));
-    }
-    builder.build().await.map_err(|e| e.to_string())
-}
-
-/// Step 3 for a SQL job (and `check_static`): the statement policy and the shape of its plan.
-async fn prepare_sql(
-    store: &Store,
-    template: &Template,
-    approval: Option<&templates::Approval>,
-    bound: &[(String, ParamValue)],
-    tables: &analysis::Tables,
-) -> std::result::Result<std::result::Result<(Sandbox, Analysis), Refusal>, String> {
-    let sandbox = grant_sandbox(store, approval, tables).await?;
-    let (sql, _) = bind_named_parameters(&template.spec.sql);
-    let plan = match sandbox.plan_query(&sql, bound).await {
-        Ok(plan) => plan,
-        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
-    };
-    Ok(analysis::analyse(&plan, tables).map(|analysis| (sandbox, analysis)))
-}
-
-/// Checks everything about a WASM job that needs no data row: the input plan, the declared
-/// output and the release SQL over an empty `mapped` (the same gate as a SQL job). Returns
-/// the release plan's analysis too, for `check_static`.
-async fn check_wasm(
-    store: &Store,
-    template: &Template,
-    wasm: &WasmSpec,
-    approval: Option<&templates::Approval>,
-    bound: &[(String, ParamValue)],
-    tables: &analysis::Tables,
-) -> std::result::Result<std::result::Result<(CheckedWasm, Analysis), Refusal>, String> {
-    let sandbox = grant_sandbox(store, approval, tables).await?;
-    let (input_sql, _) = bind_named_parameters(&wasm.input_sql);
-    let input_plan = match sandbox.plan_query(&input_sql, bound).await {
-        Ok(plan) => plan,
-        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
-    };
-    let input = match mapping::analyse_input(&input_plan, tables) {
-        Ok(input) => input,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let schema = match mapping::mapped_schema(&input, wasm) {
-        Ok(schema) => schema,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let sources: Vec<Dataset> = input
-        .tables
-        .iter()
-        .filter_map(|name| tables.get(name).cloned())
-        .collect();
-    let (release_sql, _) = bind_named_parameters(&template.spec.sql);
-    let analysis = match plan_release(
-        store,
-        approval,
-        &input,
-        wasm,
-        &sources,
-        &release_sql,
-        bound,
-        schema.clone(),
-        Vec::new(),
-    )
-    .await?
-    {
-        Ok((_, analysis)) => analysis,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    Ok(Ok((
-        CheckedWasm {
-            sandbox,
-            input_plan,
-            input,
-            schema,
-            release_sql,
-        },
-        analysis,
-    )))
-}
-
-/// A WASM job's input and output, checked.
-struct CheckedWasm {
-    sandbox: Sandbox,
-    input_plan: LogicalPlan,
-    input: mapping::InputAnalysis,
-    schema: SchemaRef,
-    release_sql: String,
-}
-
-/// Step 3 for a WASM job.
+/// Step 3 for a WASM job: the input plan, the declared output and the release SQL over an
+/// empty `mapped`, and the module's presence. The module itself was compiled and its imports
+/// checked when it was uploaded; the child compiles it again under the job's limits.
 async fn prepare_wasm(
     store: &Store,
     template: &Template,
@@ -1149,8 +1073,17 @@ async fn prepare_wasm(
     bound: &[(String, ParamValue)],
     tables: &analysis::Tables,
 ) -> std::result::Result<std::result::Result<Prepared, Refusal>, String> {
-    let checked = match check_wasm(store, template, wasm, Some(approval), bound, tables).await? {
-        Ok((checked, _)) => checked,
+    let (checked, release) = match exec::check_wasm(
+        &store.data_dir(),
+        &template.spec,
+        wasm,
+        Some(approval),
+        bound,
+        tables,
+    )
+    .await?
+    {
+        Ok(checked) => checked,
         Err(refusal) => return Ok(Err(refusal)),
     };
     let module = match templates::module_bytes(store, &wasm.module_blake3) {
@@ -1158,160 +1091,22 @@ async fn prepare_wasm(
         Err(Error::Refused(refusal)) => return Ok(Err(refusal)),
         Err(e) => return Err(e.to_string()),
     };
-    let limits = approval.wasm_limits();
-    let mapper = match veil_sandbox::wasm::WasmEngine::global()
-        .and_then(|engine| engine.compile(&module, &limits))
-    {
-        Ok(mapper) => mapper,
-        Err(refusal) => return Ok(Err(Refusal::one(Rule::WasmModule, refusal.to_string()))),
-    };
-    let CheckedWasm {
-        sandbox,
-        input_plan,
-        input,
-        schema,
-        release_sql,
-    } = checked;
     Ok(Ok(Prepared::Wasm(Box::new(PreparedWasm {
-        sandbox,
-        input_plan,
-        input,
-        spec: wasm.clone(),
-        mapper,
-        schema,
-        release_sql,
+        input_tables: checked.input.tables,
+        release,
+        module,
     }))))
 }
 
-/// Plans and analyses the release SQL over `mapped` holding `batches`.
-#[allow(clippy::too_many_arguments)]
-async fn plan_release(
-    store: &Store,
-    approval: Option<&templates::Approval>,
-    input: &mapping::InputAnalysis,
-    wasm: &WasmSpec,
-    sources: &[Dataset],
-    release_sql: &str,
-    bound: &[(String, ParamValue)],
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-) -> std::result::Result<std::result::Result<(Sandbox, Analysis), Refusal>, String> {
-    let mut builder = SandboxBuilder::new(store.data_dir()).memory_table(
-        templates::MAPPED_TABLE,
-        schema,
-        batches,
-    );
-    if let Some(approval) = approval {
-        builder = builder.limits(approval.limits());
+/// The meter's figures: CPU, wall time and peak memory as the job used them (for the bureau;
+/// an operator's view of the meter leaves them out), rows and bytes as the tables' registered
+/// sizes, so that neither the meter nor the price depends on which rows a filter kept.
+fn metered(used: ExecStats, rows: u64, bytes: u64) -> ExecStats {
+    ExecStats {
+        rows_scanned: rows,
+        bytes_scanned: bytes,
+        ..used
     }
-    let sandbox = builder.build().await.map_err(|e| e.to_string())?;
-    // The release SQL may use only the parameters it names; the others are ignored by it.
-    let plan = match sandbox.plan_query(release_sql, bound).await {
-        Ok(plan) => plan,
-        Err(e) => return Ok(Err(refusal_of_sandbox(&e))),
-    };
-    let mut mapped_tables: analysis::Tables = HashMap::new();
-    mapped_tables.insert(
-        templates::MAPPED_TABLE.to_string(),
-        mapping::mapped_dataset(input, wasm, sources),
-    );
-    Ok(analysis::analyse(&plan, &mapped_tables).map(|analysis| (sandbox, analysis)))
-}
-
-/// Step 5 for a WASM job: the mapper over every unit, then the release plan over its output.
-async fn run_mapper(
-    store: &Store,
-    wasm: Box<PreparedWasm>,
-    approval: &templates::Approval,
-    bound: &[(String, ParamValue)],
-    used: &[Dataset],
-    costs: &mut Costs,
-) -> std::result::Result<std::result::Result<(Sandbox, Analysis), Refusal>, String> {
-    let PreparedWasm {
-        sandbox,
-        input_plan,
-        input,
-        spec,
-        mapper,
-        schema,
-        release_sql,
-    } = *wasm;
-    let limits = approval.wasm_limits();
-    let mapped = mapping::map_units(
-        &sandbox,
-        &input,
-        input_plan,
-        mapper,
-        &spec,
-        limits,
-        schema.clone(),
-    )
-    .await;
-    let mapped = match mapped {
-        Ok(mapped) => mapped,
-        Err((error, stats)) => {
-            costs.stats = stats;
-            costs.fuel = limits.fuel_per_unit.saturating_mul(stats.rows_scanned);
-            return match error {
-                mapping::MapError::Sandbox(e) => match refusal_of_sandbox(&e) {
-                    refusal if !refusal.is_empty() => Ok(Err(refusal)),
-                    _ => Err(e.to_string()),
-                },
-                mapping::MapError::TimedOut { limit_ms } => Ok(Err(Refusal::one(
-                    Rule::ResourcesLimit,
-                    format!(
-                        "the job did not finish within its time limit of {limit_ms} ms; ask the bureau for a longer --wall-seconds"
-                    ),
-                ))),
-                mapping::MapError::Internal(what) => {
-                    Err(format!("the mapping stage failed while {what}"))
-                }
-            };
-        }
-    };
-    costs.stats = mapped.stats;
-    // Charged by the tables' size, not by use: see `metering`.
-    costs.fuel = limits
-        .fuel_per_unit
-        .saturating_mul(mapped.stats.rows_scanned);
-    costs.wasm = Some(WasmUsage {
-        fuel_used: mapped.fuel_used,
-        units: mapped.units,
-        fallbacks: mapped.fallbacks,
-    });
-    plan_release(
-        store,
-        Some(approval),
-        &input,
-        &spec,
-        used,
-        &release_sql,
-        bound,
-        schema,
-        vec![mapped.batch],
-    )
-    .await
-}
-
-fn refusal_of_sandbox(error: &SandboxError) -> Refusal {
-    let rule = match error {
-        SandboxError::Parse(_) | SandboxError::TooLong { .. } => Rule::StatementParse,
-        SandboxError::MultipleStatements { .. } => Rule::StatementSingle,
-        SandboxError::Forbidden(_) => Rule::StatementReadOnly,
-        SandboxError::UnknownTable { .. } | SandboxError::UnknownColumn { .. } => {
-            Rule::StatementScope
-        }
-        SandboxError::Planning(_) => Rule::StatementConstruct,
-        SandboxError::UnboundParameter => Rule::StatementParameters,
-        SandboxError::QueryFailed(_) => Rule::StatementConstruct,
-        SandboxError::ResourcesExhausted | SandboxError::TimedOut { .. } => Rule::ResourcesLimit,
-        SandboxError::TableUnreadable { .. }
-        | SandboxError::Config(_)
-        | SandboxError::Internal(_) => {
-            return Refusal::default();
-        }
-    };
-    Refusal::one(rule, error.to_string())
 }
 
 /// Identity of a job's inputs: an identical fingerprint means an identical release.
@@ -1460,9 +1255,15 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
     answer.epsilon_remaining_after = answer.epsilon_per_period - answer.epsilon_spent;
     let tables = grant_tables(store, &grant)?;
     let prepared = match &template.spec.wasm {
-        None => prepare_sql(store, &template, Some(&approval), &bound, &tables)
-            .await
-            .map(|checked| checked.map(|sql| Prepared::Sql(Box::new(sql)))),
+        None => exec::prepare_sql(
+            &store.data_dir(),
+            &template.spec,
+            Some(&approval),
+            &bound,
+            &tables,
+        )
+        .await
+        .map(|checked| checked.map(|(_, analysis)| Prepared::Sql(Box::new(analysis)))),
         Some(wasm) => prepare_wasm(store, &template, wasm, &approval, &bound, &tables).await,
     };
     let prepared = match prepared {
@@ -1475,6 +1276,10 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         .iter()
         .filter_map(|name| tables.get(name).cloned())
         .collect();
+    let config = exec::release_config(&approval, 0, None);
+    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config) {
+        return refuse(answer, &refusal);
+    }
     answer.rows_scanned = used.iter().map(|d| d.rows).sum();
     let fingerprint = fingerprint(&template, &request.params, &grant, &used);
     let earlier: Option<String> = store
@@ -1544,11 +1349,12 @@ pub async fn check_static(
             (p.name.clone(), value)
         })
         .collect();
+    let data_dir = store.data_dir();
     let checked = match &template.spec.wasm {
-        Some(wasm) => check_wasm(store, template, wasm, None, &sample, &tables)
+        Some(wasm) => exec::check_wasm(&data_dir, &template.spec, wasm, None, &sample, &tables)
             .await
             .map(|checked| checked.map(|(_, analysis)| analysis)),
-        None => prepare_sql(store, template, None, &sample, &tables)
+        None => exec::prepare_sql(&data_dir, &template.spec, None, &sample, &tables)
             .await
             .map(|checked| checked.map(|(_, analysis)| analysis)),
     };

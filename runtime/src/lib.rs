@@ -31,6 +31,7 @@ pub mod clock;
 pub mod demo;
 pub mod demo_data;
 pub mod error;
+pub mod exec;
 pub mod files;
 pub mod gate;
 pub mod grants;

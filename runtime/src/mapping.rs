@@ -76,7 +76,13 @@ fn payload_kind(data_type: &DataType) -> Option<Kind> {
 /// Checks the input plan: tables in scope, joins only on the unit, the unit column output,
 /// every column of a type the payload can carry. Identifier columns may be read: the mapper
 /// runs inside the domain and its output is bounded and gated.
-pub fn analyse_input(plan: &LogicalPlan, tables: &Tables) -> Result<InputAnalysis, Refusal> {
+///
+/// Returns the input plan in its total form too (`gate::allow::harden_plan`): the plan the
+/// mapping stage must execute.
+pub fn analyse_input(
+    plan: &LogicalPlan,
+    tables: &Tables,
+) -> Result<(InputAnalysis, LogicalPlan), Refusal> {
     let mut refusal = Refusal::default();
     let mut used = Vec::new();
     let origins = analysis::lineage(plan, tables, &mut refusal, &mut used)?;
@@ -106,13 +112,22 @@ pub fn analyse_input(plan: &LogicalPlan, tables: &Tables) -> Result<InputAnalysi
     };
     refusal.clone().into_result()?;
     let (qualifier, field) = schema.qualified_field(unit_index);
-    Ok(InputAnalysis {
-        unit: Column::new(qualifier.cloned(), field.name()),
-        unit_index,
-        unit_kind: origin.bases[0].unit_kind.clone(),
-        unit_is_integer: field.data_type().is_integer(),
-        tables: used,
-    })
+    let hardened = crate::gate::allow::harden_plan(plan.clone()).map_err(|_| {
+        Refusal::one(
+            Rule::StatementConstruct,
+            "the gate could not rewrite the input query into its total form; simplify its expressions",
+        )
+    })?;
+    Ok((
+        InputAnalysis {
+            unit: Column::new(qualifier.cloned(), field.name()),
+            unit_index,
+            unit_kind: origin.bases[0].unit_kind.clone(),
+            unit_is_integer: field.data_type().is_integer(),
+            tables: used,
+        },
+        hardened,
+    ))
 }
 
 /// The name of the unit column in `mapped`.

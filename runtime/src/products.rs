@@ -430,7 +430,7 @@ mod tests {
                     max_groups_per_unit: 1,
                     max_rows_per_group: 1,
                     groups_released: 3,
-                    groups_suppressed: 8,
+                    groups_suppressed: Some(8),
                     threshold: None,
                     noise_scales: vec![NoiseScale {
                         column: "firms".to_owned(),

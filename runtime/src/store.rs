@@ -288,6 +288,8 @@ pub struct Store {
     root: PathBuf,
     conn: Connection,
     key: SigningKey,
+    /// Where jobs run from this store take their noise: always OpenDP, but in test builds.
+    noise: crate::gate::noise::Source,
 }
 
 impl std::fmt::Debug for Store {
@@ -327,6 +329,7 @@ impl Store {
             root: root.to_path_buf(),
             conn,
             key,
+            noise: Default::default(),
         };
         let public = hex::encode(store.key.verifying_key().to_bytes());
         store.write(|tx| {
@@ -390,7 +393,20 @@ impl Store {
             root: root.to_path_buf(),
             conn,
             key,
+            noise: Default::default(),
         })
+    }
+
+    /// Where jobs run from this store take their noise (OpenDP, but in test builds).
+    pub fn noise_source(&self) -> crate::gate::noise::Source {
+        self.noise
+    }
+
+    /// Test builds only (the `test-noise` feature): jobs run from this store add seeded,
+    /// deterministic noise instead of OpenDP's (see `gate::noise::Source`).
+    #[cfg(feature = "test-noise")]
+    pub fn seed_test_noise(&mut self, seed: u64) {
+        self.noise = crate::gate::noise::Source::Seeded(seed);
     }
 
     pub fn root(&self) -> &Path {

@@ -27,6 +27,8 @@
 #[cfg(feature = "sql")]
 mod error;
 #[cfg(feature = "sql")]
+pub mod functions;
+#[cfg(feature = "sql")]
 mod params;
 #[cfg(feature = "sql")]
 mod pool;

@@ -205,13 +205,20 @@ impl SandboxBuilder {
             .with_table_factories(HashMap::new())
             .build();
         let ctx = SessionContext::new_with_state(state);
+        // The gate rewrites `/` and `%` to these total forms (see `functions`).
+        ctx.register_udf(crate::functions::div().as_ref().clone());
+        ctx.register_udf(crate::functions::modulo().as_ref().clone());
+        // A listing table's format carries its own Parquet options, which default to pruning
+        // on: take the session's (pruning, page index and bloom filters off), so what a scan
+        // reads never depends on the values in the file.
+        let parquet_options = ctx.state().table_options().parquet.clone();
 
         let mut names = Vec::with_capacity(self.tables.len());
         for (name, relative) in self.tables {
             let url = registry::domain_url(&relative)?;
             let table_url = ListingTableUrl::parse(&url).map_err(SandboxError::internal)?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
+            let format = ParquetFormat::default().with_options(parquet_options.clone());
+            let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
             let table_config = ListingTableConfig::new(table_url)
                 .with_listing_options(options)
                 .infer_schema(&ctx.state())
@@ -358,7 +365,13 @@ impl Sandbox {
         let plan = plan
             .with_param_values(values)
             .map_err(|_| SandboxError::UnboundParameter)?;
-        Ok(plan)
+        // DataFusion's analyzer (type coercion among its rules) runs now rather than at
+        // execution, so the plan the gate inspects already holds every cast and function the
+        // execution will evaluate: nothing is added behind the gate's back.
+        state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(|e| error::map_plan_error(&e, &self.tables))
     }
 
     /// Runs a plan under the sandbox's time limit and returns every output batch with what

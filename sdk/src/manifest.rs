@@ -32,9 +32,17 @@ use serde::{Deserialize, Serialize};
 /// The name of the manifest inside a product folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// The format tag of this manifest version. A verifier refuses any other tag rather than
-/// guess what a newer format means.
-pub const MANIFEST_FORMAT: &str = "veil-product-manifest/1";
+/// The format tag of this manifest version, which the platform signs. A verifier refuses any
+/// tag outside [`MANIFEST_FORMATS_READ`] rather than guess what a newer format means.
+///
+/// Version 2 makes `privacy.groups_suppressed` optional: it is stated only for public key
+/// sets, where it counts the cells marked on a noisy count; for other keys it would count
+/// groups that exist, so it is left out.
+pub const MANIFEST_FORMAT: &str = "veil-product-manifest/2";
+
+/// The format tags this verifier reads: every version's manifest parses into [`Manifest`] and
+/// canonicalises to the bytes that were signed.
+pub const MANIFEST_FORMATS_READ: [&str; 2] = ["veil-product-manifest/1", MANIFEST_FORMAT];
 
 /// The only signature algorithm this format knows.
 pub const SIGNATURE_ALGORITHM: &str = "ed25519";
@@ -103,7 +111,10 @@ pub struct PrivacyRecord {
     pub max_groups_per_unit: u32,
     pub max_rows_per_group: u32,
     pub groups_released: u64,
-    pub groups_suppressed: u64,
+    /// With public key sets: how many keys were marked because their noisy count of distinct
+    /// units was below k (their measures are NULL). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_suppressed: Option<u64>,
     /// The DP existence threshold τ, when group keys were not from a public key set.
     pub threshold: Option<f64>,
     pub noise_scales: Vec<NoiseScale>,
@@ -211,7 +222,7 @@ pub enum VerifyError {
         column: usize,
     },
     #[error(
-        "{MANIFEST_FILE}: declares a format other than {MANIFEST_FORMAT}; use a verifier that supports that format"
+        "{MANIFEST_FILE}: declares a format this verifier does not read (it reads veil-product-manifest/1 and /2); use a verifier that supports that format"
     )]
     UnsupportedFormat,
     #[error(
@@ -307,7 +318,7 @@ pub fn verify_signature(
     signed: &SignedManifest,
     expected_key: Option<&VerifyingKey>,
 ) -> Result<(), VerifyError> {
-    if signed.manifest.format != MANIFEST_FORMAT {
+    if !MANIFEST_FORMATS_READ.contains(&signed.manifest.format.as_str()) {
         return Err(VerifyError::UnsupportedFormat);
     }
     let signature = &signed.signature;
@@ -606,7 +617,7 @@ mod tests {
                 max_groups_per_unit: 1,
                 max_rows_per_group: 1,
                 groups_released: 11,
-                groups_suppressed: 0,
+                groups_suppressed: Some(0),
                 threshold: None,
                 noise_scales: vec![NoiseScale {
                     column: "firms".to_owned(),

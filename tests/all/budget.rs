@@ -222,12 +222,14 @@ fn concurrent_jobs_on_a_budget_for_one_release_exactly_one() {
 }
 
 #[tokio::test]
-async fn epsilon_reserved_by_a_job_the_gate_refuses_is_not_refunded() {
+async fn epsilon_reserved_by_a_job_whose_only_group_is_marked_is_not_refunded() {
     let mut fixture = Fixture::with_budget(ROWS, 1.5);
     let grant = fixture.grant.id.to_string();
-    // One group (no GROUP BY) with far fewer than k = 10,000 persons: the gate refuses it after
-    // the budget was reserved and the query ran.
-    let refused = fixture
+    // One group (no GROUP BY) with far fewer than k = 10,000 persons: after the budget was
+    // reserved and the query ran, the noisy count is below the threshold, so the product's one
+    // row is marked (no number). That is a release like any other — its outcome must not
+    // depend on the data — and its ε stays spent.
+    let marked = fixture
         .run_sql(
             "SELECT COUNT(DISTINCT person_id) AS persons FROM social_insurance WHERE year = :year",
             &[("year", "2025")],
@@ -238,18 +240,20 @@ async fn epsilon_reserved_by_a_job_the_gate_refuses_is_not_refunded() {
         )
         .await
         .expect("job");
-    assert_eq!(codes(&refused), ["k_anonymity.nothing_to_release"]);
+    let JobOutcome::Released {
+        rows: Some(rows), ..
+    } = &marked
+    else {
+        panic!("expected a release, got {marked:?}");
+    };
+    assert_eq!((rows.num_rows(), rows.column(0).null_count()), (1, 1));
     assert_eq!(spent(&fixture.store, &grant).micro_epsilon, 1_000_000);
     let meter = metering::list(fixture.store.conn()).expect("meter");
     assert_eq!(meter.len(), 1);
     assert_eq!(
-        (
-            meter[0].end_state.as_str(),
-            meter[0].micro_epsilon,
-            meter[0].price.0
-        ),
-        ("rejected", 1_000_000, 0),
-        "the refused run is metered with its ε and no price"
+        (meter[0].end_state.as_str(), meter[0].micro_epsilon),
+        ("released", 1_000_000),
+        "the run is metered with its ε"
     );
 
     // Only 0.5 of the grant's 1.5 is left, so the next ordinary run at ε 1 is refused.

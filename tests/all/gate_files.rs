@@ -17,8 +17,10 @@
 //! sql <query>                   the template's SQL; the lines indented under it continue it
 //! expect                        the verdict, one item a line, up to a blank or `#` line:
 //!   error <rule code>             refused; one line per rule named, in order, no repeats
-//!   released rows=<n> columns=<name>:<type>,…
-//!                                 released; the product's row count and columns
+//!   released rows=<n> [marked=<m>] columns=<name>:<type>,…
+//!                                 released; the product's row count, how many rows are
+//!                                 marked (public keys below the noisy threshold, NULL
+//!                                 measures; omitted when none) and its columns
 //!   released (reused …)           an identical earlier job's product came back unchanged
 //!   failed                        the job failed without naming a rule (a platform fault)
 //!   invalid <message>             the template or the approval was not accepted at all
@@ -37,11 +39,11 @@
 //!
 //! Each file runs its cases in order against one [`Fixture`]: demo data with [`FIXTURE_ROWS`]
 //! social-insurance records from the fixed demo seed, granted ε 100 a month so that no case
-//! runs out of budget. Released row counts are stable only where the gate decides them
-//! without noise: with public key sets (city, gender, industry, credit rating) every key is a
-//! row except groups of 1 to k−1 units; other keys also pass a noisy threshold, so cases using
-//! them must keep every group far above it (or below k). Which groups a person over
-//! `max_groups` keeps is random per run, so such cases must not let a person reach more groups
+//! runs out of budget, and with the test-only seeded noise (`Store::seed_test_noise`), so a
+//! product's rows and marks are the same on every run. With public key sets (city, gender,
+//! industry, credit rating) every key is a row, marked when its noisy count is below the
+//! threshold; other keys appear only when their noisy count clears it. Which groups a person
+//! over `max_groups` keeps is random per run, so such cases must not let a person reach more groups
 //! than `max_groups`. A template's id is the hash of its SQL and parameters, so two cases of
 //! one file must differ in one of them; the harness refuses duplicates, which would otherwise
 //! reuse the first case's approval and product.
@@ -68,9 +70,11 @@ use crate::support::{self, Fixture};
 
 /// Social-insurance records in each file's fixture: enough for every city and gender to hold
 /// well over k persons, few enough to build in about a second.
-const FIXTURE_ROWS: u64 = 5_000;
+const FIXTURE_ROWS: u64 = 20_000;
 /// Records in the fixtures of tests that are refused before any row is read.
 const SMALL_FIXTURE_ROWS: u64 = 100;
+/// The seed of the gate files' test-only noise.
+const GATE_FILES_NOISE_SEED: u64 = 20_261_201;
 /// Set to `1` to rewrite the `expect` blocks instead of comparing them.
 const BLESS_VAR: &str = "VEIL_BLESS";
 /// The gate files, each checked by its own test below.
@@ -263,10 +267,13 @@ async fn copy_to_creates_no_file() {
     assert!(left.is_empty(), "COPY left files behind: {left:?}");
 }
 
-/// A group with k−1 distinct persons behind it never leaves the domain; a group with exactly
-/// k does. The group is chosen from the raw data (read here with plain DataFusion, as only a
-/// test may) so its true size is known: one city, district and birth year whose women number
-/// `n` ≥ 2 and whose men number 0 or more than `n`.
+/// A group with k−1 distinct persons behind it never leaves the domain: without a public key
+/// set it is absent (the product is empty, not a refusal), with one its row is there but
+/// marked (NULL measures). The decision is taken on a noisy count against a threshold τ ≥ k
+/// set so that this happens except with probability δ (1e-6 here). The group is chosen from
+/// the raw data (read here with plain DataFusion, as only a test may) so its true size is
+/// known: one city, district and birth year whose women number `n` ≥ 2 and whose men number 0
+/// or more than `n`.
 #[tokio::test]
 async fn a_group_of_k_minus_one_units_is_absent() {
     let mut fixture = Fixture::new(FIXTURE_ROWS);
@@ -285,7 +292,7 @@ async fn a_group_of_k_minus_one_units_is_absent() {
     };
 
     // The women as the only group, under a key without a public key set: k = n + 1 leaves
-    // nothing to release.
+    // an empty, signed product.
     let only = format!(
         "SELECT district, COUNT(DISTINCT person_id) AS women FROM social_insurance \
          WHERE {filter} AND gender = 'F' GROUP BY district"
@@ -293,12 +300,12 @@ async fn a_group_of_k_minus_one_units_is_absent() {
     let outcome = fixture.run_sql(&only, &params, approve(women + 1)).await;
     assert_eq!(
         verdict(outcome).lines,
-        ["error k_anonymity.nothing_to_release"],
+        ["released rows=0 columns=district:Utf8View,women:Int64"],
         "{small:?}"
     );
 
-    // By gender (a public key set) with k = n + 1: the women's group is absent, the men's
-    // (empty, or larger than k) is released.
+    // By gender (a public key set) with k = n + 1: both keys are rows, and the women's carries
+    // no number.
     let by_gender = format!(
         "SELECT gender, COUNT(DISTINCT person_id) AS persons FROM social_insurance \
          WHERE {filter} GROUP BY gender"
@@ -308,19 +315,20 @@ async fn a_group_of_k_minus_one_units_is_absent() {
             .run_sql(&by_gender, &params, approve(women + 1))
             .await,
     );
-    assert_eq!(
-        genders(&rows),
-        ["M"],
-        "k − 1 women are suppressed: {small:?}"
+    assert_eq!(genders(&rows), ["F", "M"], "every public key is a row");
+    let persons = rows
+        .column_by_name("persons")
+        .expect("a persons column")
+        .as_primitive::<Int64Type>();
+    let gender = strings(
+        rows.column_by_name("gender")
+            .expect("a gender column")
+            .as_ref(),
     );
-
-    // The same query (another alias, so another template) with k = n: both groups are released.
-    let at_k = by_gender.replace("AS persons", "AS persons_at_k");
-    let rows = released_rows(fixture.run_sql(&at_k, &params, approve(women)).await);
-    assert_eq!(
-        genders(&rows),
-        ["F", "M"],
-        "k women are released: {small:?}"
+    let women_row = gender.iter().position(|g| g == "F").expect("a row for F");
+    assert!(
+        persons.is_null(women_row),
+        "k − 1 women are marked, not shown: {small:?}"
     );
 }
 
@@ -425,6 +433,9 @@ async fn check_file(name: &str) {
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let bless = std::env::var(BLESS_VAR).is_ok_and(|v| v == "1");
     let mut fixture = Fixture::new(FIXTURE_ROWS);
+    // Seeded noise (a test-only source): which public keys fall below the noisy threshold is
+    // then the same on every run, so the verdicts can be written down.
+    fixture.store.seed_test_noise(GATE_FILES_NOISE_SEED);
     match run_cases(name, &text, &mut fixture, bless).await {
         Ok(new_text) if new_text != text => std::fs::write(&path, new_text)
             .unwrap_or_else(|e| panic!("blessing {}: {e}", path.display())),
@@ -545,7 +556,9 @@ fn verdict(outcome: veil_runtime::Result<JobOutcome>) -> Verdict {
         Ok(JobOutcome::Rejected { refusal, .. }) => refused(&refusal),
         Err(Error::Refused(refusal)) => refused(&refusal),
         Ok(JobOutcome::Released {
-            rows: Some(batch), ..
+            rows: Some(batch),
+            dir,
+            ..
         }) => {
             let columns: Vec<String> = batch
                 .schema()
@@ -553,9 +566,17 @@ fn verdict(outcome: veil_runtime::Result<JobOutcome>) -> Verdict {
                 .iter()
                 .map(|f| format!("{}:{}", f.name(), f.data_type()))
                 .collect();
+            // Public keys below the noisy threshold are rows with NULL measures; the manifest
+            // counts them.
+            let marked = veil_sdk::manifest::read_manifest(&dir)
+                .ok()
+                .and_then(|m| m.manifest.privacy.groups_suppressed)
+                .filter(|n| *n > 0)
+                .map(|n| format!(" marked={n}"))
+                .unwrap_or_default();
             Verdict {
                 lines: vec![format!(
-                    "released rows={} columns={}",
+                    "released rows={}{marked} columns={}",
                     batch.num_rows(),
                     columns.join(",")
                 )],

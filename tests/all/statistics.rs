@@ -19,7 +19,7 @@ use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringAr
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use veil_runtime::catalog::{self, Policy};
-use veil_runtime::gate::noise::{laplace_floats, laplace_integers};
+use veil_runtime::gate::noise::{Draw, Source};
 use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
 use veil_runtime::store::Store;
@@ -108,10 +108,14 @@ fn variance_tolerance(variance: f64, fourth_moment: f64, n: usize) -> f64 {
 fn integer_noise_has_the_variance_and_distribution_its_scale_implies() {
     let (sensitivity, epsilon) = (1_i64, 0.5);
     let scale = sensitivity as f64 / epsilon; // b = 2
-    let noisy = laplace_integers(vec![TRUE_VALUE; DRAWS], sensitivity, epsilon).expect("noise");
-    assert_eq!(noisy.scale, scale, "reported scale");
-    assert_eq!(noisy.values.len(), DRAWS);
-    let noise: Vec<i64> = noisy.values.iter().map(|v| v - TRUE_VALUE).collect();
+    let draw = Draw::new("test", sensitivity as f64, epsilon, true).expect("draw");
+    assert_eq!(draw.scale, scale, "reported scale");
+    let keys = vec![b"".as_slice(); DRAWS];
+    let values = draw
+        .integers(Source::OpenDp, &keys, vec![TRUE_VALUE; DRAWS])
+        .expect("noise");
+    assert_eq!(values.len(), DRAWS);
+    let noise: Vec<i64> = values.iter().map(|v| v - TRUE_VALUE).collect();
 
     // Variance: 2p/(1−p)² with p = e^{−1/2}, about 7.84.
     let expected = discrete_laplace_variance(scale);
@@ -154,9 +158,13 @@ fn float_noise_has_the_variance_and_distribution_its_scale_implies() {
     let (sensitivity, epsilon) = (1.0, 0.5);
     let scale = sensitivity / epsilon; // b = 2
     let centre = TRUE_VALUE as f64;
-    let noisy = laplace_floats(vec![centre; DRAWS], sensitivity, epsilon).expect("noise");
-    assert_eq!(noisy.scale, scale, "reported scale");
-    let mut noise: Vec<f64> = noisy.values.iter().map(|v| v - centre).collect();
+    let draw = Draw::new("test", sensitivity, epsilon, false).expect("draw");
+    assert_eq!(draw.scale, scale, "reported scale");
+    let keys = vec![b"".as_slice(); DRAWS];
+    let values = draw
+        .floats(Source::OpenDp, &keys, vec![centre; DRAWS])
+        .expect("noise");
+    let mut noise: Vec<f64> = values.iter().map(|v| v - centre).collect();
 
     // Laplace: variance 2b², fourth central moment 24b⁴.
     let expected = 2.0 * scale * scale;
@@ -234,7 +242,8 @@ async fn the_manifest_records_the_scale_sensitivity_over_epsilon_share() {
     assert_close(units.sensitivity, 3.0, "sensitivity of distinct units");
     assert_close(units.scale, 3.0 / 0.8, "scale of distinct units");
 
-    // Two draws, ε split evenly: COUNT(*) has sensitivity max_groups·max_rows, SUM over
+    // Three draws, ε split evenly: the distinct-unit count every release draws (k-anonymity
+    // is decided on it) has sensitivity max_groups, COUNT(*) max_groups·max_rows, SUM over
     // monthly_income (bounds [0, 100000]) max_groups·max_rows·100000.
     let approval = ApprovalRequest {
         epsilon: 1.0,
@@ -252,12 +261,13 @@ async fn the_manifest_records_the_scale_sensitivity_over_epsilon_share() {
         .await
         .expect("job");
     let privacy = manifest_of(released_dir(&outcome)).manifest.privacy;
-    assert_eq!(privacy.noise_scales.len(), 2, "{:?}", privacy.noise_scales);
-    let share = 1.0 / 2.0;
-    for (scale, sensitivity) in privacy
-        .noise_scales
-        .iter()
-        .zip([2.0 * 3.0, 2.0 * 3.0 * 100_000.0])
+    assert_eq!(privacy.noise_scales.len(), 3, "{:?}", privacy.noise_scales);
+    let share = 1.0 / 3.0;
+    for (scale, sensitivity) in
+        privacy
+            .noise_scales
+            .iter()
+            .zip([2.0, 2.0 * 3.0, 2.0 * 3.0 * 100_000.0])
     {
         assert_close(
             scale.epsilon,
@@ -386,6 +396,7 @@ async fn one_person_with_ten_thousand_rows_moves_the_release_by_at_most_the_limi
     let dir = tempfile::tempdir().expect("temporary folder");
     let file = dir.path().join("payments.parquet");
     let (ordinary_rows, ordinary_total) = write_payments(&file);
+    support::use_veil_for_jobs();
     let mut store = Store::init(&dir.path().join("store")).expect("store");
     catalog::register(
         &mut store,
@@ -451,17 +462,23 @@ async fn one_person_with_ten_thousand_rows_moves_the_release_by_at_most_the_limi
         "every public key is released"
     );
 
-    // Two draws (COUNT, SUM), ε/2 each: count scale max_groups·max_rows/(ε/2) = 0.4, sum scale
-    // max_groups·max_rows·100/(ε/2) = 40. Three checks share the false-failure budget of 10⁻⁶
-    // (the per-city one by a union bound over the cities).
-    let share = epsilon / 2.0;
+    // Three draws (the distinct-unit count k-anonymity is decided on, COUNT, SUM), ε/3 each:
+    // count scale max_groups·max_rows/(ε/3) = 0.6, sum scale max_groups·max_rows·100/(ε/3) =
+    // 60. Three checks share the false-failure budget of 10⁻⁶ (the per-city one by a union
+    // bound over the cities).
+    let share = epsilon / 3.0;
     let count_scale = (max_groups * max_rows) as f64 / share;
     let sum_scale = (max_groups * max_rows * AMOUNT_HI) as f64 / share;
     let privacy = manifest_of(product).manifest.privacy;
     let recorded: Vec<f64> = privacy.noise_scales.iter().map(|s| s.scale).collect();
-    assert_eq!(recorded.len(), 2);
-    assert_close(recorded[0], count_scale, "count scale");
-    assert_close(recorded[1], sum_scale, "sum scale");
+    assert_eq!(recorded.len(), 3);
+    assert_close(
+        recorded[0],
+        max_groups as f64 / share,
+        "distinct-unit scale",
+    );
+    assert_close(recorded[1], count_scale, "count scale");
+    assert_close(recorded[2], sum_scale, "sum scale");
     let groups = CITIES.len();
     let alpha = ALPHA / 3.0;
     let one_count = discrete_laplace_sum_tolerance(count_scale, 1, alpha / groups as f64);

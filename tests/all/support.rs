@@ -45,6 +45,7 @@ impl Fixture {
 
     /// A grant valid from `from` to `to` (both days included).
     pub fn with_term(rows: u64, epsilon_per_month: f64, from: NaiveDate, to: NaiveDate) -> Self {
+        use_veil_for_jobs();
         let dir = tempfile::tempdir().expect("temporary folder");
         let raw = dir.path().join("raw");
         demo_data::write_demo_data(rows, &raw, demo_data::DEMO_SEED).expect("demo data");
@@ -158,6 +159,12 @@ pub fn approval() -> ApprovalRequest {
         price_per_run_fen: 100,
         ..ApprovalRequest::default()
     }
+}
+
+/// Jobs run in a child process of a program that answers `__job-exec` (see `exec`); this test
+/// harness does not, so jobs run from it use the `veil` binary built for these tests.
+pub fn use_veil_for_jobs() {
+    veil_runtime::exec::use_executable(veil_bin());
 }
 
 /// The `veil` binary built for these tests.

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Column;
-use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
 
+use super::allow::{self, Clause};
 use super::rules::{Refusal, Rule};
 use crate::catalog::{Dataset, Role};
 
@@ -43,6 +43,9 @@ pub struct Origin {
     pub bases: Vec<BaseColumn>,
     /// True when it is exactly one base column, passed through (possibly renamed or cast).
     pub direct: bool,
+    /// At most how many times the widest base value its values can be (see
+    /// `allow::EXPRESSION_SCALE_MAX`); 1 for a base column.
+    pub scale: u32,
 }
 
 impl Origin {
@@ -208,6 +211,7 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
 
     let input = aggregate.input.as_ref();
     let origins = lineage(input, tables, &mut refusal, &mut used_tables)?;
+    let scales = scales_of(&origins);
 
     // Group keys. `group_of[i]` is the group key made of `group_expr[i]`, if it was accepted.
     let mut groups = Vec::new();
@@ -221,6 +225,9 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             );
             continue;
         }
+        // A group key is a row-local function of quasi or public columns: the allow-list
+        // admits no subquery (a value computed from other rows) and no aggregate.
+        allow::check(expr, input.schema(), &scales, Clause::GroupBy, &mut refusal);
         let origin = origin_of(expr, input, &origins);
         for base in &origin.bases {
             match base.role {
@@ -265,6 +272,15 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             );
             continue;
         };
+        for arg in &function.params.args {
+            allow::check(
+                arg,
+                input.schema(),
+                &scales,
+                Clause::Aggregate,
+                &mut refusal,
+            );
+        }
         if let Some(kind) = measure_kind(function, input, &origins, &mut refusal) {
             measure_of[index] = Some(measures.len());
             measures.push(Measure { name, kind });
@@ -347,8 +363,29 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
     refusal.into_result()?;
     used_tables.sort();
     used_tables.dedup();
+    // Everything the gate will evaluate, in its total form (`allow::harden_plan`).
+    let harden_failed = |_| {
+        Refusal::one(
+            Rule::StatementConstruct,
+            "the gate could not rewrite the query into its total form; simplify its expressions",
+        )
+    };
+    let input = allow::harden_plan(input.clone()).map_err(harden_failed)?;
+    for group in &mut groups {
+        group.expr = allow::harden_expr(group.expr.clone()).map_err(harden_failed)?;
+    }
+    for measure in &mut measures {
+        match &mut measure.kind {
+            MeasureKind::CountRows { of: Some(expr) }
+            | MeasureKind::Sum { value: expr, .. }
+            | MeasureKind::Avg { value: expr, .. } => {
+                *expr = allow::harden_expr(expr.clone()).map_err(harden_failed)?;
+            }
+            MeasureKind::CountRows { of: None } | MeasureKind::CountUnits => {}
+        }
+    }
     Ok(Analysis {
-        input: input.clone(),
+        input,
         unit,
         unit_kind,
         groups,
@@ -554,6 +591,7 @@ fn origin_of(expr: &Expr, plan: &LogicalPlan, origins: &[Origin]) -> Origin {
     Origin {
         bases,
         direct: false,
+        scale: 1,
     }
 }
 
@@ -616,25 +654,64 @@ pub fn lineage(
                             integer: field.data_type().is_integer(),
                         }],
                         direct: true,
+                        scale: 1,
                     }
                 })
                 .collect()
         }
         LogicalPlan::SubqueryAlias(alias) => lineage(&alias.input, tables, refusal, used)?,
-        LogicalPlan::Sort(sort) => lineage(&sort.input, tables, refusal, used)?,
+        LogicalPlan::Sort(sort) => {
+            let origins = lineage(&sort.input, tables, refusal, used)?;
+            if sort.fetch.is_some() {
+                refusal.push(
+                    Rule::ShapeHaving,
+                    "LIMIT inside a subquery chooses rows by true values or order; remove it",
+                );
+            }
+            let scales = scales_of(&origins);
+            for sort_expr in &sort.expr {
+                allow::check(
+                    &sort_expr.expr,
+                    sort.input.schema(),
+                    &scales,
+                    Clause::OrderBy,
+                    refusal,
+                );
+                check_identifiers(&sort_expr.expr, &sort.input, &origins, "ORDER BY", refusal);
+            }
+            origins
+        }
         LogicalPlan::Filter(filter) => {
             let origins = lineage(&filter.input, tables, refusal, used)?;
-            check_expression(&filter.predicate, &filter.input, &origins, "WHERE", refusal);
+            allow::check(
+                &filter.predicate,
+                filter.input.schema(),
+                &scales_of(&origins),
+                Clause::Where,
+                refusal,
+            );
+            check_identifiers(&filter.predicate, &filter.input, &origins, "WHERE", refusal);
             origins
         }
         LogicalPlan::Projection(projection) => {
             let input_origins = lineage(&projection.input, tables, refusal, used)?;
+            let scales = scales_of(&input_origins);
             let mut origins = Vec::with_capacity(projection.expr.len());
             for expr in &projection.expr {
-                let origin = origin_of(expr, &projection.input, &input_origins);
+                let mut origin = origin_of(expr, &projection.input, &input_origins);
+                let scale = allow::check(
+                    expr,
+                    projection.input.schema(),
+                    &scales,
+                    Clause::Select,
+                    refusal,
+                );
                 let is_unit_passthrough = origin.direct_base().is_some_and(|b| b.is_unit);
                 if !is_unit_passthrough {
-                    check_expression(expr, &projection.input, &input_origins, "SELECT", refusal);
+                    check_identifiers(expr, &projection.input, &input_origins, "SELECT", refusal);
+                }
+                if !origin.direct {
+                    origin.scale = scale;
                 }
                 origins.push(origin);
             }
@@ -681,38 +758,20 @@ pub fn lineage(
     Ok(origins)
 }
 
-/// Expressions in WHERE and SELECT: no subqueries, and no identifier columns.
-fn check_expression(
+/// The scale of every column of a node's output, by position.
+fn scales_of(origins: &[Origin]) -> Vec<u32> {
+    origins.iter().map(|o| o.scale).collect()
+}
+
+/// Identifier columns may not be used in WHERE, SELECT or ORDER BY (the expression allow-list,
+/// `allow::check`, is checked separately).
+fn check_identifiers(
     expr: &Expr,
     plan: &LogicalPlan,
     origins: &[Origin],
     clause: &str,
     refusal: &mut Refusal,
 ) {
-    let has_subquery = expr
-        .exists(|e| {
-            Ok(matches!(
-                e,
-                Expr::ScalarSubquery(_)
-                    | Expr::InSubquery(_)
-                    | Expr::Exists(_)
-                    | Expr::SetComparison(_)
-                    | Expr::OuterReferenceColumn(..)
-                    | Expr::ScalarVariable(..)
-                    | Expr::Placeholder(_)
-                    | Expr::WindowFunction(_)
-                    | Expr::AggregateFunction(_)
-            ))
-        })
-        .unwrap_or(true);
-    if has_subquery {
-        refusal.push(
-            Rule::StatementConstruct,
-            format!(
-                "{clause} uses a subquery, variable, placeholder or nested aggregate; use plain column expressions and template parameters"
-            ),
-        );
-    }
     let origin = origin_of(expr, plan, origins);
     for base in origin.bases.iter().filter(|b| b.role == Role::Identifier) {
         refusal.push(
@@ -732,6 +791,23 @@ fn check_join(
     right: &[Origin],
     refusal: &mut Refusal,
 ) {
+    // Every join condition is evaluated on every pair of rows, so it must be total and
+    // bounded like any other expression.
+    let (left_scales, right_scales) = (scales_of(left), scales_of(right));
+    for (l, r) in &join.on {
+        allow::check(l, join.left.schema(), &left_scales, Clause::JoinOn, refusal);
+        allow::check(
+            r,
+            join.right.schema(),
+            &right_scales,
+            Clause::JoinOn,
+            refusal,
+        );
+    }
+    if let Some(filter) = &join.filter {
+        let both: Vec<u32> = left_scales.iter().chain(&right_scales).copied().collect();
+        allow::check(filter, &join.schema, &both, Clause::JoinOn, refusal);
+    }
     if join.join_type != JoinType::Inner {
         refusal.push(
             Rule::BoundingUnit,

@@ -60,7 +60,7 @@
 //! the unit keeps every joined row owned by one unit, so the argument holds after joins too.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -68,7 +68,7 @@ use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::memory_pool::MemoryReservation;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, lit, when};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, lit, try_cast, when};
 use veil_sandbox::FoldError;
 
 use super::analysis::{Analysis, MeasureKind};
@@ -199,15 +199,16 @@ pub fn stage_plan(analysis: &Analysis) -> datafusion::error::Result<LogicalPlan>
 
 /// `CASE WHEN v < lo THEN lo WHEN v > hi THEN hi ELSE v END`, in Int64 or Float64.
 fn clamp(expr: Expr, lo: f64, hi: f64, integer: bool) -> Expr {
+    // TRY_CAST: a value that does not convert is NULL (not counted), never an error.
     if integer {
-        let value = cast(expr, DataType::Int64);
+        let value = try_cast(expr, DataType::Int64);
         let (lo, hi) = (lo.ceil() as i64, hi.floor() as i64);
         when(value.clone().lt(lit(lo)), lit(lo))
             .when(value.clone().gt(lit(hi)), lit(hi))
             .otherwise(value)
             .unwrap_or_else(|_| lit(lo))
     } else {
-        let value = cast(expr, DataType::Float64);
+        let value = try_cast(expr, DataType::Float64);
         when(value.clone().lt(lit(lo)), lit(lo))
             .when(value.clone().gt(lit(hi)), lit(hi))
             .otherwise(value)
@@ -623,9 +624,62 @@ struct Slot {
 const NO_SLOT: u32 = u32::MAX;
 
 /// The random hash that ranks group keys for the min-k choice: one per job, shared by all of
-/// the job's folds (a fresh `RandomState` per job, so which groups a unit in too many groups
-/// keeps cannot be predicted from the keys).
-pub type GroupHasher = std::collections::hash_map::RandomState;
+/// the job's folds (keyed BLAKE3 with a fresh random key per job, so which groups a unit in
+/// too many groups keeps cannot be predicted from the keys).
+#[derive(Clone)]
+pub struct GroupHasher {
+    key: [u8; blake3::KEY_LEN],
+}
+
+impl GroupHasher {
+    /// A hasher with a fresh random key.
+    pub fn new() -> Self {
+        let mut key = [0u8; blake3::KEY_LEN];
+        // The choice only needs to be unpredictable to the operator; should the system's
+        // randomness fail, a key derived from the clock still varies per job.
+        if getrandom::fill(&mut key).is_err() {
+            key = blake3::derive_key(
+                "veil group hasher fallback v1",
+                &crate::clock::now()
+                    .timestamp_nanos_opt()
+                    .unwrap_or(0)
+                    .to_le_bytes(),
+            );
+        }
+        Self { key }
+    }
+
+    /// Test builds only: a hasher whose key comes from the test-noise seed, so two runs on
+    /// neighbouring datasets choose a unit's groups alike (see `noise::Source`).
+    #[cfg(feature = "test-noise")]
+    pub fn seeded(seed: u64) -> Self {
+        Self {
+            key: blake3::derive_key("veil test group hasher v1", &seed.to_le_bytes()),
+        }
+    }
+
+    /// The hasher for a job whose noise comes from `source`.
+    pub fn for_source(source: super::noise::Source) -> Self {
+        match source {
+            super::noise::Source::OpenDp => Self::new(),
+            #[cfg(feature = "test-noise")]
+            super::noise::Source::Seeded(seed) => Self::seeded(seed),
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        let digest = blake3::keyed_hash(&self.key, key);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+impl Default for GroupHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The fold state of one partition.
 pub struct Fold {
@@ -750,9 +804,7 @@ impl Fold {
             return *id;
         }
         let id = self.group_keys.len() as u32;
-        let mut h = self.hasher.build_hasher();
-        h.write(key);
-        self.group_hashes.push(h.finish());
+        self.group_hashes.push(self.hasher.hash(key));
         self.group_keys.push(Box::from(key));
         self.group_ids.insert(Box::from(key), id);
         id

@@ -1,114 +1,365 @@
 //! Gate step 5: noise, from OpenDP only.
 //!
-//! Every noisy value comes from an OpenDP `make_laplace` measurement over a vector (one entry
-//! per released group), with the L1 metric. On integer vectors OpenDP samples the discrete
+//! Every noisy value comes from an OpenDP measurement: `make_laplace` over a vector (one entry
+//! per released group, L1 metric), or `make_laplace_threshold` over a map of group keys to
+//! distinct-unit counts (the existence threshold). On integers OpenDP samples the discrete
 //! Laplace distribution, so counts and integer sums stay integers without rounding a float;
-//! on float vectors it samples a Laplace distribution on a fine lattice (OpenDP's `k`).
-//! Randomness is OpenDP's own secure source (OpenSSL).
+//! on floats it samples a Laplace distribution on a fine lattice (OpenDP's `k`). Randomness
+//! is OpenDP's own secure source (OpenSSL).
+//!
+//! # The ε plan
+//! Which draws a release makes, with what sensitivity and what share of ε, depends only on the
+//! query and the approval, never on the data, so [`plan`] fixes it before the budget is
+//! reserved: every measurement is built and its privacy map checked then, and a plan OpenDP
+//! refuses (bounds so wide the scale is not finite, a δ too small for any threshold) refuses the
+//! job before any ε is spent. The plan is recorded in the manifest (`noise_scales`).
 //!
 //! # Proof Definition
-//! For a measure with L1 sensitivity `Δ` over the vector of groups (see `bounding` for why
-//! `Δ` is what it is) and a share `ε_i` of the run's ε, the scale is `b = Δ / ε_i`, and the
-//! OpenDP privacy map of the very measurement that adds the noise is evaluated at `d_in = Δ`
-//! and must return at most `ε_i` — so the privacy claim is OpenDP's, not ours. The shares add
-//! up to the run's ε by sequential composition. AVG is post-processing of a noisy SUM and a
-//! noisy COUNT, each with its own share; rounding and clamping at zero are post-processing
+//! For a draw with L1 sensitivity `Δ` over the vector of groups (see `bounding` for why `Δ` is
+//! what it is) and a share `ε_i` of the run's ε, the scale is `b = Δ / ε_i`, and the OpenDP
+//! privacy map of the very measurement that adds the noise is evaluated at `d_in = Δ` and must
+//! return at most `ε_i` — so the privacy claim is OpenDP's, not ours. The shares add up to the
+//! run's ε by sequential composition. AVG is post-processing of a noisy SUM and a noisy COUNT,
+//! each with its own share; rounding, clamping at zero and marking a cell are post-processing
 //! too and cost nothing.
 //!
-//! # The existence threshold
-//! When group keys are not all from public key sets, the very existence of a group is
-//! private. A group is then released only if its noisy distinct-unit count (scale
-//! `b = max_groups / ε_u`) reaches `τ = k + b · ln(max_groups / (2δ))`. One unit touches at
-//! most `max_groups` groups; for each, the chance that a group which exists only because of
-//! that unit (true count exactly `k`, the smallest that passes the k rule) clears `τ` is
-//! `½·exp(−(τ−k)/b) = δ / max_groups`, so across its groups at most `δ`.
+//! # k-anonymity and the existence threshold
+//! Whether a group is shown is decided on its **noisy** distinct-unit count, never on a true
+//! one: a decision on a true count flips on one person and is an exact oracle. One threshold
+//! τ ≥ k serves both cases; [`Threshold::plan`] raises it from `k + b · ln(max_groups / 2δ)`
+//! until OpenDP's privacy map for the thresholded release (below) gives a δ within the
+//! approval's δ. For a group with fewer than `k` units the chance that its noisy count reaches
+//! τ is at most `½·exp(−(τ−k+1)/b) ≤ δ / max_groups`, so across the groups one person touches
+//! a group below k is shown with probability at most δ.
+//! - With public key sets, every key is a row of the product, whatever the data. A key whose
+//!   noisy count is below τ is *marked*: its measures are NULL. The marking is post-processing
+//!   of the noisy count (one [`Draw`] over the vector of keys).
+//! - Otherwise the very existence of a group is private. The counts of the groups that exist go
+//!   through OpenDP's `make_laplace_threshold` (input metric L0,1,∞ with `d_in = (max_groups,
+//!   max_groups, 1)`: one unit touches at most `max_groups` groups, each by one), which releases
+//!   a group only if its noisy count reaches τ, and whose (ε, δ) OpenDP's privacy map states.
+//!   Nothing is said about the groups left out, not even how many there were.
 
-use opendp::domains::{AtomDomain, VectorDomain};
-use opendp::measurements::make_laplace;
-use opendp::measures::MaxDivergence;
-use opendp::metrics::L1Distance;
+use std::collections::HashMap;
+
+use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
+use opendp::measurements::{make_laplace, make_laplace_threshold};
+use opendp::measures::{Approximate, MaxDivergence};
+use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance};
 
 /// Relative slack allowed between OpenDP's computed ε and the share asked for (OpenDP
 /// rounds its privacy map conservatively upwards).
 const EPSILON_SLACK: f64 = 1e-9;
 
-/// Why noise could not be added. No variant carries a data value.
+/// How many times [`plan`] raises τ looking for one whose δ fits.
+const THRESHOLD_STEPS_MAX: u32 = 64;
+
+/// Largest sensitivity a draw may have: beyond it a noisy number carries no information, and
+/// the arithmetic that scales it is no longer exact.
+pub const SENSITIVITY_MAX: f64 = 1e15;
+
+/// Why noise could not be planned or added. No variant carries a data value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NoiseError {
     #[error("OpenDP refused the measurement: {0}")]
     OpenDp(String),
     #[error("OpenDP's privacy map gives ε = {spent}, above the share {share}")]
     OverBudget { spent: f64, share: f64 },
+    #[error(
+        "the sensitivity of {what} is {sensitivity}, above the {SENSITIVITY_MAX} a noisy value can carry; narrow the column's bounds or lower max_groups / max_rows"
+    )]
+    Sensitivity { what: String, sensitivity: f64 },
+    #[error(
+        "no existence threshold keeps OpenDP's δ within the approved δ = {delta}; approve a larger δ or a larger ε"
+    )]
+    NoThreshold { delta: f64 },
 }
 
-/// A noisy vector and the scale it was drawn with.
+fn opendp(error: opendp::error::Error) -> NoiseError {
+    NoiseError::OpenDp(error.variant.to_string())
+}
+
+/// Where noise comes from: OpenDP, always, in every shipped binary.
+///
+/// The `test-noise` feature (enabled only by the test build) adds [`Source::Seeded`]: every draw
+/// a deterministic function of (seed, draw, group key), so two runs on neighbouring datasets add
+/// *the same* noise to the same group and their outputs can be compared exactly, and the gate
+/// files' verdicts do not move with the noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    #[default]
+    OpenDp,
+    #[cfg(feature = "test-noise")]
+    Seeded(u64),
+}
+
+type IntegerMeasurement = opendp::core::Measurement<
+    VectorDomain<AtomDomain<i64>>,
+    L1Distance<i64>,
+    MaxDivergence,
+    Vec<i64>,
+>;
+
+type FloatMeasurement = opendp::core::Measurement<
+    VectorDomain<AtomDomain<f64>>,
+    L1Distance<f64>,
+    MaxDivergence,
+    Vec<f64>,
+>;
+
+/// One noisy draw: what it measures, and how.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Noisy<T> {
-    pub values: Vec<T>,
+pub struct Draw {
+    /// What the manifest calls it (`distinct units`, `income (sum)`, …).
+    pub label: String,
+    /// L1 sensitivity over the vector of groups.
+    pub sensitivity: f64,
+    /// Its share of the run's ε.
+    pub epsilon: f64,
+    /// The Laplace scale `sensitivity / epsilon`.
     pub scale: f64,
+    /// Integer (discrete Laplace) or float.
+    pub integer: bool,
 }
 
-/// Adds discrete Laplace noise to integer values with L1 sensitivity `sensitivity`.
-pub fn laplace_integers(
-    values: Vec<i64>,
-    sensitivity: i64,
-    epsilon: f64,
-) -> Result<Noisy<i64>, NoiseError> {
-    let scale = sensitivity as f64 / epsilon;
-    let measurement = make_laplace::<_, _, MaxDivergence>(
-        VectorDomain::new(AtomDomain::<i64>::default()),
-        L1Distance::<i64>::default(),
-        scale,
-        None,
-    )
-    .map_err(|e| NoiseError::OpenDp(e.variant.to_string()))?;
-    let spent = measurement
-        .map(&sensitivity)
-        .map_err(|e| NoiseError::OpenDp(e.variant.to_string()))?;
-    if spent > epsilon * (1.0 + EPSILON_SLACK) {
-        return Err(NoiseError::OverBudget {
-            spent,
-            share: epsilon,
-        });
+impl Draw {
+    /// A draw with its scale, checked against OpenDP's privacy map.
+    pub fn new(
+        label: impl Into<String>,
+        sensitivity: f64,
+        epsilon: f64,
+        integer: bool,
+    ) -> Result<Self, NoiseError> {
+        let label = label.into();
+        if !(sensitivity.is_finite() && sensitivity > 0.0 && sensitivity <= SENSITIVITY_MAX) {
+            return Err(NoiseError::Sensitivity {
+                what: label,
+                sensitivity,
+            });
+        }
+        let draw = Self {
+            scale: sensitivity / epsilon,
+            label,
+            sensitivity,
+            epsilon,
+            integer,
+        };
+        if integer {
+            draw.integer_measurement()?;
+        } else {
+            draw.float_measurement()?;
+        }
+        Ok(draw)
     }
-    let values = measurement
-        .invoke(&values)
-        .map_err(|e| NoiseError::OpenDp(e.variant.to_string()))?;
-    Ok(Noisy { values, scale })
-}
 
-/// Adds Laplace noise to float values with L1 sensitivity `sensitivity`.
-pub fn laplace_floats(
-    values: Vec<f64>,
-    sensitivity: f64,
-    epsilon: f64,
-) -> Result<Noisy<f64>, NoiseError> {
-    let scale = sensitivity / epsilon;
-    let measurement = make_laplace::<_, _, MaxDivergence>(
-        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
-        L1Distance::<f64>::default(),
-        scale,
-        None,
-    )
-    .map_err(|e| NoiseError::OpenDp(e.variant.to_string()))?;
-    let spent = measurement
-        .map(&sensitivity)
-        .map_err(|e| NoiseError::OpenDp(e.variant.to_string()))?;
-    if spent > epsilon * (1.0 + EPSILON_SLACK) {
-        return Err(NoiseError::OverBudget {
-            spent,
-            share: epsilon,
-        });
+    fn check(&self, spent: f64) -> Result<(), NoiseError> {
+        if spent > self.epsilon * (1.0 + EPSILON_SLACK) {
+            return Err(NoiseError::OverBudget {
+                spent,
+                share: self.epsilon,
+            });
+        }
+        Ok(())
     }
-    let values = measurement
-        .invoke(&values)
-        .map_err(|e| NoiseError::OpenDp(e.variant.to_string()))?;
-    Ok(Noisy { values, scale })
+
+    fn integer_measurement(&self) -> Result<IntegerMeasurement, NoiseError> {
+        let measurement = make_laplace::<_, _, MaxDivergence>(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L1Distance::<i64>::default(),
+            self.scale,
+            None,
+        )
+        .map_err(opendp)?;
+        self.check(
+            measurement
+                .map(&(self.sensitivity.ceil() as i64))
+                .map_err(opendp)?,
+        )?;
+        Ok(measurement)
+    }
+
+    fn float_measurement(&self) -> Result<FloatMeasurement, NoiseError> {
+        let measurement = make_laplace::<_, _, MaxDivergence>(
+            VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+            L1Distance::<f64>::default(),
+            self.scale,
+            None,
+        )
+        .map_err(opendp)?;
+        self.check(measurement.map(&self.sensitivity).map_err(opendp)?)?;
+        Ok(measurement)
+    }
+
+    /// Adds this draw's noise to integer values, one per group (`keys` name the groups; only
+    /// the test-only seeded source looks at them).
+    pub fn integers(
+        &self,
+        source: Source,
+        keys: &[&[u8]],
+        values: Vec<i64>,
+    ) -> Result<Vec<i64>, NoiseError> {
+        #[cfg(feature = "test-noise")]
+        if let Source::Seeded(seed) = source {
+            return Ok(seeded::integers(seed, self, keys, &values));
+        }
+        let _ = (source, keys);
+        self.integer_measurement()?.invoke(&values).map_err(opendp)
+    }
+
+    /// Adds this draw's noise to float values, one per group.
+    pub fn floats(
+        &self,
+        source: Source,
+        keys: &[&[u8]],
+        values: Vec<f64>,
+    ) -> Result<Vec<f64>, NoiseError> {
+        #[cfg(feature = "test-noise")]
+        if let Source::Seeded(seed) = source {
+            return Ok(seeded::floats(seed, self, keys, &values));
+        }
+        let _ = (source, keys);
+        self.float_measurement()?.invoke(&values).map_err(opendp)
+    }
 }
 
-/// The existence threshold τ for non-public group keys (see the module docs).
-pub fn existence_threshold(k: u32, max_groups: u32, unit_scale: f64, delta: f64) -> f64 {
-    f64::from(k) + unit_scale * (f64::from(max_groups) / (2.0 * delta)).ln().max(0.0)
+/// The existence threshold of a release whose group keys are not all public.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    /// A group is released when its noisy distinct-unit count reaches τ.
+    pub tau: i64,
+    /// OpenDP's δ for the release at this τ (at most the approved δ).
+    pub delta: f64,
+    /// Most groups one unit touches (the map metric's L0 distance).
+    max_groups: u32,
+}
+
+type ThresholdMeasurement = opendp::core::Measurement<
+    MapDomain<AtomDomain<String>, AtomDomain<i64>>,
+    L0PInfDistance<1, AbsoluteDistance<i64>>,
+    Approximate<MaxDivergence>,
+    HashMap<String, i64>,
+>;
+
+impl Threshold {
+    /// The smallest τ ≥ k from `k + b · ln(max_groups / 2δ)` upwards whose OpenDP δ fits.
+    pub fn plan(units: &Draw, k: u32, max_groups: u32, delta: f64) -> Result<Self, NoiseError> {
+        let start =
+            f64::from(k) + units.scale * (f64::from(max_groups) / (2.0 * delta)).ln().max(0.0);
+        let mut tau = start.ceil().max(f64::from(k)) as i64;
+        for _ in 0..THRESHOLD_STEPS_MAX {
+            let candidate = Self {
+                tau,
+                delta: 0.0,
+                max_groups,
+            };
+            let (epsilon, spent_delta) = candidate
+                .measurement(units)?
+                .map(&(max_groups, i64::from(max_groups), 1))
+                .map_err(opendp)?;
+            units.check(epsilon)?;
+            if spent_delta <= delta {
+                return Ok(Self {
+                    tau,
+                    delta: spent_delta,
+                    max_groups,
+                });
+            }
+            // Each step adds one noise scale: δ falls by about a factor e per step.
+            tau = tau.saturating_add(units.scale.ceil().max(1.0) as i64);
+        }
+        Err(NoiseError::NoThreshold { delta })
+    }
+
+    fn measurement(&self, units: &Draw) -> Result<ThresholdMeasurement, NoiseError> {
+        make_laplace_threshold::<_, _, Approximate<MaxDivergence>>(
+            MapDomain::new(
+                AtomDomain::<String>::default(),
+                AtomDomain::<i64>::default(),
+            ),
+            L0PInfDistance(AbsoluteDistance::<i64>::default()),
+            units.scale,
+            self.tau,
+            None,
+        )
+        .map_err(opendp)
+    }
+
+    /// Noisy distinct-unit counts of the groups that clear τ, by key (hex of the group key).
+    pub fn release(
+        &self,
+        source: Source,
+        units: &Draw,
+        counts: HashMap<String, i64>,
+    ) -> Result<HashMap<String, i64>, NoiseError> {
+        #[cfg(feature = "test-noise")]
+        if let Source::Seeded(seed) = source {
+            return Ok(seeded::threshold(seed, units, self.tau, &counts));
+        }
+        let _ = (source, self.max_groups);
+        self.measurement(units)?.invoke(&counts).map_err(opendp)
+    }
+}
+
+/// Test-only noise (the `test-noise` feature; see [`Source`]): discrete and continuous
+/// Laplace by inverse CDF from a BLAKE3-derived uniform, so each draw depends on the seed, the
+/// draw's label and the group key only.
+#[cfg(feature = "test-noise")]
+mod seeded {
+    use std::collections::HashMap;
+
+    use super::Draw;
+
+    /// A uniform number in (0, 1) from (seed, draw label, key).
+    fn uniform(seed: u64, label: &str, key: &[u8]) -> f64 {
+        let mut hasher = blake3::Hasher::new_derive_key("veil test noise v1");
+        hasher.update(&seed.to_le_bytes());
+        hasher.update(&(label.len() as u64).to_le_bytes());
+        hasher.update(label.as_bytes());
+        hasher.update(key);
+        let bytes = hasher.finalize();
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes.as_bytes()[..8]);
+        ((u64::from_le_bytes(word) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Laplace(0, scale) by inverse CDF.
+    fn laplace(seed: u64, label: &str, key: &[u8], scale: f64) -> f64 {
+        let u = uniform(seed, label, key) - 0.5;
+        -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+    }
+
+    pub(super) fn integers(seed: u64, draw: &Draw, keys: &[&[u8]], values: &[i64]) -> Vec<i64> {
+        keys.iter()
+            .zip(values)
+            .map(|(key, v)| {
+                v.saturating_add(laplace(seed, &draw.label, key, draw.scale).round() as i64)
+            })
+            .collect()
+    }
+
+    pub(super) fn floats(seed: u64, draw: &Draw, keys: &[&[u8]], values: &[f64]) -> Vec<f64> {
+        keys.iter()
+            .zip(values)
+            .map(|(key, v)| v + laplace(seed, &draw.label, key, draw.scale))
+            .collect()
+    }
+
+    pub(super) fn threshold(
+        seed: u64,
+        draw: &Draw,
+        tau: i64,
+        counts: &HashMap<String, i64>,
+    ) -> HashMap<String, i64> {
+        counts
+            .iter()
+            .filter_map(|(key, v)| {
+                let key_bytes = hex::decode(key).unwrap_or_default();
+                let noise = laplace(seed, &draw.label, &key_bytes, draw.scale).round() as i64;
+                let noisy = v.saturating_add(noise);
+                (noisy >= tau).then(|| (key.clone(), noisy))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -117,19 +368,36 @@ mod tests {
 
     #[test]
     fn integer_noise_stays_integer_and_centred() -> Result<(), NoiseError> {
-        let draws = laplace_integers(vec![1000; 4000], 1, 1.0)?;
-        let mean = draws.values.iter().map(|v| *v as f64).sum::<f64>() / 4000.0;
+        let draw = Draw::new("t", 1.0, 1.0, true)?;
+        let keys: Vec<&[u8]> = vec![b"".as_slice(); 4000];
+        let values = draw.integers(Source::OpenDp, &keys, vec![1000; 4000])?;
+        let mean = values.iter().map(|v| *v as f64).sum::<f64>() / 4000.0;
         // Discrete Laplace with scale 1 has standard deviation < 1.5; the mean of 4000 draws
         // is within 0.2 of 1000 except with probability far below 1e-9.
         assert!((mean - 1000.0).abs() < 0.2, "mean {mean}");
-        assert_eq!(draws.scale, 1.0);
+        assert_eq!(draw.scale, 1.0);
         Ok(())
     }
 
     #[test]
-    fn threshold_grows_with_smaller_delta() {
-        let loose = existence_threshold(5, 1, 1.0, 1e-3);
-        let tight = existence_threshold(5, 1, 1.0, 1e-9);
-        assert!(tight > loose && loose > 5.0);
+    fn threshold_grows_with_smaller_delta_and_is_at_least_k() -> Result<(), NoiseError> {
+        let units = Draw::new("distinct units", 1.0, 1.0, true)?;
+        let loose = Threshold::plan(&units, 5, 1, 1e-3)?;
+        let tight = Threshold::plan(&units, 5, 1, 1e-9)?;
+        assert!(tight.tau > loose.tau && loose.tau >= 5);
+        assert!(tight.delta <= 1e-9 && loose.delta <= 1e-3);
+        Ok(())
+    }
+
+    #[test]
+    fn an_infinite_sensitivity_is_refused_before_any_draw() {
+        assert!(matches!(
+            Draw::new("income (sum)", f64::INFINITY, 1.0, false),
+            Err(NoiseError::Sensitivity { .. })
+        ));
+        assert!(matches!(
+            Draw::new("income (sum)", 1.7e308, 1.0, false),
+            Err(NoiseError::Sensitivity { .. })
+        ));
     }
 }

@@ -23,8 +23,13 @@ pub enum Rule {
     StatementIdentifier,
     /// Parameters missing, unknown, mistyped or outside their allowed values.
     StatementParameters,
-    /// A construct the gate cannot reason about (subqueries in expressions, set operations …).
+    /// A construct the gate cannot reason about (set operations, nested aggregates …).
     StatementConstruct,
+    /// A function, operator, cast or type outside the expression allow-list (`gate::allow`),
+    /// or an argument that could make an allowed one fail or grow without bound.
+    StatementExpression,
+    /// A subquery inside an expression (anywhere but a derived table in FROM).
+    StatementSubquery,
     // Step 2: shape.
     /// The result is not an aggregate (raw rows, `SELECT *`, no GROUP BY aggregate).
     ShapeAggregateOnly,
@@ -50,9 +55,10 @@ pub enum Rule {
     WasmInput,
     /// The declared output schema: names, types, bounds, key sets, defaults.
     WasmOutputSchema,
-    // Step 4: k-anonymity.
-    /// No group reached k distinct units (nothing to release).
-    KAnonymity,
+    // Step 5: noise.
+    /// The approval's ε, δ, bounds and limits cannot make a valid OpenDP measurement for this
+    /// query (a sensitivity too large, a δ too small for any threshold).
+    PrivacyParameters,
     // Step 6: budget.
     /// The privacy budget of the grant or a dataset is exhausted for this period.
     BudgetExhausted,
@@ -80,6 +86,8 @@ impl Rule {
             Self::StatementIdentifier => "statement.identifier",
             Self::StatementParameters => "statement.parameters",
             Self::StatementConstruct => "statement.construct",
+            Self::StatementExpression => "statement.expression",
+            Self::StatementSubquery => "statement.subquery",
             Self::ShapeAggregateOnly => "shape.aggregate_only",
             Self::ShapeAggregateAllowList => "shape.aggregate_allow_list",
             Self::ShapeMinMax => "shape.min_max",
@@ -91,7 +99,7 @@ impl Rule {
             Self::WasmModule => "wasm.module",
             Self::WasmInput => "wasm.input",
             Self::WasmOutputSchema => "wasm.output_schema",
-            Self::KAnonymity => "k_anonymity.nothing_to_release",
+            Self::PrivacyParameters => "privacy.parameters",
             Self::BudgetExhausted => "budget.exhausted",
             Self::BudgetIdenticalInProgress => "budget.identical_in_progress",
             Self::TemplateNotApproved => "template.not_approved",
