@@ -658,6 +658,7 @@ async fn execute(
         columns: released.columns.clone(),
         rows: 0,
         files: Vec::new(),
+        audit_checkpoint: None,
     };
     let rows = released.batch.clone();
     let written = match products::write_product(
