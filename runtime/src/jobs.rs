@@ -659,7 +659,7 @@ async fn execute(
         columns: released.columns.clone(),
         rows: 0,
         files: Vec::new(),
-        audit_checkpoint: None,
+        audit_checkpoint: audit::current_checkpoint(store)?,
     };
     let rows = released.batch.clone();
     let written = match products::write_product(
