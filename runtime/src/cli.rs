@@ -1282,6 +1282,14 @@ fn product(command: ProductCommand) -> Result<i32> {
                         m.privacy.groups_released,
                         m.privacy.groups_suppressed
                     );
+                    if let Some(checkpoint) = &m.audit_checkpoint {
+                        // A witness the buyer keeps: the bureau's `veil audit verify` checks
+                        // that the platform's log still holds this entry with this hash.
+                        println!(
+                            "  audit checkpoint: entry {} with hash {} (signed)",
+                            checkpoint.seq, checkpoint.hash
+                        );
+                    }
                     Ok(0)
                 }
                 Err(e) => {

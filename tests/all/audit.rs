@@ -603,7 +603,15 @@ async fn a_product_carries_the_checkpoint_current_when_it_was_written() {
         .args(["--public-key", &hex])
         .output()
         .expect("run veil");
+    let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{run:?}");
+    assert!(
+        stdout.contains(&format!(
+            "audit checkpoint: entry {} with hash {}",
+            checkpoint.seq, checkpoint.hash
+        )),
+        "{stdout}"
+    );
     let run = veil(&root, &["audit", "verify"]);
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.contains("1 products"), "{run}");
