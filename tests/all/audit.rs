@@ -485,6 +485,15 @@ async fn a_damaged_or_forged_checkpoint_log_is_detected() {
     assert_eq!(run.code, Some(1), "{run}");
     assert!(run.stderr.contains("is missing"), "{run}");
 
+    // An emptied log: a new store's first write is the only one that may start it.
+    let (_copy, root) = history.copy();
+    std::fs::write(log(&root), b"").expect("empty");
+    assert_eq!(verify_at(&root), Err(Broken::CheckpointMissing));
+    let run = add_buyer(&root, "late-buyer");
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(run.stderr.contains("was emptied"), "{run}");
+    assert!(log_lines(&root).is_empty(), "nothing was signed afresh");
+
     // The last checkpoint moved back two entries (to hide a cut-off tail), keeping its
     // signature.
     let (_copy, root) = history.copy();

@@ -307,7 +307,8 @@ fn read_tail(path: &Path) -> std::result::Result<Tail, String> {
 /// signature checked. `None` only for a store that has never completed a write.
 pub fn current_checkpoint(store: &Store) -> Result<Option<Checkpoint>> {
     let path = store.audit_log_path();
-    let tail = read_tail(&path).map_err(Error::internal)?;
+    let tail = read_tail(&path)
+        .map_err(|why| Error::internal(format!("reading the current audit checkpoint: {why}")))?;
     let Some(line) = tail.line else {
         return Ok(None);
     };

@@ -190,7 +190,7 @@ impl std::fmt::Debug for EntryKey {
 
 impl Entry {
     /// The hash this entry must carry: keyed from `keyed_from` on, unkeyed before it.
-    pub fn expected_hash(&self, key: &EntryKey, keyed_from: i64) -> String {
+    pub(crate) fn expected_hash(&self, key: &EntryKey, keyed_from: i64) -> String {
         let mut hasher = if self.seq >= keyed_from {
             blake3::Hasher::new_keyed(&key.0)
         } else {
