@@ -441,7 +441,9 @@ pub enum LedgerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the whole hash chain and the signed head checkpoint.
+    /// Check the keyed hash chain against every signed checkpoint in audit.checkpoints, then
+    /// cross-check products, meter records, ledger postings, purchases and settled statements
+    /// against their audit entries; exit 5 naming the first mismatch.
     Verify(StoreArg),
 }
 
@@ -625,15 +627,26 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Audit(AuditCommand::Verify(store)) => {
             let store = Store::open(&store.data_dir)?;
-            match audit::verify(
-                store.conn(),
-                &store.audit_head_path(),
-                &store.signing_key().verifying_key(),
-            )? {
-                Ok(verified) => {
+            match audit::verify(&store)? {
+                Ok(v) => {
                     println!(
-                        "audit log verified: {} entries, head {} (checkpoint at entry {})",
-                        verified.entries, verified.head_hash, verified.checkpoint_seq
+                        "audit log verified: {} entries, head {}; {} signed checkpoints (the newest at entry {}){}",
+                        v.entries,
+                        v.head_hash,
+                        v.checkpoints,
+                        v.checkpoint_seq,
+                        if v.keyed_from > 1 {
+                            format!(
+                                "; entries before {} were carried over from unkeyed hashes",
+                                v.keyed_from
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    println!(
+                        "cross-checked: {} products, {} meter records, {} ledger postings, {} statement files",
+                        v.products, v.meter_records, v.postings, v.statement_files
                     );
                     Ok(0)
                 }
@@ -1272,6 +1285,14 @@ fn product(command: ProductCommand) -> Result<i32> {
                         m.privacy.k,
                         m.privacy.groups_released,
                     );
+                    if let Some(checkpoint) = &m.audit_checkpoint {
+                        // A witness the buyer keeps: the bureau's `veil audit verify` checks
+                        // that the platform's log still holds this entry with this hash.
+                        println!(
+                            "  audit checkpoint: entry {} with hash {} (signed)",
+                            checkpoint.seq, checkpoint.hash
+                        );
+                    }
                     Ok(0)
                 }
                 Err(e) => {

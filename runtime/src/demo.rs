@@ -375,12 +375,11 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
         )?;
     }
 
-    let verified =
-        audit::verify(store.conn(), &store.audit_head_path(), &public)?.map_err(|broken| {
-            Error::internal(format!(
-                "the demo's own audit log failed to verify: {broken}"
-            ))
-        })?;
+    let verified = audit::verify(&store)?.map_err(|broken| {
+        Error::internal(format!(
+            "the demo's own audit log failed to verify: {broken}"
+        ))
+    })?;
     say(
         out,
         format!(

@@ -385,6 +385,7 @@ fn record_meter(tx: &rusqlite::Transaction<'_>, meter: &MeterRecord, job_id: &Jo
             "end_state": meter.end_state,
             "price_fen": meter.price.0,
             "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
+            "ledger_lines": ledger::audited(&ledger::run_lines(tx, meter)?),
         }),
     )?;
     ledger::post_run(tx, meter, meter_seq)?;
@@ -689,6 +690,7 @@ async fn execute(
         columns: released.columns.clone(),
         rows: 0,
         files: Vec::new(),
+        audit_checkpoint: audit::current_checkpoint(store)?,
     };
     let rows = released.batch.clone();
     let written = match products::write_product(

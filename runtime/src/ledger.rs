@@ -188,6 +188,59 @@ impl Posting {
     }
 }
 
+/// A line as the audit entry of its event records it (`ledger_lines` in the details of
+/// `meter.recorded` and `product.purchased`), so `veil audit verify` can tell a line edited
+/// in the database from the one the platform wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditedLine {
+    pub account: String,
+    pub debit_fen: i64,
+    pub credit_fen: i64,
+    pub item: String,
+    pub dataset_id: Option<String>,
+}
+
+impl AuditedLine {
+    /// "a debit of N fen" or "a credit of N fen".
+    pub fn amount(&self) -> String {
+        if self.debit_fen != 0 {
+            format!("a debit of {} fen", self.debit_fen)
+        } else {
+            format!("a credit of {} fen", self.credit_fen)
+        }
+    }
+}
+
+impl From<&LineDraft> for AuditedLine {
+    fn from(line: &LineDraft) -> Self {
+        Self {
+            account: line.account.as_text(),
+            debit_fen: line.debit.0,
+            credit_fen: line.credit.0,
+            item: line.item.to_string(),
+            dataset_id: line.dataset_id.clone(),
+        }
+    }
+}
+
+impl From<&Line> for AuditedLine {
+    fn from(line: &Line) -> Self {
+        Self {
+            account: line.account.clone(),
+            debit_fen: line.debit.0,
+            credit_fen: line.credit.0,
+            item: line.item.clone(),
+            dataset_id: line.dataset_id.clone(),
+        }
+    }
+}
+
+/// The lines as an audit entry's details hold them.
+pub fn audited(lines: &[LineDraft]) -> serde_json::Value {
+    let lines: Vec<AuditedLine> = lines.iter().map(AuditedLine::from).collect();
+    serde_json::to_value(lines).unwrap_or_default()
+}
+
 /// What one dataset contributed to a job: its registered rows, which weigh its provider's
 /// part of a rows fee or a sale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,17 +462,16 @@ pub fn contributions(conn: &Connection, job_id: &str) -> Result<Vec<Contribution
     Ok(out)
 }
 
-/// Posts a job's meter record, inside the job's final transaction, next to the audit entry
-/// `audit_seq` that recorded it. Only released, charged runs post (a reused product's run, a
-/// rejected or failed run costs nothing); returns the posting id if one was written.
+/// The lines a job's meter record posts (see [`post_run`]); none for a run that is not
+/// charged.
 ///
 /// The per-run fee is the one pinned in the template's approval; whatever the meter charged
 /// beyond it is the rows fee (see `prices`).
-pub fn post_run(tx: &Connection, meter: &MeterRecord, audit_seq: i64) -> Result<Option<i64>> {
+pub fn run_lines(conn: &Connection, meter: &MeterRecord) -> Result<Vec<LineDraft>> {
     if meter.end_state != "released" || meter.price.0 <= 0 {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let approval_json: Option<String> = tx
+    let approval_json: Option<String> = conn
         .query_row(
             "SELECT approval_json FROM templates WHERE id = ?1",
             [&meter.template_id],
@@ -439,8 +491,24 @@ pub fn post_run(tx: &Connection, meter: &MeterRecord, audit_seq: i64) -> Result<
             ));
         }
     };
-    let contributions = contributions(tx, &meter.job_id)?;
-    let lines = split_run(meter.price, per_run_fee, &meter.operator, &contributions);
+    let contributions = contributions(conn, &meter.job_id)?;
+    Ok(split_run(
+        meter.price,
+        per_run_fee,
+        &meter.operator,
+        &contributions,
+    ))
+}
+
+/// Posts a job's meter record, inside the job's final transaction, next to the audit entry
+/// `audit_seq` that recorded it (with [`run_lines`] in its details). Only released, charged
+/// runs post (a reused product's run, a rejected or failed run costs nothing); returns the
+/// posting id if one was written.
+pub fn post_run(tx: &Connection, meter: &MeterRecord, audit_seq: i64) -> Result<Option<i64>> {
+    let lines = run_lines(tx, meter)?;
+    if lines.is_empty() {
+        return Ok(None);
+    }
     insert_posting(
         tx,
         "run",
@@ -453,26 +521,34 @@ pub fn post_run(tx: &Connection, meter: &MeterRecord, audit_seq: i64) -> Result<
     .map(Some)
 }
 
+/// The lines a sale posts (see [`post_sale`]); none for a sale of zero fen.
+pub fn sale_lines(conn: &Connection, sale: &Sale, job_id: &str) -> Result<Vec<LineDraft>> {
+    if sale.price.0 <= 0 {
+        return Ok(Vec::new());
+    }
+    let contributions = contributions(conn, job_id)?;
+    Ok(split_sale(
+        sale.price,
+        sale.shares,
+        &sale.buyer,
+        &sale.operator,
+        &contributions,
+    ))
+}
+
 /// Posts a sale inside the purchase's transaction, next to the audit entry `audit_seq` that
-/// recorded it; `job_id` is the job that made the product. Returns the posting id if one was
-/// written (a sale of zero fen writes none).
+/// recorded it (with [`sale_lines`] in its details); `job_id` is the job that made the
+/// product. Returns the posting id if one was written (a sale of zero fen writes none).
 pub fn post_sale(
     tx: &Connection,
     sale: &Sale,
     job_id: &str,
     audit_seq: i64,
 ) -> Result<Option<i64>> {
-    if sale.price.0 <= 0 {
+    let lines = sale_lines(tx, sale, job_id)?;
+    if lines.is_empty() {
         return Ok(None);
     }
-    let contributions = contributions(tx, job_id)?;
-    let lines = split_sale(
-        sale.price,
-        sale.shares,
-        &sale.buyer,
-        &sale.operator,
-        &contributions,
-    );
     insert_posting(
         tx,
         "sale",

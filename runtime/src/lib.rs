@@ -10,7 +10,8 @@
 //!                              ├─ budget           (reserve ε atomically, never refund)
 //!                              ├─ gate::release    (bounding, k, threshold, OpenDP noise)
 //!                              ├─ products         (Parquet + CSV + signed manifest)
-//!                              └─ metering, audit  (one meter record per job; hash chain)
+//!                              └─ metering, audit  (one meter record per job; keyed hash chain,
+//!                                                   signed checkpoints in audit.checkpoints)
 //!                                      └─ ledger → settlement (fen, double entry)
 //! api (veil serve): bearer key → role → ownership → the functions above; jobs::enqueue and a
 //! bounded worker pool; market (listing, purchase, download, recall) for buyers.

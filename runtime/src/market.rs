@@ -287,6 +287,16 @@ pub fn purchase(store: &mut Store, buyer: &str, product_id: &ProductId) -> Resul
         };
         let shares = prices::current(tx)?.shares;
         let id = PurchaseId::random();
+        let sale = Sale {
+            purchase_id: id.to_string(),
+            buyer: buyer.to_string(),
+            operator: product.operator.clone(),
+            price: listing.price,
+            shares,
+            at: now.clone(),
+        };
+        // The sale's ledger lines are audited with it, so an edited line is found.
+        let lines = ledger::sale_lines(tx, &sale, &product.job_id)?;
         let seq = audit::append(
             tx,
             audit::Kind::ProductPurchased,
@@ -298,6 +308,7 @@ pub fn purchase(store: &mut Store, buyer: &str, product_id: &ProductId) -> Resul
                 "provider_bp": shares.provider_bp,
                 "platform_bp": shares.platform_bp,
                 "operator_bp": shares.operator_bp,
+                "ledger_lines": ledger::audited(&lines),
             }),
         )?;
         tx.execute(
@@ -316,19 +327,7 @@ pub fn purchase(store: &mut Store, buyer: &str, product_id: &ProductId) -> Resul
                 seq
             ],
         )?;
-        let posting_id = ledger::post_sale(
-            tx,
-            &Sale {
-                purchase_id: id.to_string(),
-                buyer: buyer.to_string(),
-                operator: product.operator.clone(),
-                price: listing.price,
-                shares,
-                at: now.clone(),
-            },
-            &product.job_id,
-            seq,
-        )?;
+        let posting_id = ledger::post_sale(tx, &sale, &product.job_id, seq)?;
         Ok(Purchase {
             id: id.to_string(),
             product_id: product.id,

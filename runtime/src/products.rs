@@ -451,6 +451,7 @@ mod tests {
                 ],
                 rows: 0,
                 files: Vec::new(),
+                audit_checkpoint: None,
             },
             batches: vec![batch],
         }

@@ -1,5 +1,6 @@
 //! The domain store on one machine: a folder holding the state database (embedded SQLite in
-//! WAL mode), the in-domain data, released products, the platform key and the audit checkpoint.
+//! WAL mode), the in-domain data, released products, the platform key and the audit log's
+//! signed checkpoints.
 //!
 //! ```text
 //! D/
@@ -8,13 +9,16 @@
 //!   data/<dataset>/    in-domain Parquet files; only the sandbox reads them
 //!   products/<id>/     released products (the only files meant to leave)
 //!   keys/platform.ed25519   the platform's Ed25519 signing key (mode 0600)
-//!   audit.head         signed checkpoint of the audit chain's head, outside the database
+//!   audit.checkpoints  every signed checkpoint of the audit chain, one JSON line each,
+//!                      append-only, outside the database (`audit.lock` serializes writers)
 //!   statements/<period>/    settlement statements (CSV + JSON), derived from the ledger
 //! ```
 //!
 //! Every state change goes through [`Store::write`]: one `BEGIN IMMEDIATE` transaction that
 //! also appends the audit entries describing the change, so the state and its audit trail
-//! commit together or not at all. After the commit, the signed audit checkpoint is rewritten.
+//! commit together or not at all. Before the commit the audit chain since the last checkpoint
+//! is checked (a tampered chain rolls the change back); after it, the new head is signed and
+//! appended to `audit.checkpoints` (see `audit`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,11 +34,14 @@ use crate::{audit, files};
 pub const BUSY_TIMEOUT_MS: u64 = 30_000;
 const DB_FILE: &str = "veil.db";
 const KEY_FILE: &str = "keys/platform.ed25519";
-const AUDIT_HEAD_FILE: &str = "audit.head";
 /// Version 2 added WASM modules and the meter's fuel, version 3 principals, version 4 the
 /// server's job queue (idempotency keys, requested grants), grant requests and the money
-/// tables (price book, ledger, market, recalls, downloads); older stores are upgraded on open.
-const SCHEMA_VERSION: i64 = 4;
+/// tables (price book, ledger, market, recalls, downloads), version 5 keyed audit hashes and
+/// the checkpoint log (no table changes: the old chain is carried over by
+/// `audit::carry_over`); older stores are upgraded on open.
+const SCHEMA_VERSION: i64 = 5;
+/// The first version whose audit entries are keyed.
+const KEYED_AUDIT_VERSION: i64 = 5;
 
 /// The columns each version added to tables an older version already had; applied in order,
 /// inside one transaction, before [`SCHEMA`] runs again to add the missing tables.
@@ -288,6 +295,7 @@ pub struct Store {
     root: PathBuf,
     conn: Connection,
     key: SigningKey,
+    sealer: audit::Sealer,
     /// Where jobs run from this store take their noise: always OpenDP, but in test builds.
     noise: crate::gate::noise::Source,
 }
@@ -318,6 +326,9 @@ impl Store {
         let key_path = root.join(KEY_FILE);
         let key = crate::keys::generate()?;
         files::write_atomic(&key_path, hex::encode(key.to_bytes()).as_bytes(), true)?;
+        // An empty checkpoint log before the database: the first write checkpoints into it,
+        // and a store whose log is missing is refused every write (see `audit`).
+        files::write_atomic(&root.join(audit::LOG_FILE), b"", false)?;
 
         let conn = open_connection(&root.join(DB_FILE))?;
         conn.execute_batch(SCHEMA)?;
@@ -328,6 +339,7 @@ impl Store {
         let mut store = Self {
             root: root.to_path_buf(),
             conn,
+            sealer: audit::Sealer::new(root, &key),
             key,
             noise: Default::default(),
         };
@@ -368,6 +380,13 @@ impl Store {
             .parse()
             .map_err(|_| Error::internal("reading the store's schema version"))?;
         if (1..SCHEMA_VERSION).contains(&version) {
+            // Keyed audit hashes: the old chain must verify before anything changes, and the
+            // checkpoint log starts at its head (see `audit::carry_over`). Writers of other
+            // processes wait meanwhile.
+            let _lock = audit::WriteLock::acquire(root)?;
+            if version < KEYED_AUDIT_VERSION {
+                audit::carry_over(&conn, root, &key)?;
+            }
             // One transaction: either the store is fully at the current version or unchanged.
             // Each version's own changes, then SCHEMA again: every statement in it is
             // `IF NOT EXISTS`, so it adds exactly the tables, indexes and triggers an older
@@ -384,6 +403,9 @@ impl Store {
                  UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
                  COMMIT;"
             ))?;
+            if version < KEYED_AUDIT_VERSION {
+                audit::retire_legacy_head(root)?;
+            }
         } else if version != SCHEMA_VERSION {
             return Err(Error::invalid(format!(
                 "this store has schema version {version}; this veil understands version {SCHEMA_VERSION}"
@@ -392,6 +414,7 @@ impl Store {
         Ok(Self {
             root: root.to_path_buf(),
             conn,
+            sealer: audit::Sealer::new(root, &key),
             key,
             noise: Default::default(),
         })
@@ -428,8 +451,14 @@ impl Store {
         self.root.join("products")
     }
 
-    pub fn audit_head_path(&self) -> PathBuf {
-        self.root.join(AUDIT_HEAD_FILE)
+    /// The audit checkpoint log, `audit.checkpoints`.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.root.join(audit::LOG_FILE)
+    }
+
+    /// The secret key of audit entry hashes (for verification).
+    pub(crate) fn audit_entry_key(&self) -> &audit::EntryKey {
+        self.sealer.entry_key()
     }
 
     pub fn signing_key(&self) -> &SigningKey {
@@ -442,15 +471,28 @@ impl Store {
     }
 
     /// Runs `change` in one `BEGIN IMMEDIATE` transaction. `change` must append the audit
-    /// entries that describe it. On success the transaction commits and the signed audit
-    /// checkpoint is rewritten; on error nothing is kept.
+    /// entries that describe it (only here can it: the entry key is lent to `audit::append`
+    /// while `change` runs).
+    ///
+    /// Before the commit, the audit chain from the last signed checkpoint to the new head must
+    /// verify; if it does not (someone edited the database), the change is rolled back and an
+    /// internal error says so: nothing is kept, and the checkpoint never moves over tampered
+    /// history. After the commit, the new head is signed and appended to `audit.checkpoints`;
+    /// should that fail (a full disk), the change stays committed, the error says so, and the
+    /// next write checkpoints both. On any other error nothing is kept.
     pub fn write<T>(&mut self, change: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let _lock = audit::WriteLock::acquire(&self.root)?;
+        let last = self.sealer.last()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = change(&tx)?;
+        let (head_before, _) = audit::head(&tx)?;
+        let value = audit::with_entry_key(self.sealer.entry_key(), || change(&tx))?;
+        let head = self.sealer.check(&tx, &last, head_before)?;
         tx.commit()?;
-        audit::write_checkpoint(&self.conn, &self.audit_head_path(), &self.key)?;
+        if let Some(head) = head {
+            self.sealer.export(&self.key, &last, head)?;
+        }
         Ok(value)
     }
 }

@@ -15,6 +15,12 @@
 //!
 //! Read [`Manifest`] first, then [`sign`], then [`verify_product_dir`].
 //!
+//! A manifest also carries the platform's **audit checkpoint** current when the product was
+//! written ([`AuditCheckpoint`]): the sequence number and hash of the audit log's head, signed
+//! on its own. Every buyer thus holds a witness of the log's history; the bureau's
+//! `veil audit verify` checks each product's witness against the log, so the platform cannot
+//! quietly rewrite history a product has seen.
+//!
 //! The canonical form is specified so that verifiers in other languages can reproduce it:
 //! the manifest as a JSON value, objects with keys sorted by their UTF-8 bytes, no
 //! whitespace, strings escaped as `serde_json` escapes them, numbers as `serde_json` prints
@@ -51,6 +57,10 @@ pub const SIGNATURE_ALGORITHM: &str = "ed25519";
 /// replayed as the signature of anything else the platform key signs (the audit checkpoint).
 pub const SIGNING_DOMAIN: &[u8] = b"veil-manifest-v1\n";
 
+/// Prefixed to an audit checkpoint's fields before signing (see [`AuditCheckpoint`]), so a
+/// checkpoint signature can never pass for a manifest signature or the other way round.
+pub const CHECKPOINT_SIGNING_DOMAIN: &[u8] = b"veil audit checkpoint v2\n";
+
 /// The largest `manifest.json` a verifier reads. Real manifests are a few kilobytes; the
 /// limit keeps a hostile file from exhausting memory before its signature is checked.
 pub const MANIFEST_BYTES_MAX: u64 = 16 * 1024 * 1024;
@@ -82,6 +92,67 @@ pub struct Manifest {
     pub rows: u64,
     /// Every file of the product except `manifest.json`.
     pub files: Vec<FileDigest>,
+    /// The platform's audit checkpoint current when the product was written: a witness of
+    /// the audit log's history up to that entry. Absent in products released before
+    /// checkpoints were exported (it is then left out of the canonical bytes too, so their
+    /// signatures still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_checkpoint: Option<AuditCheckpoint>,
+}
+
+/// A signed checkpoint of the platform's audit log: entry `seq` of the hash chain has hash
+/// `hash`. The platform exports one after every change (`audit.checkpoints` in its store) and
+/// copies the current one into each manifest.
+///
+/// The signature is Ed25519 by the platform key over
+///
+/// ```text
+/// "veil audit checkpoint v2\n" ‖ seq ‖ "\n" ‖ hash ‖ "\n" ‖ keyed_from
+/// ```
+///
+/// (numbers in decimal). `keyed_from` is the first entry whose hash is keyed with the
+/// platform's secret; entries before it were written by a Veil that hashed without a key and
+/// were carried over when the store was upgraded. It is signed so that nobody can move it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoint {
+    pub seq: i64,
+    /// The entry's hash, 64 hex digits.
+    pub hash: String,
+    pub keyed_from: i64,
+    /// The 64-byte Ed25519 signature, hex.
+    pub signature: String,
+}
+
+impl AuditCheckpoint {
+    /// The bytes the signature covers.
+    pub fn signed_message(seq: i64, hash: &str, keyed_from: i64) -> Vec<u8> {
+        let mut message = CHECKPOINT_SIGNING_DOMAIN.to_vec();
+        message.extend_from_slice(format!("{seq}\n{hash}\n{keyed_from}").as_bytes());
+        message
+    }
+
+    /// Signs a checkpoint with the platform key.
+    pub fn sign(seq: i64, hash: String, keyed_from: i64, key: &SigningKey) -> Self {
+        let signature = key.sign(&Self::signed_message(seq, &hash, keyed_from));
+        Self {
+            seq,
+            hash,
+            keyed_from,
+            signature: hex::encode(signature.to_bytes()),
+        }
+    }
+
+    /// True when `key` signed exactly these fields.
+    pub fn is_signed_by(&self, key: &VerifyingKey) -> bool {
+        decode_fixed::<64>(&self.signature).is_some_and(|value| {
+            key.verify_strict(
+                &Self::signed_message(self.seq, &self.hash, self.keyed_from),
+                &ed25519_dalek::Signature::from_bytes(&value),
+            )
+            .is_ok()
+        })
+    }
 }
 
 /// One in-domain dataset the product was computed from.
@@ -245,6 +316,10 @@ pub enum VerifyError {
         "{MANIFEST_FILE}: the signature does not match the manifest; the manifest was changed after signing — download the product again"
     )]
     BadSignature,
+    #[error(
+        "{MANIFEST_FILE}: the audit checkpoint it carries is not signed by the key that signed the manifest; do not use this product, and report it to the platform's bureau"
+    )]
+    BadAuditCheckpoint,
     #[error("{MANIFEST_FILE}: cannot be put into canonical form: {0}")]
     Canonical(#[source] ManifestError),
     #[error(
@@ -339,7 +414,15 @@ pub fn verify_signature(
     // manifest cannot carry two different valid signatures.
     embedded
         .verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&value))
-        .map_err(|_| VerifyError::BadSignature)
+        .map_err(|_| VerifyError::BadSignature)?;
+    // The platform signed the manifest with the checkpoint in it, but the checkpoint is a
+    // witness only if it carries the platform's own signature as well.
+    match &signed.manifest.audit_checkpoint {
+        Some(checkpoint) if !checkpoint.is_signed_by(&embedded) => {
+            Err(VerifyError::BadAuditCheckpoint)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Verifies a downloaded product folder: the signature of `manifest.json`, then the size and
@@ -642,6 +725,7 @@ mod tests {
                 bytes: 3,
                 blake3: blake3_hex(b"a,b"),
             }],
+            audit_checkpoint: None,
         }
     }
 
@@ -772,6 +856,53 @@ mod tests {
         let mut value = serde_json::to_value(&signed).expect("to value");
         value["manifest"]["note"] = serde_json::Value::String("unsigned".to_owned());
         assert!(serde_json::from_value::<SignedManifest>(value).is_err());
+    }
+
+    #[test]
+    fn an_audit_checkpoint_rides_along_only_with_the_platform_signature() {
+        // Without a checkpoint the field is left out of the canonical bytes, so manifests
+        // signed before the field existed still verify.
+        let bytes = canonical_bytes(&manifest()).expect("canonical");
+        assert!(!String::from_utf8_lossy(&bytes).contains("audit_checkpoint"));
+
+        let platform = key(7);
+        let hash = blake3_hex(b"entry 41");
+        let mut m = manifest();
+        m.audit_checkpoint = Some(AuditCheckpoint::sign(41, hash.clone(), 1, &platform));
+        let signed = sign(m.clone(), &platform).expect("sign");
+        verify_signature(&signed, Some(&platform.verifying_key())).expect("verifies");
+        let checkpoint = signed.manifest.audit_checkpoint.as_ref().expect("kept");
+        assert!(checkpoint.is_signed_by(&platform.verifying_key()));
+        assert!(!checkpoint.is_signed_by(&key(8).verifying_key()));
+
+        // Each signed field counts: another sequence number, hash or key boundary fails.
+        for changed in [
+            AuditCheckpoint {
+                seq: 40,
+                ..checkpoint.clone()
+            },
+            AuditCheckpoint {
+                hash: blake3_hex(b"entry 40"),
+                ..checkpoint.clone()
+            },
+            AuditCheckpoint {
+                keyed_from: 2,
+                ..checkpoint.clone()
+            },
+        ] {
+            assert!(
+                !changed.is_signed_by(&platform.verifying_key()),
+                "{changed:?}"
+            );
+        }
+
+        // A checkpoint signed by someone else, in a manifest the platform signed, is refused.
+        m.audit_checkpoint = Some(AuditCheckpoint::sign(41, hash, 1, &key(8)));
+        let signed = sign(m, &platform).expect("sign");
+        assert!(matches!(
+            verify_signature(&signed, Some(&platform.verifying_key())),
+            Err(VerifyError::BadAuditCheckpoint)
+        ));
     }
 
     #[test]

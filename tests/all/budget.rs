@@ -212,12 +212,7 @@ fn concurrent_jobs_on_a_budget_for_one_release_exactly_one() {
         RACERS,
         "one meter record per job"
     );
-    let verified = veil_runtime::audit::verify(
-        store.conn(),
-        &store.audit_head_path(),
-        &store.signing_key().verifying_key(),
-    )
-    .expect("verify");
+    let verified = veil_runtime::audit::verify(&store).expect("verify");
     assert!(verified.is_ok(), "{verified:?}");
 }
 
