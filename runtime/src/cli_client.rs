@@ -181,6 +181,7 @@ fn client_error(error: ClientError) -> Error {
             Error::invalid(text)
         }
         ClientError::Busy { .. } | ClientError::Timeout(_) => Error::Resources(error.to_string()),
+        ClientError::StorageFull(message) => Error::StorageFull(message),
         ClientError::Server { .. } | ClientError::Transport(_) => {
             Error::Resources(error.to_string())
         }

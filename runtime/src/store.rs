@@ -10,7 +10,13 @@
 //!   keys/platform.ed25519   the platform's Ed25519 signing key (mode 0600)
 //!   audit.head         signed checkpoint of the audit chain's head, outside the database
 //!   statements/<period>/    settlement statements (CSV + JSON), derived from the ledger
+//!   ballast            8 MiB of reserved blocks `veil serve` releases when the disk fills up,
+//!                      so failures can still be recorded (see `space`)
 //! ```
+//!
+//! Nothing else belongs in `products/`: a folder there that the `products` table does not
+//! name, and any temporary left by a crash, is removed by `sweep` (at server start and
+//! periodically).
 //!
 //! Every state change goes through [`Store::write`]: one `BEGIN IMMEDIATE` transaction that
 //! also appends the audit entries describing the change, so the state and its audit trail
@@ -24,7 +30,7 @@ use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
-use crate::{audit, files};
+use crate::{audit, files, space};
 
 /// How long a writer waits for another writer's transaction before giving up, in milliseconds.
 pub const BUSY_TIMEOUT_MS: u64 = 30_000;
@@ -428,14 +434,51 @@ impl Store {
     /// Runs `change` in one `BEGIN IMMEDIATE` transaction. `change` must append the audit
     /// entries that describe it. On success the transaction commits and the signed audit
     /// checkpoint is rewritten; on error nothing is kept.
+    ///
+    /// When a step fails because the disk is full, the store's ballast is released (see
+    /// [`crate::space`]) before the error is returned, so the caller's next write — recording
+    /// the failure — finds room. A checkpoint that fails for lack of space after the commit is
+    /// retried once with the ballast's room, since the change itself is already durable.
     pub fn write<T>(&mut self, change: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let committed = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::from)
+            .and_then(|tx| {
+                let value = change(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            });
+        let value = committed.inspect_err(|e| {
+            if e.is_storage_full() {
+                space::release(&self.root);
+            }
+        })?;
+        let head = self.audit_head_path();
+        match audit::write_checkpoint(&self.conn, &head, &self.key) {
+            Err(e) if e.is_storage_full() => {
+                space::release(&self.root);
+                audit::write_checkpoint(&self.conn, &head, &self.key)?;
+            }
+            other => other?,
+        }
+        Ok(value)
+    }
+
+    /// Runs `look` while holding the store's write lock (a `BEGIN IMMEDIATE` transaction that
+    /// is rolled back): no other connection, in this process or another, commits meanwhile.
+    /// For work on files whose meaning depends on state that only committed transactions
+    /// change — see `sweep`, which must not remove a product folder a job is publishing.
+    pub fn with_write_lock<T>(
+        &mut self,
+        look: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = change(&tx)?;
-        tx.commit()?;
-        audit::write_checkpoint(&self.conn, &self.audit_head_path(), &self.key)?;
-        Ok(value)
+        let value = look(&tx);
+        tx.rollback()?;
+        value
     }
 }
 
