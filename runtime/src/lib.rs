@@ -19,7 +19,7 @@
 //! Read in this order: [`store::Store`] (where state lives and how it changes), [`catalog`]
 //! (datasets and their policies), [`templates`], [`jobs::run`] (the whole flow of one job),
 //! [`gate`] (the only door out), then [`audit`]; for the service, [`api`], then [`market`],
-//! [`ledger`] and [`settlement`]; for clean ends after a full disk,
+//! [`ledger`] and [`settlement`]; for clean ends after a crash or a full disk, [`sweep`] and
 //! [`space`].
 
 pub mod api;
@@ -48,6 +48,7 @@ pub mod products;
 pub mod settlement;
 pub mod space;
 pub mod store;
+pub mod sweep;
 pub mod templates;
 
 pub use error::{Error, Result};
