@@ -112,6 +112,9 @@ pub enum Command {
         /// Jobs queued or running at once; more submissions get 429 until one ends.
         #[arg(long, default_value_t = crate::api::workers::QUEUE_JOBS_DEFAULT)]
         queue: usize,
+        /// Seconds between sweeps that remove files the store does not know (crash debris).
+        #[arg(long, default_value_t = crate::sweep::SWEEP_INTERVAL_SECONDS)]
+        sweep_seconds: u64,
     },
     /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
     Client(crate::cli_client::ClientArgs),
@@ -510,12 +513,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
             listen,
             workers,
             queue,
+            sweep_seconds,
         } => {
             crate::api::serve(crate::api::ServeConfig {
                 data_dir: store.data_dir,
                 listen,
                 workers,
                 queue,
+                sweep_seconds,
             })
             .await?;
             Ok(0)
