@@ -15,9 +15,10 @@
 //! It never removes a known product, a registered dataset's file, a statement, the state
 //! database or its logs, the key, the audit checkpoint or the ballast.
 //!
-//! **Why it is safe next to a job that is still writing.** The products folder is swept while
-//! holding the store's write lock (`Store::with_write_lock`, a `BEGIN IMMEDIATE` transaction
-//! that is rolled back), and the decision is exact, with no timing involved:
+//! **Why it is safe next to a job that is still writing.** The products folder is listed, and
+//! what to remove decided, while holding the store's write lock (`Store::with_write_lock`, a
+//! `BEGIN IMMEDIATE` transaction that is rolled back); the decision is exact, with no timing
+//! involved:
 //! - A job publishes its product by renaming its staging folder into place *inside* its final
 //!   transaction, which holds the same lock until it commits (see `products`). So while the
 //!   sweep holds the lock, every folder named after a product is either recorded by a
@@ -27,6 +28,10 @@
 //!   transaction), in any process on the store; the folder's name carries the job's id. A
 //!   staging folder whose job is not `running` belongs to a job that has ended or to a process
 //!   that died; neither will publish it.
+//!
+//! The removals happen after the lock is released, so writers wait only for the listing. The
+//! decision still holds then: a job never goes back to `running`, product ids are random and
+//! never reused, and anything created after the listing is not in it.
 //!
 //! Temporary files elsewhere are written outside any transaction (a statement, the audit
 //! checkpoint, a dataset being copied in before its registration commits), so they cannot be
@@ -66,18 +71,20 @@ pub fn sweep(store: &mut Store, grace: Duration) -> Result<Swept> {
     let root = store.root().to_path_buf();
     let now: SystemTime = clock::now().into();
     let mut swept = Swept::default();
-    store.with_write_lock(|tx| {
+    // Decided under the lock, removed after it: see the module docs for why the decision
+    // still holds then. Only the listing and the two queries hold up the store's writers.
+    let (doomed, dataset_dirs) = store.with_write_lock(|tx| {
         let known_products = strings(tx, "SELECT id FROM products")?;
         let running = strings(tx, "SELECT id FROM jobs WHERE state = 'running'")?;
-        let products_dir = root.join("products");
-        for (name, path) in entries(&products_dir) {
+        let mut doomed = Vec::new();
+        for (name, path) in entries(&root.join("products")) {
             let keep = match name.as_deref() {
                 Some(name) if known_products.contains(name) => true,
                 Some(name) => products::staging_job(name).is_some_and(|job| running.contains(job)),
                 None => false,
             };
             if !keep {
-                remove(&root, &path, &mut swept);
+                doomed.push(path);
             }
         }
         // A dataset's folder is the first component of its file's path (`<id>/data.parquet`).
@@ -85,17 +92,22 @@ pub fn sweep(store: &mut Store, grace: Duration) -> Result<Swept> {
             .into_iter()
             .filter_map(|file| file.split('/').next().map(str::to_string))
             .collect();
+        let mut dataset_dirs = Vec::new();
         for (name, path) in entries(&root.join("data")) {
             match name {
-                Some(name) if datasets.contains(&name) => {
-                    sweep_temporaries(&root, &path, now, grace, &mut swept);
-                }
-                _ if older_than(&path, now, grace) => remove(&root, &path, &mut swept),
+                Some(name) if datasets.contains(&name) => dataset_dirs.push(path),
+                _ if older_than(&path, now, grace) => doomed.push(path),
                 _ => {}
             }
         }
-        Ok(())
+        Ok((doomed, dataset_dirs))
     })?;
+    for path in doomed {
+        remove(&root, &path, &mut swept);
+    }
+    for dir in dataset_dirs {
+        sweep_temporaries(&root, &dir, now, grace, &mut swept);
+    }
     sweep_temporaries(&root, &root, now, grace, &mut swept);
     sweep_temporaries(&root, &root.join("keys"), now, grace, &mut swept);
     for (_, period) in entries(&store.statements_dir()) {
