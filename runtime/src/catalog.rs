@@ -86,7 +86,9 @@ pub fn sum_abs_max(integer: bool) -> (f64, &'static str) {
 
 /// A number for a message: plain when it is a modest integer, else in scientific notation.
 pub fn show_number(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e12 {
+    if !value.is_finite() {
+        "infinity".into()
+    } else if value.fract() == 0.0 && value.abs() < 1e12 {
         format!("{value}")
     } else {
         format!("{value:.3e}")
@@ -314,7 +316,7 @@ impl Policy {
             let total = bound * rows as f64;
             if !(total.is_finite() && total <= limit) {
                 problems.push(format!(
-                    "column `{name}`: bounds [{}, {}] let a sum over the table's {rows} rows reach {}, beyond the {} a sum may reach ({limit_name}); narrow the bounds to within ±{} (the widest a value of `{name}` can really be)",
+                    "column `{name}`: bounds [{}, {}] let a sum over the table's {rows} rows reach {}, beyond the {} a sum may reach ({limit_name}); narrow the bounds to within ±{} (a column's real range is usually far smaller)",
                     show_number(lo),
                     show_number(hi),
                     show_number(total),

@@ -825,7 +825,7 @@ fn sensitivity_problems(
         let sensitivity = per_unit * bound;
         if !(sensitivity.is_finite() && sensitivity <= limit) {
             problems.push(format!(
-                "column `{column}`: one unit may add up to {} groups × {} rows × {} = {}, beyond the {} a sum may reach ({limit_name}); approve with a smaller --max-groups × --max-rows (at most {} together), or narrow the column's bounds",
+                "column `{column}`: one unit may add up to --max-groups {} × --max-rows {} × bound {} = {}, beyond the {} a sum may reach ({limit_name}); approve with --max-groups × --max-rows at most {}, or narrow the column's bounds",
                 approval.max_groups,
                 approval.max_rows,
                 catalog::show_number(bound),
