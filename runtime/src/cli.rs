@@ -1213,7 +1213,11 @@ pub fn print_outcome(outcome: &JobOutcome) -> i32 {
         }
         JobOutcome::Failed { job_id, reason } => {
             println!("job {job_id} failed: {reason}");
-            1
+            if reason == crate::jobs::STORAGE_FULL_REASON {
+                6
+            } else {
+                1
+            }
         }
         JobOutcome::Cancelled { job_id } => {
             println!("job {job_id} was cancelled");

@@ -517,6 +517,7 @@ async fn job(
     Ok(match job.state.as_str() {
         "released" | "queued" | "running" => 0,
         "rejected" => 3,
+        "failed" if job.failure.as_deref() == Some(crate::jobs::STORAGE_FULL_REASON) => 6,
         _ => 1,
     })
 }

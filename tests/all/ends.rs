@@ -510,6 +510,26 @@ async fn a_product_that_does_not_fit_ends_its_job_failed_and_leaves_nothing() {
         (record.end_state.as_str(), record.micro_epsilon),
         ("failed", 1_000_000)
     );
+    // The command line says the same, with its own exit code.
+    let run = Command::new(veil_bin())
+        .args([
+            "job",
+            "run",
+            "--operator",
+            OPERATOR,
+            "--template",
+            &template,
+            "--data-dir",
+        ])
+        .arg(fixture.store_path())
+        .output()
+        .expect("veil job run");
+    assert_eq!(run.status.code(), Some(6), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("storage was full"),
+        "{run:?}"
+    );
+    assert_eq!(names(&products), ["filler"]);
 
     fs::remove_file(&filler).expect("free the space");
     let outcome = fixture.run(&template, &[]).await.expect("the job ends");
