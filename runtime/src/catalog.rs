@@ -56,6 +56,45 @@ const CSV_BATCH_ROWS: usize = 65_536;
 /// Rows read to infer a CSV file's column types.
 const CSV_INFER_ROWS: usize = 10_000;
 
+/// The largest total a sum over an integer column may reach: 2^62, half of `i64::MAX`.
+///
+/// A bounded column's values are clamped into `[lo, hi]`, so a sum over a table of `rows`
+/// rows lies within `rows × max(|lo|, |hi|)`. The gate adds these in `i64`; keeping the total
+/// within half the range leaves the other half for the noise added to it, so neither the
+/// exact sum nor the noisy one can overflow. Registration refuses bounds that break this at
+/// the table's row count; approval refuses contribution limits whose sensitivity breaks it
+/// (`templates::approve`).
+pub const SUM_INT_ABS_MAX: f64 = 4_611_686_018_427_387_904.0;
+
+/// The largest total a sum over a floating-point column may reach: 2^53.
+///
+/// Below 2^53 every integer is exact in an `f64`, so a sum of bounded values is finite and its
+/// rounding error stays below one unit of the column per value added, and noise calibrated to
+/// it has a finite scale. Bounds like ±1.7e308 would make sums infinite, and every job over
+/// the column would fail after spending its ε; they are refused at registration instead.
+pub const SUM_FLOAT_ABS_MAX: f64 = 9_007_199_254_740_992.0;
+
+/// The largest total a sum over a column of `data_type` may reach, and how to name that limit
+/// in a message.
+pub fn sum_abs_max(integer: bool) -> (f64, &'static str) {
+    if integer {
+        (SUM_INT_ABS_MAX, "2^62 for an integer column")
+    } else {
+        (SUM_FLOAT_ABS_MAX, "2^53 for a floating-point column")
+    }
+}
+
+/// A number for a message: plain when it is a modest integer, else in scientific notation.
+pub fn show_number(value: f64) -> String {
+    if !value.is_finite() {
+        "infinity".into()
+    } else if value.fract() == 0.0 && value.abs() < 1e12 {
+        format!("{value}")
+    } else {
+        format!("{value:.3e}")
+    }
+}
+
 /// What a column may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -261,6 +300,33 @@ impl Policy {
         }
         problems
     }
+
+    /// Checks that a sum over each bounded column, at the table's `rows` rows, stays within
+    /// [`SUM_INT_ABS_MAX`] (integer columns) or [`SUM_FLOAT_ABS_MAX`] (the others). Returns
+    /// one line per column that breaks it, naming the column and the widest bound that fits.
+    pub fn check_sums(&self, schema: &Schema, rows: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        for field in schema.fields() {
+            let name = field.name();
+            let Some([lo, hi]) = self.columns.get(name).and_then(|c| c.bounds) else {
+                continue;
+            };
+            let bound = lo.abs().max(hi.abs());
+            let (limit, limit_name) = sum_abs_max(field.data_type().is_integer());
+            let total = bound * rows as f64;
+            if !(total.is_finite() && total <= limit) {
+                problems.push(format!(
+                    "column `{name}`: bounds [{}, {}] let a sum over the table's {rows} rows reach {}, beyond the {} a sum may reach ({limit_name}); narrow the bounds to within ±{} (a column's real range is usually far smaller)",
+                    show_number(lo),
+                    show_number(hi),
+                    show_number(total),
+                    show_number(limit),
+                    show_number((limit / rows.max(1) as f64).floor()),
+                ));
+            }
+        }
+        problems
+    }
 }
 
 fn is_unit_type(data_type: &DataType) -> bool {
@@ -283,6 +349,13 @@ pub struct Dataset {
     pub bytes: u64,
     pub content_blake3: String,
     pub registered_at: String,
+}
+
+impl Dataset {
+    /// The schema of the dataset's stored Parquet file (read from its footer).
+    pub fn schema(&self, store: &Store) -> Result<SchemaRef> {
+        SourceFormat::Parquet.schema(&store.data_dir().join(&self.file))
+    }
 }
 
 /// A plain SQL identifier of at most `max` bytes: lower-case letters, digits and `_`, not
@@ -334,6 +407,12 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
     let copied = format.copy_into(source, &target).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;
+    // Only now is the row count known (a CSV file is counted while it is converted).
+    let problems = policy.check_sums(&schema, copied.rows);
+    if !problems.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(Error::Policy(problems));
+    }
 
     let dataset = Dataset {
         id: id.clone(),
@@ -687,6 +766,41 @@ role = "public"
         );
         let found = problems(&COLUMNS.replace("bounds = [0, 100000]", "bounds = [100, 5]"));
         assert!(found.iter().any(|p| p.contains("lo > hi")), "{found:?}");
+    }
+
+    #[test]
+    fn refuses_bounds_whose_sum_over_the_table_could_overflow() {
+        let huge = COLUMNS.replace("bounds = [0, 100000]", "bounds = [-1.7e308, 1.7e308]");
+        let found = problems(&huge);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("column `income`"), "{found:?}");
+        assert!(found[0].contains("narrow the bounds"), "{found:?}");
+
+        // `income` is an integer column: at 3 rows, 2^62 / 3 fits and one more does not.
+        let fits = COLUMNS.replace("bounds = [0, 100000]", "bounds = [0, 1.5e18]");
+        let (_dir, mut store, csv) = setup();
+        register(
+            &mut store,
+            "people",
+            &csv,
+            Policy::parse(&policy(&fits)).expect("parse"),
+        )
+        .expect("1.5e18 × 3 rows fits in 2^62");
+        let over = COLUMNS.replace("bounds = [0, 100000]", "bounds = [0, 1.6e18]");
+        let found = problems(&over);
+        assert!(found[0].contains("2^62"), "{found:?}");
+        // Nothing of the refused registration was kept.
+        let (_dir, mut store, csv) = setup();
+        let _ = register(
+            &mut store,
+            "people",
+            &csv,
+            Policy::parse(&policy(&over)).expect("parse"),
+        );
+        assert_eq!(
+            std::fs::read_dir(store.data_dir()).expect("data").count(),
+            0
+        );
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub enum Command {
         /// Jobs queued or running at once; more submissions get 429 until one ends.
         #[arg(long, default_value_t = crate::api::workers::QUEUE_JOBS_DEFAULT)]
         queue: usize,
+        /// Seconds between sweeps that remove files the store does not know (crash debris).
+        #[arg(long, default_value_t = crate::sweep::SWEEP_INTERVAL_SECONDS)]
+        sweep_seconds: u64,
     },
     /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
     Client(crate::cli_client::ClientArgs),
@@ -512,12 +515,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
             listen,
             workers,
             queue,
+            sweep_seconds,
         } => {
             crate::api::serve(crate::api::ServeConfig {
                 data_dir: store.data_dir,
                 listen,
                 workers,
                 queue,
+                sweep_seconds,
             })
             .await?;
             Ok(0)
@@ -1221,7 +1226,11 @@ pub fn print_outcome(outcome: &JobOutcome) -> i32 {
         }
         JobOutcome::Failed { job_id, reason } => {
             println!("job {job_id} failed: {reason}");
-            1
+            if reason == crate::jobs::STORAGE_FULL_REASON {
+                6
+            } else {
+                1
+            }
         }
         JobOutcome::Cancelled { job_id } => {
             println!("job {job_id} was cancelled");

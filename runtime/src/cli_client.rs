@@ -181,6 +181,7 @@ fn client_error(error: ClientError) -> Error {
             Error::invalid(text)
         }
         ClientError::Busy { .. } | ClientError::Timeout(_) => Error::Resources(error.to_string()),
+        ClientError::StorageFull(message) => Error::StorageFull(message),
         ClientError::Server { .. } | ClientError::Transport(_) => {
             Error::Resources(error.to_string())
         }
@@ -516,6 +517,7 @@ async fn job(
     Ok(match job.state.as_str() {
         "released" | "queued" | "running" => 0,
         "rejected" => 3,
+        "failed" if job.failure.as_deref() == Some(crate::jobs::STORAGE_FULL_REASON) => 6,
         _ => 1,
     })
 }

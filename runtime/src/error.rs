@@ -9,6 +9,7 @@
 //! | [`Error::Conflict`] | the caller's: the request contradicts the current state | read the state, then retry differently |
 //! | [`Error::Forbidden`] | the caller's: its role may not do this | use a principal of the right role |
 //! | [`Error::Resources`] | nobody's: a limit was reached | retry later or ask for a higher limit |
+//! | [`Error::StorageFull`] | nobody's: the store's disk is full | the bureau frees space; then retry |
 //! | [`Error::Internal`] | the platform's: an invariant broke | report it; the message names the step |
 //!
 //! No message may carry a value read from inside the domain. Messages from DataFusion reach
@@ -40,6 +41,10 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     Resources(String),
+    /// The file system holding the store has no space left (`ENOSPC`, `EDQUOT`, or SQLite's
+    /// `SQLITE_FULL`). Built by [`Error::storage_full`] so every message says what to do.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("internal error while {0}")]
     Internal(String),
 }
@@ -61,9 +66,25 @@ impl Error {
         Self::Internal(context.into())
     }
 
-    /// Wraps a file-system error with the path and what Veil was doing.
+    /// The store's disk is full while `doing` something.
+    pub fn storage_full(doing: impl std::fmt::Display) -> Self {
+        Self::StorageFull(format!(
+            "the platform's storage is full (while {doing}); the bureau must free disk space on the store's file system, then try again"
+        ))
+    }
+
+    /// Wraps a file-system error with the path and what Veil was doing. A full disk becomes
+    /// [`Error::StorageFull`], so callers can tell it from a broken invariant.
     pub fn io(doing: &str, path: &Path, error: std::io::Error) -> Self {
+        if crate::space::is_full_error(&error) {
+            return Self::storage_full(format_args!("{doing} {}", path.display()));
+        }
         Self::Internal(format!("{doing} {}: {error}", path.display()))
+    }
+
+    /// True when the error is the store's disk being full.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::StorageFull(_))
     }
 
     /// The process exit code the `veil` binary uses for this error.
@@ -76,6 +97,7 @@ impl Error {
             | Self::Conflict(_)
             | Self::Forbidden(_) => 2,
             Self::Resources(_) => 4,
+            Self::StorageFull(_) => 6,
             Self::Internal(_) => 1,
         }
     }
@@ -83,6 +105,9 @@ impl Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Self {
+        if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return Self::storage_full("writing the state database");
+        }
         // SQLite errors concern Veil's own state tables, never in-domain rows.
         Self::Internal(format!("using the state database: {error}"))
     }

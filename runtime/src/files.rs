@@ -30,11 +30,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
     let mut file = options
         .open(&tmp)
         .map_err(|e| Error::io("creating", &tmp, e))?;
-    file.write_all(bytes)
+    // A temporary that could not be finished is removed at once (a full disk is the usual
+    // cause, and it should not be left fuller); one a crash leaves is removed by `sweep`.
+    let written = file
+        .write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io("writing", &tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
+        .map_err(|e| Error::io("writing", &tmp, e))
+        .and_then(|()| {
+            drop(file);
+            fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))
+        });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(dir)
 }
 

@@ -36,7 +36,7 @@ use crate::gate::rules::{Refusal, Rule};
 use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, MeterRecord};
-use crate::products::{self, ProductDraft};
+use crate::products::{self, ProductDraft, ProductError, StagedProduct};
 use crate::store::Store;
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock, exec};
@@ -321,56 +321,94 @@ pub fn cancel_queued(store: &mut Store, job_id: &JobId, actor: &str) -> Result<J
     get(store, job_id.as_str())
 }
 
+/// What a job that could not end because the store's disk was full is told.
+pub const STORAGE_FULL_REASON: &str = "the platform's storage was full, so the job could not run to its end and nothing was released; submit it again once the bureau has freed disk space";
+
+/// What a job whose end could not be recorded, for another reason, is told.
+const FINISH_FAILED_REASON: &str =
+    "the platform could not record the job's end, so nothing was released; submit it again";
+
 /// Ends the jobs a stopped process left `running` (they end `failed`, metered, and their
-/// reserved ε stays spent) and returns the ids of the jobs still `queued`, oldest first, so a
-/// new server can run them.
+/// reserved ε stays spent), removes what the stopped process left on disk that the store
+/// does not know (see `sweep`), and returns the ids of the jobs still `queued`, oldest first,
+/// so a new server can run them.
+///
+/// Run by `veil serve` before it takes requests, as the one process working on the store: a
+/// job another process is running at that moment is ended too, like the rest.
 pub fn recover(store: &mut Store) -> Result<Vec<JobId>> {
     let interrupted: Vec<Job> = list(store)?
         .into_iter()
         .filter(|job| job.state == "running")
         .collect();
+    let reason = "the platform stopped while the job ran; submit it again";
     for job in interrupted {
-        let now = clock::format(clock::now());
-        store.write(|tx| {
-            let reason = "the platform stopped while the job ran; submit it again";
-            tx.execute(
-                "UPDATE jobs SET state = 'failed', reasons_json = ?1, finished_at = ?2
-                 WHERE id = ?3 AND state = 'running'",
-                params![
-                    serde_json::json!({ "failure": reason }).to_string(),
-                    now,
-                    job.id.as_str()
-                ],
-            )?;
-            audit::append(
-                tx,
-                audit::Kind::JobFailed,
-                "platform",
-                job.id.as_str(),
-                serde_json::json!({ "failure": reason }),
-            )?;
-            let reserved: (i64, i64) = tx.query_row(
-                "SELECT COALESCE(MAX(micro_epsilon), 0), COALESCE(MAX(pico_delta), 0)
-                 FROM budget_spend WHERE job_id = ?1",
-                [job.id.as_str()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )?;
-            let meter = MeterRecord::idle(
-                job.id.as_str(),
-                &job.operator,
-                &job.template_id,
-                "failed",
-                reserved,
-                &now,
-            );
-            record_meter(tx, &meter, &job.id)
-        })?;
+        // On a full disk the first attempt releases the ballast (see `space`): retry once.
+        if let Err(error) = end_unfinished(store, &job.id, reason) {
+            if !error.is_storage_full() {
+                return Err(error);
+            }
+            end_unfinished(store, &job.id, reason)?;
+        }
+    }
+    let swept = crate::sweep::sweep(store, std::time::Duration::ZERO)?;
+    if !swept.removed.is_empty() {
+        eprintln!(
+            "veil: removed {} leftover file(s) or folder(s) the store does not know",
+            swept.removed.len()
+        );
     }
     Ok(list(store)?
         .into_iter()
         .filter(|job| job.state == "queued")
         .map(|job| job.id)
         .collect())
+}
+
+/// Ends a job that is still `queued` or `running` as `failed` with `reason`, metered with the
+/// ε it reserved (which stays spent), and audited. Returns whether it changed the job: a job
+/// that has ended already is left as it is, so calling this again after an error is safe.
+/// Used by [`recover`], when a job's final transaction fails, and by the server when a job
+/// cannot run because the disk is full.
+pub fn end_unfinished(store: &mut Store, job_id: &JobId, reason: &str) -> Result<bool> {
+    let job = get(store, job_id.as_str())?;
+    let now = clock::format(clock::now());
+    store.write(|tx| {
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'failed', reasons_json = ?1, finished_at = ?2
+             WHERE id = ?3 AND state IN ('queued', 'running')",
+            params![
+                serde_json::json!({ "failure": reason }).to_string(),
+                now,
+                job.id.as_str()
+            ],
+        )?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        audit::append(
+            tx,
+            audit::Kind::JobFailed,
+            "platform",
+            job.id.as_str(),
+            serde_json::json!({ "failure": reason }),
+        )?;
+        let reserved: (i64, i64) = tx.query_row(
+            "SELECT COALESCE(MAX(micro_epsilon), 0), COALESCE(MAX(pico_delta), 0)
+             FROM budget_spend WHERE job_id = ?1",
+            [job.id.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let meter = MeterRecord::idle(
+            job.id.as_str(),
+            &job.operator,
+            &job.template_id,
+            "failed",
+            reserved,
+            &now,
+        );
+        record_meter(tx, &meter, &job.id)?;
+        Ok(true)
+    })
 }
 
 /// The meter record, its audit entry and its ledger posting, inside the caller's transaction.
@@ -424,10 +462,10 @@ fn outcome_of(store: &Store, job_id: &JobId) -> Result<JobOutcome> {
 enum Decision {
     Released {
         product_id: ProductId,
-        dir: PathBuf,
+        /// Written and signed, published by `finish`'s transaction.
+        staged: Box<StagedProduct>,
         rows: RecordBatch,
         grant: Grant,
-        manifest_blake3: String,
     },
     Reused {
         product_id: ProductId,
@@ -457,6 +495,15 @@ impl Failure {
         Self {
             operator: gate::FAILED_MESSAGE.to_string(),
             bureau: bureau.into(),
+        }
+    }
+
+    /// The platform's disk was full: a condition of the platform, not of the data, so it may
+    /// be said as it is.
+    fn storage_full() -> Self {
+        Self {
+            operator: STORAGE_FULL_REASON.into(),
+            bureau: "the platform's storage was full".into(),
         }
     }
 
@@ -693,15 +740,18 @@ async fn execute(
         audit_checkpoint: audit::current_checkpoint(store)?,
     };
     let rows = released.batch.clone();
-    let written = match products::write_product(
-        &store.products_dir(),
-        ProductDraft {
-            manifest,
-            batches: vec![released.batch],
-        },
-        store.signing_key(),
-    ) {
-        Ok(written) => written,
+    // Staged only: the product appears when `finish` commits the transaction recording it.
+    let draft = ProductDraft {
+        manifest,
+        batches: vec![released.batch],
+    };
+    let staged = match products::write_product(&store.products_dir(), draft, store.signing_key()) {
+        Ok(staged) => staged,
+        Err(ProductError::StorageFull) => {
+            // Room for recording the failure: see `space`.
+            crate::space::release(store.root());
+            return Ok(Decision::Failed(Failure::storage_full(), Some(grant)));
+        }
         Err(e) => {
             let message = format!("writing the product: {e}");
             return Ok(Decision::Failed(
@@ -714,20 +764,19 @@ async fn execute(
         }
     };
     costs.output_rows = rows.num_rows() as u64;
-    costs.output_bytes = written.bytes;
+    costs.output_bytes = staged.bytes();
     costs.price = prices::run_price(store.conn(), approval.price_per_run, registered_rows)?;
-    let manifest_path = written.dir.join(veil_sdk::manifest::MANIFEST_FILE);
-    let (_, manifest_blake3) = catalog::hash_file(&manifest_path)?;
     Ok(Decision::Released {
         product_id,
-        dir: written.dir,
+        staged: Box::new(staged),
         rows,
         grant,
-        manifest_blake3,
     })
 }
 
-/// Records the job's end, its meter record and audit entries in one transaction.
+/// Records the job's end, its meter record and audit entries in one transaction; a released
+/// job's product is published inside it, just before the commit (see `products`). If that
+/// transaction fails, the product is removed again and the job still ends `failed`.
 fn finish(
     store: &mut Store,
     request: &JobRequest,
@@ -739,6 +788,7 @@ fn finish(
 ) -> Result<JobOutcome> {
     let decision = match result {
         Ok(decision) => decision,
+        Err(error) if error.is_storage_full() => Decision::Failed(Failure::storage_full(), None),
         // A platform failure still ends the job and meters it; the error is reported after.
         Err(error) => Decision::Failed(Failure::after_reservation(error.to_string()), None),
     };
@@ -746,7 +796,7 @@ fn finish(
     let (state, outcome) = match &decision {
         Decision::Released {
             product_id,
-            dir,
+            staged,
             rows,
             ..
         } => (
@@ -754,7 +804,7 @@ fn finish(
             JobOutcome::Released {
                 job_id: job_id.clone(),
                 product_id: product_id.clone(),
-                dir: dir.clone(),
+                dir: staged.dir().to_path_buf(),
                 reused: false,
                 rows: Some(rows.clone()),
             },
@@ -814,7 +864,7 @@ fn finish(
         at: now.clone(),
         fuel: costs.fuel,
     };
-    store.write(|tx| {
+    let written = store.write(|tx| {
         let (reasons, product, reused_from, grant): (Option<String>, Option<String>, Option<String>, Option<&Grant>) =
             match &decision {
                 Decision::Released { product_id, grant, .. } => (None, Some(product_id.to_string()), None, Some(grant)),
@@ -850,12 +900,12 @@ fn finish(
         )?;
         if let Decision::Released {
             product_id,
-            dir,
+            staged,
             rows,
-            manifest_blake3,
             ..
         } = &decision
         {
+            let (dir, manifest_blake3) = (staged.dir(), staged.manifest_blake3());
             tx.execute(
                 "INSERT INTO products (id, job_id, template_id, operator, dir, rows, bytes, manifest_blake3, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -903,9 +953,35 @@ fn finish(
             ),
         };
         audit::append(tx, kind, &request.operator, job_id.as_str(), details)?;
-        record_meter(tx, &meter, job_id)
-    })?;
-    Ok(outcome)
+        record_meter(tx, &meter, job_id)?;
+        if let Decision::Released { staged, .. } = &decision {
+            staged.publish_in(tx)?;
+        }
+        Ok(())
+    });
+    let Err(error) = written else {
+        return Ok(outcome);
+    };
+    // Not committed (or committed, and then the checkpoint failed): a product the store does
+    // not know must not stay visible, and the job must still end.
+    if let Decision::Released { staged, .. } = decision
+        && !products::is_recorded(store.conn(), staged.product_id()).unwrap_or(true)
+    {
+        staged.abandon();
+    }
+    let reason = if error.is_storage_full() {
+        STORAGE_FULL_REASON
+    } else {
+        FINISH_FAILED_REASON
+    };
+    match end_unfinished(store, job_id, reason) {
+        Ok(true) => Ok(JobOutcome::Failed {
+            job_id: job_id.clone(),
+            reason: reason.into(),
+        }),
+        Ok(false) => outcome_of(store, job_id),
+        Err(_) => Err(error),
+    }
 }
 
 fn template_refusal(template: &Template, operator: &str) -> Option<Refusal> {

@@ -20,7 +20,8 @@
 //! Read in this order: [`store::Store`] (where state lives and how it changes), [`catalog`]
 //! (datasets and their policies), [`templates`], [`jobs::run`] (the whole flow of one job),
 //! [`gate`] (the only door out), then [`audit`]; for the service, [`api`], then [`market`],
-//! [`ledger`] and [`settlement`].
+//! [`ledger`] and [`settlement`]; for clean ends after a crash or a full disk, [`sweep`] and
+//! [`space`].
 
 pub mod api;
 pub mod audit;
@@ -47,7 +48,9 @@ pub mod prices;
 pub mod principals;
 pub mod products;
 pub mod settlement;
+pub mod space;
 pub mod store;
+pub mod sweep;
 pub mod templates;
 
 pub use error::{Error, Result};

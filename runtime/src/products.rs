@@ -1,22 +1,34 @@
 //! Released data products: the files a buyer downloads and their signed manifest.
 //!
 //! The release gate hands over the noisy, k-anonymous result as Arrow record batches and a
-//! draft [`Manifest`]. [`write_product`] turns them into a product folder:
+//! draft [`Manifest`]. [`write_product`] writes them into a staging folder, and the job's final
+//! transaction publishes it:
 //!
 //! ```text
-//! products_dir/.tmp-<id>/  result.parquet, result.csv  ─► size + BLAKE3 of each
-//!                          manifest.json (signed)      ─► fsync every file and the folder
-//! rename .tmp-<id> ─► products_dir/<id>                ─► fsync products_dir
+//! write_product:  products_dir/.tmp-<job>.<id>/  result.parquet, result.csv ─► size + BLAKE3
+//!                                                manifest.json (signed)      ─► fsync all
+//!                 ─► StagedProduct
+//! the job's final Store::write transaction (jobs::finish):
+//!     INSERT the product row, audit entries, meter record
+//!     StagedProduct::publish_in(tx): rename .tmp-<job>.<id> ─► products_dir/<id>, fsync
+//!     COMMIT ── fails? ─► StagedProduct::abandon(): the folder is removed again
 //! ```
 //!
-//! **Invariant:** a folder named after a product id is complete and never changes. It
-//! appears by one rename of a fully written and synced temporary folder, so a crash leaves
-//! either no product or the whole product; and an existing product is never overwritten.
-//! Buyers check the result with `veil_sdk::manifest::verify_product_dir`.
+//! **Invariants.** A folder named after a product id is complete and never changes: it
+//! appears by one rename of a fully written and synced staging folder, and an existing
+//! product is never overwritten. It appears only inside the transaction that records it, just
+//! before the commit, so a product folder the store does not know can exist only while that
+//! transaction is open, or after a crash between the rename and the commit — and then the
+//! store never learned of the product, its job is `running`, and `sweep` (run by
+//! `jobs::recover` when the server starts) removes the folder. A staging folder carries its
+//! job's id in its name, so a sweep can tell one a running job still writes from debris.
+//! Buyers check a product with `veil_sdk::manifest::verify_product_dir`.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::csv::WriterBuilder;
 use datafusion::arrow::error::ArrowError;
@@ -24,8 +36,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::ProductId;
+use crate::space;
 use veil_sdk::manifest::{
     self, FileDigest, MANIFEST_FILE, Manifest, ManifestError, SignedManifest,
 };
@@ -42,11 +56,11 @@ pub const RESULT_CSV: &str = "result.csv";
 pub const PRODUCT_ROWS_MAX: usize = 1_000_000;
 
 /// The longest product id, in bytes. Ids become folder names, which file systems limit to
-/// 255 bytes; the temporary prefix needs room too.
-pub const PRODUCT_ID_BYTES_MAX: usize = 128;
+/// 255 bytes; the staging prefix and the job id need room too.
+pub const PRODUCT_ID_BYTES_MAX: usize = 100;
 
-/// The prefix of the temporary folder a product is written into before it is renamed into
-/// place. It starts with a dot so listings of released products skip it.
+/// The prefix of a staging folder, `.tmp-<job>.<product>`. It starts with a dot so listings of
+/// released products skip it, and ids never contain a dot, so the name splits unambiguously.
 const TMP_PREFIX: &str = ".tmp-";
 
 /// What the release gate hands over for writing.
@@ -58,14 +72,84 @@ pub struct ProductDraft {
     pub batches: Vec<RecordBatch>,
 }
 
-/// A product that is on disk, complete and signed.
-#[derive(Debug, Clone)]
-pub struct WrittenProduct {
-    /// `products_dir/<product_id>`.
-    pub dir: PathBuf,
-    pub signed: SignedManifest,
+/// A product written, signed and synced in its staging folder, not yet visible under its id.
+///
+/// The job's final transaction calls [`StagedProduct::publish_in`] as its last step; if that
+/// transaction then fails to commit, the caller calls [`StagedProduct::abandon`]. Dropping a
+/// staged product changes nothing on disk: a staging folder left behind is swept once its job
+/// has ended. It is plain data (paths, the signed manifest, sizes), so a process that wrote it
+/// can hand it to another that publishes it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StagedProduct {
+    /// `products_dir/.tmp-<job>.<product_id>`.
+    staging: PathBuf,
+    /// `products_dir/<product_id>`, where the product appears when published.
+    dir: PathBuf,
+    products_dir: PathBuf,
+    signed: SignedManifest,
     /// The size of the whole folder: the result files and `manifest.json`.
-    pub bytes: u64,
+    bytes: u64,
+    /// BLAKE3 of `manifest.json`, recorded with the product.
+    manifest_blake3: String,
+    /// Set once `publish_in` has renamed the folder into place, so `abandon` removes only a
+    /// folder this staged product put there.
+    #[serde(skip)]
+    published: AtomicBool,
+}
+
+impl StagedProduct {
+    /// Where the product is once published: `products_dir/<product_id>`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn signed(&self) -> &SignedManifest {
+        &self.signed
+    }
+
+    pub fn product_id(&self) -> &str {
+        &self.signed.manifest.product_id
+    }
+
+    /// The size of the whole folder: the result files and `manifest.json`.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// BLAKE3 of `manifest.json`.
+    pub fn manifest_blake3(&self) -> &str {
+        &self.manifest_blake3
+    }
+
+    /// Makes the product visible under its id: renames the staging folder into place and syncs
+    /// the products folder. Call it as the last step inside the transaction that records the
+    /// product (`tx` proves one is open), so the rename and the commit are as close as they can
+    /// be; if the commit then fails, call [`StagedProduct::abandon`].
+    pub fn publish_in(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), ProductError> {
+        let _ = tx;
+        publish(&self.staging, &self.dir, &self.products_dir)?;
+        self.published.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes the staging folder, and the published folder if [`StagedProduct::publish_in`]
+    /// put it there: the transaction that was to record the product did not commit, so no
+    /// product by this id exists. Best effort: whatever is left is swept later, since the
+    /// store does not know it.
+    pub fn abandon(self) {
+        if self.published.load(Ordering::SeqCst) {
+            let _ = fs::remove_dir_all(&self.dir);
+            let _ = File::open(&self.products_dir).and_then(|d| d.sync_all());
+        }
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// The job a staging folder in the products folder belongs to (`.tmp-<job>.<product>`), or
+/// `None` when `name` is not a staging folder's name.
+pub fn staging_job(name: &str) -> Option<&str> {
+    let (job, product) = name.strip_prefix(TMP_PREFIX)?.split_once('.')?;
+    (is_safe_id(job) && is_safe_id(product)).then_some(job)
 }
 
 /// Why a product could not be written. Messages say what happened and what to change; none
@@ -89,6 +173,11 @@ pub enum ProductError {
         "a product already exists at {}; released products are never overwritten — use a new product id", path.display()
     )]
     AlreadyExists { path: PathBuf },
+    /// The products folder's file system is full; nothing was kept.
+    #[error(
+        "the products folder's file system is full, so the product could not be written; the bureau must free disk space, then run the job again"
+    )]
+    StorageFull,
     #[error(
         "{}: input/output failed ({source}); check that the products folder exists, is writable and has free space", path.display()
     )]
@@ -109,18 +198,28 @@ pub enum ProductError {
     Manifest(#[from] ManifestError),
 }
 
-/// Writes `draft` as the product folder `products_dir/<product_id>`, signed with `key`.
+impl From<ProductError> for crate::Error {
+    fn from(error: ProductError) -> Self {
+        match error {
+            ProductError::StorageFull => Self::storage_full("writing a product"),
+            other => Self::internal(format!("writing a product: {other}")),
+        }
+    }
+}
+
+/// Writes `draft` as a staged product for `products_dir/<product_id>`, signed with `key`.
 ///
 /// Fills in `manifest.files` (Parquet first, then CSV) and `manifest.rows`. Refuses an
-/// unsafe product id, more than [`PRODUCT_ROWS_MAX`] rows, and a product id that was already
-/// released. On any error the temporary folder is removed and nothing is released.
+/// unsafe product or job id, more than [`PRODUCT_ROWS_MAX`] rows, and a product id that was
+/// already released. On any error the staging folder is removed and nothing is kept; a full
+/// disk is [`ProductError::StorageFull`], however deep in an encoder it surfaced.
 pub fn write_product(
     products_dir: &Path,
     draft: ProductDraft,
     key: &SigningKey,
-) -> Result<WrittenProduct, ProductError> {
+) -> Result<StagedProduct, ProductError> {
     let id = draft.manifest.product_id.clone();
-    if !is_safe_id(&id) {
+    if !is_safe_id(&id) || !is_safe_id(&draft.manifest.job_id) {
         return Err(ProductError::BadId);
     }
     if draft.batches.is_empty() {
@@ -136,61 +235,78 @@ pub fn write_product(
     if target.exists() {
         return Err(ProductError::AlreadyExists { path: target });
     }
-    let tmp = products_dir.join(format!("{TMP_PREFIX}{id}"));
-    // Product ids are unique per job and a job is released once, so a leftover temporary
+    let staging = products_dir.join(format!("{TMP_PREFIX}{}.{id}", draft.manifest.job_id));
+    // Product ids are unique per job and a job is released once, so a leftover staging
     // folder can only come from an attempt that crashed; it never became a product.
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(io_error(&staging))?;
     }
-    fs::create_dir(&tmp).map_err(io_error(&tmp))?;
+    fs::create_dir(&staging).map_err(io_error(&staging))?;
 
-    match write_into(&tmp, draft, rows, key).and_then(|(signed, bytes)| {
-        publish(&tmp, &target, products_dir)?;
-        Ok((signed, bytes))
-    }) {
-        Ok((signed, bytes)) => Ok(WrittenProduct {
+    // Every byte of every file goes through a `DigestWriter` sharing this flag, so a full disk
+    // is recognised even where an encoder turned the `io::Error` into text.
+    let full = Arc::new(AtomicBool::new(false));
+    match write_into(&staging, draft, rows, key, &full) {
+        Ok((signed, bytes, manifest_blake3)) => Ok(StagedProduct {
+            staging,
             dir: target,
+            products_dir: products_dir.to_path_buf(),
             signed,
             bytes,
+            manifest_blake3,
+            published: AtomicBool::new(false),
         }),
         Err(e) => {
             // Best effort: the original error is what the caller needs, and a leftover
-            // temporary folder is harmless (it is removed by the next attempt).
-            let _ = fs::remove_dir_all(&tmp);
+            // staging folder is harmless (swept once the job has ended).
+            let _ = fs::remove_dir_all(&staging);
+            if full.load(Ordering::SeqCst) || is_full(&e) {
+                return Err(ProductError::StorageFull);
+            }
             Err(e)
         }
     }
 }
 
-/// Writes the result files and the signed manifest into `tmp`; returns the manifest and the
-/// folder's total size.
+/// True when `error` comes from a full disk.
+fn is_full(error: &ProductError) -> bool {
+    match error {
+        ProductError::StorageFull => true,
+        ProductError::Io { source, .. } => space::is_full_error(source),
+        other => space::is_full_in_chain(other),
+    }
+}
+
+/// Writes the result files and the signed manifest into `dir`; returns the manifest, the
+/// folder's total size and the manifest's BLAKE3.
 fn write_into(
-    tmp: &Path,
+    dir: &Path,
     draft: ProductDraft,
     rows: usize,
     key: &SigningKey,
-) -> Result<(SignedManifest, u64), ProductError> {
+    full: &Arc<AtomicBool>,
+) -> Result<(SignedManifest, u64, String), ProductError> {
     let ProductDraft {
         mut manifest,
         batches,
     } = draft;
 
-    let parquet = write_parquet(tmp, &batches)?;
-    let csv = write_csv(tmp, &batches)?;
+    let parquet = write_parquet(dir, &batches, full)?;
+    let csv = write_csv(dir, &batches, full)?;
     manifest.files = vec![parquet, csv];
     manifest.rows = rows as u64;
 
     let signed = manifest::sign(manifest, key)?;
-    let manifest_path = tmp.join(MANIFEST_FILE);
+    let manifest_path = dir.join(MANIFEST_FILE);
     let json = serde_json::to_vec_pretty(&signed).map_err(ManifestError::Serialize)?;
     let file = File::create(&manifest_path).map_err(io_error(&manifest_path))?;
-    let mut out = DigestWriter::new(file);
+    let mut out = DigestWriter::new(file, full);
     out.write_all(&json).map_err(io_error(&manifest_path))?;
-    let (_, manifest_bytes) = out.finish().map_err(io_error(&manifest_path))?;
+    let (manifest_hash, manifest_bytes) = out.finish().map_err(io_error(&manifest_path))?;
 
-    sync_dir(tmp)?;
+    sync_dir(dir)?;
     let bytes = signed.manifest.files.iter().map(|f| f.bytes).sum::<u64>() + manifest_bytes;
-    Ok((signed, bytes))
+    Ok((signed, bytes, manifest_hash.to_hex().to_string()))
 }
 
 /// A released product as the store records it, for listings and ownership checks.
@@ -236,6 +352,15 @@ pub fn get(conn: &rusqlite::Connection, id: &ProductId) -> crate::Result<Product
     .ok_or_else(|| crate::Error::not_found("product", id.as_str()))
 }
 
+/// Whether the store records a product with this id (committed, recalled or not).
+pub fn is_recorded(conn: &rusqlite::Connection, id: &str) -> crate::Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM products WHERE id = ?1)",
+        [id],
+        |row| row.get(0),
+    )?)
+}
+
 /// Every released product, oldest first.
 pub fn list(conn: &rusqlite::Connection) -> crate::Result<Vec<Product>> {
     let mut statement = conn.prepare(&format!(
@@ -249,11 +374,15 @@ pub fn list(conn: &rusqlite::Connection) -> crate::Result<Vec<Product>> {
     Ok(products)
 }
 
-fn write_parquet(dir: &Path, batches: &[RecordBatch]) -> Result<FileDigest, ProductError> {
+fn write_parquet(
+    dir: &Path,
+    batches: &[RecordBatch],
+    full: &Arc<AtomicBool>,
+) -> Result<FileDigest, ProductError> {
     let path = &dir.join(RESULT_PARQUET);
     let file = File::create(path).map_err(io_error(path))?;
     let schema = batches.first().ok_or(ProductError::NoBatches)?.schema();
-    let mut writer = ArrowWriter::try_new(DigestWriter::new(file), schema, None)
+    let mut writer = ArrowWriter::try_new(DigestWriter::new(file, full), schema, None)
         .map_err(ProductError::Parquet)?;
     for batch in batches {
         writer.write(batch).map_err(ProductError::Parquet)?;
@@ -262,12 +391,16 @@ fn write_parquet(dir: &Path, batches: &[RecordBatch]) -> Result<FileDigest, Prod
     finish_digest(path, RESULT_PARQUET, out)
 }
 
-fn write_csv(dir: &Path, batches: &[RecordBatch]) -> Result<FileDigest, ProductError> {
+fn write_csv(
+    dir: &Path,
+    batches: &[RecordBatch],
+    full: &Arc<AtomicBool>,
+) -> Result<FileDigest, ProductError> {
     let path = &dir.join(RESULT_CSV);
     let file = File::create(path).map_err(io_error(path))?;
     let mut writer = WriterBuilder::new()
         .with_header(true)
-        .build(DigestWriter::new(file));
+        .build(DigestWriter::new(file, full));
     for batch in batches {
         writer.write(batch).map_err(ProductError::Csv)?;
     }
@@ -283,7 +416,7 @@ fn finish_digest(path: &Path, name: &str, out: DigestWriter) -> Result<FileDiges
     })
 }
 
-/// Renames the finished temporary folder into place and makes the rename durable.
+/// Renames the finished staging folder into place and makes the rename durable.
 fn publish(tmp: &Path, target: &Path, products_dir: &Path) -> Result<(), ProductError> {
     // The existence check in `write_product` can race with another writer. A released
     // folder is never empty, so `rename` onto it fails instead of replacing it; that
@@ -311,36 +444,50 @@ fn publish(tmp: &Path, target: &Path, products_dir: &Path) -> Result<(), Product
 }
 
 /// A buffered file writer that hashes and counts the bytes it writes, so each file's digest
-/// comes from one pass, and that syncs the file to disk when finished.
+/// comes from one pass, and that syncs the file to disk when finished. It raises `full` when
+/// a write fails for lack of space, whatever the encoder above it makes of the error.
 struct DigestWriter {
     inner: BufWriter<File>,
     hasher: blake3::Hasher,
     bytes: u64,
+    full: Arc<AtomicBool>,
 }
 
 impl DigestWriter {
-    fn new(file: File) -> Self {
+    fn new(file: File, full: &Arc<AtomicBool>) -> Self {
         Self {
             inner: BufWriter::new(file),
             hasher: blake3::Hasher::new(),
             bytes: 0,
+            full: Arc::clone(full),
         }
     }
 
     /// Flushes, syncs the file to disk, and returns its digest and size.
     fn finish(self) -> io::Result<(blake3::Hash, u64)> {
+        let full = Arc::clone(&self.full);
         let file = self
             .inner
             .into_inner()
-            .map_err(io::IntoInnerError::into_error)?;
-        file.sync_all()?;
+            .map_err(io::IntoInnerError::into_error)
+            .inspect_err(|e| note_full(&full, e))?;
+        file.sync_all().inspect_err(|e| note_full(&full, e))?;
         Ok((self.hasher.finalize(), self.bytes))
+    }
+}
+
+fn note_full(full: &AtomicBool, error: &io::Error) {
+    if space::is_full_error(error) {
+        full.store(true, Ordering::SeqCst);
     }
 }
 
 impl Write for DigestWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(buf)?;
+        let written = self
+            .inner
+            .write(buf)
+            .inspect_err(|e| note_full(&self.full, e))?;
         // Only the bytes the inner writer accepted are hashed, so a short write followed
         // by a retry of the rest still hashes each byte once.
         self.hasher.update(&buf[..written]);
@@ -349,7 +496,7 @@ impl Write for DigestWriter {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().inspect_err(|e| note_full(&self.full, e))
     }
 }
 
@@ -368,9 +515,14 @@ fn sync_dir(dir: &Path) -> Result<(), ProductError> {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ProductError + '_ {
-    move |source| ProductError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        if space::is_full_error(&source) {
+            return ProductError::StorageFull;
+        }
+        ProductError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -457,8 +609,24 @@ mod tests {
         }
     }
 
-    fn written(products: &Path, id: &str) -> WrittenProduct {
-        write_product(products, draft(id), &key()).expect("write product")
+    /// A product written and published inside a throwaway transaction.
+    struct Published {
+        dir: PathBuf,
+        signed: SignedManifest,
+        bytes: u64,
+    }
+
+    fn written(products: &Path, id: &str) -> Published {
+        let staged = write_product(products, draft(id), &key()).expect("write product");
+        let mut conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        let tx = conn.transaction().expect("transaction");
+        staged.publish_in(&tx).expect("publish");
+        tx.commit().expect("commit");
+        Published {
+            dir: staged.dir().to_path_buf(),
+            signed: staged.signed().clone(),
+            bytes: staged.bytes(),
+        }
     }
 
     #[test]
@@ -487,7 +655,49 @@ mod tests {
             .map(|e| e.expect("entry").metadata().expect("metadata").len())
             .sum();
         assert_eq!(product.bytes, on_disk);
-        assert!(!products.path().join(".tmp-prod-1").exists());
+        let names: Vec<_> = fs::read_dir(products.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["prod-1"], "the staging folder is gone");
+    }
+
+    #[test]
+    fn a_staged_product_is_invisible_until_published_and_gone_when_abandoned() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let staged = write_product(products.path(), draft("prod-1"), &key()).expect("write");
+        assert!(!staged.dir().exists(), "not visible before the transaction");
+        let staging = products.path().join(".tmp-job-1.prod-1");
+        assert!(staging.is_dir());
+        assert_eq!(staging_job(".tmp-job-1.prod-1"), Some("job-1"));
+        assert_eq!(staging_job("prod-1"), None);
+        assert_eq!(staging_job(".tmp-prod-1"), None);
+
+        let mut conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        let tx = conn.transaction().expect("transaction");
+        staged.publish_in(&tx).expect("publish");
+        assert!(staged.dir().is_dir());
+        assert!(!staging.exists());
+        // The commit failed: the folder goes again.
+        drop(tx);
+        staged.abandon();
+        assert_eq!(fs::read_dir(products.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn abandoning_an_unpublished_product_keeps_an_existing_one() {
+        let products = tempfile::tempdir().expect("tempdir");
+        let first = written(products.path(), "prod-1");
+        let mut second = draft("prod-2");
+        second.manifest.job_id = "job-2".to_owned();
+        let staged = write_product(products.path(), second, &key()).expect("write");
+        staged.abandon();
+        verify_product_dir(&first.dir, Some(&key().verifying_key())).expect("first intact");
+        let names: Vec<_> = fs::read_dir(products.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["prod-1"]);
     }
 
     #[test]
@@ -547,7 +757,7 @@ mod tests {
         let verified =
             verify_product_dir(&first.dir, Some(&key().verifying_key())).expect("first intact");
         assert_eq!(verified.manifest.job_id, "job-1");
-        assert!(!products.path().join(".tmp-prod-1").exists());
+        assert!(!products.path().join(".tmp-job-2.prod-1").exists());
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //!   audit.checkpoints  every signed checkpoint of the audit chain, one JSON line each,
 //!                      append-only, outside the database (`audit.lock` serializes writers)
 //!   statements/<period>/    settlement statements (CSV + JSON), derived from the ledger
+//!   ballast            8 MiB of reserved blocks `veil serve` releases when the disk fills up,
+//!                      so failures can still be recorded (see `space`)
 //! ```
+//!
+//! Nothing else belongs in `products/`: a folder there that the `products` table does not
+//! name, and any temporary left by a crash, is removed by `sweep` (at server start and
+//! periodically).
 //!
 //! Every state change goes through [`Store::write`]: one `BEGIN IMMEDIATE` transaction that
 //! also appends the audit entries describing the change, so the state and its audit trail
@@ -28,7 +34,7 @@ use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
-use crate::{audit, files};
+use crate::{audit, files, space};
 
 /// How long a writer waits for another writer's transaction before giving up, in milliseconds.
 pub const BUSY_TIMEOUT_MS: u64 = 30_000;
@@ -480,20 +486,56 @@ impl Store {
     /// history. After the commit, the new head is signed and appended to `audit.checkpoints`;
     /// should that fail (a full disk), the change stays committed, the error says so, and the
     /// next write checkpoints both. On any other error nothing is kept.
+    ///
+    /// When a step fails because the disk is full, the store's ballast is released (see
+    /// [`crate::space`]) before the error is returned, so the caller's next write — recording
+    /// the failure — finds room. A checkpoint that fails for lack of space after the commit is
+    /// retried once with the ballast's room, since the change itself is already durable.
     pub fn write<T>(&mut self, change: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let _lock = audit::WriteLock::acquire(&self.root)?;
         let last = self.sealer.last()?;
+        let committed = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(Error::from)
+            .and_then(|tx| {
+                let (head_before, _) = audit::head(&tx)?;
+                let value = audit::with_entry_key(self.sealer.entry_key(), || change(&tx))?;
+                let head = self.sealer.check(&tx, &last, head_before)?;
+                tx.commit()?;
+                Ok((value, head))
+            });
+        let (value, head) = committed.inspect_err(|e| {
+            if e.is_storage_full() {
+                space::release(&self.root);
+            }
+        })?;
+        if let Some(head) = head {
+            match self.sealer.export(&self.key, &last, head.clone()) {
+                Err(e) if e.is_storage_full() => {
+                    space::release(&self.root);
+                    self.sealer.export(&self.key, &last, head)?;
+                }
+                other => other?,
+            }
+        }
+        Ok(value)
+    }
+
+    /// Runs `look` while holding the store's write lock (a `BEGIN IMMEDIATE` transaction that
+    /// is rolled back): no other connection, in this process or another, commits meanwhile.
+    /// For work on files whose meaning depends on state that only committed transactions
+    /// change — see `sweep`, which must not remove a product folder a job is publishing.
+    pub fn with_write_lock<T>(
+        &mut self,
+        look: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (head_before, _) = audit::head(&tx)?;
-        let value = audit::with_entry_key(self.sealer.entry_key(), || change(&tx))?;
-        let head = self.sealer.check(&tx, &last, head_before)?;
-        tx.commit()?;
-        if let Some(head) = head {
-            self.sealer.export(&self.key, &last, head)?;
-        }
-        Ok(value)
+        let value = look(&tx);
+        tx.rollback()?;
+        value
     }
 }
 

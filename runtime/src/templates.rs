@@ -57,7 +57,7 @@ use crate::gate::rules::{Refusal, Rule};
 use crate::grants::{self, MICRO, PICO};
 use crate::ids::{Fen, TemplateId};
 use crate::store::Store;
-use crate::{audit, clock};
+use crate::{audit, catalog, clock};
 
 /// Most parameters one template may declare.
 pub const TEMPLATE_PARAMS_MAX: usize = 16;
@@ -771,6 +771,17 @@ pub fn approve(store: &mut Store, id: &str, request: ApprovalRequest) -> Result<
             template.state.as_str()
         )));
     }
+    let problems = sensitivity_problems(store, &template, &approval)?;
+    if !problems.is_empty() {
+        return Err(Error::invalid(format!(
+            "these contribution limits would let one unit move a sum further than arithmetic can carry:\n{}",
+            problems
+                .iter()
+                .map(|p| format!("  - {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )));
+    }
     let json = serde_json::to_string(&approval)
         .map_err(|e| Error::internal(format!("encoding an approval: {e}")))?;
     decide(
@@ -791,6 +802,110 @@ pub fn approve(store: &mut Store, id: &str, request: ApprovalRequest) -> Result<
             "wasm_memory_mib": approval.wasm_memory_mib,
         }),
     )
+}
+
+/// What one unit can add to a sum under `approval` — the sensitivity `max_groups × max_rows ×
+/// max(|lo|, |hi|)` the gate calibrates noise to — for every bounded column the template may
+/// sum: the columns of the datasets its SQL reads (for a WASM template, its input SQL) and a
+/// WASM template's declared outputs. Each must stay within `catalog::sum_abs_max` of its type,
+/// so the sensitivity is a finite, exact number and the noisy sum cannot overflow; a WASM
+/// template's outputs must also sum, over every output row the input tables allow, within it.
+/// Returns one line per column that does not, naming it and the fix.
+fn sensitivity_problems(
+    store: &Store,
+    template: &Template,
+    approval: &Approval,
+) -> Result<Vec<String>> {
+    let per_unit = f64::from(approval.max_groups) * f64::from(approval.max_rows);
+    let mut problems = Vec::new();
+    let mut totals = Vec::new();
+    let mut check = |column: String, integer: bool, [lo, hi]: [f64; 2]| {
+        let bound = lo.abs().max(hi.abs());
+        let (limit, limit_name) = catalog::sum_abs_max(integer);
+        let sensitivity = per_unit * bound;
+        if !(sensitivity.is_finite() && sensitivity <= limit) {
+            problems.push(format!(
+                "column `{column}`: one unit may add up to --max-groups {} × --max-rows {} × bound {} = {}, beyond the {} a sum may reach ({limit_name}); approve with --max-groups × --max-rows at most {}, or narrow the column's bounds",
+                approval.max_groups,
+                approval.max_rows,
+                catalog::show_number(bound),
+                catalog::show_number(sensitivity),
+                catalog::show_number(limit),
+                catalog::show_number((limit / bound.max(f64::MIN_POSITIVE)).floor()),
+            ));
+        }
+    };
+    let sql = match &template.spec.wasm {
+        Some(wasm) => &wasm.input_sql,
+        None => &template.spec.sql,
+    };
+    let datasets = match referenced_tables(sql) {
+        Some(names) => names
+            .iter()
+            .filter_map(|name| catalog::find(store, name).transpose())
+            .collect::<Result<Vec<_>>>()?,
+        // The SQL passed the gate's parser at submission; should this parser differ, every
+        // dataset is checked rather than none.
+        None => catalog::list(store)?,
+    };
+    for dataset in &datasets {
+        let schema = dataset.schema(store)?;
+        for (name, column) in &dataset.policy.columns {
+            if let Some(bounds) = column.bounds {
+                let integer = schema
+                    .field_with_name(name)
+                    .is_ok_and(|f| f.data_type().is_integer());
+                check(format!("{}.{name}", dataset.name), integer, bounds);
+            }
+        }
+    }
+    if let Some(wasm) = &template.spec.wasm {
+        let rows = datasets.iter().map(|d| d.rows).max().unwrap_or(0) as f64;
+        for output in &wasm.output {
+            let Some(bounds) = output.bounds else {
+                continue;
+            };
+            let integer = output.kind == OutputType::Integer;
+            check(format!("{MAPPED_TABLE}.{}", output.name), integer, bounds);
+            let bound = bounds[0].abs().max(bounds[1].abs());
+            let total = rows * f64::from(wasm.max_rows_per_unit) * bound;
+            let (limit, limit_name) = catalog::sum_abs_max(integer);
+            if !(total.is_finite() && total <= limit) {
+                totals.push(format!(
+                    "output column `{}`: {} input rows × {} output rows each × {} = {}, beyond the {} a sum may reach ({limit_name}); the operator must declare narrower bounds or a smaller max_rows_per_unit",
+                    output.name,
+                    rows,
+                    wasm.max_rows_per_unit,
+                    catalog::show_number(bound),
+                    catalog::show_number(total),
+                    catalog::show_number(limit),
+                ));
+            }
+        }
+    }
+    problems.extend(totals);
+    Ok(problems)
+}
+
+/// The tables `sql` names (lower-cased, the last part of a qualified name), or `None` when it
+/// does not parse here.
+fn referenced_tables(sql: &str) -> Option<Vec<String>> {
+    use datafusion::sql::sqlparser::ast::visit_relations;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    let (sql, _) = bind_named_parameters(sql);
+    let statements = Parser::parse_sql(&GenericDialect {}, &sql).ok()?;
+    let mut names = Vec::new();
+    let _ = visit_relations(&statements, |relation| {
+        if let Some(ident) = relation.0.last().and_then(|part| part.as_ident()) {
+            names.push(ident.value.to_lowercase());
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    names.sort();
+    names.dedup();
+    Some(names)
 }
 
 /// Rejects a submitted template with reasons.

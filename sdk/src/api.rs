@@ -74,6 +74,10 @@ pub enum ErrorKind {
     Busy,
     /// A limit of the platform was reached (503).
     Resources,
+    /// The platform's storage is full (507): nothing was queued or changed. The bureau must
+    /// free disk space on the store; the server notices by itself and takes jobs again, so
+    /// retry later.
+    StorageFull,
     /// The platform failed (500).
     Internal,
 }
@@ -90,6 +94,7 @@ impl ErrorKind {
             Self::Refused | Self::Policy => 422,
             Self::Busy => 429,
             Self::Resources => 503,
+            Self::StorageFull => 507,
             Self::Internal => 500,
         }
     }

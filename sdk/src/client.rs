@@ -57,6 +57,10 @@ pub enum ClientError {
         message: String,
         retry_after_seconds: u64,
     },
+    /// The platform's storage is full (HTTP 507): nothing was queued or changed; retry once the
+    /// bureau has freed disk space.
+    #[error("{0}")]
+    StorageFull(String),
     /// The server or its platform failed, or answered something this client cannot read.
     #[error("server error ({status}): {message}")]
     Server { status: u16, message: String },
@@ -564,6 +568,7 @@ async fn error_of(response: reqwest::Response) -> ClientError {
             message: body.message,
             retry_after_seconds,
         },
+        ErrorKind::StorageFull => ClientError::StorageFull(body.message),
         ErrorKind::Resources | ErrorKind::Internal => ClientError::Server {
             status: status.as_u16(),
             message: body.message,

@@ -6,6 +6,7 @@ mod api_docs;
 mod audit;
 mod budget;
 mod cli;
+mod ends;
 mod gate_files;
 mod money;
 mod serve;

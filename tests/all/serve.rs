@@ -22,9 +22,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(data_dir: &Path, workers: usize) -> Self {
+        Self::start_with(data_dir, workers, &[])
+    }
+
+    /// [`Server::start`] with more `veil serve` flags.
+    pub fn start_with(data_dir: &Path, workers: usize, flags: &[&str]) -> Self {
         let mut child = Command::new(veil_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
+            .args(flags)
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())

@@ -43,13 +43,41 @@ impl Fixture {
         )
     }
 
+    /// [`Fixture::new`], calling `prepare` on the store's folder before the store is created in
+    /// it (to mount a small file system there, say); returns what `prepare` returned too.
+    pub fn prepared<G>(rows: u64, prepare: impl FnOnce(&Path) -> G) -> (Self, G) {
+        let today = veil_runtime::clock::today();
+        let mut prepared = None;
+        let fixture = Self::build(
+            rows,
+            100.0,
+            today - Days::new(30),
+            today + Days::new(335),
+            |store| prepared = Some(prepare(store)),
+        );
+        (fixture, prepared.expect("prepare ran"))
+    }
+
     /// A grant valid from `from` to `to` (both days included).
     pub fn with_term(rows: u64, epsilon_per_month: f64, from: NaiveDate, to: NaiveDate) -> Self {
+        Self::build(rows, epsilon_per_month, from, to, |_| {})
+    }
+
+    fn build(
+        rows: u64,
+        epsilon_per_month: f64,
+        from: NaiveDate,
+        to: NaiveDate,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
         use_veil_for_jobs();
         let dir = tempfile::tempdir().expect("temporary folder");
         let raw = dir.path().join("raw");
         demo_data::write_demo_data(rows, &raw, demo_data::DEMO_SEED).expect("demo data");
-        let mut store = Store::init(&dir.path().join("store")).expect("store");
+        let store_dir = dir.path().join("store");
+        std::fs::create_dir_all(&store_dir).expect("store folder");
+        prepare(&store_dir);
+        let mut store = Store::init(&store_dir).expect("store");
         for (name, policy) in [
             ("social_insurance", SOCIAL_POLICY),
             ("enterprise_registry", ENTERPRISE_POLICY),

@@ -11,6 +11,9 @@ use crate::gate::rules::Refusal;
 /// Seconds a client is told to wait when the job queue is full.
 pub const BUSY_RETRY_AFTER_SECONDS: u32 = 2;
 
+/// What a client is told when the store's disk is full (HTTP 507, kind `storage_full`).
+pub const STORAGE_FULL_MESSAGE: &str = "the platform's storage is full, so nothing was queued or changed; the bureau has been told and must free disk space — retry later (the server takes jobs again by itself once there is room)";
+
 /// An error on its way to a client.
 #[derive(Debug)]
 pub enum ApiError {
@@ -20,6 +23,9 @@ pub enum ApiError {
     Unauthorized,
     /// The job queue is full.
     Busy(String),
+    /// The store's disk is full, so nothing is taken (see `crate::space`). Unlike a write that
+    /// fails for lack of space, this is not logged: the server logged once when it happened.
+    StorageFull,
 }
 
 impl ApiError {
@@ -65,6 +71,11 @@ impl IntoResponse for ApiError {
                 Vec::new(),
             ),
             Self::Busy(message) => (ErrorKind::Busy, message, Vec::new()),
+            Self::StorageFull => (
+                ErrorKind::StorageFull,
+                STORAGE_FULL_MESSAGE.into(),
+                Vec::new(),
+            ),
             Self::Domain(error) => match error {
                 Error::Refused(refusal) => (
                     ErrorKind::Refused,
@@ -79,6 +90,16 @@ impl IntoResponse for ApiError {
                 Error::Conflict(message) => (ErrorKind::Conflict, message, Vec::new()),
                 Error::Forbidden(message) => (ErrorKind::Forbidden, message, Vec::new()),
                 Error::Resources(message) => (ErrorKind::Resources, message, Vec::new()),
+                Error::StorageFull(detail) => {
+                    // The detail may name the store's paths: the log gets it, the client a
+                    // fixed sentence.
+                    eprintln!("veil serve: {detail}");
+                    (
+                        ErrorKind::StorageFull,
+                        STORAGE_FULL_MESSAGE.into(),
+                        Vec::new(),
+                    )
+                }
                 Error::Internal(detail) => {
                     // The detail (a path, a state-database error) is for the server's log,
                     // which stays in the domain; the client learns only that it happened.

@@ -127,6 +127,8 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Jobs queued or running at once.
     pub queue: usize,
+    /// Seconds between two sweeps of what the store does not know (see `crate::sweep`).
+    pub sweep_seconds: u64,
 }
 
 /// The router with every route, on a store that is already open (used by tests without a
@@ -139,7 +141,12 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// listens on (useful with port 0).
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let stores = Arc::new(StorePool::new(&config.data_dir)?);
-    let workers = Workers::start(&config.data_dir, config.workers, config.queue)?;
+    let workers = Workers::start_with(
+        &config.data_dir,
+        config.workers,
+        config.queue,
+        std::time::Duration::from_secs(config.sweep_seconds),
+    )?;
     let state = Arc::new(AppState { stores, workers });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

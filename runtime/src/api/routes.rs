@@ -623,7 +623,8 @@ async fn template_revoke(
     params(("idempotency-key" = Option<String>, Header, description = "a retried submission with the same key returns the first job")),
     responses((status = 202, body = Submitted, description = "queued"),
         (status = 200, body = Submitted, description = "replayed idempotency key"),
-        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 507, body = ErrorBody, description = "the store's disk is full (`storage_full`); retry once the bureau has freed space")))]
 async fn job_submit(
     State(state): AppState_,
     caller: Caller,
@@ -641,6 +642,10 @@ async fn job_submit(
         ),
         None => None,
     };
+    // While the disk is full nothing is queued: the job could only end `failed` (see `space`).
+    if state.workers.storage_full() {
+        return Err(ApiError::StorageFull);
+    }
     // A place in the queue first: a full queue refuses before anything is written.
     let permit = state.workers.reserve().ok_or_else(|| {
         ApiError::Busy(format!(

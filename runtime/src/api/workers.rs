@@ -8,10 +8,22 @@
 //! runs one job at a time with `jobs::run_queued`, so the job's own wall-time and memory limits
 //! (pinned by the template's approval) bound it. A cancelled job's token stops it where it is.
 //! Every job end bumps a generation counter that long-polling `wait` calls watch.
+//!
+//! **No job outlives the server unended.** A job whose run returns an error (its final write
+//! failed, the disk is full) is ended `failed` here with `jobs::end_unfinished`; if even that
+//! cannot be written, the job is kept in memory and the record is retried every
+//! [`MONITOR_TICK_MS`] until it is written (or, if the server stops first, `jobs::recover` ends
+//! it at the next start). While the store's disk is full (see `crate::space`) queued jobs end
+//! `failed` at once without running, and submissions are refused with 507.
+//!
+//! A monitor thread does the server's housekeeping on its own store connection: each tick it
+//! writes the ballast back once there is room again and retries the failure records kept in
+//! memory; every `--sweep-seconds` it runs `crate::sweep::sweep`.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::ids::JobId;
 use crate::jobs;
 use crate::store::Store;
+use crate::{space, sweep};
 
 /// Jobs queued or running at once unless `veil serve --queue` says otherwise; more
 /// submissions are refused with 429 until one ends.
@@ -31,6 +44,15 @@ pub const QUEUE_JOBS_MAX: usize = 100_000;
 pub const WORKERS_DEFAULT: usize = 2;
 /// Most workers a server may start.
 pub const WORKERS_MAX: usize = 64;
+/// How often the monitor checks the disk and retries failure records, in milliseconds.
+pub const MONITOR_TICK_MS: u64 = 1_000;
+/// Longest interval between sweeps a server may be given, in seconds (a day).
+pub const SWEEP_SECONDS_MAX: u64 = 86_400;
+
+/// What a job is told when the platform failed while running it and no other reason could
+/// be recorded.
+const PLATFORM_FAILED_REASON: &str =
+    "the platform failed while running the job; nothing was released — submit it again";
 
 /// The queue, shared by the route handlers.
 pub struct Workers {
@@ -41,6 +63,10 @@ pub struct Workers {
     jobs: Mutex<HashMap<JobId, Slot>>,
     /// Bumped each time a job ends.
     ended: watch::Sender<u64>,
+    /// The store folder.
+    root: PathBuf,
+    /// Jobs that must end `failed` but whose record could not be written yet, with the reason.
+    unrecorded: Mutex<Vec<(JobId, &'static str)>>,
 }
 
 struct Slot {
@@ -59,8 +85,23 @@ impl std::fmt::Debug for Workers {
 impl Workers {
     /// Starts `count` workers on the store at `root` with a queue of `capacity` jobs, and
     /// queues the jobs a stopped server left queued (those it left running end `failed`; see
-    /// `jobs::recover`).
+    /// `jobs::recover`). Sweeps every [`sweep::SWEEP_INTERVAL_SECONDS`].
     pub fn start(root: &Path, count: usize, capacity: usize) -> Result<Arc<Self>> {
+        Self::start_with(
+            root,
+            count,
+            capacity,
+            Duration::from_secs(sweep::SWEEP_INTERVAL_SECONDS),
+        )
+    }
+
+    /// [`Workers::start`], sweeping every `sweep_every` (1 s to [`SWEEP_SECONDS_MAX`]).
+    pub fn start_with(
+        root: &Path,
+        count: usize,
+        capacity: usize,
+        sweep_every: Duration,
+    ) -> Result<Arc<Self>> {
         if !(1..=WORKERS_MAX).contains(&count) {
             return Err(Error::invalid(format!(
                 "--workers must be between 1 and {WORKERS_MAX}"
@@ -71,6 +112,11 @@ impl Workers {
                 "--queue must be between 1 and {QUEUE_JOBS_MAX}"
             )));
         }
+        if !(1..=SWEEP_SECONDS_MAX).contains(&sweep_every.as_secs()) {
+            return Err(Error::invalid(format!(
+                "--sweep-seconds must be between 1 and {SWEEP_SECONDS_MAX}"
+            )));
+        }
         let (sender, receiver) = mpsc::unbounded_channel();
         let (ended, _) = watch::channel(0);
         let workers = Arc::new(Self {
@@ -79,9 +125,22 @@ impl Workers {
             capacity,
             jobs: Mutex::new(HashMap::new()),
             ended,
+            root: root.to_path_buf(),
+            unrecorded: Mutex::new(Vec::new()),
         });
         let mut store = Store::open(root)?;
         let waiting = jobs::recover(&mut store)?;
+        if !space::ensure(root) {
+            eprintln!(
+                "veil serve: the store's disk has no room for the {} MiB ballast; jobs are refused until space is freed",
+                space::BALLAST_BYTES / (1024 * 1024)
+            );
+        }
+        let weak = Arc::downgrade(&workers);
+        std::thread::Builder::new()
+            .name("veil-monitor".into())
+            .spawn(move || monitor(weak, store, sweep_every))
+            .map_err(|e| Error::internal(format!("starting the monitor: {e}")))?;
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
         let handle = tokio::runtime::Handle::current();
         for index in 0..count {
@@ -111,6 +170,12 @@ impl Workers {
             workers.admit(job, permit)?;
         }
         Ok(workers)
+    }
+
+    /// True while the store's disk is full (its ballast is released): submissions are refused
+    /// and queued jobs end `failed` without running. See `crate::space`.
+    pub fn storage_full(&self) -> bool {
+        space::is_full(&self.root)
     }
 
     /// How many jobs may be queued or running at once.
@@ -166,6 +231,76 @@ impl Workers {
         }
         self.ended.send_modify(|generation| *generation += 1);
     }
+
+    /// Ends `job` `failed` with `reason`, or keeps it for the monitor to retry.
+    fn end_failed(&self, store: &mut Store, job: &JobId, reason: &'static str) {
+        if let Err(error) = jobs::end_unfinished(store, job, reason) {
+            eprintln!("veil serve: job {job}: recording its failure: {error}; retrying");
+            if let Ok(mut unrecorded) = self.unrecorded.lock() {
+                unrecorded.push((job.clone(), reason));
+            }
+        }
+    }
+
+    /// Retries the failure records kept in memory; returns how many are still unwritten.
+    fn retry_unrecorded(&self, store: &mut Store) -> usize {
+        let waiting = match self.unrecorded.lock() {
+            Ok(mut unrecorded) => std::mem::take(&mut *unrecorded),
+            Err(_) => return 0,
+        };
+        let mut left = Vec::new();
+        for (job, reason) in waiting {
+            match jobs::end_unfinished(store, &job, reason) {
+                Ok(_) => self.ended.send_modify(|generation| *generation += 1),
+                Err(_) => left.push((job, reason)),
+            }
+        }
+        let count = left.len();
+        if let Ok(mut unrecorded) = self.unrecorded.lock() {
+            unrecorded.extend(left);
+        }
+        count
+    }
+}
+
+/// The server's housekeeping (see the module docs), until the workers are gone or the store
+/// folder is.
+fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
+    let root = store.root().to_path_buf();
+    let folders = [
+        store.products_dir(),
+        store.data_dir(),
+        store.statements_dir(),
+    ];
+    let mut last_sweep = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(MONITOR_TICK_MS));
+        let Some(workers) = workers.upgrade() else {
+            return;
+        };
+        if !store.root().join("veil.db").exists() {
+            return;
+        }
+        if workers.storage_full() {
+            let folders: Vec<&Path> = folders.iter().map(PathBuf::as_path).collect();
+            if space::restore(&root, &folders) {
+                eprintln!("veil serve: the store's disk has room again; taking jobs");
+            }
+        }
+        workers.retry_unrecorded(&mut store);
+        if last_sweep.elapsed() >= sweep_every {
+            last_sweep = Instant::now();
+            let grace = Duration::from_secs(sweep::TEMP_GRACE_SECONDS);
+            match sweep::sweep(&mut store, grace) {
+                Ok(swept) if !swept.removed.is_empty() => eprintln!(
+                    "veil serve: swept {} leftover file(s) or folder(s) the store does not know",
+                    swept.removed.len()
+                ),
+                Ok(_) => {}
+                Err(error) => eprintln!("veil serve: sweeping the store: {error}"),
+            }
+        }
+    }
 }
 
 async fn work(
@@ -176,11 +311,24 @@ async fn work(
     loop {
         let next = receiver.lock().await.recv().await;
         let Some(job) = next else { return };
+        if workers.storage_full() {
+            // Nothing runs while the disk is full: the job ends at once, having reserved no ε.
+            workers.end_failed(&mut store, &job, jobs::STORAGE_FULL_REASON);
+            workers.release(&job);
+            continue;
+        }
         let cancel = workers.token(&job);
         if let Err(error) = jobs::run_queued(&mut store, &job, Some(cancel)).await {
-            // The job itself is recorded as failed by run_queued where it can be; what is
-            // left is a platform problem for the server's log (in the domain).
+            // The job is recorded as ended by run_queued where it can be; this is what is
+            // left: a platform problem for the server's log (in the domain), and a job that
+            // must still end.
             eprintln!("veil serve: job {job}: {error}");
+            let reason = if error.is_storage_full() {
+                jobs::STORAGE_FULL_REASON
+            } else {
+                PLATFORM_FAILED_REASON
+            };
+            workers.end_failed(&mut store, &job, reason);
         }
         workers.release(&job);
     }

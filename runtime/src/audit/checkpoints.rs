@@ -76,6 +76,7 @@ pub(crate) struct Last {
 }
 
 /// The head a write will checkpoint once it has committed.
+#[derive(Clone)]
 pub(crate) struct Head {
     seq: i64,
     hash: String,
