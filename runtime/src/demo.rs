@@ -244,6 +244,7 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
                 max_groups,
                 max_rows,
                 price_per_run_fen: 12_000,
+                wall_seconds: wasm_wall_seconds(rows),
                 ..ApprovalRequest::default()
             },
         )?;
@@ -404,4 +405,15 @@ pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<
         audit_entries: verified.entries,
         products_verified: verified_products,
     })
+}
+
+/// The wall limit the demo's bureau approves for a WASM template over `rows` records: a unit's
+/// deadline is cut so that every unit running to it fits in the wall limit
+/// (`mapping::unit_limits`), so a larger table needs a longer limit — about 5 ms of it per
+/// record, which leaves each unit over 3 ms, between the default limit and the largest.
+fn wasm_wall_seconds(rows: u64) -> u32 {
+    let largest = veil_sandbox::JOB_WALL_MS_MAX / 1000;
+    let wanted = rows.saturating_mul(5) / 1000;
+    u32::try_from(wanted.clamp(u64::from(templates::JOB_WALL_SECONDS_DEFAULT), largest))
+        .unwrap_or(templates::JOB_WALL_SECONDS_DEFAULT)
 }

@@ -422,7 +422,10 @@ fn child_main(memory_bytes: Option<u64>, cpu_seconds: Option<u64>) -> i32 {
 
 /// The operating system's limits on this process: data segment, CPU time, file size (see
 /// [`CHILD_FILE_BYTES_MAX`]), no core dump (a core would hold in-domain rows).
-fn set_limits(memory_bytes: Option<u64>, cpu_seconds: Option<u64>) -> rustix::io::Result<()> {
+pub(crate) fn set_limits(
+    memory_bytes: Option<u64>,
+    cpu_seconds: Option<u64>,
+) -> rustix::io::Result<()> {
     use rustix::process::{Resource, Rlimit, setrlimit};
     let limit = |n: u64| Rlimit {
         current: Some(n),
@@ -647,6 +650,8 @@ pub(crate) struct CheckedWasm {
     pub input: mapping::InputAnalysis,
     pub schema: SchemaRef,
     pub release_sql: String,
+    /// The per-unit limits (see [`mapping::unit_limits`]); the approval's when none was given.
+    pub limits: veil_sandbox::wasm::WasmLimits,
 }
 
 /// Checks everything about a WASM job that needs no data row: the input plan, the declared
@@ -679,6 +684,16 @@ pub(crate) async fn check_wasm(
         .iter()
         .filter_map(|name| tables.get(name).cloned())
         .collect();
+    let limits = match approval {
+        Some(approval) => {
+            let rows_bound = sources.iter().fold(0u64, |n, d| n.saturating_add(d.rows));
+            match mapping::unit_limits(approval, rows_bound) {
+                Ok(limits) => limits,
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+        None => veil_sandbox::wasm::WasmLimits::default(),
+    };
     let (release_sql, _) = bind_named_parameters(&spec.sql);
     let analysis = match plan_release(
         data_dir,
@@ -703,6 +718,7 @@ pub(crate) async fn check_wasm(
             input,
             schema,
             release_sql,
+            limits,
         },
         analysis,
     )))
@@ -775,7 +791,7 @@ async fn map(
         }
         Err(failure) => return Err(ChildFailure::platform(failure)),
     };
-    let limits = approval.wasm_limits();
+    let limits = checked.limits;
     let mapper = veil_sandbox::wasm::WasmEngine::global()
         .and_then(|engine| engine.compile(module, &limits))
         .map_err(|e| ChildFailure::platform(format!("compiling the mapper failed ({e})")))?;
@@ -785,6 +801,7 @@ async fn map(
         input,
         schema,
         release_sql,
+        ..
     } = checked;
     let mapped = mapping::map_units(
         &sandbox,

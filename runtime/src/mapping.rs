@@ -225,6 +225,53 @@ pub fn mapped_dataset(input: &InputAnalysis, spec: &WasmSpec, sources: &[Dataset
     }
 }
 
+/// Share of the job's wall limit that the mapping stage may take when every unit runs to its
+/// deadline, in percent. The rest is for the input query, the host's per-row work and the
+/// release.
+pub const MAPPING_WALL_SHARE_PERCENT: u64 = 75;
+/// Shortest deadline a unit's call is given, in milliseconds (two ticks of the epoch clock, so
+/// a unit always gets at least one full millisecond).
+pub const UNIT_WALL_MS_MIN: u64 = 2;
+
+/// The per-unit limits of a job whose input tables hold `rows_bound` rows in all (their
+/// registered sizes, an upper bound on the number of units).
+///
+/// Whether a job passes its wall limit must not depend on one person: a mapper that loops for
+/// one unit only would otherwise turn that unit's presence into a time-out. So the unit's
+/// deadline is derived from data-independent figures — `rows_bound` units, all in one
+/// partition (hashing may put them there), each running to its deadline, must still fit in
+/// [`MAPPING_WALL_SHARE_PERCENT`] of the wall limit. A unit that hits its deadline contributes
+/// the fallback, which changes that unit's rows only. A job whose tables are too large for
+/// even [`UNIT_WALL_MS_MIN`] per unit is refused before its budget is reserved.
+pub fn unit_limits(
+    approval: &crate::templates::Approval,
+    rows_bound: u64,
+) -> Result<WasmLimits, Refusal> {
+    let mut limits = approval.wasm_limits();
+    let wall_ms = approval.limits().wall_ms;
+    let budget_ms = wall_ms / 100 * MAPPING_WALL_SHARE_PERCENT;
+    let per_unit_ms = budget_ms / rows_bound.max(1);
+    if per_unit_ms < UNIT_WALL_MS_MIN {
+        let needed_seconds = rows_bound
+            .saturating_mul(UNIT_WALL_MS_MIN)
+            .saturating_mul(100)
+            .div_ceil(MAPPING_WALL_SHARE_PERCENT)
+            .div_ceil(1000);
+        return Err(Refusal::one(
+            Rule::ResourcesLimit,
+            format!(
+                "the mapper's input tables hold {rows_bound} rows; mapping that many units at \
+                 {UNIT_WALL_MS_MIN} ms each does not fit in {MAPPING_WALL_SHARE_PERCENT}% of \
+                 the approved wall limit of {} s; ask the bureau to approve --wall-seconds \
+                 {needed_seconds} or more",
+                wall_ms / 1000
+            ),
+        ));
+    }
+    limits.unit_wall_ms = limits.unit_wall_ms.min(per_unit_ms);
+    Ok(limits)
+}
+
 /// What the mapping stage produced. Everything here is in-domain.
 pub struct Mapped {
     /// The rows of `mapped`.

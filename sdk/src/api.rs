@@ -384,11 +384,18 @@ pub struct MeterView {
     pub operator: String,
     pub template_id: String,
     pub end_state: String,
-    pub wall_ms: u64,
-    pub cpu_ms: u64,
+    /// Wall-clock time, CPU time and peak memory of the run: the bureau's view only. They
+    /// depend on the data (how long a filter or a mapper took), so an operator's view leaves
+    /// them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// The tables' registered sizes, not what a scan read: they never depend on values.
     pub rows_scanned: u64,
     pub bytes_scanned: u64,
-    pub peak_memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
     pub fuel: u64,
     pub micro_epsilon: i64,
     pub pico_delta: i64,

@@ -446,14 +446,14 @@ async fn check_file(name: &str) {
 
 /// One case of a gate file.
 #[derive(Debug)]
-struct Case {
-    title: String,
+pub(crate) struct Case {
+    pub(crate) title: String,
     /// Line of `case`, from 1.
     line: usize,
-    params: Vec<(String, String)>,
-    approval: ApprovalRequest,
-    sql: String,
-    expected: Vec<String>,
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) approval: ApprovalRequest,
+    pub(crate) sql: String,
+    pub(crate) expected: Vec<String>,
     /// Where the expected lines are in the file (line indices from 0), for blessing.
     expected_at: Range<usize>,
 }
@@ -614,7 +614,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Reads a gate file; a malformed one is an error naming its line.
-fn parse(name: &str, text: &str) -> Result<Vec<Case>, String> {
+pub(crate) fn parse(name: &str, text: &str) -> Result<Vec<Case>, String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut cases: Vec<Case> = Vec::new();
     let mut current: Option<Case> = None;

@@ -194,6 +194,18 @@ async fn operator_runs_a_job_through_the_sdk_and_downloads_a_verified_product() 
     assert_eq!(meter.len(), 1);
     assert_eq!(meter[0].price_fen, 250);
     assert_eq!(meter[0].micro_epsilon, 500_000);
+    // Time and memory depend on the data: the operator's meter leaves them out, the bureau's
+    // has them.
+    assert_eq!(
+        (
+            meter[0].wall_ms,
+            meter[0].cpu_ms,
+            meter[0].peak_memory_bytes
+        ),
+        (None, None, None)
+    );
+    let bureau_meter = bureau.meter().await.expect("bureau meter");
+    assert!(bureau_meter[0].wall_ms.is_some() && bureau_meter[0].peak_memory_bytes.is_some());
 
     // Download every file, resume one from the middle, and verify offline.
     let product = done.product_id.expect("product");

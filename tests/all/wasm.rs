@@ -16,6 +16,29 @@ const GUESTS: &str = env!("VEIL_GUESTS_DIR");
 const PENSION_TEMPLATE: &str = include_str!("../../examples/templates/pension_eligibility.toml");
 const CREDIT_TEMPLATE: &str = include_str!("../../examples/templates/credit_risk.toml");
 
+/// A template over the hostile mapper that loops for the unit `loop_unit` (until its deadline
+/// or fuel ends) and traps for `trap_unit`.
+const PROBE_TEMPLATE: &str = r#"
+name = "probe"
+sql = "SELECT COUNT(DISTINCT person_id) AS persons, SUM(one) AS ones FROM mapped"
+[wasm]
+module = "hostile_unit_trap.wasm"
+input_sql = "SELECT person_id, :loop_unit AS loop_unit, :trap_unit AS trap_unit FROM social_insurance"
+max_rows_per_unit = 1
+fallback = "default"
+[[wasm.output]]
+name = "one"
+type = "integer"
+bounds = [0, 1]
+default = 1
+[[params]]
+name = "loop_unit"
+type = "integer"
+[[params]]
+name = "trap_unit"
+type = "integer"
+"#;
+
 fn guest(name: &str) -> PathBuf {
     Path::new(GUESTS).join(format!("{name}.wasm"))
 }
@@ -102,27 +125,7 @@ async fn the_example_mappers_release_products_through_the_gate() {
 #[tokio::test]
 async fn a_unit_that_loops_or_traps_does_not_change_what_the_operator_sees() {
     let mut fixture = Fixture::new(3_000);
-    let text = r#"
-name = "probe"
-sql = "SELECT COUNT(DISTINCT person_id) AS persons, SUM(one) AS ones FROM mapped"
-[wasm]
-module = "hostile_unit_trap.wasm"
-input_sql = "SELECT person_id, :loop_unit AS loop_unit, :trap_unit AS trap_unit FROM social_insurance"
-max_rows_per_unit = 1
-fallback = "default"
-[[wasm.output]]
-name = "one"
-type = "integer"
-bounds = [0, 1]
-default = 1
-[[params]]
-name = "loop_unit"
-type = "integer"
-[[params]]
-name = "trap_unit"
-type = "integer"
-"#;
-    let (spec, module) = template(text);
+    let (spec, module) = template(PROBE_TEMPLATE);
     let id = approved(&mut fixture, spec, module, approval(1, 1));
     // Persons 7 and 8 exist: ids are 1, 2, 3, … in the demo data.
     let watched = run(&mut fixture, &id, &[("loop_unit", "7"), ("trap_unit", "8")]).await;
@@ -183,6 +186,64 @@ type = "integer"
     };
     assert_eq!(fallbacks(&a.job_id), 2);
     assert_eq!(fallbacks(&b.job_id), 0);
+}
+
+/// With a tight wall limit, one unit that loops must not turn into the job's time-out: the
+/// unit's deadline is cut so that every unit looping to it still fits, and a job whose tables
+/// are too large for that is refused before ε is reserved, naming the approval to change.
+#[tokio::test]
+async fn one_looping_unit_cannot_time_out_a_job_with_a_tight_wall_limit() {
+    let mut fixture = Fixture::new(300);
+    let (spec, module) = template(PROBE_TEMPLATE);
+    // A second of wall time and fuel for about as long: before, the looping unit's own
+    // deadline (1 s) was the whole job's limit.
+    let tight = ApprovalRequest {
+        wall_seconds: 1,
+        wasm_fuel_per_unit: 5_000_000_000,
+        ..approval(1, 1)
+    };
+    let id = approved(&mut fixture, spec, module, tight);
+    let mut seen = Vec::new();
+    for params in [
+        [("loop_unit", "7"), ("trap_unit", "0")],
+        [("loop_unit", "0"), ("trap_unit", "0")],
+    ] {
+        let outcome = run(&mut fixture, &id, &params).await;
+        let JobOutcome::Released {
+            rows: Some(rows), ..
+        } = &outcome
+        else {
+            panic!("the job must release whether or not person 7 loops: {outcome:?}");
+        };
+        seen.push(rows.num_rows());
+    }
+    assert_eq!(seen, [1, 1]);
+
+    // The same template on ten times the rows cannot give every unit 2 ms within 750 ms.
+    let mut large = Fixture::new(3_000);
+    let (spec, module) = template(PROBE_TEMPLATE);
+    let id = approved(
+        &mut large,
+        spec,
+        module,
+        ApprovalRequest {
+            wall_seconds: 1,
+            ..approval(1, 1)
+        },
+    );
+    let outcome = run(&mut large, &id, &[("loop_unit", "0"), ("trap_unit", "0")]).await;
+    let JobOutcome::Rejected { refusal, .. } = &outcome else {
+        panic!("a job that cannot fit its wall limit must be refused: {outcome:?}");
+    };
+    assert_eq!(refusal.codes(), [Rule::ResourcesLimit.code()]);
+    let text = refusal.to_string();
+    assert!(text.contains("--wall-seconds 8"), "{text}");
+    let spent: i64 = large
+        .store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM budget_spend", [], |row| row.get(0))
+        .expect("budget rows");
+    assert_eq!(spent, 0, "a refusal before the run reserves no ε");
 }
 
 #[test]

@@ -233,17 +233,20 @@ fn job_view(j: &Job) -> JobView {
     }
 }
 
-fn meter_view(m: &MeterRecord) -> MeterView {
+/// A meter record as `caller` may see it: time and memory, which depend on the data, only for
+/// the bureau.
+fn meter_view(m: &MeterRecord, caller: &Caller) -> MeterView {
+    let bureau = caller.is_bureau();
     MeterView {
         job_id: m.job_id.clone(),
         operator: m.operator.clone(),
         template_id: m.template_id.clone(),
         end_state: m.end_state.clone(),
-        wall_ms: m.wall_ms,
-        cpu_ms: m.cpu_ms,
+        wall_ms: bureau.then_some(m.wall_ms),
+        cpu_ms: bureau.then_some(m.cpu_ms),
         rows_scanned: m.rows_scanned,
         bytes_scanned: m.bytes_scanned,
-        peak_memory_bytes: m.peak_memory_bytes,
+        peak_memory_bytes: bureau.then_some(m.peak_memory_bytes),
         fuel: m.fuel,
         micro_epsilon: m.micro_epsilon,
         pico_delta: m.pico_delta,
@@ -807,7 +810,7 @@ async fn meter_list(State(state): AppState_, caller: Caller) -> Answer<Vec<Meter
             Ok(metering::list(store.conn())?
                 .iter()
                 .filter(|m| caller.is_bureau() || m.operator == caller.name())
-                .map(meter_view)
+                .map(|m| meter_view(m, &caller))
                 .collect())
         })
         .await?;

@@ -346,6 +346,28 @@ pub const FUNCTIONS: &[AllowedFunction] = &[
     },
 ];
 
+/// The allow-list as the README shows it (between its `allow-list` markers; a test keeps the
+/// two equal): one table of operators, one of functions.
+pub fn readme_section() -> String {
+    let cell = |text: &str| text.replace('|', "\\|");
+    let mut out = String::from("| Operator | Conditions |\n|---|---|\n");
+    for op in OPERATORS {
+        out.push_str(&format!("| `{}` | {} |\n", cell(op.sql), cell(op.note)));
+    }
+    out.push_str("\n| Function | Conditions |\n|---|---|\n");
+    for f in FUNCTIONS {
+        let (call, conditions) = match f.sql.split_once(": ") {
+            Some(split) => split,
+            None => match f.sql.find(") ") {
+                Some(end) => (&f.sql[..=end], &f.sql[end + 2..]),
+                None => (f.sql, ""),
+            },
+        };
+        out.push_str(&format!("| `{}` | {} |\n", cell(call), cell(conditions)));
+    }
+    out
+}
+
 fn text_args(c: &Call<'_>) -> Result<(), String> {
     if c.all(|t| is_text(t) || t.is_null()) {
         Ok(())
