@@ -30,6 +30,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cli_client;
 pub mod clock;
+pub mod compile;
 pub mod demo;
 pub mod demo_data;
 pub mod error;

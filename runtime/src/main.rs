@@ -6,6 +6,8 @@ use clap::Parser;
 fn main() {
     // A job's execution runs as a child process of this same program (see `exec`).
     veil_runtime::exec::serve_child_if_asked();
+    // So does an uploaded WASM module's check (see `compile`).
+    veil_runtime::compile::serve_check_if_asked();
     let cli = veil_runtime::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -44,8 +44,9 @@ const KEY_FILE: &str = "keys/platform.ed25519";
 /// server's job queue (idempotency keys, requested grants), grant requests and the money
 /// tables (price book, ledger, market, recalls, downloads), version 5 keyed audit hashes and
 /// the checkpoint log (no table changes: the old chain is carried over by
-/// `audit::carry_over`); older stores are upgraded on open.
-const SCHEMA_VERSION: i64 = 5;
+/// `audit::carry_over`), version 6 the refusals of WASM modules remembered by hash
+/// (`compile`); older stores are upgraded on open.
+const SCHEMA_VERSION: i64 = 6;
 /// The first version whose audit entries are keyed.
 const KEYED_AUDIT_VERSION: i64 = 5;
 
@@ -106,6 +107,13 @@ CREATE TABLE IF NOT EXISTS modules (
     blake3 TEXT PRIMARY KEY,
     bytes BLOB NOT NULL,
     stored_at TEXT NOT NULL
+);
+-- Modules the host refused to compile, by BLAKE3 (hex): the same bytes are refused again at
+-- once with the same reason (see compile.rs). A memo only: not audited, safe to delete.
+CREATE TABLE IF NOT EXISTS module_refusals (
+    blake3 TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,

@@ -637,25 +637,23 @@ pub fn submit(store: &mut Store, operator: &str, spec: TemplateSpec) -> Result<T
 }
 
 /// Checks a WASM template's module: its bytes must be the ones the spec names, and the host
-/// must accept it (valid, only the host ABI, within the limits).
-pub fn check_module(spec: &WasmSpec, module: &[u8]) -> Result<(), Refusal> {
+/// must accept it (valid, only the host ABI, within the limits). The module is compiled only
+/// in a child process with limits, and a refusal is remembered by hash (see
+/// [`crate::compile::check`], which also says the errors).
+pub fn check_module(store: &Store, spec: &WasmSpec, module: &[u8]) -> Result<()> {
     if blake3::hash(module).to_hex().as_str() != spec.module_blake3 {
-        return Err(Refusal::one(
+        return Err(Error::Refused(Refusal::one(
             Rule::WasmModule,
             "the module's bytes do not hash to the template's module_blake3",
-        ));
+        )));
     }
-    let engine = veil_sandbox::wasm::WasmEngine::global()
-        .map_err(|e| Refusal::one(Rule::WasmModule, e.to_string()))?;
-    engine
-        .compile(module, &veil_sandbox::wasm::WasmLimits::default())
-        .map(|_| ())
-        .map_err(|e| Refusal::one(Rule::WasmModule, e.to_string()))
+    crate::compile::check(store, module)
 }
 
-/// Stores an uploaded WASM module by its BLAKE3 digest, after the host has compiled it and
-/// checked its imports and exports: a module that could never run is refused here, before
-/// any template names it. Storing the same bytes again changes nothing.
+/// Stores an uploaded WASM module by its BLAKE3 digest, after the host has compiled it (in a
+/// child process with limits, see [`crate::compile`]) and checked its imports and exports: a
+/// module that could never run is refused here, before any template names it. Storing the
+/// same bytes again changes nothing.
 pub fn store_module(
     store: &mut Store,
     actor: &str,
@@ -671,11 +669,7 @@ pub fn store_module(
             ),
         )));
     }
-    let engine = veil_sandbox::wasm::WasmEngine::global()
-        .map_err(|e| Error::internal(format!("starting the WASM engine: {e}")))?;
-    engine
-        .compile(bytes, &veil_sandbox::wasm::WasmLimits::default())
-        .map_err(|e| Error::Refused(Refusal::one(Rule::WasmModule, e.to_string())))?;
+    crate::compile::check(store, bytes)?;
     let digest = blake3::hash(bytes).to_hex().to_string();
     let now = clock::format(clock::now());
     store.write(|tx| {
@@ -712,7 +706,7 @@ pub fn submit_with_module(
     }
     spec.check()?;
     match (&spec.wasm, &module) {
-        (Some(wasm), Some(bytes)) => check_module(wasm, bytes)?,
+        (Some(wasm), Some(bytes)) => check_module(store, wasm, bytes)?,
         (Some(_), None) => {
             return Err(Error::invalid(
                 "a WASM template needs its module: give --wasm FILE or `module` in the [wasm] table",

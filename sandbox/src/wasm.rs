@@ -18,7 +18,9 @@
 //!   what the unit contributes instead, and the host carries on.
 //! - **Compiled once.** [`WasmEngine::compile`] caches modules by their BLAKE3-keyed content
 //!   so a second job with the same template does not recompile; module size and compile time
-//!   are bounded.
+//!   are bounded. A compile cannot be stopped from inside its process, so untrusted bytes are
+//!   compiled only in processes killed at their limits: an upload's [`WasmEngine::check`] in
+//!   `veil __wasm-check`, a job's compile in `veil __job-exec`.
 //!
 //! # The host ABI
 //!
@@ -46,7 +48,9 @@ use wasmtime::{
 
 /// Largest module accepted, in bytes. Compile time grows with module size; this bounds it.
 pub const MODULE_BYTES_MAX: usize = 8 * 1024 * 1024;
-/// Longest a module may take to compile, in milliseconds.
+/// Longest a module may take to compile, in milliseconds. (An upload's check in
+/// `veil_runtime::compile` kills its child process at this limit; only there may the
+/// `VEIL_COMPILE_MS_MAX` environment variable lower it, for tests.)
 pub const COMPILE_MS_MAX: u64 = 30_000;
 /// Largest linear memory any instance may have, in bytes (the engine's hard ceiling).
 pub const MEMORY_BYTES_CEILING: usize = 256 * 1024 * 1024;
@@ -334,13 +338,14 @@ impl WasmEngine {
     /// Validates and compiles a mapper module, or returns the cached one with the same bytes.
     /// `limits` are the limits its units will run under; a module that could not start within
     /// them is refused now rather than failing on every unit.
+    ///
+    /// The compile runs on a thread the caller stops waiting for after [`COMPILE_MS_MAX`], but
+    /// a compile cannot be stopped from inside a process: that thread goes on until it is done.
+    /// So only a process that is itself killed at its limits may call this with bytes no check
+    /// has accepted — a job's child process (`veil __job-exec`). A server checks an upload with
+    /// [`WasmEngine::check`] in a child process of its own (`veil __wasm-check`).
     pub fn compile(&self, bytes: &[u8], limits: &WasmLimits) -> Result<Arc<Mapper>, WasmRefusal> {
-        if bytes.len() > MODULE_BYTES_MAX {
-            return Err(WasmRefusal::TooLarge {
-                bytes: bytes.len(),
-                max: MODULE_BYTES_MAX,
-            });
-        }
+        check_size(bytes)?;
         let key = *blake3::hash(bytes).as_bytes();
         let cached = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
         let mapper = match cached {
@@ -362,9 +367,25 @@ impl WasmEngine {
         Ok(mapper)
     }
 
+    /// Runs every check [`WasmEngine::compile`] runs — size, validation, compilation, the host
+    /// ABI, linking, the initial memory and table sizes under `limits` — on the calling thread,
+    /// without the cache, and drops the compiled module.
+    ///
+    /// It has no time limit of its own: it is meant for a process its parent kills when the
+    /// compile takes too long (`veil __wasm-check`, see `veil_runtime::compile`), since a
+    /// thread cannot be stopped once cranelift runs.
+    pub fn check(&self, bytes: &[u8], limits: &WasmLimits) -> Result<(), WasmRefusal> {
+        check_size(bytes)?;
+        let module = Module::from_binary(&self.engine, bytes)
+            .map_err(|e| WasmRefusal::Invalid(first_line(&e)))?;
+        let mapper = self.link(module, bytes.len())?;
+        check_initial_sizes(mapper.pre.module(), limits)
+    }
+
     fn compile_uncached(&self, bytes: &[u8]) -> Result<Mapper, WasmRefusal> {
         // Compile on a thread of its own so a pathological module cannot hold the caller
-        // past the limit (the thread finishes in the background and its result is dropped).
+        // past the limit. The thread finishes in the background and its result is dropped;
+        // the process it runs in must have OS limits (see `compile`).
         let (send, receive) = mpsc::channel();
         let engine = self.engine.clone();
         let owned = bytes.to_vec();
@@ -384,6 +405,11 @@ impl WasmEngine {
                 });
             }
         };
+        self.link(module, bytes.len())
+    }
+
+    /// Checks a compiled module's imports and exports and pre-links it.
+    fn link(&self, module: Module, module_bytes: usize) -> Result<Mapper, WasmRefusal> {
         check_abi(&module)?;
         let pre = self
             .linker
@@ -392,9 +418,20 @@ impl WasmEngine {
         Ok(Mapper {
             pre,
             engine: self.engine.clone(),
-            module_bytes: bytes.len(),
+            module_bytes,
         })
     }
+}
+
+/// Compile time grows with module size: larger modules are refused before any compile.
+fn check_size(bytes: &[u8]) -> Result<(), WasmRefusal> {
+    if bytes.len() > MODULE_BYTES_MAX {
+        return Err(WasmRefusal::TooLarge {
+            bytes: bytes.len(),
+            max: MODULE_BYTES_MAX,
+        });
+    }
+    Ok(())
 }
 
 fn first_line(error: &wasmtime::Error) -> String {

@@ -6,6 +6,7 @@ mod api_docs;
 mod audit;
 mod budget;
 mod cli;
+mod compile;
 mod ends;
 mod expressions;
 mod gate_files;
