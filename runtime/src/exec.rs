@@ -365,6 +365,7 @@ pub fn serve_child_if_asked() {
 fn child_main(memory_bytes: Option<u64>, cpu_seconds: Option<u64>) -> i32 {
     // Nothing the child does may be printed: a panic message could quote a value.
     std::panic::set_hook(Box::new(|_| {}));
+
     if set_limits(memory_bytes, cpu_seconds).is_err() {
         return 3;
     }
@@ -421,7 +422,9 @@ fn child_main(memory_bytes: Option<u64>, cpu_seconds: Option<u64>) -> i32 {
 }
 
 /// The operating system's limits on this process: data segment, CPU time, file size (see
-/// [`CHILD_FILE_BYTES_MAX`]), no core dump (a core would hold in-domain rows).
+/// [`CHILD_FILE_BYTES_MAX`]), no core dump (a core would hold in-domain rows), and death with
+/// its parent: a child outlives no server, even one killed with SIGKILL (a parent that died
+/// before the signal was set leaves an orphan, which gives up at once).
 pub(crate) fn set_limits(
     memory_bytes: Option<u64>,
     cpu_seconds: Option<u64>,
@@ -431,6 +434,10 @@ pub(crate) fn set_limits(
         current: Some(n),
         maximum: Some(n),
     };
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid().is_none_or(|parent| parent.as_raw_pid() == 1) {
+        return Err(rustix::io::Errno::SRCH);
+    }
     setrlimit(Resource::Core, limit(0))?;
     setrlimit(Resource::Fsize, limit(CHILD_FILE_BYTES_MAX))?;
     if let Some(bytes) = memory_bytes {

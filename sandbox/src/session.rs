@@ -41,6 +41,13 @@ pub const JOB_WALL_MS_MAX: u64 = 60 * 60 * 1000;
 pub const SQL_BYTES_MAX: usize = 64 * 1024;
 /// Deepest SQL nesting the parser accepts before refusing (guards the parser's stack).
 pub const SQL_RECURSION_DEPTH_MAX: usize = 64;
+/// Most operators (arithmetic, comparison, `||`, `AND`, `OR`, `LIKE`, …) one statement may
+/// hold. A chain `a + b + c …` parses without nesting, into a tree as deep as it is long, and
+/// planning walks such trees recursively: a chain of a thousand terms overflowed a worker's
+/// stack and took the server down. The limit keeps every expression tree far from that.
+pub const SQL_OPERATORS_MAX: usize = 200;
+/// Most `JOIN`s one statement may hold (each one multiplies the planner's work).
+pub const SQL_JOINS_MAX: usize = 16;
 /// Most tables one sandbox may hold (a grant's scope).
 pub const TABLES_MAX: usize = 64;
 
@@ -318,6 +325,7 @@ impl Sandbox {
             });
         }
         let dialect = GenericDialect {};
+        check_size(&dialect, sql)?;
         let mut statements = DFParserBuilder::new(sql)
             .with_dialect(&dialect)
             .with_recursion_limit(SQL_RECURSION_DEPTH_MAX)
@@ -517,4 +525,63 @@ fn collect_stats(plan: &dyn ExecutionPlan) -> ExecStats {
 /// Path of a table file inside the domain data folder, checked to stay inside it.
 pub fn checked_relative_path(relative: &Path) -> Result<&Path, SandboxError> {
     registry::checked_relative(relative)
+}
+
+/// Refuses SQL with more operators or joins than the planner can take safely
+/// ([`SQL_OPERATORS_MAX`], [`SQL_JOINS_MAX`]). Counted on tokens, which needs no recursion.
+fn check_size(dialect: &GenericDialect, sql: &str) -> Result<(), SandboxError> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+    let tokens = Tokenizer::new(dialect, sql)
+        .tokenize()
+        .map_err(|e| SandboxError::Parse(e.to_string()))?;
+    let (mut operators, mut joins) = (0usize, 0usize);
+    for token in &tokens {
+        match token {
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Caret
+            | Token::ShiftLeft
+            | Token::ShiftRight => operators += 1,
+            Token::Word(word) => match word.keyword {
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::NOT
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::IS
+                | Keyword::BETWEEN
+                | Keyword::IN => operators += 1,
+                Keyword::JOIN => joins += 1,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    if operators > SQL_OPERATORS_MAX {
+        return Err(SandboxError::Parse(format!(
+            "the query holds {operators} operators; the limit is {SQL_OPERATORS_MAX} (use IN lists and CASE instead of long chains)"
+        )));
+    }
+    if joins > SQL_JOINS_MAX {
+        return Err(SandboxError::Parse(format!(
+            "the query holds {joins} joins; the limit is {SQL_JOINS_MAX}"
+        )));
+    }
+    Ok(())
 }

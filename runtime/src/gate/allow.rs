@@ -485,15 +485,9 @@ pub fn check(
         column_scales,
         clause,
         refusal,
+        too_wide: false,
     };
-    let scale = checker.walk(expr);
-    if scale > EXPRESSION_SCALE_MAX {
-        checker.refuse(format!(
-            "an expression in {} can output up to {scale} times its widest input value; the limit is {EXPRESSION_SCALE_MAX} (fewer concatenations, upper/lower or replace)",
-            clause.name()
-        ));
-    }
-    scale
+    checker.walk(expr)
 }
 
 struct Checker<'a> {
@@ -501,6 +495,8 @@ struct Checker<'a> {
     column_scales: &'a [u32],
     clause: Clause,
     refusal: &'a mut Refusal,
+    /// Whether an over-wide value was refused already (said once per expression).
+    too_wide: bool,
 }
 
 impl Checker<'_> {
@@ -535,7 +531,26 @@ impl Checker<'_> {
         }
     }
 
+    /// The scale of `expr`'s value. Every value computed on the way counts, not only the
+    /// result: `length(…)` or a comparison over a value grown a thousandfold returns a small
+    /// value after a large computation, which could exhaust time or memory on one person's row.
     fn walk(&mut self, expr: &Expr) -> u32 {
+        let scale = self.walk_node(expr);
+        if scale > EXPRESSION_SCALE_MAX {
+            if !self.too_wide {
+                self.too_wide = true;
+                self.refuse(format!(
+                    "an expression in {} can compute a value up to {scale} times its widest input value; the limit is {EXPRESSION_SCALE_MAX} (fewer concatenations, upper/lower or replace)",
+                    self.clause.name()
+                ));
+            }
+            // Keep counting from the limit, so one refusal does not multiply into overflow.
+            return EXPRESSION_SCALE_MAX;
+        }
+        scale
+    }
+
+    fn walk_node(&mut self, expr: &Expr) -> u32 {
         match expr {
             Expr::Alias(alias) => self.walk(&alias.expr),
             Expr::Column(column) => self

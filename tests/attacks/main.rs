@@ -1,0 +1,25 @@
+//! Veil attacked as a hostile operator would attack it (issue 9), in one test binary:
+//!
+//! - `canary`: a domain whose data holds marked values that must never leave it, and the
+//!   scanner that looks for them;
+//! - `corpus`: the data-driven attack corpus `tests/attacks/*.test`, run through `veil serve`
+//!   and its HTTP API, with the canary scan over everything an operator, buyer or log reader
+//!   sees;
+//! - `kill`: a job's child process killed (or dying) under `veil serve` ends that job only; a
+//!   killed server leaves no job child running; no query, however deep, kills the server;
+//! - `mapper`: a WASM mapper that logs its raw input leaks nothing;
+//! - `pruning`: the meter does not depend on which row groups a filter selects.
+//!
+//! `cargo test -p veil-runtime --test attacks` runs it all (about a minute and a half on two
+//! cores); `VEIL_ATTACKS_SLOW=1` adds the attacks that take minutes (a 300-table join chain,
+//! `veil template submit` of a 4,500-term sum).
+
+#[path = "../all/support.rs"]
+mod support;
+
+mod canary;
+mod corpus;
+mod kill;
+mod mapper;
+mod pruning;
+mod server;
