@@ -11,6 +11,7 @@ mod ends;
 mod expressions;
 mod gate_files;
 mod money;
+mod neighbouring;
 mod neighbours;
 mod serve;
 mod statistics;

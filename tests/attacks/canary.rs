@@ -217,8 +217,9 @@ struct Firm {
 }
 
 /// Writes `citizens.parquet` (sorted by birth year, in row groups of [`ROW_GROUP_ROWS`]) and
-/// `enterprises.parquet` into `dir`; returns the number of `citizens` rows.
-pub fn write_tables(dir: &Path) -> usize {
+/// `enterprises.parquet` into `dir`, without the person `without` if one is named (the
+/// neighbouring dataset); returns the number of `citizens` rows.
+pub fn write_tables(dir: &Path, without: Option<&str>) -> usize {
     std::fs::create_dir_all(dir).expect("raw folder");
     let mut rng = ChaCha8Rng::seed_from_u64(20_261_201);
     let mut citizens = Vec::new();
@@ -279,6 +280,10 @@ pub fn write_tables(dir: &Path) -> usize {
             credit_rating: RATINGS[i],
             registered_capital: c.registered_capital,
         });
+    }
+    if let Some(gone) = without {
+        citizens.retain(|c| c.person_id != gone);
+        firms.retain(|f| f.legal_rep_id != gone);
     }
     // Sorted by birth year (the canaries, born 1911–1913, come first), so row groups hold
     // disjoint birth-year ranges: the layout that lets statistics prune.
@@ -393,10 +398,19 @@ pub struct Domain {
 
 impl Domain {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// The same domain without one person (all of their rows, in both tables).
+    pub fn without(person_id: &str) -> Self {
+        Self::build(Some(person_id))
+    }
+
+    fn build(without: Option<&str>) -> Self {
         crate::support::use_veil_for_jobs();
         let dir = tempfile::tempdir().expect("temporary folder");
         let raw = dir.path().join("raw");
-        let citizens_rows = write_tables(&raw);
+        let citizens_rows = write_tables(&raw, without);
         let root = dir.path().join("store");
         std::fs::create_dir_all(&root).expect("store folder");
         let mut store = Store::init(&root).expect("store");

@@ -8,12 +8,16 @@
 //! - `kill`: a job's child process killed (or dying) under `veil serve` ends that job only; a
 //!   killed server leaves no job child running; no query, however deep, kills the server;
 //! - `mapper`: a WASM mapper that logs its raw input leaks nothing;
+//! - `neighbours`: every case the corpus releases, on the canary domain with and without one
+//!   canary person, differs only as the noise allows;
 //! - `pruning`: the meter does not depend on which row groups a filter selects.
 //!
 //! `cargo test -p veil-runtime --test attacks` runs it all (about a minute and a half on two
 //! cores); `VEIL_ATTACKS_SLOW=1` adds the attacks that take minutes (a 300-table join chain,
 //! `veil template submit` of a 4,500-term sum).
 
+#[path = "../all/neighbouring.rs"]
+mod neighbouring;
 #[path = "../all/support.rs"]
 mod support;
 
@@ -21,5 +25,6 @@ mod canary;
 mod corpus;
 mod kill;
 mod mapper;
+mod neighbours;
 mod pruning;
 mod server;
