@@ -58,6 +58,8 @@ pub const STRING_POSITION_MAX: i64 = 1 << 31;
 
 /// Largest `|digits|` for `round(x, digits)`.
 pub const ROUND_DIGITS_MAX: i64 = 15;
+/// Longest text literal an expression may hold, in bytes.
+pub const TEXT_LITERAL_BYTES_MAX: usize = 1_024;
 
 /// Date parts `date_part`/`extract` and `date_trunc` accept.
 const DATE_PARTS: [&str; 10] = [
@@ -565,6 +567,17 @@ impl Checker<'_> {
                     self.refuse(format!(
                         "a literal of type {t} in {} is not allowed; use numbers, text, booleans or dates",
                         self.clause.name()
+                    ));
+                }
+                if let ScalarValue::Utf8(Some(text))
+                | ScalarValue::LargeUtf8(Some(text))
+                | ScalarValue::Utf8View(Some(text)) = value
+                    && text.len() > TEXT_LITERAL_BYTES_MAX
+                {
+                    self.refuse(format!(
+                        "a text literal in {} is {} bytes long; the limit is {TEXT_LITERAL_BYTES_MAX} (a long literal concatenated to every row multiplies the memory a query needs)",
+                        self.clause.name(),
+                        text.len()
                     ));
                 }
                 0
