@@ -129,20 +129,29 @@ impl Fixture {
 
     /// Runs template `template` as [`OPERATOR`] under the one grant.
     pub async fn run(&mut self, template: &str, params: &[(&str, &str)]) -> Result<JobOutcome> {
-        jobs::run(
-            &mut self.store,
-            JobRequest {
-                operator: OPERATOR.into(),
-                template: template.into(),
-                params: params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                grant: None,
-            },
-        )
-        .await
+        run_template(&mut self.store, template, params).await
     }
+}
+
+/// Runs template `template` in `store` as [`OPERATOR`], under the grant that covers it.
+pub async fn run_template(
+    store: &mut Store,
+    template: &str,
+    params: &[(&str, &str)],
+) -> Result<JobOutcome> {
+    jobs::run(
+        store,
+        JobRequest {
+            operator: OPERATOR.into(),
+            template: template.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            grant: None,
+        },
+    )
+    .await
 }
 
 /// Submits and approves a template for [`OPERATOR`]; returns its id.

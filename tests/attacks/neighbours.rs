@@ -7,14 +7,14 @@
 //! influence is easiest to see, if any shows through.
 
 use serde_json::{Map, Value};
-use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::jobs::JobOutcome;
 use veil_runtime::store::Store;
 use veil_runtime::templates::ApprovalRequest;
 
 use crate::canary::{CANARIES, Domain};
 use crate::corpus::{Case, load_corpus};
 use crate::neighbouring::{Tally, compare_outcomes};
-use crate::support::{self, OPERATOR};
+use crate::support;
 
 /// The seeded noise both sides draw.
 const NOISE_SEED: u64 = 20_261_202;
@@ -67,19 +67,7 @@ async fn run(
     approval: ApprovalRequest,
 ) -> veil_runtime::Result<JobOutcome> {
     let template = support::submit_and_approve(store, sql, params, approval)?;
-    jobs::run(
-        store,
-        JobRequest {
-            operator: OPERATOR.into(),
-            template,
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            grant: None,
-        },
-    )
-    .await
+    support::run_template(store, &template, params).await
 }
 
 /// A corpus case's approval (the HTTP body's keys) as the library takes it.
