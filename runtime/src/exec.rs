@@ -365,7 +365,6 @@ pub fn serve_child_if_asked() {
 fn child_main(memory_bytes: Option<u64>, cpu_seconds: Option<u64>) -> i32 {
     // Nothing the child does may be printed: a panic message could quote a value.
     std::panic::set_hook(Box::new(|_| {}));
-
     if set_limits(memory_bytes, cpu_seconds).is_err() {
         return 3;
     }

@@ -309,7 +309,8 @@ impl Sandbox {
     ///
     /// `sql` uses `$name` placeholders (see [`bind_named_parameters`] for the `:name` form
     /// templates use); `params` gives each one a value. Refused, in this order:
-    /// text longer than [`SQL_BYTES_MAX`]; text that does not parse; more than one statement;
+    /// text longer than [`SQL_BYTES_MAX`]; more operators or joins than
+    /// [`SQL_OPERATORS_MAX`] and [`SQL_JOINS_MAX`]; text that does not parse; more than one statement;
     /// any statement that is not a plain query (DDL, DML, `COPY`, `SET`, `EXPLAIN`, …);
     /// a query naming a table outside the sandbox; a plan DataFusion marks as DDL, DML or a
     /// statement; an unbound placeholder.
