@@ -13,8 +13,7 @@
 //! - `pruning`: the meter does not depend on which row groups a filter selects.
 //!
 //! `cargo test -p veil-runtime --test attacks` runs it all (about a minute and a half on two
-//! cores); `VEIL_ATTACKS_SLOW=1` adds the attacks that take minutes (a 300-table join chain,
-//! `veil template submit` of a 4,500-term sum).
+//! cores).
 
 #[path = "../all/neighbouring.rs"]
 mod neighbouring;
