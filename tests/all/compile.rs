@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use veil_sdk::client::{Client, ClientError};
 
 use crate::serve::add_principals;
-use crate::support::{Fixture, OPERATOR, veil_bin};
+use crate::support::{Fixture, OPERATOR, server_url, veil_bin};
 
 /// The check's time limit in these tests (the environment variable only the check reads).
 const LIMIT_MS: &str = "5000";
@@ -111,13 +111,7 @@ impl Server {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("veil serve prints its address");
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("an address")
-            .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        let url = server_url(&line);
         Self { child, url }
     }
 

@@ -12,7 +12,7 @@ use veil_runtime::templates::{ParamSpec, ParamType, TemplateSpec};
 use veil_sdk::api::{ApproveTemplate, SubmitJob};
 use veil_sdk::client::{Client, ClientError};
 
-use crate::support::{Fixture, OPERATOR, veil_bin};
+use crate::support::{Fixture, OPERATOR, server_url, veil_bin};
 
 /// A `veil serve` process on a free loopback port, stopped when dropped.
 pub struct Server {
@@ -42,13 +42,7 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("veil serve prints its address");
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("an address")
-            .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        let url = server_url(&line);
         Self { child, url }
     }
 }

@@ -204,6 +204,18 @@ pub fn use_veil_for_jobs() {
     veil_runtime::exec::use_executable(veil_bin());
 }
 
+/// The address `veil serve` announces on its first line of output (`… http://127.0.0.1:PORT`).
+pub fn server_url(first_line: &str) -> String {
+    let url = first_line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("an address")
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first_line}");
+    url
+}
+
 /// The `veil` binary built for these tests.
 pub fn veil_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_veil"))

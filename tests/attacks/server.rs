@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::veil_bin;
+use crate::support::{server_url, veil_bin};
 
 /// A `veil serve` process, killed when dropped; its stdout and stderr are collected.
 pub struct Server {
@@ -37,13 +37,7 @@ impl Server {
             .read_line(&mut line)
             .expect("veil serve prints its address");
         log.lock().expect("log").extend(line.as_bytes());
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .expect("an address")
-            .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        let url = server_url(&line);
         let stderr = child.stderr.take().expect("stderr");
         let readers = vec![collect(stdout, log.clone()), collect(stderr, log.clone())];
         Self {
