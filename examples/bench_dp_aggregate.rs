@@ -22,13 +22,14 @@ use std::time::Instant;
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use veil_gate::sandbox::PeakTrackingPool;
 use veil_runtime::catalog::{self, Policy};
 use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::metering;
 use veil_runtime::store::Store;
 use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
-use veil_runtime::{demo_data, metering};
-use veil_sandbox::PeakTrackingPool;
+use veil_testkit::demo_data;
 
 const POLICY: &str = include_str!("policies/social_insurance.toml");
 const OPERATOR: &str = "bench-operator";
@@ -101,8 +102,8 @@ async fn raw_run(file: &Path, partitions: usize) -> Result<(f64, usize), BoxErro
 }
 
 fn main() -> Result<(), BoxError> {
-    // Jobs run in a child process of this very program (see `veil_runtime::exec`).
-    veil_runtime::exec::serve_child_if_asked();
+    // Jobs run in a child process of this very program (see `veil_gate::job`).
+    veil_gate::job::serve_child_if_asked();
     tokio::runtime::Runtime::new()?.block_on(run())
 }
 

@@ -17,22 +17,23 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use veil_runtime::api::{self, AppState, StorePool, Workers};
 use veil_runtime::catalog::{self, Policy};
+use veil_runtime::clock;
 use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::principals::{self, Role};
 use veil_runtime::store::Store;
 use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
-use veil_runtime::{clock, demo_data};
 use veil_sdk::api::SubmitJob;
 use veil_sdk::client::Client;
+use veil_server::{self, AppState, StorePool, Workers};
+use veil_testkit::demo_data;
 
 const ROWS: u64 = 10_000;
 const OPERATOR: &str = "op-bench";
 
 fn main() {
-    // Jobs run in a child process of this very program (see `veil_runtime::exec`).
-    veil_runtime::exec::serve_child_if_asked();
+    // Jobs run in a child process of this very program (see `veil_gate::job`).
+    veil_gate::job::serve_child_if_asked();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => eprintln!("cannot start the async runtime: {e}"),
@@ -107,8 +108,8 @@ async fn run() {
         stores: Arc::new(StorePool::new(&root).expect("pool")),
         workers: Workers::start(
             &root,
-            api::workers::WORKERS_DEFAULT,
-            api::workers::QUEUE_JOBS_DEFAULT,
+            veil_server::workers::WORKERS_DEFAULT,
+            veil_server::workers::QUEUE_JOBS_DEFAULT,
         )
         .expect("workers"),
     });
@@ -116,7 +117,7 @@ async fn run() {
         .await
         .expect("listen");
     let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, api::app(state)).await });
+    tokio::spawn(async move { axum::serve(listener, veil_server::app(state)).await });
     let client = Client::new(&url, key.expose()).expect("client");
     let template_id = template.id.to_string();
 

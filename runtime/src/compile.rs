@@ -36,12 +36,15 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use veil_sandbox::wasm::{COMPILE_MS_MAX, MODULE_BYTES_MAX, WasmEngine, WasmLimits, WasmRefusal};
+use veil_gate::sandbox::wasm::{
+    COMPILE_MS_MAX, MODULE_BYTES_MAX, WasmEngine, WasmLimits, WasmRefusal,
+};
 
+use crate::clock;
 use crate::error::{Error, Result};
-use crate::gate::rules::{Refusal, Rule};
 use crate::store::Store;
-use crate::{clock, exec};
+use veil_gate::job as exec;
+use veil_gate::rules::{Refusal, Rule};
 
 /// The hidden subcommand a binary answers as a module check's child process.
 pub const CHECK_COMMAND: &str = "__wasm-check";
@@ -126,7 +129,9 @@ pub fn check(store: &Store, bytes: &[u8]) -> Result<()> {
     if let Some(reason) = remembered(store, &digest)? {
         return Err(refused(reason));
     }
-    match run_child(&exec::executable()?, bytes, compile_ms_max())? {
+    let exe = exec::executable()
+        .map_err(|e| Error::internal(format!("finding this program to check a module ({e})")))?;
+    match run_child(&exe, bytes, compile_ms_max())? {
         Outcome::Accepted => Ok(()),
         Outcome::Refused(reason) => {
             remember(store, &digest, &reason);

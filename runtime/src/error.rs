@@ -13,11 +13,11 @@
 //! | [`Error::Internal`] | the platform's: an invariant broke | report it; the message names the step |
 //!
 //! No message may carry a value read from inside the domain. Messages from DataFusion reach
-//! this type only through `veil_sandbox::SandboxError`, which has already dropped them.
+//! this type only through `veil_gate::sandbox::SandboxError`, which has already dropped them.
 
 use std::path::Path;
 
-use crate::gate::rules::Refusal;
+use veil_gate::rules::Refusal;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -47,6 +47,12 @@ pub enum Error {
     StorageFull(String),
     #[error("internal error while {0}")]
     Internal(String),
+}
+
+impl From<veil_gate::policy::PolicyError> for Error {
+    fn from(error: veil_gate::policy::PolicyError) -> Self {
+        Self::Policy(error.0)
+    }
 }
 
 impl Error {

@@ -25,22 +25,23 @@ use futures::FutureExt;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use veil_sandbox::{ExecStats, ParamValue};
+use veil_gate::sandbox::{ExecStats, ParamValue};
 use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset};
 
 use crate::catalog::{self, Dataset};
 use crate::error::{Error, Result};
-use crate::gate;
-use crate::gate::analysis::{self, Analysis};
-use crate::gate::rules::{Refusal, Rule};
 use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, MeterRecord};
 use crate::products::{self, ProductDraft, ProductError, StagedProduct};
 use crate::store::Store;
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
-use crate::{audit, budget, clock, exec};
+use crate::{audit, budget, clock};
 use crate::{ledger, prices};
+use veil_gate::analysis::{self, Analysis};
+use veil_gate::job as exec;
+use veil_gate::release as gate;
+use veil_gate::rules::{Refusal, Rule};
 
 /// What an operator asks for.
 #[derive(Debug, Clone)]
@@ -112,7 +113,7 @@ pub struct Job {
 /// Costs gathered while the job runs, for its meter record.
 #[derive(Debug, Default, Clone, Copy)]
 struct Costs {
-    stats: veil_sandbox::ExecStats,
+    stats: veil_gate::sandbox::ExecStats,
     /// Fuel charged (WASM jobs; see `metering`).
     fuel: u64,
     /// What the mapper really did; kept for the bureau's audit entry only.
@@ -554,7 +555,7 @@ async fn execute(
         None => exec::prepare_sql(
             &store.data_dir(),
             &template.spec,
-            Some(&approval),
+            Some(&approval.terms()),
             &bound,
             &tables,
         )
@@ -579,7 +580,7 @@ async fn execute(
     // first size for the fold's per-unit map.
     let units_hint = used.iter().map(|d| d.rows as usize).max().unwrap_or(0) / 2;
     let noise_seed = exec::seed_of(store.noise_source());
-    let config = exec::release_config(&approval, units_hint, noise_seed);
+    let config = exec::release_config(&approval.terms(), units_hint, noise_seed);
     if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config) {
         return Ok(Decision::Rejected(refusal, Some(grant)));
     }
@@ -619,9 +620,10 @@ async fn execute(
             pico_delta: approval.pico_delta,
             at: &at,
         };
-        if let Err(refusal) = budget::reserve(tx, &reservation)? {
-            return Ok(Err(Err(refusal)));
-        }
+        let token = match budget::reserve(tx, &reservation)? {
+            Ok(token) => token,
+            Err(refusal) => return Ok(Err(Err(refusal))),
+        };
         tx.execute(
             "UPDATE jobs SET fingerprint = ?1, grant_id = ?2 WHERE id = ?3",
             params![fingerprint, grant.id.as_str(), job_id.as_str()],
@@ -639,12 +641,13 @@ async fn execute(
                 "datasets": used.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
             }),
         )?;
-        Ok(Ok(()))
+        Ok(Ok(token))
     })?;
-    match reserved {
-        Ok(()) => {
+    let reserved = match reserved {
+        Ok(token) => {
             costs.micro_epsilon = approval.micro_epsilon;
             costs.pico_delta = approval.pico_delta;
+            token
         }
         Err(Ok((from_job, product))) => {
             let dir = store.products_dir().join(&product);
@@ -656,7 +659,7 @@ async fn execute(
             });
         }
         Err(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
-    }
+    };
 
     // 5. The job's execution, in a child process under the job's limits (see `exec`): for
     //    WASM jobs the mapper once per unit, then the gate. From here on, whatever goes wrong,
@@ -665,16 +668,17 @@ async fn execute(
         Prepared::Sql(_) => None,
         Prepared::Wasm(wasm) => Some(wasm.module),
     };
-    let child = exec::ChildRequest {
+    let child = exec::JobRequest {
         data_dir: store.data_dir(),
         spec: template.spec.clone(),
-        approval: approval.clone(),
-        params: request.params.clone(),
+        terms: approval.terms(),
+        bound,
         tables: tables.clone(),
         units_hint,
         noise_seed,
     };
-    let exe = exec::executable()?;
+    let exe = exec::executable()
+        .map_err(|e| Error::internal(format!("finding this program to run a job ({e})")))?;
     // What the meter charges depends on the tables' registered sizes, never on what a scan
     // read (see `metering`).
     let (registered_rows, registered_bytes) = used.iter().fold((0u64, 0u64), |(r, b), d| {
@@ -683,11 +687,11 @@ async fn execute(
     if template.spec.wasm.is_some() {
         costs.fuel = approval.wasm_fuel_per_unit.saturating_mul(registered_rows);
     }
-    let executed = exec::run(&exe, &child, module.as_deref()).await;
+    let executed = exec::run(reserved, &exe, &child, module.as_deref()).await;
     let released = match executed {
         Ok(executed) => {
             costs.wasm = executed.wasm;
-            costs.stats = metered(executed.released.stats, registered_rows, registered_bytes);
+            costs.stats = metered(executed.released.stats(), registered_rows, registered_bytes);
             executed.released
         }
         Err(failure) => {
@@ -729,22 +733,19 @@ async fn execute(
             k: approval.k,
             max_groups_per_unit: approval.max_groups,
             max_rows_per_group: approval.max_rows,
-            groups_released: released.groups_released,
-            groups_suppressed: released.groups_suppressed,
-            threshold: Some(released.threshold),
-            noise_scales: released.noise_scales.clone(),
+            groups_released: released.groups_released(),
+            groups_suppressed: released.groups_suppressed(),
+            threshold: Some(released.threshold()),
+            noise_scales: released.noise_scales().to_vec(),
         },
-        columns: released.columns.clone(),
+        columns: released.columns().to_vec(),
         rows: 0,
         files: Vec::new(),
         audit_checkpoint: audit::current_checkpoint(store)?,
     };
-    let rows = released.batch.clone();
+    let rows = released.rows().clone();
     // Staged only: the product appears when `finish` commits the transaction recording it.
-    let draft = ProductDraft {
-        manifest,
-        batches: vec![released.batch],
-    };
+    let draft = ProductDraft { manifest, released };
     let staged = match products::write_product(&store.products_dir(), draft, store.signing_key()) {
         Ok(staged) => staged,
         Err(ProductError::StorageFull) => {
@@ -1116,7 +1117,7 @@ impl Prepared {
     /// The grant's tables the job reads.
     fn tables(&self) -> &[String] {
         match self {
-            Self::Sql(analysis) => &analysis.tables,
+            Self::Sql(analysis) => analysis.tables(),
             Self::Wasm(wasm) => &wasm.input_tables,
         }
     }
@@ -1155,7 +1156,7 @@ async fn prepare_wasm(
         &store.data_dir(),
         &template.spec,
         wasm,
-        Some(approval),
+        Some(&approval.terms()),
         bound,
         tables,
     )
@@ -1170,7 +1171,7 @@ async fn prepare_wasm(
         Err(e) => return Err(e.to_string()),
     };
     Ok(Ok(Prepared::Wasm(Box::new(PreparedWasm {
-        input_tables: checked.input.tables,
+        input_tables: checked.input().tables.clone(),
         release,
         module,
     }))))
@@ -1336,7 +1337,7 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         None => exec::prepare_sql(
             &store.data_dir(),
             &template.spec,
-            Some(&approval),
+            Some(&approval.terms()),
             &bound,
             &tables,
         )
@@ -1354,7 +1355,7 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         .iter()
         .filter_map(|name| tables.get(name).cloned())
         .collect();
-    let config = exec::release_config(&approval, 0, None);
+    let config = exec::release_config(&approval.terms(), 0, None);
     if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config) {
         return refuse(answer, &refusal);
     }
@@ -1395,7 +1396,7 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
     answer.price_fen =
         prices::run_price(store.conn(), approval.price_per_run, answer.rows_scanned)?.0;
     match fits {
-        Ok(()) => answer.passes = true,
+        Ok(_probe) => answer.passes = true,
         Err(refusal) => return refuse(answer, &refusal),
     }
     Ok(answer)
@@ -1410,18 +1411,18 @@ pub async fn check_static(
 ) -> Result<Result<Analysis, Refusal>> {
     let tables = grant_tables(store, grant)?;
     // Each declared parameter gets a value of its type, so planning can type-check the SQL.
-    let sample: Vec<(String, veil_sandbox::ParamValue)> = template
+    let sample: Vec<(String, veil_gate::sandbox::ParamValue)> = template
         .spec
         .params
         .iter()
         .map(|p| {
             let first = p.allowed.as_ref().and_then(|a| a.first().cloned());
             let value = match p.kind {
-                templates::ParamType::Integer => veil_sandbox::ParamValue::Integer(
+                templates::ParamType::Integer => veil_gate::sandbox::ParamValue::Integer(
                     first.and_then(|v| v.parse().ok()).unwrap_or(0),
                 ),
                 templates::ParamType::Text => {
-                    veil_sandbox::ParamValue::Text(first.unwrap_or_default())
+                    veil_gate::sandbox::ParamValue::Text(first.unwrap_or_default())
                 }
             };
             (p.name.clone(), value)

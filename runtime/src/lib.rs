@@ -23,26 +23,17 @@
 //! [`ledger`] and [`settlement`]; for clean ends after a crash or a full disk, [`sweep`] and
 //! [`space`].
 
-pub mod api;
 pub mod audit;
 pub mod budget;
 pub mod catalog;
-pub mod cli;
-pub mod cli_client;
-pub mod clock;
+
 pub mod compile;
-pub mod demo;
-pub mod demo_data;
 pub mod error;
-pub mod exec;
 pub mod files;
-pub mod gate;
 pub mod grants;
-pub mod ids;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
-pub mod mapping;
 pub mod market;
 pub mod metering;
 pub mod prices;
@@ -55,3 +46,7 @@ pub mod sweep;
 pub mod templates;
 
 pub use error::{Error, Result};
+/// The one clock (tests pin it); the kernel's, so both sides read the same time.
+pub use veil_gate::clock;
+/// Identifiers are the kernel's, so a wrong id type is a compile error on both sides.
+pub use veil_gate::ids;

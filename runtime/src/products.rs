@@ -38,6 +38,8 @@ use datafusion::parquet::errors::ParquetError;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
+use veil_gate::Released;
+
 use crate::ids::ProductId;
 use crate::space;
 use veil_sdk::manifest::{
@@ -68,8 +70,9 @@ const TMP_PREFIX: &str = ".tmp-";
 pub struct ProductDraft {
     /// Everything but `files` and `rows`, which [`write_product`] fills in.
     pub manifest: Manifest,
-    /// The released result. At least one batch, possibly empty, so the files have a schema.
-    pub batches: Vec<RecordBatch>,
+    /// The released result, exactly as the gate let it out: a `Released` body is the only
+    /// thing a product can be made of, and only the kernel creates one.
+    pub released: Released,
 }
 
 /// A product written, signed and synced in its staging folder, not yet visible under its id.
@@ -222,10 +225,7 @@ pub fn write_product(
     if !is_safe_id(&id) || !is_safe_id(&draft.manifest.job_id) {
         return Err(ProductError::BadId);
     }
-    if draft.batches.is_empty() {
-        return Err(ProductError::NoBatches);
-    }
-    let rows: usize = draft.batches.iter().map(RecordBatch::num_rows).sum();
+    let rows = draft.released.rows().num_rows();
     if rows > PRODUCT_ROWS_MAX {
         return Err(ProductError::TooManyRows { rows });
     }
@@ -288,11 +288,12 @@ fn write_into(
 ) -> Result<(SignedManifest, u64, String), ProductError> {
     let ProductDraft {
         mut manifest,
-        batches,
+        released,
     } = draft;
+    let batches = std::slice::from_ref(released.rows());
 
-    let parquet = write_parquet(dir, &batches, full)?;
-    let csv = write_csv(dir, &batches, full)?;
+    let parquet = write_parquet(dir, batches, full)?;
+    let csv = write_csv(dir, batches, full)?;
     manifest.files = vec![parquet, csv];
     manifest.rows = rows as u64;
 
@@ -605,7 +606,7 @@ mod tests {
                 files: Vec::new(),
                 audit_checkpoint: None,
             },
-            batches: vec![batch],
+            released: Released::for_tests(batch, Vec::new()),
         }
     }
 

@@ -311,7 +311,7 @@ pub struct Store {
     key: SigningKey,
     sealer: audit::Sealer,
     /// Where jobs run from this store take their noise: always OpenDP, but in test builds.
-    noise: crate::gate::noise::Source,
+    noise: veil_gate::noise::Source,
 }
 
 impl std::fmt::Debug for Store {
@@ -435,7 +435,7 @@ impl Store {
     }
 
     /// Where jobs run from this store take their noise (OpenDP, but in test builds).
-    pub fn noise_source(&self) -> crate::gate::noise::Source {
+    pub fn noise_source(&self) -> veil_gate::noise::Source {
         self.noise
     }
 
@@ -443,7 +443,7 @@ impl Store {
     /// deterministic noise instead of OpenDP's (see `gate::noise::Source`).
     #[cfg(feature = "test-noise")]
     pub fn seed_test_noise(&mut self, seed: u64) {
-        self.noise = crate::gate::noise::Source::Seeded(seed);
+        self.noise = veil_gate::noise::Source::Seeded(seed);
     }
 
     pub fn root(&self) -> &Path {

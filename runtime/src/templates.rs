@@ -46,18 +46,19 @@
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use veil_sandbox::{ParamValue, SQL_BYTES_MAX, bind_named_parameters};
+use veil_gate::sandbox::{ParamValue, SQL_BYTES_MAX, bind_named_parameters};
 pub use veil_sdk::template::{
     Fallback, OutputSpec, OutputType, ParamSpec, ParamType, TemplateFileError, TemplateSpec,
     WasmSpec,
 };
 
 use crate::error::{Error, Result};
-use crate::gate::rules::{Refusal, Rule};
-use crate::grants::{self, MICRO, PICO};
+use crate::grants;
 use crate::ids::{Fen, TemplateId};
 use crate::store::Store;
 use crate::{audit, catalog, clock};
+use veil_gate::Terms;
+use veil_gate::rules::{Refusal, Rule};
 
 /// Most parameters one template may declare.
 pub const TEMPLATE_PARAMS_MAX: usize = 16;
@@ -76,16 +77,19 @@ pub const MAX_ROWS_PER_GROUP_MAX: u32 = 10_000;
 pub const JOB_MEMORY_MIB_DEFAULT: u32 = 1024;
 /// Wall-clock time a job may run unless the approval says otherwise, in seconds.
 pub const JOB_WALL_SECONDS_DEFAULT: u32 = 300;
+const _: () = assert!(
+    (JOB_MEMORY_MIB_DEFAULT as usize) * 1024 * 1024 <= veil_gate::sandbox::JOB_MEMORY_BYTES_MAX
+);
 const _: () =
-    assert!((JOB_MEMORY_MIB_DEFAULT as usize) * 1024 * 1024 <= veil_sandbox::JOB_MEMORY_BYTES_MAX);
-const _: () = assert!((JOB_WALL_SECONDS_DEFAULT as u64) * 1000 <= veil_sandbox::JOB_WALL_MS_MAX);
+    assert!((JOB_WALL_SECONDS_DEFAULT as u64) * 1000 <= veil_gate::sandbox::JOB_WALL_MS_MAX);
 // A client checks a module's size with the SDK's limit before uploading; the host's is the same.
-const _: () = assert!(veil_sdk::template::MODULE_BYTES_MAX == veil_sandbox::wasm::MODULE_BYTES_MAX);
+const _: () =
+    assert!(veil_sdk::template::MODULE_BYTES_MAX == veil_gate::sandbox::wasm::MODULE_BYTES_MAX);
 /// Largest price per run, in fen (¥1,000,000).
 pub const PRICE_PER_RUN_FEN_MAX: i64 = 100_000_000;
 
 /// The table a WASM template's release SQL reads: the mapper's output.
-pub const MAPPED_TABLE: &str = "mapped";
+pub use veil_gate::mapping::MAPPED_TABLE;
 /// Most output columns a mapper may declare.
 pub const OUTPUT_COLUMNS_MAX: usize = 64;
 /// Most output rows one unit may be allowed to contribute.
@@ -438,11 +442,11 @@ pub struct Approval {
 }
 
 fn default_wasm_fuel() -> u64 {
-    veil_sandbox::wasm::WasmLimits::default().fuel_per_unit
+    veil_gate::sandbox::wasm::WasmLimits::default().fuel_per_unit
 }
 
 fn default_wasm_memory_mib() -> u32 {
-    (veil_sandbox::wasm::WasmLimits::default().memory_bytes / (1024 * 1024)) as u32
+    (veil_gate::sandbox::wasm::WasmLimits::default().memory_bytes / (1024 * 1024)) as u32
 }
 
 /// Most fuel the bureau may allow one unit's call (about ten seconds of guest work).
@@ -457,30 +461,37 @@ fn default_wall_seconds() -> u32 {
 }
 
 impl Approval {
-    /// The sandbox limits this approval pins.
-    pub fn limits(&self) -> veil_sandbox::SandboxLimits {
-        veil_sandbox::SandboxLimits {
-            memory_bytes: self.memory_mib as usize * 1024 * 1024,
-            wall_ms: u64::from(self.wall_seconds) * 1000,
-            ..veil_sandbox::SandboxLimits::default()
+    /// The privacy and resource terms the kernel runs a job under (everything but the price).
+    pub fn terms(&self) -> Terms {
+        Terms {
+            micro_epsilon: self.micro_epsilon,
+            pico_delta: self.pico_delta,
+            k: self.k,
+            max_groups: self.max_groups,
+            max_rows: self.max_rows,
+            memory_mib: self.memory_mib,
+            wall_seconds: self.wall_seconds,
+            wasm_fuel_per_unit: self.wasm_fuel_per_unit,
+            wasm_memory_mib: self.wasm_memory_mib,
         }
+    }
+
+    /// The sandbox limits this approval pins.
+    pub fn limits(&self) -> veil_gate::sandbox::SandboxLimits {
+        self.terms().limits()
     }
 
     /// The per-unit limits a WASM template's mapper runs under.
-    pub fn wasm_limits(&self) -> veil_sandbox::wasm::WasmLimits {
-        veil_sandbox::wasm::WasmLimits {
-            fuel_per_unit: self.wasm_fuel_per_unit,
-            memory_bytes: self.wasm_memory_mib as usize * 1024 * 1024,
-            ..veil_sandbox::wasm::WasmLimits::default()
-        }
+    pub fn wasm_limits(&self) -> veil_gate::sandbox::wasm::WasmLimits {
+        self.terms().wasm_limits()
     }
 
     pub fn epsilon(&self) -> f64 {
-        self.micro_epsilon as f64 / MICRO
+        self.terms().epsilon()
     }
 
     pub fn delta(&self) -> f64 {
-        self.pico_delta as f64 / PICO
+        self.terms().delta()
     }
 }
 
@@ -549,13 +560,13 @@ impl ApprovalRequest {
                 "--price-fen must be between 0 and {PRICE_PER_RUN_FEN_MAX}"
             )));
         }
-        let memory_mib_max = (veil_sandbox::JOB_MEMORY_BYTES_MAX / (1024 * 1024)) as u32;
+        let memory_mib_max = (veil_gate::sandbox::JOB_MEMORY_BYTES_MAX / (1024 * 1024)) as u32;
         if !(1..=memory_mib_max).contains(&self.memory_mib) {
             return Err(Error::invalid(format!(
                 "--memory-mib must be between 1 and {memory_mib_max}"
             )));
         }
-        let wall_seconds_max = (veil_sandbox::JOB_WALL_MS_MAX / 1000) as u32;
+        let wall_seconds_max = (veil_gate::sandbox::JOB_WALL_MS_MAX / 1000) as u32;
         if !(1..=wall_seconds_max).contains(&self.wall_seconds) {
             return Err(Error::invalid(format!(
                 "--wall-seconds must be between 1 and {wall_seconds_max}"
@@ -566,7 +577,8 @@ impl ApprovalRequest {
                 "--wasm-fuel-per-unit must be between 1 and {WASM_FUEL_PER_UNIT_MAX}"
             )));
         }
-        let wasm_memory_mib_max = (veil_sandbox::wasm::MEMORY_BYTES_CEILING / (1024 * 1024)) as u32;
+        let wasm_memory_mib_max =
+            (veil_gate::sandbox::wasm::MEMORY_BYTES_CEILING / (1024 * 1024)) as u32;
         if !(1..=wasm_memory_mib_max).contains(&self.wasm_memory_mib) {
             return Err(Error::invalid(format!(
                 "--wasm-memory-mib must be between 1 and {wasm_memory_mib_max}"
@@ -843,7 +855,7 @@ fn sensitivity_problems(
         None => catalog::list(store)?,
     };
     for dataset in &datasets {
-        let schema = dataset.schema(store)?;
+        let schema = catalog::schema_of(dataset, store)?;
         for (name, column) in &dataset.policy.columns {
             if let Some(bounds) = column.bounds {
                 let integer = schema

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
-use veil_runtime::api::{self, AppState, StorePool, Workers};
 use veil_runtime::grants;
 use veil_runtime::ids::{Fen, ProductId};
 use veil_runtime::jobs::JobOutcome;
 use veil_runtime::market;
 use veil_runtime::principals::{self, Role};
 use veil_runtime::templates::{self, TemplateSpec};
+use veil_server::{self, AppState, StorePool, Workers};
 
 use crate::support::{self, Fixture, OPERATOR};
 
@@ -165,12 +165,13 @@ async fn every_route_checks_role_and_ownership() {
     let root = fixture.store_path();
     let state = Arc::new(AppState {
         stores: Arc::new(StorePool::new(&root).expect("pool")),
-        workers: Workers::start(&root, 1, api::workers::QUEUE_JOBS_DEFAULT).expect("workers"),
+        workers: Workers::start(&root, 1, veil_server::workers::QUEUE_JOBS_DEFAULT)
+            .expect("workers"),
     });
-    let app = api::app(state);
+    let app = veil_server::app(state);
 
     let module = std::fs::read(
-        std::path::Path::new(env!("VEIL_GUESTS_DIR")).join("pension_eligibility.wasm"),
+        std::path::Path::new(veil_testkit::GUESTS_DIR).join("pension_eligibility.wasm"),
     )
     .expect("guest module");
     let json = |value: serde_json::Value| Some(value.to_string().into_bytes());
@@ -462,7 +463,7 @@ async fn a_full_queue_answers_429_and_a_queued_job_can_be_cancelled() {
         stores: store_pool,
         workers,
     });
-    let app = api::app(state);
+    let app = veil_server::app(state);
 
     let run = Some(
         serde_json::json!({ "template": template })

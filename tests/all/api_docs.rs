@@ -11,9 +11,9 @@ use axum::http::Request;
 use serde_json::json as j;
 use tower::ServiceExt;
 use utoipa::OpenApi;
-use veil_runtime::api::routes::ApiDoc;
-use veil_runtime::api::{self, AppState, StorePool, Workers};
 use veil_runtime::principals::{self, Role};
+use veil_server::routes::ApiDoc;
+use veil_server::{self, AppState, StorePool, Workers};
 
 use crate::support::{Fixture, OPERATOR, veil_bin};
 
@@ -187,10 +187,11 @@ async fn every_route_has_a_recorded_example() {
     let root = fixture.store_path();
     let state = Arc::new(AppState {
         stores: Arc::new(StorePool::new(&root).expect("pool")),
-        workers: Workers::start(&root, 1, api::workers::QUEUE_JOBS_DEFAULT).expect("workers"),
+        workers: Workers::start(&root, 1, veil_server::workers::QUEUE_JOBS_DEFAULT)
+            .expect("workers"),
     });
     let mut r = Recorder {
-        app: api::app(state),
+        app: veil_server::app(state),
         doc: String::new(),
     };
     let today = veil_runtime::clock::today();
@@ -304,8 +305,9 @@ async fn every_route_has_a_recorded_example() {
     .await;
 
     r.doc.push_str("## Templates\n\n");
-    let module = std::fs::read(Path::new(env!("VEIL_GUESTS_DIR")).join("pension_eligibility.wasm"))
-        .expect("module");
+    let module =
+        std::fs::read(Path::new(veil_testkit::GUESTS_DIR).join("pension_eligibility.wasm"))
+            .expect("module");
     let request = Request::builder()
         .method("POST")
         .uri("/v1/modules")

@@ -367,7 +367,7 @@ bounds = [0, 100]
 "#,
     )
     .expect("write the output schema");
-    let module = Path::new(env!("VEIL_GUESTS_DIR")).join("credit_risk.wasm");
+    let module = Path::new(veil_testkit::GUESTS_DIR).join("credit_risk.wasm");
     let submitted = veil_ok([
         "template",
         "submit",

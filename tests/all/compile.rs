@@ -281,7 +281,7 @@ async fn a_compile_bomb_is_killed_at_the_limit_remembered_and_refused_again_at_o
     assert!(cli < Duration::from_secs(3), "refused in {cli:?}");
 
     // A good module still uploads (and is checked within the lowered limit).
-    let good = std::fs::read(Path::new(env!("VEIL_GUESTS_DIR")).join("pension_eligibility.wasm"))
+    let good = std::fs::read(Path::new(veil_testkit::GUESTS_DIR).join("pension_eligibility.wasm"))
         .expect("guest built");
     let stored = operator.upload_module(good.clone()).await.expect("stored");
     assert_eq!(stored.blake3, blake3::hash(&good).to_hex().as_str());
@@ -322,7 +322,7 @@ async fn an_invalid_module_is_remembered_with_its_reason_and_a_fixed_one_is_not_
     assert_eq!(kept, first);
 
     // Other bytes are checked on their own.
-    let good = std::fs::read(Path::new(env!("VEIL_GUESTS_DIR")).join("pension_eligibility.wasm"))
+    let good = std::fs::read(Path::new(veil_testkit::GUESTS_DIR).join("pension_eligibility.wasm"))
         .expect("guest built");
     operator.upload_module(good).await.expect("stored");
     assert_eq!(check_children(server.pid()), Vec::<u32>::new());

@@ -61,8 +61,8 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use futures::FutureExt;
+use veil_gate::rules::Refusal;
 use veil_runtime::Error;
-use veil_runtime::gate::rules::Refusal;
 use veil_runtime::jobs::JobOutcome;
 use veil_runtime::templates::ApprovalRequest;
 

@@ -8,7 +8,6 @@ mod budget;
 mod cli;
 mod compile;
 mod ends;
-mod expressions;
 mod gate_files;
 mod money;
 mod neighbouring;

@@ -572,7 +572,7 @@ async fn a_wasm_template_is_submitted_through_the_sdk_and_released() {
 
     // The template file names its module; the SDK reads both, uploads the module (checked by
     // the host before it is stored) and submits the spec naming it by digest.
-    let guests = Path::new(env!("VEIL_GUESTS_DIR"));
+    let guests = Path::new(veil_testkit::GUESTS_DIR);
     let text = include_str!("../../examples/templates/pension_eligibility.toml");
     let (spec, module) = TemplateSpec::from_file(text, guests).expect("template file");
     let module = module.expect("a WASM template has a module");

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 use chrono::{Days, NaiveDate};
 use tempfile::TempDir;
+use veil_runtime::Result;
 use veil_runtime::catalog::{self, Policy};
 use veil_runtime::grants::{self, Disposition, Grant, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
 use veil_runtime::store::Store;
 use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
-use veil_runtime::{Result, demo_data};
+use veil_testkit::demo_data;
 
 pub const OPERATOR: &str = "op-test";
 pub const SOCIAL_POLICY: &str = include_str!("../../examples/policies/social_insurance.toml");
@@ -201,7 +202,7 @@ pub fn approval() -> ApprovalRequest {
 /// Jobs run in a child process of a program that answers `__job-exec` (see `exec`); this test
 /// harness does not, so jobs run from it use the `veil` binary built for these tests.
 pub fn use_veil_for_jobs() {
-    veil_runtime::exec::use_executable(veil_bin());
+    veil_gate::job::use_executable(veil_bin());
 }
 
 /// The address `veil serve` announces on its first line of output (`… http://127.0.0.1:PORT`).

@@ -3,16 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use veil_runtime::gate::rules::Rule;
+use veil_gate::rules::Rule;
+use veil_gate::sandbox::wasm::{WasmEngine, WasmLimits};
 use veil_runtime::jobs::{self, JobOutcome};
 use veil_runtime::templates::{self, ApprovalRequest, SpecRules, TemplateSpec};
 use veil_runtime::{Error, metering};
-use veil_sandbox::wasm::{WasmEngine, WasmLimits};
 use veil_sdk::columnar::{BatchView, BatchWriter};
 
 use crate::support::{Fixture, OPERATOR};
 
-const GUESTS: &str = env!("VEIL_GUESTS_DIR");
+const GUESTS: &str = veil_testkit::GUESTS_DIR;
 const PENSION_TEMPLATE: &str = include_str!("../../examples/templates/pension_eligibility.toml");
 const CREDIT_TEMPLATE: &str = include_str!("../../examples/templates/credit_risk.toml");
 

@@ -121,7 +121,7 @@ pub const PROVIDER: &str = "canary-provider";
 pub const GRANT_EPSILON_PER_MONTH: f64 = 100.0;
 
 /// The Shanxi cities, the public key set of `city`.
-pub const CITIES: [&str; 11] = veil_runtime::demo_data::SHANXI_CITIES;
+pub const CITIES: [&str; 11] = veil_testkit::demo_data::SHANXI_CITIES;
 const DISTRICTS: [&str; 8] = [
     "Xiaodian",
     "Yingze",

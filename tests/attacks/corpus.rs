@@ -39,7 +39,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use veil_runtime::gate::FAILED_MESSAGE;
+use veil_gate::FAILED_MESSAGE;
 
 use crate::canary::{self, Domain, assert_clean, leaks};
 use crate::server::{Answer, Http, Server, submit_template};

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use veil_runtime::gate::FAILED_MESSAGE;
+use veil_gate::FAILED_MESSAGE;
 use veil_sdk::client::Client;
 use veil_sdk::template::{Fallback, OutputSpec, OutputType, TemplateSpec, WasmSpec};
 

@@ -263,7 +263,7 @@ pub fn job_children(parent: u32) -> Vec<u32> {
         };
         let is_child_command = cmdline
             .split(|b| *b == 0)
-            .any(|arg| arg == veil_runtime::exec::CHILD_COMMAND.as_bytes());
+            .any(|arg| arg == veil_gate::job::CHILD_COMMAND.as_bytes());
         if is_child_command && parent_of(pid) == Some(parent) {
             found.push(pid);
         }

@@ -1,0 +1,1609 @@
+//! The `veil` command line, by role: the bureau (init, datasets, grants, template decisions,
+//! meter, audit, prices, ledger, settlement, product sale and recall), operators (templates,
+//! jobs) and buyers (product verification).
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use crate::demo;
+use veil_gate::rules::Refusal;
+use veil_runtime::error::{Error, Result};
+use veil_runtime::grants::{self, Disposition, GrantRequest, MICRO, PICO};
+use veil_runtime::ids::{Fen, ProductId};
+use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::principals::Role;
+use veil_runtime::store::Store;
+use veil_runtime::templates::{self, ApprovalRequest, SpecRules, TemplateSpec};
+use veil_runtime::{audit, catalog, keys, metering};
+use veil_runtime::{ledger, market, prices, settlement};
+use veil_testkit::demo_data;
+
+/// Veil: a compute sandbox for authorized operation of public data.
+/// Raw data does not leave the domain; only noisy, k-anonymous, signed products do.
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// The domain store folder (created by `veil init`).
+    #[arg(long, env = "VEIL_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole flow on generated data in a temporary store and tell the story.
+    Demo {
+        /// Rows of generated social-insurance records.
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        /// Keep the store in this folder instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// (bureau) Create an empty domain store.
+    Init(StoreArg),
+    /// Write a deterministic synthetic Shanxi data set (Parquet).
+    DemoData {
+        #[arg(long)]
+        rows: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = demo_data::DEMO_SEED)]
+        seed: u64,
+    },
+    /// (bureau) The dataset catalog.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// (bureau) Authorizations of datasets to operators.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// (bureau) Principals — bureau, providers, operators, buyers — and their API keys.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// (operator submits, bureau decides) Job templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// (operator) Run and inspect jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// (buyer, operator) Released products.
+    #[command(subcommand)]
+    Product(ProductCommand),
+    /// (bureau) Meter records.
+    #[command(subcommand)]
+    Meter(MeterCommand),
+    /// (bureau) The price book: rows fee and sale shares.
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// (bureau) The double-entry ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// (bureau) Settle a closed month: write each operator's and provider's statement.
+    Settle {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The month to settle, YYYY-MM in bureau time; it must have ended.
+        #[arg(long)]
+        period: String,
+        /// Print the settlement as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (bureau) The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the platform's public key (what buyers pin to verify products).
+    PlatformKey(StoreArg),
+    /// (bureau) Serve the HTTP API for every role over this store.
+    Serve {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Address to listen on; keep it on loopback behind the bureau's TLS proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Jobs that run at the same time.
+        #[arg(long, default_value_t = veil_server::workers::WORKERS_DEFAULT)]
+        workers: usize,
+        /// Jobs queued or running at once; more submissions get 429 until one ends.
+        #[arg(long, default_value_t = veil_server::workers::QUEUE_JOBS_DEFAULT)]
+        queue: usize,
+        /// Seconds between sweeps that remove files the store does not know (crash debris).
+        #[arg(long, default_value_t = veil_runtime::sweep::SWEEP_INTERVAL_SECONDS)]
+        sweep_seconds: u64,
+    },
+    /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
+    Client(crate::client::ClientArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Register a Parquet or CSV file with its policy (TOML).
+    Register {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Table name operators use in SQL.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// List registered datasets.
+    List(StoreArg),
+    /// Show one dataset and its policy.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Grant datasets to an operator for a purpose and term, with a monthly ε budget.
+    Create {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        /// Comma-separated dataset names.
+        #[arg(long, value_delimiter = ',')]
+        datasets: Vec<String>,
+        #[arg(long)]
+        purpose: String,
+        /// First day of the term (YYYY-MM-DD).
+        #[arg(long)]
+        valid_from: String,
+        /// Last day of the term (YYYY-MM-DD).
+        #[arg(long)]
+        valid_to: String,
+        #[arg(long)]
+        epsilon_per_month: f64,
+        #[arg(long, default_value_t = 1e-5)]
+        delta_per_month: f64,
+        /// What happens to derived products after the term: destroy, archive or return.
+        #[arg(long, default_value = "archive")]
+        disposition: String,
+    },
+    /// List grants with their budget spent this month.
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrincipalCommand {
+    /// Add a principal; its API key is printed once and only its hash is stored.
+    Add {
+        #[command(flatten)]
+        store: StoreArg,
+        /// bureau | provider | operator | buyer
+        #[arg(long)]
+        role: String,
+        /// The organisation's name (an operator's name is the `--operator` of its jobs).
+        #[arg(long)]
+        name: String,
+    },
+    /// List principals (never their keys).
+    List(StoreArg),
+    /// Revoke a principal's key.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Principal id or name.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Submit a template: a template file (SQL, or WASM with a [wasm] table), or a WASM
+    /// template given by flags. The gate's static rules are checked first.
+    Submit {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        /// A template file (TOML).
+        #[arg(long, conflicts_with_all = ["wasm", "name"])]
+        file: Option<PathBuf>,
+        /// WASM template: the mapper module (built for wasm32-unknown-unknown).
+        #[arg(long, requires_all = ["name", "input_sql", "output_schema", "release_sql"])]
+        wasm: Option<PathBuf>,
+        /// WASM template: its name.
+        #[arg(long)]
+        name: Option<String>,
+        /// WASM template: the SQL choosing the rows the mapper sees (must output the unit).
+        #[arg(long)]
+        input_sql: Option<String>,
+        /// WASM template: a TOML file of [[output]] columns (name, type, bounds/keys, default).
+        #[arg(long)]
+        output_schema: Option<PathBuf>,
+        /// WASM template: the aggregate over the mapper's output table `mapped`.
+        #[arg(long)]
+        release_sql: Option<String>,
+        /// WASM template: output rows one unit may contribute.
+        #[arg(long, default_value_t = 1)]
+        max_rows_per_unit: u32,
+        /// WASM template: what a failed unit contributes: none | default.
+        #[arg(long, default_value = "none")]
+        fallback: String,
+    },
+    /// Approve a submitted template, pinning its privacy parameters and price.
+    Approve {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        /// ε spent by one run.
+        #[arg(long)]
+        epsilon: f64,
+        /// δ spent by one run.
+        #[arg(long, default_value_t = 1e-6)]
+        delta: f64,
+        /// Minimum distinct privacy units behind each released group.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Most groups one unit may contribute to.
+        #[arg(long, default_value_t = 1)]
+        max_groups: u32,
+        /// Most rows one unit may contribute to one group.
+        #[arg(long, default_value_t = 1)]
+        max_rows: u32,
+        /// Price of one released run, in fen.
+        #[arg(long, default_value_t = 0)]
+        price_fen: i64,
+        /// Memory one run may use, in MiB.
+        #[arg(long, default_value_t = templates::JOB_MEMORY_MIB_DEFAULT)]
+        memory_mib: u32,
+        /// Wall-clock time one run's query may take, in seconds.
+        #[arg(long, default_value_t = templates::JOB_WALL_SECONDS_DEFAULT)]
+        wall_seconds: u32,
+        /// WASM templates: fuel one unit's call may burn (default 20,000,000).
+        #[arg(long)]
+        wasm_fuel_per_unit: Option<u64>,
+        /// WASM templates: memory one unit's instance may use, in MiB (default 16).
+        #[arg(long)]
+        wasm_memory_mib: Option<u32>,
+    },
+    /// Reject a submitted template.
+    Reject {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke an approved template.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    List(StoreArg),
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+    },
+}
+
+/// What a job runs: the same flags locally (`veil job`) and through the server
+/// (`veil client job`).
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Template id (or a unique prefix of it, or its name).
+    #[arg(long)]
+    pub template: String,
+    /// A parameter value, `name=value`; repeat for several.
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// The grant to run under; may be omitted when exactly one grant fits.
+    #[arg(long)]
+    pub grant: Option<String>,
+}
+
+impl JobArgs {
+    /// The request of `operator`.
+    pub fn request(self, operator: String) -> JobRequest {
+        JobRequest {
+            operator,
+            template: self.template,
+            params: self.params,
+            grant: self.grant,
+        }
+    }
+
+    /// The same job as an HTTP body.
+    pub fn submit(self) -> veil_sdk::api::SubmitJob {
+        veil_sdk::api::SubmitJob {
+            template: self.template,
+            params: self.params.into_iter().collect(),
+            grant: self.grant,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Run an approved template.
+    Run {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Pre-flight: would the job pass, what would it cost, what budget would remain? Reads
+    /// no data row and spends nothing.
+    Check {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        operator: String,
+        #[command(flatten)]
+        job: JobArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+    },
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProductCommand {
+    /// Verify a product folder offline: file digests and the platform signature.
+    Verify {
+        dir: PathBuf,
+        /// The platform's public key (64 hex digits, from `veil platform-key`).
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Or read the public key from a store.
+        #[arg(long, env = "VEIL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    List(StoreArg),
+    /// (operator of the product, or bureau) List a product for sale, or change its price.
+    Sell {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        /// Price in fen.
+        #[arg(long)]
+        price_fen: i64,
+        /// Sell as this operator instead of as the bureau.
+        #[arg(long)]
+        operator: Option<String>,
+    },
+    /// (bureau) Recall a product: no listing, purchase or download works afterwards.
+    Recall {
+        #[command(flatten)]
+        store: StoreArg,
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeterCommand {
+    List(StoreArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PriceCommand {
+    /// Show the price book in force and its history.
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a new price book version, in force from now on.
+    Set {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Fee per million rows a released run scanned, in fen (rounded down per run).
+        #[arg(long)]
+        per_million_rows_fen: i64,
+        /// Providers' share of a sale, in basis points (the three shares sum to 10000).
+        #[arg(long)]
+        provider_bp: i64,
+        /// The platform's share of a sale, in basis points.
+        #[arg(long)]
+        platform_bp: i64,
+        /// The operator's share of a sale, in basis points.
+        #[arg(long)]
+        operator_bp: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// List postings and their lines, oldest first.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only this month (YYYY-MM, bureau time).
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the keyed hash chain against every signed checkpoint in audit.checkpoints, then
+    /// cross-check products, meter records, ledger postings, purchases and settled statements
+    /// against their audit entries; exit 5 naming the first mismatch.
+    Verify(StoreArg),
+}
+
+pub(crate) fn parse_param(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not name=value")),
+    }
+}
+
+fn parse_date(text: &str, flag: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| Error::invalid(format!("{flag} `{text}` is not a date; write YYYY-MM-DD")))
+}
+
+fn read_text(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid(format!(
+            "cannot read the {what} file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Runs one command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Demo { rows, keep } => {
+            let summary = demo::run(rows, keep.as_deref(), &mut std::io::stdout()).await?;
+            println!(
+                "\nDemo done: {} jobs released, {} refused, {} products verified offline, {} audit entries verified.",
+                summary.released_jobs,
+                summary.rejected_jobs,
+                summary.products_verified,
+                summary.audit_entries
+            );
+            // A product that fails to verify already ended the demo with an error; a story
+            // that released nothing at all is a fault too.
+            if summary.released_jobs == 0 || summary.products_verified == 0 {
+                eprintln!("error: the demo released no product");
+                return Ok(1);
+            }
+            Ok(0)
+        }
+        Command::Init(store) => {
+            let s = Store::init(&store.data_dir)?;
+            println!(
+                "initialized an empty Veil store in {}",
+                store.data_dir.display()
+            );
+            println!(
+                "platform public key: {}",
+                hex::encode(s.signing_key().verifying_key().to_bytes())
+            );
+            Ok(0)
+        }
+        Command::DemoData { rows, out, seed } => {
+            if rows == 0 {
+                return Err(Error::invalid("--rows must be at least 1"));
+            }
+            let summary = demo_data::write_demo_data(rows, &out, seed)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            println!(
+                "wrote {} social-insurance records of {} persons and {} enterprises:",
+                summary.social_insurance_rows, summary.persons, summary.enterprises
+            );
+            for file in summary.files {
+                println!("  {}", file.display());
+            }
+            Ok(0)
+        }
+        Command::Dataset(command) => dataset(command),
+        Command::Grant(command) => grant(command),
+        Command::Template(command) => template(command).await,
+        Command::Principal(command) => principal(command),
+        Command::Job(command) => job(command).await,
+        Command::Serve {
+            store,
+            listen,
+            workers,
+            queue,
+            sweep_seconds,
+        } => {
+            veil_server::serve(veil_server::ServeConfig {
+                data_dir: store.data_dir,
+                listen,
+                workers,
+                queue,
+                sweep_seconds,
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Client(args) => crate::client::run(args).await,
+        Command::Product(command) => product(command),
+        Command::Meter(MeterCommand::List(store)) => {
+            let store = Store::open(&store.data_dir)?;
+            print_meter(&metering::list(store.conn())?);
+            Ok(0)
+        }
+        Command::Price(command) => price(command),
+        Command::Ledger(LedgerCommand::List {
+            store,
+            period,
+            json,
+        }) => {
+            let store = Store::open(&store.data_dir)?;
+            if let Some(period) = &period {
+                settlement::period_bounds(period)?;
+            }
+            let postings = ledger::postings(store.conn(), period.as_deref())?;
+            if json {
+                print_json(&postings)?;
+            } else {
+                let rows: Vec<Vec<String>> = postings
+                    .iter()
+                    .flat_map(|p| {
+                        p.lines.iter().map(move |l| {
+                            vec![
+                                p.id.to_string(),
+                                l.id.to_string(),
+                                p.period.clone(),
+                                p.kind.clone(),
+                                format!("{} {}", p.source_kind, p.source_id),
+                                l.account.clone(),
+                                l.item.clone(),
+                                if l.debit.0 > 0 {
+                                    l.debit.to_string()
+                                } else {
+                                    String::new()
+                                },
+                                if l.credit.0 > 0 {
+                                    l.credit.to_string()
+                                } else {
+                                    String::new()
+                                },
+                            ]
+                        })
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "posting", "line", "period", "kind", "source", "account", "item", "debit",
+                        "credit",
+                    ],
+                    &rows,
+                );
+            }
+            Ok(0)
+        }
+        Command::Settle {
+            store,
+            period,
+            json,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let settled = settlement::settle(&mut store, &period, "bureau")?;
+            if json {
+                print_json(&settled)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = settled
+                .statements
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.party.clone(),
+                        f.lines.to_string(),
+                        f.total_debit.to_string(),
+                        f.total_credit.to_string(),
+                        f.net.to_string(),
+                        f.csv
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            println!(
+                "settled {}: debits {} = credits {}",
+                settled.period, settled.total_debit, settled.total_credit
+            );
+            print_table(
+                &[
+                    "party",
+                    "lines",
+                    "debit",
+                    "credit",
+                    "net",
+                    "file (.csv, .json)",
+                ],
+                &rows,
+            );
+            println!("statements are in {}", settled.dir.display());
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Verify(store)) => {
+            let store = Store::open(&store.data_dir)?;
+            match audit::verify(&store)? {
+                Ok(v) => {
+                    println!(
+                        "audit log verified: {} entries, head {}; {} signed checkpoints (the newest at entry {}){}",
+                        v.entries,
+                        v.head_hash,
+                        v.checkpoints,
+                        v.checkpoint_seq,
+                        if v.keyed_from > 1 {
+                            format!(
+                                "; entries before {} were carried over from unkeyed hashes",
+                                v.keyed_from
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    println!(
+                        "cross-checked: {} products, {} meter records, {} ledger postings, {} statement files",
+                        v.products, v.meter_records, v.postings, v.statement_files
+                    );
+                    Ok(0)
+                }
+                Err(broken) => {
+                    println!("audit log BROKEN: {broken}");
+                    Ok(5)
+                }
+            }
+        }
+        Command::PlatformKey(store) => {
+            let store = Store::open(&store.data_dir)?;
+            println!(
+                "{}",
+                hex::encode(store.signing_key().verifying_key().to_bytes())
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn dataset(command: DatasetCommand) -> Result<i32> {
+    match command {
+        DatasetCommand::Register {
+            store,
+            name,
+            file,
+            policy,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let policy = catalog::Policy::parse(&read_text(&policy, "policy")?)?;
+            let dataset = catalog::register(&mut store, &name, &file, policy)?;
+            println!(
+                "registered dataset `{}` ({}): {} rows, BLAKE3 {}",
+                dataset.name, dataset.id, dataset.rows, dataset.content_blake3
+            );
+            Ok(0)
+        }
+        DatasetCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = catalog::list(&store)?
+                .into_iter()
+                .map(|d| {
+                    vec![
+                        d.name,
+                        d.id.to_string(),
+                        d.policy.provider,
+                        d.policy.classification_level.to_string(),
+                        format!("{:?}", d.policy.sharing).to_lowercase(),
+                        d.policy.acquired_on,
+                        d.rows.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "name", "id", "provider", "level", "sharing", "acquired", "rows",
+                ],
+                &rows,
+            );
+            Ok(0)
+        }
+        DatasetCommand::Show { store, name } => {
+            let store = Store::open(&store.data_dir)?;
+            let d = catalog::get(&store, &name)?;
+            println!("dataset `{}` ({})", d.name, d.id);
+            println!("  provider:        {}", d.policy.provider);
+            println!("  classification:  level {}", d.policy.classification_level);
+            println!("  sharing:         {:?}", d.policy.sharing);
+            println!("  acquired on:     {}", d.policy.acquired_on);
+            println!(
+                "  privacy unit:    {} ({})",
+                d.policy.privacy_unit, d.policy.unit_kind
+            );
+            println!("  rows:            {}", d.rows);
+            println!("  content BLAKE3:  {}", d.content_blake3);
+            println!("  registered at:   {}", d.registered_at);
+            let rows: Vec<Vec<String>> = d
+                .policy
+                .columns
+                .iter()
+                .map(|(name, c)| {
+                    vec![
+                        name.clone(),
+                        c.role.as_str().to_string(),
+                        c.bounds
+                            .map_or(String::new(), |[lo, hi]| format!("[{lo}, {hi}]")),
+                        c.keys
+                            .as_ref()
+                            .map_or(String::new(), |k| format!("{} keys", k.len())),
+                    ]
+                })
+                .collect();
+            print_table(&["column", "role", "bounds", "public keys"], &rows);
+            Ok(0)
+        }
+    }
+}
+
+fn grant(command: GrantCommand) -> Result<i32> {
+    match command {
+        GrantCommand::Create {
+            store,
+            operator,
+            datasets,
+            purpose,
+            valid_from,
+            valid_to,
+            epsilon_per_month,
+            delta_per_month,
+            disposition,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let grant = grants::create(
+                &mut store,
+                GrantRequest {
+                    operator,
+                    datasets,
+                    purpose,
+                    valid_from: parse_date(&valid_from, "--valid-from")?,
+                    valid_to: parse_date(&valid_to, "--valid-to")?,
+                    epsilon_per_month,
+                    delta_per_month,
+                    disposition: Disposition::parse(&disposition)?,
+                },
+            )?;
+            println!(
+                "granted {} dataset(s) to `{}` as {} ({} to {}, ε {} per month)",
+                grant.datasets.len(),
+                grant.operator,
+                grant.id,
+                grant.valid_from,
+                grant.valid_to,
+                grant.micro_epsilon_per_month as f64 / MICRO
+            );
+            Ok(0)
+        }
+        GrantCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let period = veil_runtime::clock::period_of(veil_runtime::clock::now());
+            let mut rows = Vec::new();
+            for g in grants::list(&store)? {
+                let spent =
+                    veil_runtime::budget::spent_by_grant(store.conn(), g.id.as_str(), &period)?;
+                rows.push(vec![
+                    g.id.to_string(),
+                    g.operator,
+                    g.purpose,
+                    format!("{} – {}", g.valid_from, g.valid_to),
+                    format!(
+                        "{} / {}",
+                        spent.micro_epsilon as f64 / MICRO,
+                        g.micro_epsilon_per_month as f64 / MICRO
+                    ),
+                    format!("{}", g.pico_delta_per_month as f64 / PICO),
+                    g.disposition.as_str().to_string(),
+                ]);
+            }
+            print_table(
+                &[
+                    "grant",
+                    "operator",
+                    "purpose",
+                    "term",
+                    &format!("ε spent {period}"),
+                    "δ/month",
+                    "after term",
+                ],
+                &rows,
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn principal(command: PrincipalCommand) -> Result<i32> {
+    match command {
+        PrincipalCommand::Add { store, role, name } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let role = veil_runtime::principals::parse_role(&role)?;
+            let (principal, key) = veil_runtime::principals::add(&mut store, role, &name)?;
+            println!(
+                "added {} `{}`: {}",
+                principal.role.as_str(),
+                principal.name,
+                principal.id
+            );
+            println!(
+                "API key (shown once; only its hash is stored): {}",
+                key.expose()
+            );
+            Ok(0)
+        }
+        PrincipalCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = veil_runtime::principals::list(&store)?
+                .into_iter()
+                .map(|p| {
+                    vec![
+                        p.id,
+                        p.role.as_str().to_string(),
+                        p.name,
+                        p.created_at,
+                        p.revoked_at.unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(&["id", "role", "name", "added", "revoked"], &rows);
+            Ok(0)
+        }
+        PrincipalCommand::Revoke { store, id } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let id = veil_runtime::principals::get(&store, &id)?.id;
+            let principal = veil_runtime::principals::revoke(&mut store, &id)?;
+            println!("revoked the key of `{}` ({})", principal.name, principal.id);
+            Ok(0)
+        }
+    }
+}
+
+async fn template(command: TemplateCommand) -> Result<i32> {
+    match command {
+        TemplateCommand::Submit {
+            store,
+            operator,
+            file,
+            wasm,
+            name,
+            input_sql,
+            output_schema,
+            release_sql,
+            max_rows_per_unit,
+            fallback,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let (spec, module) = match (file, wasm) {
+                (Some(file), _) => {
+                    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                    TemplateSpec::parse_file(&read_text(&file, "template")?, &base)?
+                }
+                (None, Some(module)) => wasm_template_from_flags(WasmFlags {
+                    module,
+                    name: name.unwrap_or_default(),
+                    input_sql: input_sql.unwrap_or_default(),
+                    output_schema: output_schema.unwrap_or_default(),
+                    release_sql: release_sql.unwrap_or_default(),
+                    max_rows_per_unit,
+                    fallback,
+                })?,
+                (None, None) => {
+                    return Err(Error::invalid(
+                        "give a template file (--file T.toml) or a WASM template (--wasm M.wasm --name … --input-sql … --output-schema … --release-sql …)",
+                    ));
+                }
+            };
+            if let Some(refusal) = static_check(&store, &operator, &spec).await? {
+                print_refusal("template refused before submission", &refusal);
+                return Ok(3);
+            }
+            let template = templates::submit_with_module(&mut store, &operator, spec, module)?;
+            println!(
+                "submitted template `{}`: {} (waiting for the bureau's approval)",
+                template.spec.name, template.id
+            );
+            Ok(0)
+        }
+        TemplateCommand::Approve {
+            store,
+            id,
+            epsilon,
+            delta,
+            k,
+            max_groups,
+            max_rows,
+            price_fen,
+            memory_mib,
+            wall_seconds,
+            wasm_fuel_per_unit,
+            wasm_memory_mib,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let template = templates::get(&store, &id)?;
+            if let Some(refusal) = static_check(&store, &template.operator, &template.spec).await? {
+                print_refusal(
+                    "the gate refuses this template; reject it instead",
+                    &refusal,
+                );
+                return Ok(3);
+            }
+            let template = templates::approve(
+                &mut store,
+                &id,
+                ApprovalRequest {
+                    epsilon,
+                    delta,
+                    k,
+                    max_groups,
+                    max_rows,
+                    price_per_run_fen: price_fen,
+                    memory_mib,
+                    wall_seconds,
+                    wasm_fuel_per_unit: wasm_fuel_per_unit
+                        .unwrap_or(ApprovalRequest::default().wasm_fuel_per_unit),
+                    wasm_memory_mib: wasm_memory_mib
+                        .unwrap_or(ApprovalRequest::default().wasm_memory_mib),
+                },
+            )?;
+            println!(
+                "approved template `{}` {} (ε {epsilon}, δ {delta}, k {k}, ≤{max_groups} groups and ≤{max_rows} rows per unit, {} per run)",
+                template.spec.name,
+                template.id,
+                veil_runtime::ids::Fen(price_fen)
+            );
+            Ok(0)
+        }
+        TemplateCommand::Reject { store, id, reason } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let template = templates::reject(&mut store, &id, &reason)?;
+            println!("rejected template {}", template.id);
+            Ok(0)
+        }
+        TemplateCommand::Revoke { store, id, reason } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let template = templates::revoke(&mut store, &id, &reason)?;
+            println!("revoked template {}", template.id);
+            Ok(0)
+        }
+        TemplateCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = templates::list(&store)?
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.spec.name,
+                        t.operator,
+                        t.state.as_str().to_string(),
+                        t.approval.map_or(String::new(), |a| {
+                            format!("ε {} k {} {}", a.epsilon(), a.k, a.price_per_run)
+                        }),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["template", "name", "operator", "state", "approval"],
+                &rows,
+            );
+            Ok(0)
+        }
+        TemplateCommand::Show { store, id } => {
+            let store = Store::open(&store.data_dir)?;
+            let t = templates::get(&store, &id)?;
+            println!("template `{}` {}", t.spec.name, t.id);
+            println!("  operator:  {}", t.operator);
+            println!("  state:     {}", t.state.as_str());
+            if let Some(reason) = &t.reasons {
+                println!("  reason:    {reason}");
+            }
+            if let Some(a) = &t.approval {
+                println!(
+                    "  approval:  ε {} δ {} k {} max_groups {} max_rows {} price {}",
+                    a.epsilon(),
+                    a.delta(),
+                    a.k,
+                    a.max_groups,
+                    a.max_rows,
+                    a.price_per_run
+                );
+            }
+            for p in &t.spec.params {
+                println!(
+                    "  param:     {} ({:?}){}",
+                    p.name,
+                    p.kind,
+                    p.allowed
+                        .as_ref()
+                        .map_or(String::new(), |a| format!(" one of {}", a.join(", ")))
+                );
+            }
+            println!("  sql:\n{}", t.spec.sql);
+            Ok(0)
+        }
+    }
+}
+
+/// A WASM template given by `template submit` flags.
+struct WasmFlags {
+    module: PathBuf,
+    name: String,
+    input_sql: String,
+    output_schema: PathBuf,
+    release_sql: String,
+    max_rows_per_unit: u32,
+    fallback: String,
+}
+
+/// A WASM template from flags (no parameters: declare those in a template file).
+fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Vec<u8>>)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct OutputFile {
+        output: Vec<templates::OutputSpec>,
+    }
+    let output: OutputFile = toml::from_str(&read_text(&flags.output_schema, "output schema")?)
+        .map_err(|e| {
+            Error::invalid(format!(
+                "output schema {}: {e}; write one [[output]] table per column",
+                flags.output_schema.display()
+            ))
+        })?;
+    let fallback = match flags.fallback.as_str() {
+        "none" => templates::Fallback::None,
+        "default" => templates::Fallback::Default,
+        other => {
+            return Err(Error::invalid(format!(
+                "--fallback is `{other}`; use none or default"
+            )));
+        }
+    };
+    let (wasm, module) = templates::WasmSpec::from_module_file(
+        &flags.module,
+        flags.input_sql,
+        output.output,
+        flags.max_rows_per_unit,
+        fallback,
+    )
+    .map_err(templates::file_error)?;
+    let spec = TemplateSpec {
+        name: flags.name,
+        sql: flags.release_sql,
+        params: Vec::new(),
+        wasm: Some(wasm),
+    };
+    Ok((spec, Some(module)))
+}
+
+/// Checks a template against the operator's grant in term, if there is exactly one.
+async fn static_check(
+    store: &Store,
+    operator: &str,
+    spec: &TemplateSpec,
+) -> Result<Option<Refusal>> {
+    if let Err(refusal) = spec.check() {
+        return Ok(Some(refusal));
+    }
+    let today = veil_runtime::clock::today();
+    let active: Vec<_> = grants::list(store)?
+        .into_iter()
+        .filter(|g| g.operator == operator && g.is_in_term(today))
+        .collect();
+    let Some(grant) = active.first() else {
+        return Ok(None);
+    };
+    let template = templates::Template {
+        id: spec.id()?,
+        operator: operator.to_string(),
+        spec: spec.clone(),
+        state: templates::TemplateState::Submitted,
+        approval: None,
+        reasons: None,
+        submitted_at: String::new(),
+        decided_at: None,
+    };
+    Ok(jobs::check_static(store, &template, grant).await?.err())
+}
+
+async fn job(command: JobCommand) -> Result<i32> {
+    match command {
+        JobCommand::Run {
+            store,
+            operator,
+            job,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let outcome = jobs::run(&mut store, job.request(operator)).await?;
+            Ok(print_outcome(&outcome))
+        }
+        JobCommand::Check {
+            store,
+            operator,
+            job,
+            json,
+        } => {
+            let store = Store::open(&store.data_dir)?;
+            let answer = jobs::dry_run(&store, &job.request(operator)).await?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                print_dry_run(&answer);
+            }
+            Ok(if answer.passes { 0 } else { 3 })
+        }
+        JobCommand::Show { store, id } => {
+            let store = Store::open(&store.data_dir)?;
+            let j = jobs::get(&store, &id)?;
+            println!("job {}", j.id);
+            println!("  operator:  {}", j.operator);
+            println!("  template:  {}", j.template_id);
+            println!("  grant:     {}", j.grant_id.unwrap_or_default());
+            println!(
+                "  params:    {}",
+                j.params
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!("  state:     {}", j.state);
+            if let Some(product) = j.product_id {
+                println!("  product:   {product}");
+            }
+            if let Some(from) = j.reused_from {
+                println!("  reused:    the product of identical job {from} (no ε spent)");
+            }
+            if let Some(refusal) = j.reasons {
+                for v in refusal.violations {
+                    println!("  reason:    [{}] {}", v.rule, v.message);
+                }
+            }
+            if let Some(failure) = j.failure {
+                println!("  failure:   {failure}");
+            }
+            println!("  created:   {}", j.created_at);
+            println!("  finished:  {}", j.finished_at.unwrap_or_default());
+            Ok(0)
+        }
+        JobCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let rows: Vec<Vec<String>> = jobs::list(&store)?
+                .into_iter()
+                .map(|j| {
+                    vec![
+                        j.id.to_string(),
+                        j.operator,
+                        j.template_id.chars().take(12).collect(),
+                        j.state,
+                        j.product_id.unwrap_or_default(),
+                        j.created_at,
+                    ]
+                })
+                .collect();
+            print_table(
+                &["job", "operator", "template", "state", "product", "created"],
+                &rows,
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Prints a job outcome and returns the exit code (0 released, 3 rejected, 1 failed).
+pub fn print_outcome(outcome: &JobOutcome) -> i32 {
+    match outcome {
+        JobOutcome::Released {
+            job_id,
+            product_id,
+            dir,
+            reused,
+            ..
+        } => {
+            if *reused {
+                println!(
+                    "job {job_id} released: identical to an earlier job, so its product {product_id} is returned and no ε was spent"
+                );
+            } else {
+                println!("job {job_id} released product {product_id}");
+            }
+            println!("  files: {}", dir.display());
+            0
+        }
+        JobOutcome::Rejected { job_id, refusal } => {
+            print_refusal(&format!("job {job_id} rejected"), refusal);
+            3
+        }
+        JobOutcome::Failed { job_id, reason } => {
+            println!("job {job_id} failed: {reason}");
+            if reason == veil_runtime::jobs::STORAGE_FULL_REASON {
+                6
+            } else {
+                1
+            }
+        }
+        JobOutcome::Cancelled { job_id } => {
+            println!("job {job_id} was cancelled");
+            1
+        }
+    }
+}
+
+fn print_refusal(heading: &str, refusal: &Refusal) {
+    println!("{heading}:");
+    for v in &refusal.violations {
+        println!("  - [{}] {}", v.rule, v.message);
+    }
+}
+
+fn product(command: ProductCommand) -> Result<i32> {
+    match command {
+        ProductCommand::Verify {
+            dir,
+            public_key,
+            data_dir,
+        } => {
+            let pinned = match (public_key, data_dir) {
+                (Some(hex), _) => Some(keys::parse_public(&hex)?),
+                (None, Some(data_dir)) => {
+                    Some(Store::open(&data_dir)?.signing_key().verifying_key())
+                }
+                (None, None) => None,
+            };
+            match veil_sdk::manifest::verify_product_dir(&dir, pinned.as_ref()) {
+                Ok(verified) => {
+                    let m = &verified.manifest;
+                    println!(
+                        "product {} verified: every file matches its BLAKE3 digest and the signature is valid",
+                        m.product_id
+                    );
+                    if !verified.key_pinned {
+                        println!(
+                            "  note: checked against the key inside the manifest; pin the platform key with --public-key to know who signed it"
+                        );
+                    }
+                    println!(
+                        "  job {} · template {} ({})",
+                        m.job_id, m.template_name, m.template_id
+                    );
+                    for s in &m.sources {
+                        println!(
+                            "  source: {} from {}, acquired {}",
+                            s.name, s.provider, s.acquired_on
+                        );
+                    }
+                    let suppressed = match m.privacy.groups_suppressed {
+                        Some(n) => format!(", {n} marked below k"),
+                        None => String::new(),
+                    };
+                    println!(
+                        "  privacy: ε {} δ {} · {} · k {} · {} groups released{suppressed}",
+                        m.privacy.epsilon,
+                        m.privacy.delta,
+                        m.privacy.mechanism,
+                        m.privacy.k,
+                        m.privacy.groups_released,
+                    );
+                    if let Some(checkpoint) = &m.audit_checkpoint {
+                        // A witness the buyer keeps: the bureau's `veil audit verify` checks
+                        // that the platform's log still holds this entry with this hash.
+                        println!(
+                            "  audit checkpoint: entry {} with hash {} (signed)",
+                            checkpoint.seq, checkpoint.hash
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("product NOT verified: {e}");
+                    Ok(5)
+                }
+            }
+        }
+        ProductCommand::Sell {
+            store,
+            id,
+            price_fen,
+            operator,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let (role, actor) = match &operator {
+                Some(name) => (Role::Operator, name.as_str()),
+                None => (Role::Bureau, "bureau"),
+            };
+            let listing = market::list_for_sale(
+                &mut store,
+                role,
+                actor,
+                &ProductId::new(id),
+                Fen(price_fen),
+            )?;
+            println!(
+                "product {} is for sale at {} (listed by {})",
+                listing.product_id, listing.price, listing.listed_by
+            );
+            Ok(0)
+        }
+        ProductCommand::Recall { store, id, reason } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let recall = market::recall(&mut store, &ProductId::new(id), &reason)?;
+            println!(
+                "product {} is recalled: {}",
+                recall.product_id, recall.reason
+            );
+            if recall.buyers.is_empty() {
+                println!("nobody bought it");
+            } else {
+                println!("tell these buyers:");
+                for buyer in &recall.buyers {
+                    println!("  {buyer}");
+                }
+            }
+            Ok(0)
+        }
+        ProductCommand::List(store) => {
+            let store = Store::open(&store.data_dir)?;
+            let mut statement = store.conn().prepare(
+                "SELECT id, job_id, operator, rows, bytes, created_at, dir FROM products ORDER BY created_at, rowid",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(vec![
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?.to_string(),
+                    row.get::<_, i64>(4)?.to_string(),
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                ])
+            })?;
+            let mut table = Vec::new();
+            for row in rows {
+                table.push(row?);
+            }
+            print_table(
+                &[
+                    "product", "job", "operator", "rows", "bytes", "created", "folder",
+                ],
+                &table,
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn price(command: PriceCommand) -> Result<i32> {
+    match command {
+        PriceCommand::Show { store, json } => {
+            let store = Store::open(&store.data_dir)?;
+            let current = prices::current(store.conn())?;
+            let history = prices::history(store.conn())?;
+            if json {
+                print_json(&serde_json::json!({ "current": current, "history": history }))?;
+                return Ok(0);
+            }
+            let book_row = |b: &prices::PriceBook| {
+                vec![
+                    b.version.to_string(),
+                    b.set_at.clone().unwrap_or_else(|| "(default)".into()),
+                    b.fee_per_million_rows.to_string(),
+                    b.shares.provider_bp.to_string(),
+                    b.shares.platform_bp.to_string(),
+                    b.shares.operator_bp.to_string(),
+                ]
+            };
+            let headers = [
+                "version",
+                "from",
+                "per million rows",
+                "provider bp",
+                "platform bp",
+                "operator bp",
+            ];
+            println!("in force:");
+            print_table(&headers, &[book_row(&current)]);
+            println!("history:");
+            print_table(&headers, &history.iter().map(book_row).collect::<Vec<_>>());
+            println!(
+                "the per-run fee is set per template when the bureau approves it (--price-fen)"
+            );
+            Ok(0)
+        }
+        PriceCommand::Set {
+            store,
+            per_million_rows_fen,
+            provider_bp,
+            platform_bp,
+            operator_bp,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let book = prices::set(
+                &mut store,
+                "bureau",
+                &prices::PriceRequest {
+                    fee_per_million_rows_fen: per_million_rows_fen,
+                    shares: prices::Shares {
+                        provider_bp,
+                        platform_bp,
+                        operator_bp,
+                    },
+                },
+            )?;
+            println!(
+                "price book version {} in force from {}: {} per million rows; shares provider {} bp, platform {} bp, operator {} bp",
+                book.version,
+                book.set_at.unwrap_or_default(),
+                book.fee_per_million_rows,
+                book.shares.provider_bp,
+                book.shares.platform_bp,
+                book.shares.operator_bp
+            );
+            Ok(0)
+        }
+    }
+}
+
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints meter records as a table.
+pub fn print_meter(records: &[metering::MeterRecord]) {
+    print!("{}", meter_table(records));
+}
+
+/// Formats meter records as a table.
+pub fn meter_table(records: &[metering::MeterRecord]) -> String {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|m| {
+            vec![
+                m.job_id.clone(),
+                m.operator.clone(),
+                m.end_state.clone(),
+                m.wall_ms.to_string(),
+                m.cpu_ms.to_string(),
+                m.rows_scanned.to_string(),
+                m.bytes_scanned.to_string(),
+                format!("{:.1}", m.peak_memory_bytes as f64 / (1024.0 * 1024.0)),
+                format!("{}", m.micro_epsilon as f64 / MICRO),
+                m.output_rows.to_string(),
+                m.output_bytes.to_string(),
+                if m.fuel == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2e}", m.fuel as f64)
+                },
+                m.price.to_string(),
+            ]
+        })
+        .collect();
+    format_table(
+        &[
+            "job",
+            "operator",
+            "end",
+            "wall ms",
+            "cpu ms",
+            "rows scanned",
+            "bytes scanned",
+            "peak MiB",
+            "ε",
+            "out rows",
+            "out bytes",
+            "fuel",
+            "price",
+        ],
+        &rows,
+    )
+}
+
+/// Prints an aligned text table.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", format_table(headers, rows));
+}
+
+/// Formats an aligned text table.
+pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "─".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
+
+/// Prints a pre-flight answer for people.
+pub fn print_dry_run(answer: &veil_sdk::api::DryRun) {
+    if answer.passes {
+        println!("the job would pass every rule checked before data is read");
+    } else {
+        println!("the job would be refused:");
+        for v in &answer.violations {
+            println!("  - [{}] {}", v.rule, v.message);
+        }
+    }
+    if let Some(job) = &answer.reuses_job {
+        println!(
+            "  identical to released job {job}: running it returns that product and costs nothing"
+        );
+        return;
+    }
+    if let Some(grant) = &answer.grant_id {
+        println!("  grant:      {grant}");
+    }
+    println!(
+        "  cost:       ε {} δ {}, {}",
+        answer.epsilon,
+        answer.delta,
+        veil_runtime::ids::Fen(answer.price_fen)
+    );
+    println!("  rows read:  {}", answer.rows_scanned);
+    println!(
+        "  budget {}: ε {} of {} spent; {} would remain",
+        answer.budget_period,
+        answer.epsilon_spent,
+        answer.epsilon_per_period,
+        answer.epsilon_remaining_after
+    );
+}

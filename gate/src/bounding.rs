@@ -1,0 +1,1600 @@
+//! Gate step 3: contribution bounding per privacy unit.
+//!
+//! The gate does not run the operator's aggregate. It runs its own plan and folds the rows
+//! itself, in one pass:
+//!
+//! ```text
+//! in the sandbox (DataFusion):
+//!   SELECT unit, g1..gn, clamp(v_j, lo_j, hi_j) … FROM <the operator's input: scans, WHERE,
+//!   joins on the unit>, in whatever partitions the scan makes (not partitioned by unit)
+//! here, one fold per partition:
+//!   per unit it saw, at most `max_groups` slots of (group, rows, Σ clamped v_j, non-null count)
+//! then `finish`, one thread per fold:
+//!   a unit only one fold saw is counted from its slots; a unit several folds saw has its
+//!   slots merged once (by the lowest-numbered fold that saw it)
+//!   per group: units, capped rows, scaled sums
+//! ```
+//!
+//! # Which groups a unit keeps
+//! A unit in more than `max_groups` groups keeps the `max_groups` groups whose keys rank
+//! lowest by (hash, key), with one random hash of the group key per job, shared by all folds.
+//! Within a fold, the slots hold the lowest-ranked groups seen so far: a new group replaces
+//! the slot with the highest rank if its own is lower. The highest kept rank only ever
+//! decreases, so a group that was turned away or evicted can never come back, and a group
+//! that is admitted has had every one of its rows in that fold counted. A fold's final slots
+//! for a unit are therefore exactly the `max_groups` lowest-ranked groups among the unit's
+//! groups in that fold.
+//!
+//! ## Merging folds
+//! Let `G` be all of a unit's groups, `G_i` those fold `i` saw, `K_i` what fold `i` kept, and
+//! `K` the `max_groups` lowest-ranked groups of `G` (the choice one fold over all rows would
+//! make). A group `g` in `K` is among the `max_groups` lowest of `G`, so also among the
+//! `max_groups` lowest of any `G_i` that holds it: every fold that saw `g` kept it, with all
+//! of its rows there. So `K` ⊆ ∪ `K_i`, and as `K` is the lowest of all `G`, the `max_groups`
+//! lowest-ranked groups of ∪ `K_i` are exactly `K`; for each of them, summing rows and
+//! accumulators over the folds that kept it gives its counts over all the unit's rows. Groups
+//! are matched across folds by key (each fold numbers its groups itself), and ranks agree
+//! because the hash is the same. The merge therefore yields exactly the single-fold result,
+//! whatever the partitioning — a choice that depends on that unit's rows alone, never on any
+//! other unit.
+//!
+//! # Proof of the bounds
+//! Neighbouring datasets differ in all rows of one privacy unit `u`. After `finish`, `u` owns
+//! at most `max_groups` slots (each fold keeps at most that many, and a merge keeps the
+//! `max_groups` lowest), and nothing about other units' slots depends on `u` (each fold's
+//! per-unit state is keyed by the unit, and a merge reads only that unit's slots). The caps
+//! below apply once, to the merged slot: the folds' partial counts and sums of (u, g) are
+//! added up first. For each slot (u, g) with `n` rows and, per measure, `c_j` non-null values
+//! summing to `s_j`:
+//! - its unit count contribution is exactly 1;
+//! - its row count contribution is `min(n, max_rows)` ≤ `max_rows`;
+//! - each value is clamped to `[lo, hi]` before summing, so `|s_j| ≤ c_j · B` with
+//!   `B = max(|lo|, |hi|)` (integer sums saturate at the `i64` range, in a fold and in a
+//!   merge, which only moves a partial sum toward zero: `|a ⊕ b| ≤ |a| + |b|`); the kept sum is `s_j · min(1, max_rows / c_j)` (as if only
+//!   `max_rows` average rows were kept), so `|s_j'| ≤ max_rows · B`; its count is
+//!   `min(c_j, max_rows)`.
+//!
+//! Hence, over the vector of all groups, one unit changes the unit counts by at most
+//! `max_groups` (L1), row counts by at most `max_groups · max_rows`, and sums by at most
+//! `max_groups · max_rows · B`. Those are the sensitivities `noise` calibrates to. A join on
+//! the unit keeps every joined row owned by one unit, so the argument holds after joins too.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use crate::sandbox::FoldError;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, lit, try_cast, when};
+
+use crate::analysis::{Analysis, MeasureKind};
+
+/// Name of the unit column in the gate's plan.
+const UNIT: &str = "__veil_unit";
+
+/// Memory a fold grows its reservation by at a time, in bytes.
+const FOLD_RESERVATION_STEP_BYTES: usize = 8 * 1024 * 1024;
+/// Memory one unit may cost the fold's unit table beyond its slots, in bytes: an entry of at
+/// most 24 bytes (a text unit's 16-byte key and its first slot) at a load of at least 3/8
+/// (tables are sized for a load of 3/4, then rounded up to a power of two).
+const UNIT_ENTRY_BYTES: usize = 64;
+/// How many rows' units the fold reads from its unit table ahead of folding them.
+const UNIT_TOUCH_ROWS: usize = 256;
+/// Entries a unit table starts with at least.
+const UNIT_TABLE_ENTRIES_MIN: usize = 16;
+
+/// Per-unit and per-group limits pinned by the template's approval.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_groups: u32,
+    pub max_rows: u32,
+}
+
+/// One measure's bounded totals in one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Total {
+    /// Rows (COUNT) or non-null values.
+    Count(i64),
+    /// SUM over an integer column, with its non-null count (for AVG).
+    IntSum { sum: i128, count: i64 },
+    /// SUM over a float column, with its non-null count (for AVG).
+    FloatSum { sum: f64, count: i64 },
+    /// COUNT(DISTINCT unit): taken from the group's unit count.
+    Units,
+}
+
+/// Bounded totals of one group.
+#[derive(Debug, Clone)]
+pub struct GroupTotals {
+    /// Distinct units behind the group after bounding (the true count k-anonymity checks).
+    pub units: i64,
+    pub totals: Vec<Total>,
+}
+
+impl GroupTotals {
+    fn empty(kinds: &[SlotKind]) -> Self {
+        Self {
+            units: 0,
+            totals: kinds
+                .iter()
+                .map(|kind| match kind {
+                    SlotKind::Units => Total::Units,
+                    SlotKind::Rows | SlotKind::NonNull => Total::Count(0),
+                    SlotKind::IntSum => Total::IntSum { sum: 0, count: 0 },
+                    SlotKind::FloatSum => Total::FloatSum { sum: 0.0, count: 0 },
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds another share of the same group's totals (shares hold disjoint (unit, group) slots).
+    fn merge(&mut self, other: &GroupTotals) {
+        self.units += other.units;
+        for (mine, theirs) in self.totals.iter_mut().zip(&other.totals) {
+            match (mine, theirs) {
+                (Total::Count(a), Total::Count(b)) => *a += b,
+                (Total::IntSum { sum, count }, Total::IntSum { sum: s, count: c }) => {
+                    *sum += s;
+                    *count += c;
+                }
+                (Total::FloatSum { sum, count }, Total::FloatSum { sum: s, count: c }) => {
+                    *sum += s;
+                    *count += c;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A group key in Arrow's row format (order-preserving bytes); empty when there is no GROUP BY.
+pub type GroupKeyBytes = Box<[u8]>;
+
+/// Every group that has at least one unit after bounding, keyed by its row-encoded group key,
+/// plus the converter that decodes keys back into columns.
+pub struct Bounded {
+    pub converter: RowConverter,
+    pub groups: HashMap<GroupKeyBytes, GroupTotals>,
+    /// Group key types, in order.
+    pub key_types: Vec<DataType>,
+}
+
+/// Builds the gate's plan: the operator's input, projected to the unit, the group keys and the
+/// clamped values. It is not partitioned by unit: each fold takes whatever partition the scan
+/// gives it, and [`finish`] merges a unit's slots across folds (see the module docs).
+pub fn stage_plan(analysis: &Analysis) -> datafusion::error::Result<LogicalPlan> {
+    let mut projected = vec![Expr::Column(analysis.unit.clone()).alias(UNIT)];
+    for (i, group) in analysis.groups.iter().enumerate() {
+        projected.push(group.expr.clone().alias(format!("__veil_g{i}")));
+    }
+    for (j, measure) in analysis.measures.iter().enumerate() {
+        let name = format!("__veil_v{j}");
+        match &measure.kind {
+            MeasureKind::CountUnits | MeasureKind::CountRows { of: None } => {}
+            MeasureKind::CountRows { of: Some(expr) } => projected.push(expr.clone().alias(name)),
+            MeasureKind::Sum {
+                value,
+                lo,
+                hi,
+                integer,
+            }
+            | MeasureKind::Avg {
+                value,
+                lo,
+                hi,
+                integer,
+            } => {
+                projected.push(clamp(value.clone(), *lo, *hi, *integer).alias(name));
+            }
+        }
+    }
+    LogicalPlanBuilder::from(analysis.input.clone())
+        .project(projected)?
+        .build()
+}
+
+/// `CASE WHEN v < lo THEN lo WHEN v > hi THEN hi ELSE v END`, in Int64 or Float64.
+fn clamp(expr: Expr, lo: f64, hi: f64, integer: bool) -> Expr {
+    // TRY_CAST: a value that does not convert is NULL (not counted), never an error.
+    if integer {
+        let value = try_cast(expr, DataType::Int64);
+        let (lo, hi) = (lo.ceil() as i64, hi.floor() as i64);
+        when(value.clone().lt(lit(lo)), lit(lo))
+            .when(value.clone().gt(lit(hi)), lit(hi))
+            .otherwise(value)
+            .unwrap_or_else(|_| lit(lo))
+    } else {
+        let value = try_cast(expr, DataType::Float64);
+        when(value.clone().lt(lit(lo)), lit(lo))
+            .when(value.clone().gt(lit(hi)), lit(hi))
+            .otherwise(value)
+            .unwrap_or_else(|_| lit(lo))
+    }
+}
+
+/// The unit column's type in the gate's plan.
+pub fn unit_type(plan: &LogicalPlan) -> DataType {
+    plan.schema().field(0).data_type().clone()
+}
+
+/// The group key types of the gate's plan.
+pub fn key_types(plan: &LogicalPlan, n_groups: usize) -> Vec<DataType> {
+    (0..n_groups)
+        .map(|i| plan.schema().field(1 + i).data_type().clone())
+        .collect()
+}
+
+/// A unit's identity in the fold: an integer unit's 64 bits, or a text unit's first 128 bits
+/// of the BLAKE3 digest of its text (two text units colliding in 128 bits is not a practical
+/// concern). A column holds one kind, so the two never meet; integer units get the smaller
+/// key because they are the common case and the table is the fold's largest state.
+trait UnitKey: Copy + Eq + Into<u128> {
+    /// Words of a table entry: the key's, then one for its first slot.
+    const WORDS: usize;
+    fn hash(self) -> u64;
+    fn to_words(self, entry: &mut [u64]);
+    fn from_words(entry: &[u64]) -> Self;
+    /// The batch's unit keys, with the unit column's nulls (rows that belong to no one).
+    fn keys(array: &ArrayRef) -> Result<(Vec<Self>, Option<NullBuffer>), &'static str>;
+    fn table(fold: &Fold) -> &UnitTable<Self>;
+    fn table_mut(fold: &mut Fold) -> &mut UnitTable<Self>;
+}
+
+/// The finaliser of MurmurHash3: every input bit reaches the top bits, which pick the home
+/// entry. Unit keys are in-domain values, never chosen by the operator, so a fixed mixing
+/// function (no random seed) is enough; it also lets all folds lay out their tables alike.
+#[inline]
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+impl UnitKey for u64 {
+    const WORDS: usize = 2;
+
+    #[inline]
+    fn hash(self) -> u64 {
+        mix(self)
+    }
+
+    #[inline]
+    fn to_words(self, entry: &mut [u64]) {
+        entry[0] = self;
+    }
+
+    #[inline]
+    fn from_words(entry: &[u64]) -> Self {
+        entry[0]
+    }
+
+    fn keys(array: &ArrayRef) -> Result<(Vec<Self>, Option<NullBuffer>), &'static str> {
+        let unsupported = "the privacy unit column has an unsupported type";
+        // Unsigned units keep all 64 bits; signed ones are reinterpreted (a column has one
+        // type, so a signed and an unsigned unit never share a table).
+        let (keys, nulls) = if array.data_type().is_unsigned_integer() {
+            let ints = datafusion::arrow::compute::cast(array, &DataType::UInt64)
+                .map_err(|_| unsupported)?;
+            let ints = ints.as_primitive::<UInt64Type>();
+            (ints.values().to_vec(), ints.logical_nulls())
+        } else {
+            let ints = datafusion::arrow::compute::cast(array, &DataType::Int64)
+                .map_err(|_| unsupported)?;
+            let ints = ints.as_primitive::<Int64Type>();
+            (
+                ints.values().iter().map(|v| *v as u64).collect(),
+                ints.logical_nulls(),
+            )
+        };
+        Ok((keys, nulls))
+    }
+
+    fn table(fold: &Fold) -> &UnitTable<Self> {
+        &fold.integer_units
+    }
+
+    fn table_mut(fold: &mut Fold) -> &mut UnitTable<Self> {
+        &mut fold.integer_units
+    }
+}
+
+impl UnitKey for u128 {
+    const WORDS: usize = 3;
+
+    #[inline]
+    fn hash(self) -> u64 {
+        mix(self as u64 ^ (self >> 64) as u64)
+    }
+
+    #[inline]
+    fn to_words(self, entry: &mut [u64]) {
+        entry[0] = self as u64;
+        entry[1] = (self >> 64) as u64;
+    }
+
+    #[inline]
+    fn from_words(entry: &[u64]) -> Self {
+        u128::from(entry[0]) | (u128::from(entry[1]) << 64)
+    }
+
+    fn keys(array: &ArrayRef) -> Result<(Vec<Self>, Option<NullBuffer>), &'static str> {
+        let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)
+            .map_err(|_| "the privacy unit column has an unsupported type")?;
+        let text = text.as_string::<i32>();
+        let keys = (0..text.len())
+            .map(|i| {
+                let digest = blake3::hash(text.value(i).as_bytes());
+                let mut first = [0u8; 16];
+                first.copy_from_slice(&digest.as_bytes()[..16]);
+                u128::from_le_bytes(first)
+            })
+            .collect();
+        Ok((keys, text.logical_nulls()))
+    }
+
+    fn table(fold: &Fold) -> &UnitTable<Self> {
+        &fold.text_units
+    }
+
+    fn table_mut(fold: &mut Fold) -> &mut UnitTable<Self> {
+        &mut fold.text_units
+    }
+}
+
+/// The fold's map from unit to the unit's first slot: open addressing with linear probing in
+/// one flat array of words. Compared with a general hash map, an entry is smaller (16 bytes
+/// for an integer unit instead of 32 plus a control byte elsewhere), so a lookup of a unit
+/// not yet seen — most lookups, on data stored in unit order — costs one cache miss rather
+/// than two, and its home entry can be fetched ahead of time (see `touch`).
+struct UnitTable<K> {
+    /// `K::WORDS` words per entry: the key, then its first slot plus one (0: an empty entry,
+    /// so a fresh table is zeroed memory the allocator can hand out lazily).
+    words: Vec<u64>,
+    /// 64 − log2(entries): a hash's top bits pick an entry's home.
+    shift: u32,
+    len: usize,
+    key: std::marker::PhantomData<K>,
+}
+
+impl<K> Default for UnitTable<K> {
+    fn default() -> Self {
+        Self {
+            words: Vec::new(),
+            shift: 64,
+            len: 0,
+            key: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: UnitKey> UnitTable<K> {
+    /// A table that holds `units` units without growing.
+    fn for_units(units: usize) -> Self {
+        let entries = (units.saturating_mul(4) / 3 + 1)
+            .next_power_of_two()
+            .max(UNIT_TABLE_ENTRIES_MIN);
+        Self {
+            words: vec![0; entries * K::WORDS],
+            shift: 64 - entries.trailing_zeros(),
+            len: 0,
+            key: std::marker::PhantomData,
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.words.len() / K::WORDS
+    }
+
+    #[inline]
+    fn home(&self, key: K) -> usize {
+        // A default table has no entries (shift 64); callers check before probing.
+        key.hash().checked_shr(self.shift).unwrap_or(0) as usize
+    }
+
+    /// The unit's first slot, if the table holds the unit.
+    #[inline]
+    fn get(&self, key: K) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.entries() - 1;
+        let mut at = self.home(key);
+        loop {
+            let entry = &self.words[at * K::WORDS..(at + 1) * K::WORDS];
+            let first = entry[K::WORDS - 1];
+            if first == 0 {
+                return None;
+            }
+            if K::from_words(entry) == key {
+                return Some((first - 1) as u32);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The unit's first slot if the table holds the unit; otherwise records `first` as the
+    /// new unit's first slot and returns `None`. One probe sequence either way.
+    #[inline]
+    fn get_or_insert(&mut self, key: K, first: u32) -> Option<u32> {
+        if (self.len + 1) * 4 > self.entries() * 3 {
+            self.grow();
+        }
+        let mask = self.entries() - 1;
+        let mut at = self.home(key);
+        loop {
+            let entry = &mut self.words[at * K::WORDS..(at + 1) * K::WORDS];
+            let known = entry[K::WORDS - 1];
+            if known == 0 {
+                key.to_words(entry);
+                entry[K::WORDS - 1] = u64::from(first) + 1;
+                self.len += 1;
+                return None;
+            }
+            if K::from_words(entry) == key {
+                return Some((known - 1) as u32);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Doubles the table (a table sized from the input's row count rarely needs to).
+    fn grow(&mut self) {
+        let mut bigger = Self::for_units(self.entries());
+        for (key, first) in self.iter() {
+            bigger.get_or_insert(key, first);
+        }
+        *self = bigger;
+    }
+
+    /// Reads the unit's home entry, so that a later lookup finds it in the cache. Lookups of
+    /// different units do not depend on one another, so the processor overlaps these reads
+    /// instead of waiting for each miss in turn.
+    #[inline]
+    fn touch(&self, key: K) -> u64 {
+        self.words
+            .get(self.home(key) * K::WORDS + K::WORDS - 1)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every (unit, first slot), in table order.
+    fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
+        self.words
+            .chunks_exact(K::WORDS)
+            .filter(|entry| entry[K::WORDS - 1] != 0)
+            .map(|entry| (K::from_words(entry), (entry[K::WORDS - 1] - 1) as u32))
+    }
+
+    fn bytes(&self) -> usize {
+        self.words.capacity() * std::mem::size_of::<u64>()
+    }
+}
+
+/// A fast, non-cryptographic hasher (the FxHash mixing step) for the fold's group-id maps. The
+/// keys are in-domain group keys, never chosen by the operator, so hash flooding is not a
+/// concern; speed is, because the fold looks a group up for most rows.
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.add(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.add(value);
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.add(value as u64);
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.add(value as u64);
+        self.add((value >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn write_isize(&mut self, value: isize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// The rows of a batch at which a run of equal group keys starts: row 0 and every row whose
+/// key differs from the row before (nulls compare equal to nulls, and floats by their bits,
+/// as in the row format). Stored data often keeps a unit's rows together in one group, so
+/// there are far fewer runs than rows. Key types the comparison kernel does not support make
+/// every row a run of its own.
+fn run_starts(columns: &[ArrayRef], rows: usize) -> Vec<u32> {
+    use datafusion::arrow::compute::kernels::{boolean, cmp};
+    let every_row = || (0..rows as u32).collect();
+    if rows < 2 {
+        return every_row();
+    }
+    let mut changed: Option<datafusion::arrow::array::BooleanArray> = None;
+    for column in columns {
+        let Ok(differs) = cmp::distinct(&column.slice(1, rows - 1), &column.slice(0, rows - 1))
+        else {
+            return every_row();
+        };
+        changed = match changed {
+            None => Some(differs),
+            Some(before) => match boolean::or(&before, &differs) {
+                Ok(either) => Some(either),
+                Err(_) => return every_row(),
+            },
+        };
+    }
+    let Some(changed) = changed else {
+        return vec![0];
+    };
+    std::iter::once(0)
+        .chain(changed.values().set_indices().map(|i| i as u32 + 1))
+        .collect()
+}
+
+/// How many units a fold sizes its state for up front: the hint, but never more than
+/// `bytes_max` of state. Sizing once avoids rebuilding a table of millions of units as it grows.
+pub fn units_capacity(analysis: &Analysis, hint: usize, bytes_max: usize) -> usize {
+    let per_unit = UNIT_ENTRY_BYTES
+        + std::mem::size_of::<Slot>()
+        + analysis.measures.len() * std::mem::size_of::<Acc>();
+    hint.min(bytes_max / per_unit)
+}
+
+/// What one measure keeps per slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SlotKind {
+    /// COUNT(DISTINCT unit): nothing per slot.
+    Units,
+    /// COUNT(*): the slot's row count.
+    Rows,
+    /// COUNT(expr): the non-null count of `__veil_v{j}`.
+    NonNull,
+    /// SUM/AVG over an integer column.
+    IntSum,
+    /// SUM/AVG over a float column.
+    FloatSum,
+}
+
+/// One measure's running value in one slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    int: i64,
+    float: f64,
+    count: i64,
+}
+
+/// A measure's column in one batch, downcast.
+enum Value<'a> {
+    /// Nothing to read (COUNT(*), COUNT(DISTINCT unit)).
+    Missing,
+    Int(&'a datafusion::arrow::array::Int64Array),
+    Float(&'a datafusion::arrow::array::Float64Array),
+    /// Only nullness matters (COUNT(expr)).
+    Any(&'a dyn Array),
+}
+
+/// One (unit, group) slot.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    group: u32,
+    rows: i64,
+    /// The unit's next slot, or `NO_SLOT`.
+    next: u32,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// The random hash that ranks group keys for the min-k choice: one per job, shared by all of
+/// the job's folds (keyed BLAKE3 with a fresh random key per job, so which groups a unit in
+/// too many groups keeps cannot be predicted from the keys).
+#[derive(Clone)]
+pub struct GroupHasher {
+    key: [u8; blake3::KEY_LEN],
+}
+
+impl GroupHasher {
+    /// A hasher with a fresh random key.
+    pub fn new() -> Self {
+        let mut key = [0u8; blake3::KEY_LEN];
+        // The choice only needs to be unpredictable to the operator; should the system's
+        // randomness fail, a key derived from the clock still varies per job.
+        if getrandom::fill(&mut key).is_err() {
+            key = blake3::derive_key(
+                "veil group hasher fallback v1",
+                &crate::clock::now()
+                    .timestamp_nanos_opt()
+                    .unwrap_or(0)
+                    .to_le_bytes(),
+            );
+        }
+        Self { key }
+    }
+
+    /// Test builds only: a hasher whose key comes from the test-noise seed, so two runs on
+    /// neighbouring datasets choose a unit's groups alike (see `noise::Source`).
+    #[cfg(feature = "test-noise")]
+    pub fn seeded(seed: u64) -> Self {
+        Self {
+            key: blake3::derive_key("veil test group hasher v1", &seed.to_le_bytes()),
+        }
+    }
+
+    /// The hasher for a job whose noise comes from `source`.
+    pub fn for_source(source: super::noise::Source) -> Self {
+        match source {
+            super::noise::Source::OpenDp => Self::new(),
+            #[cfg(feature = "test-noise")]
+            super::noise::Source::Seeded(seed) => Self::seeded(seed),
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        let digest = blake3::keyed_hash(&self.key, key);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+impl Default for GroupHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The fold state of one partition.
+pub struct Fold {
+    limits: Limits,
+    n_groups: usize,
+    kinds: Vec<SlotKind>,
+    converter: RowConverter,
+    hasher: GroupHasher,
+    group_ids: FastMap<GroupKeyBytes, u32>,
+    group_keys: Vec<GroupKeyBytes>,
+    group_hashes: Vec<u64>,
+    /// Whether the unit column is an integer: then units live in `integer_units`, otherwise
+    /// in `text_units`, and the other table stays empty.
+    integer_units_only: bool,
+    integer_units: UnitTable<u64>,
+    text_units: UnitTable<u128>,
+    slots: Vec<Slot>,
+    accs: Vec<Acc>,
+    reservation: MemoryReservation,
+    reserved_for: usize,
+    /// The last row's unit (widened to 128 bits), group and slot. Rows of one unit often
+    /// arrive together (data stored in unit order stays in order within a scan partition),
+    /// and then the unit and group lookups can be skipped.
+    last: Option<(u128, u32, u32)>,
+}
+
+impl Fold {
+    /// A fold for `analysis` whose unit column has `unit_type` and group keys `key_types`.
+    /// Every fold of one job must get the same `hasher`, so that they rank groups alike and
+    /// [`finish`] can merge them.
+    pub fn new(
+        analysis: &Analysis,
+        unit_type: &DataType,
+        key_types: &[DataType],
+        limits: Limits,
+        hasher: GroupHasher,
+        reservation: MemoryReservation,
+        units_capacity: usize,
+    ) -> Result<Self, FoldError> {
+        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
+            .map_err(|_| FoldError::Internal("group keys of an unsupported type"))?;
+        let kinds = analysis
+            .measures
+            .iter()
+            .map(|m| match &m.kind {
+                MeasureKind::CountUnits => SlotKind::Units,
+                MeasureKind::CountRows { of: None } => SlotKind::Rows,
+                MeasureKind::CountRows { of: Some(_) } => SlotKind::NonNull,
+                MeasureKind::Sum { integer: true, .. } | MeasureKind::Avg { integer: true, .. } => {
+                    SlotKind::IntSum
+                }
+                MeasureKind::Sum { .. } | MeasureKind::Avg { .. } => SlotKind::FloatSum,
+            })
+            .collect();
+        Ok(Self {
+            limits,
+            n_groups: analysis.groups.len(),
+            kinds,
+            converter,
+            hasher,
+            group_ids: FastMap::default(),
+            group_keys: Vec::new(),
+            group_hashes: Vec::new(),
+            integer_units_only: unit_type.is_integer(),
+            integer_units: if unit_type.is_integer() {
+                UnitTable::for_units(units_capacity)
+            } else {
+                UnitTable::default()
+            },
+            text_units: if unit_type.is_integer() {
+                UnitTable::default()
+            } else {
+                UnitTable::for_units(units_capacity)
+            },
+            slots: Vec::with_capacity(units_capacity),
+            accs: Vec::with_capacity(units_capacity * analysis.measures.len()),
+            reservation,
+            reserved_for: 0,
+            last: None,
+        })
+    }
+
+    fn stride(&self) -> usize {
+        self.kinds.len()
+    }
+
+    /// Each row's group id. Only the first row of each run of equal keys is row-encoded and
+    /// looked up; the rest of the run shares its id.
+    fn batch_groups(&mut self, batch: &RecordBatch) -> Result<Vec<u32>, &'static str> {
+        let rows = batch.num_rows();
+        if self.n_groups == 0 {
+            // No GROUP BY: every row is in the one group, whose key is empty.
+            let group = self.group_id(&[]);
+            return Ok(vec![group; rows]);
+        }
+        let columns: Vec<ArrayRef> = (0..self.n_groups)
+            .map(|i| batch.column(1 + i).clone())
+            .collect();
+        let starts = run_starts(&columns, rows);
+        let unsupported = "group keys of an unsupported type";
+        let firsts = datafusion::arrow::array::UInt32Array::from(starts.clone());
+        let run_columns = columns
+            .iter()
+            .map(|column| datafusion::arrow::compute::take(column, &firsts, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unsupported)?;
+        let keys = self
+            .converter
+            .convert_columns(&run_columns)
+            .map_err(|_| unsupported)?;
+        let mut groups = Vec::with_capacity(rows);
+        for (run, start) in starts.iter().enumerate() {
+            let end = starts.get(run + 1).map_or(rows, |next| *next as usize);
+            let group = self.group_id(keys.row(run).data());
+            groups.extend(std::iter::repeat_n(group, end - *start as usize));
+        }
+        Ok(groups)
+    }
+
+    fn group_id(&mut self, key: &[u8]) -> u32 {
+        if let Some(id) = self.group_ids.get(key) {
+            return *id;
+        }
+        let id = self.group_keys.len() as u32;
+        self.group_hashes.push(self.hasher.hash(key));
+        self.group_keys.push(Box::from(key));
+        self.group_ids.insert(Box::from(key), id);
+        id
+    }
+
+    /// Orders groups for the min-k choice: by hash, then by key.
+    fn rank(&self, group: u32) -> (u64, &[u8]) {
+        (
+            self.group_hashes[group as usize],
+            &self.group_keys[group as usize],
+        )
+    }
+
+    fn new_slot(&mut self, group: u32) -> u32 {
+        let index = self.slots.len() as u32;
+        self.slots.push(Slot {
+            group,
+            rows: 0,
+            next: NO_SLOT,
+        });
+        self.accs
+            .extend(std::iter::repeat_n(Acc::default(), self.kinds.len()));
+        index
+    }
+
+    /// The slot for (unit, group), making or reusing one, or `None` when the unit keeps
+    /// other groups.
+    fn slot_for<K: UnitKey>(
+        &mut self,
+        units: &mut UnitTable<K>,
+        unit: K,
+        group: u32,
+    ) -> Option<u32> {
+        // One probe of the unit table whether the unit is new or known.
+        let Some(first) = units.get_or_insert(unit, self.slots.len() as u32) else {
+            return Some(self.new_slot(group));
+        };
+        let mut count = 0usize;
+        let mut last = first;
+        let mut worst = first;
+        let mut at = first;
+        while at != NO_SLOT {
+            let slot = self.slots[at as usize];
+            if slot.group == group {
+                return Some(at);
+            }
+            if self.rank(slot.group) > self.rank(self.slots[worst as usize].group) {
+                worst = at;
+            }
+            count += 1;
+            last = at;
+            at = slot.next;
+        }
+        if count < self.limits.max_groups as usize {
+            let slot = self.new_slot(group);
+            self.slots[last as usize].next = slot;
+            return Some(slot);
+        }
+        if self.rank(group) < self.rank(self.slots[worst as usize].group) {
+            // Evict the largest-hash group: it can never come back (see the module docs).
+            let stride = self.stride();
+            let slot = &mut self.slots[worst as usize];
+            slot.group = group;
+            slot.rows = 0;
+            for acc in &mut self.accs[worst as usize * stride..(worst as usize + 1) * stride] {
+                *acc = Acc::default();
+            }
+            return Some(worst);
+        }
+        None
+    }
+
+    /// Grows the memory reservation to cover the state, a step at a time.
+    fn account(&mut self) -> Result<(), FoldError> {
+        let used = self.integer_units.bytes()
+            + self.text_units.bytes()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.accs.capacity() * std::mem::size_of::<Acc>();
+        if used > self.reserved_for {
+            let grow = (used - self.reserved_for).max(FOLD_RESERVATION_STEP_BYTES);
+            self.reservation
+                .try_grow(grow)
+                .map_err(|_| FoldError::Memory)?;
+            self.reserved_for += grow;
+        }
+        Ok(())
+    }
+
+    /// Folds one batch of the gate's plan.
+    pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<(), FoldError> {
+        if self.integer_units_only {
+            self.add_rows::<u64>(batch)?;
+        } else {
+            self.add_rows::<u128>(batch)?;
+        }
+        self.account()
+    }
+
+    fn add_rows<K: UnitKey>(&mut self, batch: &RecordBatch) -> Result<(), FoldError> {
+        let internal = FoldError::Internal;
+        let groups = self.batch_groups(batch).map_err(internal)?;
+        let (units, nulls) = K::keys(batch.column(0)).map_err(internal)?;
+        // The table is taken out of `self` while the rows are folded, so that it and the
+        // slots can be borrowed at once; it is put back before returning.
+        let mut table = std::mem::take(K::table_mut(self));
+        let folded = self.fold_rows(&mut table, &units, nulls.as_ref(), &groups, batch);
+        *K::table_mut(self) = table;
+        folded
+    }
+
+    fn fold_rows<K: UnitKey>(
+        &mut self,
+        table: &mut UnitTable<K>,
+        units: &[K],
+        nulls: Option<&NullBuffer>,
+        groups: &[u32],
+        batch: &RecordBatch,
+    ) -> Result<(), FoldError> {
+        // Each measure's column, downcast once per batch rather than once per row.
+        let mut columns: Vec<Option<ArrayRef>> = Vec::with_capacity(self.kinds.len());
+        for (j, kind) in self.kinds.iter().enumerate() {
+            columns.push(match kind {
+                SlotKind::Units | SlotKind::Rows => None,
+                _ => Some(
+                    batch
+                        .column_by_name(&format!("__veil_v{j}"))
+                        .cloned()
+                        .ok_or(FoldError::Internal("the gate's plan lost a value column"))?,
+                ),
+            });
+        }
+        let values: Vec<Value<'_>> = self
+            .kinds
+            .iter()
+            .zip(&columns)
+            .map(|(kind, column)| match (kind, column) {
+                (SlotKind::IntSum, Some(c)) => c
+                    .as_primitive_opt::<Int64Type>()
+                    .map_or(Value::Missing, Value::Int),
+                (SlotKind::FloatSum, Some(c)) => c
+                    .as_primitive_opt::<Float64Type>()
+                    .map_or(Value::Missing, Value::Float),
+                (SlotKind::NonNull, Some(c)) => Value::Any(c.as_ref()),
+                _ => Value::Missing,
+            })
+            .collect();
+        let stride = self.stride();
+        let mut touched = 0u64;
+        for (r, unit) in units.iter().copied().enumerate() {
+            // At the start of each stretch of `UNIT_TOUCH_ROWS` rows, read the home entry of
+            // every unit a run starts with in that stretch, before looking any of them up:
+            // the reads do not depend on one another, so their cache misses overlap instead
+            // of each lookup waiting for its own, and the lookups below then hit the cache.
+            if r % UNIT_TOUCH_ROWS == 0 {
+                let mut previous = None;
+                for ahead in &units[r..units.len().min(r + UNIT_TOUCH_ROWS)] {
+                    if previous != Some(ahead) {
+                        touched ^= table.touch(*ahead);
+                        previous = Some(ahead);
+                    }
+                }
+            }
+            // A row without a unit belongs to no one and is dropped.
+            if nulls.is_some_and(|nulls| nulls.is_null(r)) {
+                continue;
+            }
+            let group = groups[r];
+            let cached = match self.last {
+                Some((last_unit, last_group, slot))
+                    if last_unit == unit.into() && last_group == group =>
+                {
+                    Some(slot)
+                }
+                _ => None,
+            };
+            let slot = match cached {
+                Some(slot) => slot,
+                None => {
+                    let Some(slot) = self.slot_for(table, unit, group) else {
+                        continue;
+                    };
+                    self.last = Some((unit.into(), group, slot));
+                    slot
+                }
+            };
+            self.slots[slot as usize].rows += 1;
+            let accs = &mut self.accs[slot as usize * stride..(slot as usize + 1) * stride];
+            for (value, acc) in values.iter().zip(accs.iter_mut()) {
+                match value {
+                    Value::Missing => {}
+                    Value::Int(ints) => {
+                        if ints.is_valid(r) {
+                            acc.count += 1;
+                            acc.int = acc.int.saturating_add(ints.value(r));
+                        }
+                    }
+                    Value::Float(floats) => {
+                        if floats.is_valid(r) {
+                            acc.count += 1;
+                            acc.float += floats.value(r);
+                        }
+                    }
+                    Value::Any(column) => {
+                        if column.is_valid(r) {
+                            acc.count += 1;
+                        }
+                    }
+                }
+            }
+        }
+        std::hint::black_box(touched);
+        Ok(())
+    }
+
+    /// The slots of the unit whose first slot is `first`, in the unit's chain order.
+    fn chain(&self, first: u32) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(Some(first), |at| {
+            Some(self.slots[*at as usize].next).filter(|next| *next != NO_SLOT)
+        })
+    }
+
+    fn accs_of(&self, slot: u32) -> &[Acc] {
+        let stride = self.stride();
+        &self.accs[slot as usize * stride..(slot as usize + 1) * stride]
+    }
+}
+
+/// Adds one slot's capped contribution to its group's totals.
+fn add_slot(totals: &mut GroupTotals, kinds: &[SlotKind], max_rows: i64, rows: i64, accs: &[Acc]) {
+    totals.units += 1;
+    for ((kind, acc), total) in kinds.iter().zip(accs).zip(totals.totals.iter_mut()) {
+        match (kind, total) {
+            (SlotKind::Rows, Total::Count(t)) => *t += rows.min(max_rows),
+            (SlotKind::NonNull, Total::Count(t)) => *t += acc.count.min(max_rows),
+            (SlotKind::IntSum, Total::IntSum { sum, count }) => {
+                let s = i128::from(acc.int);
+                // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
+                let s = if acc.count > max_rows {
+                    s * i128::from(max_rows) / i128::from(acc.count)
+                } else {
+                    s
+                };
+                *sum += s;
+                *count += acc.count.min(max_rows);
+            }
+            (SlotKind::FloatSum, Total::FloatSum { sum, count }) => {
+                let s = if acc.count > max_rows {
+                    acc.float * (max_rows as f64 / acc.count as f64)
+                } else {
+                    acc.float
+                };
+                *sum += s;
+                *count += acc.count.min(max_rows);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Group ids over all folds of a job: each fold numbers its groups in the order it met them,
+/// so a group key has a different id in each fold.
+struct GlobalGroups<'a> {
+    keys: Vec<&'a [u8]>,
+    /// The groups' ranking hashes (the same in every fold: one hasher per job).
+    hashes: Vec<u64>,
+    /// Per fold, its group ids' global ids.
+    of_fold: Vec<Vec<u32>>,
+}
+
+impl<'a> GlobalGroups<'a> {
+    fn new(folds: &'a [Fold]) -> Self {
+        let mut ids: FastMap<&'a [u8], u32> = FastMap::default();
+        let mut keys = Vec::new();
+        let mut hashes = Vec::new();
+        let of_fold = folds
+            .iter()
+            .map(|fold| {
+                fold.group_keys
+                    .iter()
+                    .zip(&fold.group_hashes)
+                    .map(|(key, hash)| {
+                        *ids.entry(key).or_insert_with(|| {
+                            keys.push(&**key);
+                            hashes.push(*hash);
+                            (keys.len() - 1) as u32
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            keys,
+            hashes,
+            of_fold,
+        }
+    }
+
+    fn rank(&self, group: u32) -> (u64, &[u8]) {
+        (self.hashes[group as usize], self.keys[group as usize])
+    }
+}
+
+/// One group of a unit that several folds saw, while its slots are merged.
+struct MergedSlot {
+    group: u32,
+    rows: i64,
+    /// Where its accumulators start in the merge's flat `Acc` buffer.
+    accs_at: usize,
+}
+
+/// The group totals of fold `i`'s units, by global group id: units no other fold saw straight
+/// from their slots, and units several folds saw merged once, by the lowest-numbered of them.
+fn fold_totals<K: UnitKey>(
+    folds: &[Fold],
+    i: usize,
+    global: &GlobalGroups<'_>,
+) -> Vec<Option<GroupTotals>> {
+    let fold = &folds[i];
+    let kinds = &fold.kinds;
+    let stride = fold.stride();
+    let max_rows = i64::from(fold.limits.max_rows);
+    let max_groups = fold.limits.max_groups as usize;
+    let mut totals: Vec<Option<GroupTotals>> = vec![None; global.keys.len()];
+    let mut add = |group: u32, rows: i64, accs: &[Acc]| {
+        let entry = totals[group as usize].get_or_insert_with(|| GroupTotals::empty(kinds));
+        add_slot(entry, kinds, max_rows, rows, accs);
+    };
+    // Slots of units that other folds saw too: counted by the merge, not one by one.
+    let mut merged_away = vec![false; fold.slots.len()];
+    let mut holders: Vec<(usize, u32)> = Vec::with_capacity(folds.len());
+    let mut merged: Vec<MergedSlot> = Vec::new();
+    let mut merged_accs: Vec<Acc> = Vec::new();
+    // Every table has the same layout for the same size (a fixed hash, top bits first), so
+    // walking this table in order probes the others in order too, not at random.
+    for (unit, first) in K::table(fold).iter() {
+        holders.clear();
+        for (j, other) in folds.iter().enumerate() {
+            if j != i
+                && let Some(other_first) = K::table(other).get(unit)
+            {
+                holders.push((j, other_first));
+            }
+        }
+        if holders.is_empty() {
+            continue;
+        }
+        for slot in fold.chain(first) {
+            merged_away[slot as usize] = true;
+        }
+        if holders.iter().any(|(j, _)| *j < i) {
+            continue;
+        }
+        holders.push((i, first));
+        merged.clear();
+        merged_accs.clear();
+        for (j, first) in &holders {
+            let holder = &folds[*j];
+            for at in holder.chain(*first) {
+                let slot = holder.slots[at as usize];
+                let group = global.of_fold[*j][slot.group as usize];
+                let into = match merged.iter().position(|m| m.group == group) {
+                    Some(k) => k,
+                    None => {
+                        merged.push(MergedSlot {
+                            group,
+                            rows: 0,
+                            accs_at: merged_accs.len(),
+                        });
+                        merged_accs.extend(std::iter::repeat_n(Acc::default(), stride));
+                        merged.len() - 1
+                    }
+                };
+                let target = &mut merged[into];
+                target.rows += slot.rows;
+                let accs = &mut merged_accs[target.accs_at..target.accs_at + stride];
+                for (acc, theirs) in accs.iter_mut().zip(holder.accs_of(at)) {
+                    acc.int = acc.int.saturating_add(theirs.int);
+                    acc.float += theirs.float;
+                    acc.count += theirs.count;
+                }
+            }
+        }
+        // The unit's kept groups are the `max_groups` smallest-ranked among what the folds
+        // kept (see "Merging folds" in the module docs).
+        if merged.len() > max_groups {
+            merged.sort_by(|a, b| global.rank(a.group).cmp(&global.rank(b.group)));
+            merged.truncate(max_groups);
+        }
+        for m in &merged {
+            add(m.group, m.rows, &merged_accs[m.accs_at..m.accs_at + stride]);
+        }
+    }
+    for (index, slot) in fold.slots.iter().enumerate() {
+        if slot.rows == 0 || merged_away[index] {
+            continue;
+        }
+        add(
+            global.of_fold[i][slot.group as usize],
+            slot.rows,
+            fold.accs_of(index as u32),
+        );
+    }
+    totals
+}
+
+/// Adds up the folds into the bounded groups. A unit seen by one fold only is counted from
+/// that fold's slots; a unit seen by several has its slots merged first (see the module docs).
+/// Each fold's units are counted on a thread of their own.
+pub fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'static str> {
+    let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
+        .map_err(|_| "group keys of an unsupported type")?;
+    let global = GlobalGroups::new(&folds);
+    let per_fold: Vec<Vec<Option<GroupTotals>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..folds.len())
+            .map(|i| {
+                let (folds, global) = (&folds, &global);
+                scope.spawn(move || {
+                    if folds[i].integer_units_only {
+                        fold_totals::<u64>(folds, i, global)
+                    } else {
+                        fold_totals::<u128>(folds, i, global)
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join())
+            .collect::<Result<_, _>>()
+    })
+    .map_err(|_| "adding up the folds")?;
+    let mut totals: Vec<Option<GroupTotals>> = vec![None; global.keys.len()];
+    for fold in per_fold {
+        for (sum, part) in totals.iter_mut().zip(fold) {
+            match (sum.as_mut(), part) {
+                (Some(sum), Some(part)) => sum.merge(&part),
+                (None, part) => *sum = part,
+                (Some(_), None) => {}
+            }
+        }
+    }
+    let groups = global
+        .keys
+        .iter()
+        .zip(totals)
+        .filter_map(|(key, totals)| totals.map(|t| (GroupKeyBytes::from(*key), t)))
+        .collect();
+    Ok(Bounded {
+        converter,
+        groups,
+        key_types,
+    })
+}
+
+/// Decodes row-encoded group keys back into Arrow columns.
+pub fn decode_keys(
+    converter: &RowConverter,
+    n_groups: usize,
+    keys: &[&GroupKeyBytes],
+) -> Result<Vec<ArrayRef>, &'static str> {
+    if n_groups == 0 {
+        return Ok(Vec::new());
+    }
+    let parser = converter.parser();
+    converter
+        .convert_rows(keys.iter().map(|k| parser.parse(k)))
+        .map_err(|_| "decoding group keys")
+}
+
+/// Encodes the cartesian product of public key sets (strings from the policy) as group keys
+/// of the given types.
+pub fn encode_public_keys(
+    converter: &RowConverter,
+    key_types: &[DataType],
+    key_sets: &[Vec<String>],
+) -> Result<Vec<GroupKeyBytes>, &'static str> {
+    if key_sets.is_empty() {
+        // No group keys: exactly one group, which always exists.
+        return Ok(vec![GroupKeyBytes::default()]);
+    }
+    let mut combos: Vec<Vec<&str>> = vec![Vec::new()];
+    for set in key_sets {
+        let mut next = Vec::with_capacity(combos.len() * set.len());
+        for combo in &combos {
+            for key in set {
+                let mut extended = combo.clone();
+                extended.push(key.as_str());
+                next.push(extended);
+            }
+        }
+        combos = next;
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(key_sets.len());
+    for (i, data_type) in key_types.iter().enumerate() {
+        let text: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(
+            combos.iter().map(|c| c[i]).collect::<Vec<_>>(),
+        ));
+        let typed = datafusion::arrow::compute::cast(&text, data_type)
+            .map_err(|_| "a public key set does not fit its column's type")?;
+        columns.push(typed);
+    }
+    let rows = converter
+        .convert_columns(&columns)
+        .map_err(|_| "encoding public keys")?;
+    Ok((0..rows.num_rows())
+        .map(|i| Box::from(rows.row(i).as_ref()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::common::Column;
+    use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, UnboundedMemoryPool};
+    use datafusion::logical_expr::col;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::analysis::{GroupKey, Measure};
+
+    /// One input row of the gate's plan: unit, group key, an integer and a float value.
+    type Row = (Option<i64>, &'static str, Option<i64>, Option<f64>);
+
+    const GROUPS: [&str; 7] = ["a", "b", "c", "d", "e", "f", "g"];
+
+    /// COUNT(DISTINCT unit), COUNT(*), SUM(int), AVG(float) grouped by one text key.
+    fn analysis() -> Analysis {
+        let measures = vec![
+            MeasureKind::CountUnits,
+            MeasureKind::CountRows { of: None },
+            MeasureKind::Sum {
+                value: col("i"),
+                lo: 0.0,
+                hi: 100.0,
+                integer: true,
+            },
+            MeasureKind::Avg {
+                value: col("f"),
+                lo: 0.0,
+                hi: 1.0,
+                integer: false,
+            },
+        ];
+        Analysis {
+            input: LogicalPlanBuilder::empty(false).build().unwrap(),
+            unit: Column::from_name("unit"),
+            unit_kind: "person".into(),
+            groups: vec![GroupKey {
+                expr: col("g"),
+                name: "g".into(),
+                keys: None,
+            }],
+            measures: measures
+                .into_iter()
+                .enumerate()
+                .map(|(j, kind)| Measure {
+                    name: format!("m{j}"),
+                    kind,
+                })
+                .collect(),
+            output: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+
+    /// The unit column's type: integer units, or the same units as text.
+    fn unit_type(text_units: bool) -> DataType {
+        if text_units {
+            DataType::Utf8
+        } else {
+            DataType::Int64
+        }
+    }
+
+    fn batch(rows: &[Row], text_units: bool) -> RecordBatch {
+        let units: ArrayRef = if text_units {
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.0.map(|u| format!("person-{u}"))),
+            ))
+        } else {
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.0)))
+        };
+        let schema = Schema::new(vec![
+            Field::new(UNIT, unit_type(text_units), true),
+            Field::new("__veil_g0", DataType::Utf8, false),
+            Field::new("__veil_v2", DataType::Int64, true),
+            Field::new("__veil_v3", DataType::Float64, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                units,
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.2))),
+                Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Folds each share of rows in a fold of its own (in batches of `batch_rows`), then
+    /// finishes them together. The folds' unit tables start small, so they also grow.
+    fn bounded(
+        shares: &[Vec<Row>],
+        limits: Limits,
+        hasher: &GroupHasher,
+        batch_rows: usize,
+        text_units: bool,
+    ) -> HashMap<GroupKeyBytes, GroupTotals> {
+        let analysis = analysis();
+        let key_types = vec![DataType::Utf8];
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        let folds = shares
+            .iter()
+            .map(|rows| {
+                let reservation = MemoryConsumer::new("test-fold").register(&pool);
+                let mut fold = Fold::new(
+                    &analysis,
+                    &unit_type(text_units),
+                    &key_types,
+                    limits,
+                    hasher.clone(),
+                    reservation,
+                    4,
+                )
+                .unwrap();
+                for chunk in rows.chunks(batch_rows.max(1)) {
+                    fold.add_batch(&batch(chunk, text_units)).unwrap();
+                }
+                fold
+            })
+            .collect();
+        finish(folds, key_types).unwrap().groups
+    }
+
+    /// The two results agree: the same groups, the same unit and row counts and integer sums,
+    /// and float sums equal up to the order of additions.
+    fn assert_same(
+        merged: &HashMap<GroupKeyBytes, GroupTotals>,
+        single: &HashMap<GroupKeyBytes, GroupTotals>,
+    ) {
+        let mut keys: Vec<_> = merged.keys().collect();
+        keys.sort();
+        let mut expected: Vec<_> = single.keys().collect();
+        expected.sort();
+        assert_eq!(keys, expected, "the same groups");
+        for key in keys {
+            let (a, b) = (&merged[key], &single[key]);
+            assert_eq!(a.units, b.units, "units of a group");
+            for (x, y) in a.totals.iter().zip(&b.totals) {
+                match (x, y) {
+                    (
+                        Total::FloatSum { sum, count },
+                        Total::FloatSum {
+                            sum: other,
+                            count: other_count,
+                        },
+                    ) => {
+                        assert_eq!(count, other_count);
+                        assert!((sum - other).abs() <= 1e-9 * (1.0 + other.abs()));
+                    }
+                    _ => assert_eq!(x, y),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_unit_split_across_folds_keeps_the_groups_one_fold_would() {
+        let limits = Limits {
+            max_groups: 2,
+            max_rows: 2,
+        };
+        // Unit 1 is in five groups, spread over both folds, with "a" in both; unit 2 is in
+        // one fold only; unit 3 in both, in one group.
+        let first: Vec<Row> = vec![
+            (Some(1), "a", Some(10), Some(0.5)),
+            (Some(1), "b", Some(20), None),
+            (Some(1), "a", Some(30), Some(0.25)),
+            (Some(2), "c", Some(5), Some(1.0)),
+            (Some(3), "d", Some(7), Some(0.0)),
+            (None, "a", Some(99), Some(1.0)),
+        ];
+        let second: Vec<Row> = vec![
+            (Some(1), "c", Some(40), Some(0.75)),
+            (Some(1), "a", Some(50), Some(1.0)),
+            (Some(1), "d", Some(60), None),
+            (Some(1), "e", None, Some(0.5)),
+            (Some(3), "d", Some(8), Some(1.0)),
+        ];
+        let all: Vec<Row> = first.iter().chain(&second).copied().collect();
+        // Several hashers, so unit 1's kept groups differ from run to run.
+        for run in 0..20 {
+            let text_units = run % 2 == 1;
+            let hasher = GroupHasher::new();
+            let merged = bounded(
+                &[first.clone(), second.clone()],
+                limits,
+                &hasher,
+                2,
+                text_units,
+            );
+            let single = bounded(std::slice::from_ref(&all), limits, &hasher, 3, text_units);
+            assert_same(&merged, &single);
+            // Unit 1 keeps exactly two groups; units 2 and 3 one each.
+            let units: i64 = merged.values().map(|g| g.units).sum();
+            assert_eq!(units, 4);
+        }
+    }
+
+    #[test]
+    fn a_run_of_equal_keys_has_one_row_encoding() {
+        // Nulls, a signed zero, NaN and a string key that changes while the float does not.
+        let text: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("a"),
+            Some("a"),
+            None,
+            None,
+            Some("b"),
+            Some("b"),
+            Some("b"),
+            Some("a"),
+            Some("a"),
+        ]));
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(0.0),
+            Some(-0.0),
+            Some(1.0),
+            Some(1.0),
+            Some(f64::NAN),
+            Some(f64::NAN),
+            None,
+            None,
+            None,
+        ]));
+        let columns = vec![text, floats];
+        let converter = RowConverter::new(vec![
+            SortField::new(DataType::Utf8),
+            SortField::new(DataType::Float64),
+        ])
+        .unwrap();
+        let encoded = converter.convert_columns(&columns).unwrap();
+        let starts = run_starts(&columns, 9);
+        assert_eq!(starts, vec![0, 1, 2, 4, 6, 7]);
+        for row in 1..9 {
+            let starts_a_run = starts.contains(&(row as u32));
+            assert_eq!(starts_a_run, encoded.row(row) != encoded.row(row - 1));
+        }
+    }
+
+    #[test]
+    fn random_splits_merge_to_the_single_fold_result() {
+        let mut rng = ChaCha8Rng::seed_from_u64(20261123);
+        for run in 0..300 {
+            let text_units = run % 3 == 2;
+            let limits = Limits {
+                max_groups: rng.random_range(1..=4),
+                max_rows: rng.random_range(1..=4),
+            };
+            let n_units = rng.random_range(1..=60);
+            let n_groups = rng.random_range(1..=GROUPS.len());
+            let rows: Vec<Row> = (0..rng.random_range(0..=300))
+                .map(|_| {
+                    (
+                        (rng.random_range(0..20) > 0).then(|| rng.random_range(0..n_units)),
+                        GROUPS[rng.random_range(0..n_groups)],
+                        (rng.random_range(0..10) > 0).then(|| rng.random_range(0..=100)),
+                        (rng.random_range(0..10) > 0).then(|| rng.random_range(0.0..=1.0)),
+                    )
+                })
+                .collect();
+            let n_folds = rng.random_range(2..=4);
+            let mut shares: Vec<Vec<Row>> = vec![Vec::new(); n_folds];
+            for row in &rows {
+                shares[rng.random_range(0..n_folds)].push(*row);
+            }
+            let hasher = GroupHasher::new();
+            let batch_rows = rng.random_range(1..=50);
+            let merged = bounded(&shares, limits, &hasher, batch_rows, text_units);
+            let single = bounded(std::slice::from_ref(&rows), limits, &hasher, 64, text_units);
+            assert_same(&merged, &single);
+            // The bound itself: no unit is in more than `max_groups` groups.
+            let units: i64 = merged.values().map(|g| g.units).sum();
+            let distinct: std::collections::HashSet<i64> =
+                rows.iter().filter_map(|r| r.0).collect();
+            assert!(units <= distinct.len() as i64 * i64::from(limits.max_groups));
+        }
+    }
+}

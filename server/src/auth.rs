@@ -1,0 +1,71 @@
+//! Bearer-key authentication and the role and ownership checks every route makes.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use crate::AppState;
+use crate::error::ApiError;
+use veil_runtime::error::Error;
+use veil_runtime::principals::{self, Principal, Role};
+
+/// The authenticated principal behind a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(|key| key.trim().to_string())
+            .ok_or(ApiError::Unauthorized)?;
+        let principal = state
+            .stores
+            .with(move |store| principals::authenticate(store, &key))
+            .await?;
+        principal.map(Caller).ok_or(ApiError::Unauthorized)
+    }
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    pub fn is_bureau(&self) -> bool {
+        self.0.role == Role::Bureau
+    }
+
+    /// Refuses (403) a caller whose role is not one of `roles`; `what` names the action.
+    pub fn require(&self, what: &str, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.0.role) {
+            return Ok(());
+        }
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(ApiError::forbidden(what, &names.join(" or ")))
+    }
+
+    /// The bureau sees everything; anyone else only what `owner` names as theirs. Another's
+    /// object is reported exactly like a missing one (404), so ids cannot be probed.
+    pub fn owns(&self, owner: &str, kind: &'static str, id: &str) -> Result<(), ApiError> {
+        if self.is_bureau() || self.0.name == owner {
+            Ok(())
+        } else {
+            Err(ApiError::Domain(Error::not_found(kind, id)))
+        }
+    }
+}

@@ -1,0 +1,1250 @@
+//! Every route, who may call it, and how domain types become wire types.
+//!
+//! | route | roles | sees |
+//! |---|---|---|
+//! | `GET /v1/health` | anyone, no key | — |
+//! | `GET /v1/openapi.json`, `/v1/me`, `/v1/platform/key` | all | — |
+//! | `GET /v1/datasets` | bureau, provider, operator | provider: own; operator: granted |
+//! | `GET /v1/grants` | bureau, operator | operator: own |
+//! | `POST /v1/grant-requests` | operator | — |
+//! | `GET /v1/grant-requests[/{id}]` | bureau, operator | operator: own |
+//! | `POST /v1/grant-requests/{id}/approve`, `/reject` | bureau | — |
+//! | `POST /v1/modules`, `POST /v1/templates` | operator | — |
+//! | `GET /v1/templates[/{id}]` | bureau, operator | operator: own |
+//! | `POST /v1/templates/{id}/approve`, `/reject`, `/revoke` | bureau | — |
+//! | `POST /v1/jobs`, `POST /v1/jobs/dry-run` | operator | — |
+//! | `GET /v1/jobs[/{id}]`, `GET /v1/jobs/{id}/wait`, `POST /v1/jobs/{id}/cancel` | bureau, operator | operator: own |
+//! | `GET /v1/meter` | bureau, operator | operator: own |
+//! | `GET /v1/products[/{id}]` | bureau, operator, buyer | operator: own; buyer: offered or bought |
+//! | `GET /v1/products/{id}/files/{name}` | bureau, operator, buyer | operator: own; buyer: bought |
+//! | `POST /v1/products/{id}/listing` | bureau, operator | operator: own |
+//! | `GET /v1/offers` | all but provider | — |
+//! | `POST /v1/products/{id}/purchase` | buyer | — |
+//! | `GET /v1/purchases` | bureau, buyer | buyer: own |
+//! | `POST /v1/products/{id}/recall` | bureau | — |
+//! | `GET /v1/statements/{period}[?party=]` | bureau, operator, provider | own (bureau: any) |
+//! | `GET /v1/usage` | provider | own datasets |
+//! | `POST /v1/settlements` | bureau | — |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::OpenApi;
+use veil_sdk::api::*;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, violations};
+use veil_runtime::catalog::{self, Dataset};
+use veil_runtime::error::Error;
+use veil_runtime::grants::{self, Application, Grant, MICRO, PICO};
+use veil_runtime::ids::{Fen, JobId, ProductId};
+use veil_runtime::jobs::{self, Job, JobRequest};
+use veil_runtime::metering::{self, MeterRecord};
+use veil_runtime::principals::Role;
+use veil_runtime::templates::{self, ApprovalRequest, Template};
+use veil_runtime::{market, products, settlement};
+
+type Answer<T> = Result<Json<T>, ApiError>;
+type AppState_ = State<Arc<AppState>>;
+
+/// The OpenAPI document, derived from the route annotations and the wire types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Veil",
+        description = "Authorized operation of public data: raw data does not leave the domain. Every route but /v1/health takes `Authorization: Bearer <key>`."
+    ),
+    paths(
+        health, openapi, me, platform_key, datasets, grants_list, grant_request_create,
+        grant_requests_list, grant_request_get, grant_request_approve, grant_request_reject,
+        module_upload, template_submit, templates_list, template_get, template_approve,
+        template_reject, template_revoke, job_submit, job_dry_run, jobs_list, job_get, job_wait,
+        job_cancel, meter_list, products_list, offers, product_get, product_file,
+        product_list_for_sale, product_purchase, purchases_list, product_recall, statement_get,
+        settle, provider_usage
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "veil"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route. The table in the module docs says who may call each.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route("/me", get(me))
+        .route("/platform/key", get(platform_key))
+        .route("/datasets", get(datasets))
+        .route("/grants", get(grants_list))
+        .route(
+            "/grant-requests",
+            post(grant_request_create).get(grant_requests_list),
+        )
+        .route("/grant-requests/{id}", get(grant_request_get))
+        .route("/grant-requests/{id}/approve", post(grant_request_approve))
+        .route("/grant-requests/{id}/reject", post(grant_request_reject))
+        .route("/modules", post(module_upload))
+        .route("/templates", post(template_submit).get(templates_list))
+        .route("/templates/{id}", get(template_get))
+        .route("/templates/{id}/approve", post(template_approve))
+        .route("/templates/{id}/reject", post(template_reject))
+        .route("/templates/{id}/revoke", post(template_revoke))
+        .route("/jobs", post(job_submit).get(jobs_list))
+        .route("/jobs/dry-run", post(job_dry_run))
+        .route("/jobs/{id}", get(job_get))
+        .route("/jobs/{id}/wait", get(job_wait))
+        .route("/jobs/{id}/cancel", post(job_cancel))
+        .route("/meter", get(meter_list))
+        .route("/products", get(products_list))
+        .route("/offers", get(offers))
+        .route("/products/{id}", get(product_get))
+        .route("/products/{id}/files/{name}", get(product_file))
+        .route("/products/{id}/listing", post(product_list_for_sale))
+        .route("/products/{id}/purchase", post(product_purchase))
+        .route("/products/{id}/recall", post(product_recall))
+        .route("/purchases", get(purchases_list))
+        .route("/statements/{period}", get(statement_get))
+        .route("/settlements", post(settle))
+        .route("/usage", get(provider_usage));
+    Router::new()
+        .nest(API_PREFIX, api)
+        .layer(DefaultBodyLimit::max(crate::REQUEST_BYTES_MAX))
+        .with_state(state)
+}
+
+// --- Conversions to wire types ---
+
+fn dataset_view(d: &Dataset) -> DatasetView {
+    DatasetView {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        provider: d.policy.provider.clone(),
+        classification_level: d.policy.classification_level,
+        acquired_on: d.policy.acquired_on.clone(),
+        privacy_unit: d.policy.privacy_unit.clone(),
+        rows: d.rows,
+        registered_at: d.registered_at.clone(),
+    }
+}
+
+fn grant_view(g: &Grant) -> GrantView {
+    GrantView {
+        id: g.id.to_string(),
+        operator: g.operator.clone(),
+        datasets: g.datasets.iter().map(|d| d.to_string()).collect(),
+        purpose: g.purpose.clone(),
+        valid_from: g.valid_from.to_string(),
+        valid_to: g.valid_to.to_string(),
+        epsilon_per_month: g.micro_epsilon_per_month as f64 / MICRO,
+        delta_per_month: g.pico_delta_per_month as f64 / PICO,
+        disposition: g.disposition.as_str().to_string(),
+        created_at: g.created_at.clone(),
+    }
+}
+
+fn application_view(a: &Application) -> GrantRequestView {
+    let today = veil_runtime::clock::today();
+    GrantRequestView {
+        id: a.id.clone(),
+        operator: a.operator.clone(),
+        request: RequestGrant {
+            datasets: a.datasets.clone(),
+            purpose: a.purpose.clone(),
+            valid_from: a.valid_from.to_string(),
+            valid_to: a.valid_to.to_string(),
+            epsilon_per_month: a.micro_epsilon_per_month as f64 / MICRO,
+            delta_per_month: a.pico_delta_per_month as f64 / PICO,
+            disposition: a.disposition.as_str().to_string(),
+        },
+        state: a.state.clone(),
+        reasons: a.reasons.clone(),
+        grant_id: a.grant_id.clone(),
+        submitted_at: a.submitted_at.clone(),
+        decided_at: a.decided_at.clone(),
+        working_days_waiting: if a.state == "pending" {
+            a.working_days_waiting(today)
+        } else {
+            0
+        },
+        overdue: a.is_overdue(today),
+    }
+}
+
+fn template_view(t: &Template) -> TemplateView {
+    TemplateView {
+        id: t.id.to_string(),
+        operator: t.operator.clone(),
+        state: t.state.as_str().to_string(),
+        spec: t.spec.clone(),
+        approval: t.approval.as_ref().map(|a| ApprovalTerms {
+            epsilon: a.epsilon(),
+            delta: a.delta(),
+            k: a.k,
+            max_groups: a.max_groups,
+            max_rows: a.max_rows,
+            price_per_run_fen: a.price_per_run.0,
+            memory_mib: a.memory_mib,
+            wall_seconds: a.wall_seconds,
+            wasm_fuel_per_unit: a.wasm_fuel_per_unit,
+            wasm_memory_mib: a.wasm_memory_mib,
+        }),
+        reasons: t.reasons.clone(),
+        submitted_at: t.submitted_at.clone(),
+        decided_at: t.decided_at.clone(),
+    }
+}
+
+fn job_view(j: &Job) -> JobView {
+    JobView {
+        id: j.id.to_string(),
+        template_id: j.template_id.clone(),
+        grant_id: j.grant_id.clone(),
+        operator: j.operator.clone(),
+        params: j.params.iter().cloned().collect(),
+        state: j.state.clone(),
+        violations: j.reasons.as_ref().map(violations).unwrap_or_default(),
+        failure: j.failure.clone(),
+        product_id: j.product_id.clone(),
+        reused_from: j.reused_from.clone(),
+        created_at: j.created_at.clone(),
+        finished_at: j.finished_at.clone(),
+    }
+}
+
+/// A meter record as `caller` may see it: time and memory, which depend on the data, only for
+/// the bureau.
+fn meter_view(m: &MeterRecord, caller: &Caller) -> MeterView {
+    let bureau = caller.is_bureau();
+    MeterView {
+        job_id: m.job_id.clone(),
+        operator: m.operator.clone(),
+        template_id: m.template_id.clone(),
+        end_state: m.end_state.clone(),
+        wall_ms: bureau.then_some(m.wall_ms),
+        cpu_ms: bureau.then_some(m.cpu_ms),
+        rows_scanned: m.rows_scanned,
+        bytes_scanned: m.bytes_scanned,
+        peak_memory_bytes: bureau.then_some(m.peak_memory_bytes),
+        fuel: m.fuel,
+        micro_epsilon: m.micro_epsilon,
+        pico_delta: m.pico_delta,
+        output_rows: m.output_rows,
+        output_bytes: m.output_bytes,
+        price_fen: m.price.0,
+        at: m.at.clone(),
+    }
+}
+
+fn job_request(caller: &Caller, body: SubmitJob) -> JobRequest {
+    JobRequest {
+        operator: caller.name().to_string(),
+        template: body.template,
+        params: body.params.into_iter().collect(),
+        grant: body.grant,
+    }
+}
+
+// --- Anyone ---
+
+#[utoipa::path(get, path = "/v1/health", tag = "veil", responses((status = 200, body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, description = "this document")))]
+async fn openapi(_caller: Caller) -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/v1/me", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+async fn me(caller: Caller) -> Json<Me> {
+    Json(Me {
+        id: caller.0.id.clone(),
+        role: caller.role(),
+        name: caller.name().to_string(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/platform/key", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = PlatformKey)))]
+async fn platform_key(State(state): AppState_, _caller: Caller) -> Answer<PlatformKey> {
+    let key = state
+        .stores
+        .with(|store| Ok(hex::encode(store.signing_key().verifying_key().to_bytes())))
+        .await?;
+    Ok(Json(PlatformKey {
+        algorithm: "ed25519".into(),
+        public_key_hex: key,
+    }))
+}
+
+// --- Datasets and grants ---
+
+#[utoipa::path(get, path = "/v1/datasets", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DatasetView>)))]
+async fn datasets(State(state): AppState_, caller: Caller) -> Answer<Vec<DatasetView>> {
+    caller.require(
+        "listing datasets",
+        &[Role::Bureau, Role::Provider, Role::Operator],
+    )?;
+    let views = state
+        .stores
+        .with(move |store| {
+            let granted: Vec<String> = grants::list(store)?
+                .into_iter()
+                .filter(|g| g.operator == caller.name())
+                .flat_map(|g| g.datasets.into_iter().map(|d| d.to_string()))
+                .collect();
+            Ok(catalog::list(store)?
+                .iter()
+                .filter(|d| match caller.role() {
+                    Role::Bureau => true,
+                    Role::Provider => d.policy.provider == caller.name(),
+                    Role::Operator => granted.contains(&d.id.to_string()),
+                    Role::Buyer => false,
+                })
+                .map(dataset_view)
+                .collect())
+        })
+        .await?;
+    Ok(Json(views))
+}
+
+#[utoipa::path(get, path = "/v1/grants", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<GrantView>)))]
+async fn grants_list(State(state): AppState_, caller: Caller) -> Answer<Vec<GrantView>> {
+    caller.require("listing grants", &[Role::Bureau, Role::Operator])?;
+    let views = state
+        .stores
+        .with(move |store| {
+            Ok(grants::list(store)?
+                .iter()
+                .filter(|g| caller.is_bureau() || g.operator == caller.name())
+                .map(grant_view)
+                .collect())
+        })
+        .await?;
+    Ok(Json(views))
+}
+
+#[utoipa::path(post, path = "/v1/grant-requests", tag = "veil", security(("bearer" = [])),
+    request_body = RequestGrant, responses((status = 201, body = GrantRequestView)))]
+async fn grant_request_create(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<RequestGrant>,
+) -> Result<(StatusCode, Json<GrantRequestView>), ApiError> {
+    caller.require("applying for a grant", &[Role::Operator])?;
+    let date = |text: &str, field: &str| {
+        text.parse::<chrono::NaiveDate>().map_err(|_| {
+            ApiError::invalid(format!("{field} `{text}` is not a date; write YYYY-MM-DD"))
+        })
+    };
+    let request = grants::GrantRequest {
+        operator: caller.name().to_string(),
+        datasets: body.datasets,
+        purpose: body.purpose,
+        valid_from: date(&body.valid_from, "valid_from")?,
+        valid_to: date(&body.valid_to, "valid_to")?,
+        epsilon_per_month: body.epsilon_per_month,
+        delta_per_month: body.delta_per_month,
+        disposition: grants::Disposition::parse(&body.disposition)?,
+    };
+    let application = state
+        .stores
+        .with(move |store| grants::apply(store, request))
+        .await?;
+    Ok((StatusCode::CREATED, Json(application_view(&application))))
+}
+
+#[utoipa::path(get, path = "/v1/grant-requests", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<GrantRequestView>, description = "oldest first; `overdue` flags requests pending more than five working days")))]
+async fn grant_requests_list(
+    State(state): AppState_,
+    caller: Caller,
+) -> Answer<Vec<GrantRequestView>> {
+    caller.require("listing grant requests", &[Role::Bureau, Role::Operator])?;
+    let views = state
+        .stores
+        .with(move |store| {
+            Ok(grants::applications(store)?
+                .iter()
+                .filter(|a| caller.is_bureau() || a.operator == caller.name())
+                .map(application_view)
+                .collect())
+        })
+        .await?;
+    Ok(Json(views))
+}
+
+#[utoipa::path(get, path = "/v1/grant-requests/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = GrantRequestView)))]
+async fn grant_request_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<GrantRequestView> {
+    caller.require("reading a grant request", &[Role::Bureau, Role::Operator])?;
+    let application = state
+        .stores
+        .with({
+            let id = id.clone();
+            move |store| grants::application(store, &id)
+        })
+        .await?;
+    caller.owns(&application.operator, "grant request", &id)?;
+    Ok(Json(application_view(&application)))
+}
+
+#[utoipa::path(post, path = "/v1/grant-requests/{id}/approve", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = ApproveGrantRequest,
+    responses((status = 200, body = GrantRequestView)))]
+async fn grant_request_approve(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ApproveGrantRequest>,
+) -> Answer<GrantRequestView> {
+    caller.require("approving a grant request", &[Role::Bureau])?;
+    let (application, _) = state
+        .stores
+        .with(move |store| {
+            grants::approve_application(store, &id, caller.name(), body.epsilon_per_month)
+        })
+        .await?;
+    Ok(Json(application_view(&application)))
+}
+
+#[utoipa::path(post, path = "/v1/grant-requests/{id}/reject", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = GrantRequestView)))]
+async fn grant_request_reject(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<GrantRequestView> {
+    caller.require("rejecting a grant request", &[Role::Bureau])?;
+    let application = state
+        .stores
+        .with(move |store| grants::reject_application(store, &id, caller.name(), &body.reason))
+        .await?;
+    Ok(Json(application_view(&application)))
+}
+
+// --- Templates ---
+
+#[utoipa::path(post, path = "/v1/modules", tag = "veil", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses((status = 201, body = ModuleStored), (status = 422, body = ErrorBody)))]
+async fn module_upload(
+    State(state): AppState_,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ModuleStored>), ApiError> {
+    caller.require("uploading a WASM module", &[Role::Operator])?;
+    let bytes = body.to_vec();
+    let stored = state
+        .stores
+        .with(move |store| templates::store_module(store, caller.name(), &bytes))
+        .await?;
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+#[utoipa::path(post, path = "/v1/templates", tag = "veil", security(("bearer" = [])),
+    request_body = SubmitTemplate,
+    responses((status = 201, body = TemplateView), (status = 422, body = ErrorBody)))]
+async fn template_submit(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<SubmitTemplate>,
+) -> Result<(StatusCode, Json<TemplateView>), ApiError> {
+    caller.require("submitting a template", &[Role::Operator])?;
+    let template = state
+        .stores
+        .with(move |store| {
+            let module = match &body.spec.wasm {
+                Some(wasm) => Some(templates::module_bytes(store, &wasm.module_blake3).map_err(
+                    |_| {
+                        Error::invalid(format!(
+                            "module {} is not uploaded; POST it to /v1/modules first",
+                            wasm.module_blake3
+                        ))
+                    },
+                )?),
+                None => None,
+            };
+            templates::submit_with_module(store, caller.name(), body.spec, module)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(template_view(&template))))
+}
+
+#[utoipa::path(get, path = "/v1/templates", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<TemplateView>)))]
+async fn templates_list(State(state): AppState_, caller: Caller) -> Answer<Vec<TemplateView>> {
+    caller.require("listing templates", &[Role::Bureau, Role::Operator])?;
+    let views = state
+        .stores
+        .with(move |store| {
+            Ok(templates::list(store)?
+                .iter()
+                .filter(|t| caller.is_bureau() || t.operator == caller.name())
+                .map(template_view)
+                .collect())
+        })
+        .await?;
+    Ok(Json(views))
+}
+
+async fn owned_template(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+) -> Result<Template, ApiError> {
+    let template = state
+        .stores
+        .with({
+            let id = id.to_string();
+            move |store| templates::get(store, &id)
+        })
+        .await?;
+    caller.owns(&template.operator, "template", id)?;
+    Ok(template)
+}
+
+#[utoipa::path(get, path = "/v1/templates/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = TemplateView)))]
+async fn template_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<TemplateView> {
+    caller.require("reading a template", &[Role::Bureau, Role::Operator])?;
+    Ok(Json(template_view(
+        &owned_template(&state, &caller, &id).await?,
+    )))
+}
+
+#[utoipa::path(post, path = "/v1/templates/{id}/approve", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = ApproveTemplate,
+    responses((status = 200, body = TemplateView)))]
+async fn template_approve(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ApproveTemplate>,
+) -> Answer<TemplateView> {
+    caller.require("approving a template", &[Role::Bureau])?;
+    let defaults = ApprovalRequest::default();
+    let request = ApprovalRequest {
+        epsilon: body.epsilon.unwrap_or(defaults.epsilon),
+        delta: body.delta.unwrap_or(defaults.delta),
+        k: body.k.unwrap_or(defaults.k),
+        max_groups: body.max_groups.unwrap_or(defaults.max_groups),
+        max_rows: body.max_rows.unwrap_or(defaults.max_rows),
+        price_per_run_fen: body.price_per_run_fen.unwrap_or(defaults.price_per_run_fen),
+        memory_mib: body.memory_mib.unwrap_or(defaults.memory_mib),
+        wall_seconds: body.wall_seconds.unwrap_or(defaults.wall_seconds),
+        wasm_fuel_per_unit: body
+            .wasm_fuel_per_unit
+            .unwrap_or(defaults.wasm_fuel_per_unit),
+        wasm_memory_mib: body.wasm_memory_mib.unwrap_or(defaults.wasm_memory_mib),
+    };
+    let template = state
+        .stores
+        .with(move |store| templates::approve(store, &id, request))
+        .await?;
+    Ok(Json(template_view(&template)))
+}
+
+#[utoipa::path(post, path = "/v1/templates/{id}/reject", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = TemplateView)))]
+async fn template_reject(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<TemplateView> {
+    caller.require("rejecting a template", &[Role::Bureau])?;
+    let template = state
+        .stores
+        .with(move |store| templates::reject(store, &id, &body.reason))
+        .await?;
+    Ok(Json(template_view(&template)))
+}
+
+#[utoipa::path(post, path = "/v1/templates/{id}/revoke", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = TemplateView)))]
+async fn template_revoke(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<TemplateView> {
+    caller.require("revoking a template", &[Role::Bureau])?;
+    let template = state
+        .stores
+        .with(move |store| templates::revoke(store, &id, &body.reason))
+        .await?;
+    Ok(Json(template_view(&template)))
+}
+
+// --- Jobs ---
+
+#[utoipa::path(post, path = "/v1/jobs", tag = "veil", security(("bearer" = [])),
+    request_body = SubmitJob,
+    params(("idempotency-key" = Option<String>, Header, description = "a retried submission with the same key returns the first job")),
+    responses((status = 202, body = Submitted, description = "queued"),
+        (status = 200, body = Submitted, description = "replayed idempotency key"),
+        (status = 409, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 507, body = ErrorBody, description = "the store's disk is full (`storage_full`); retry once the bureau has freed space")))]
+async fn job_submit(
+    State(state): AppState_,
+    caller: Caller,
+    headers: HeaderMap,
+    Json(body): Json<SubmitJob>,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    caller.require("submitting a job", &[Role::Operator])?;
+    owned_template(&state, &caller, &body.template).await?;
+    let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::invalid("the idempotency key must be ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    // While the disk is full nothing is queued: the job could only end `failed` (see `space`).
+    if state.workers.storage_full() {
+        return Err(ApiError::StorageFull);
+    }
+    // A place in the queue first: a full queue refuses before anything is written.
+    let permit = state.workers.reserve().ok_or_else(|| {
+        ApiError::Busy(format!(
+            "{} jobs are queued or running, the most this server takes; retry shortly",
+            state.workers.capacity()
+        ))
+    })?;
+    let request = job_request(&caller, body);
+    let submission = state
+        .stores
+        .with(move |store| jobs::enqueue(store, &request, key.as_deref()))
+        .await?;
+    if submission.replayed {
+        return Ok((
+            StatusCode::OK,
+            Json(Submitted {
+                job: job_view(&submission.job),
+                replayed: true,
+            }),
+        ));
+    }
+    state.workers.admit(submission.job.id.clone(), permit)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Submitted {
+            job: job_view(&submission.job),
+            replayed: false,
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/dry-run", tag = "veil", security(("bearer" = [])),
+    request_body = SubmitJob, responses((status = 200, body = DryRun)))]
+async fn job_dry_run(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<SubmitJob>,
+) -> Answer<DryRun> {
+    caller.require("checking a job", &[Role::Operator])?;
+    owned_template(&state, &caller, &body.template).await?;
+    let request = job_request(&caller, body);
+    let answer = state
+        .stores
+        .with_async(move |store| async move {
+            let answer = jobs::dry_run(&store, &request).await;
+            (store, answer)
+        })
+        .await?;
+    Ok(Json(answer))
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<JobView>)))]
+async fn jobs_list(State(state): AppState_, caller: Caller) -> Answer<Vec<JobView>> {
+    caller.require("listing jobs", &[Role::Bureau, Role::Operator])?;
+    let views = state
+        .stores
+        .with(move |store| {
+            Ok(jobs::list(store)?
+                .iter()
+                .filter(|j| caller.is_bureau() || j.operator == caller.name())
+                .map(job_view)
+                .collect())
+        })
+        .await?;
+    Ok(Json(views))
+}
+
+async fn owned_job(state: &Arc<AppState>, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    let job = state
+        .stores
+        .with({
+            let id = id.to_string();
+            move |store| jobs::get(store, &id)
+        })
+        .await?;
+    caller.owns(&job.operator, "job", id)?;
+    Ok(job)
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = JobView)))]
+async fn job_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<JobView> {
+    caller.require("reading a job", &[Role::Bureau, Role::Operator])?;
+    Ok(Json(job_view(&owned_job(&state, &caller, &id).await?)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct WaitQuery {
+    /// How long to hold the request while the job has not ended, in milliseconds (at most
+    /// 60000; default 30000).
+    timeout_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/wait", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path), WaitQuery),
+    responses((status = 200, body = JobView, description = "the job when it ended, or as it stands at the timeout")))]
+async fn job_wait(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Answer<JobView> {
+    caller.require("waiting for a job", &[Role::Bureau, Role::Operator])?;
+    let timeout = Duration::from_millis(query.timeout_ms.unwrap_or(30_000).min(WAIT_MS_MAX));
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Subscribe before reading, so an end between the read and the wait is not missed.
+    let mut ended = state.workers.subscribe();
+    loop {
+        let job = owned_job(&state, &caller, &id).await?;
+        if job_view(&job).is_finished() {
+            return Ok(Json(job_view(&job)));
+        }
+        match tokio::time::timeout_at(deadline, ended.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(Json(job_view(&owned_job(&state, &caller, &id).await?))),
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = JobView, description = "the job as it stands; a running job ends `cancelled` shortly"),
+        (status = 409, body = ErrorBody)))]
+async fn job_cancel(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<JobView> {
+    caller.require("cancelling a job", &[Role::Bureau, Role::Operator])?;
+    let job = owned_job(&state, &caller, &id).await?;
+    if job_view(&job).is_finished() {
+        return Err(ApiError::Domain(Error::Conflict(format!(
+            "job {id} has already ended ({})",
+            job.state
+        ))));
+    }
+    let job_id = JobId::new(id);
+    state.workers.cancel(&job_id);
+    let actor = caller.name().to_string();
+    let job = state
+        .stores
+        .with(move |store| jobs::cancel_queued(store, &job_id, &actor))
+        .await?;
+    Ok(Json(job_view(&job)))
+}
+
+#[utoipa::path(get, path = "/v1/meter", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<MeterView>)))]
+async fn meter_list(State(state): AppState_, caller: Caller) -> Answer<Vec<MeterView>> {
+    caller.require("reading meter records", &[Role::Bureau, Role::Operator])?;
+    let views = state
+        .stores
+        .with(move |store| {
+            Ok(metering::list(store.conn())?
+                .iter()
+                .filter(|m| caller.is_bureau() || m.operator == caller.name())
+                .map(|m| meter_view(m, &caller))
+                .collect())
+        })
+        .await?;
+    Ok(Json(views))
+}
+
+// --- Products and the market ---
+
+/// A product as a caller may see it, with the files its signed manifest lists.
+struct StoredProduct {
+    view: ProductView,
+    dir: std::path::PathBuf,
+    /// Whether the caller (a buyer) bought it.
+    bought: bool,
+}
+
+fn stored_product(
+    store: &veil_runtime::store::Store,
+    product: products::Product,
+    caller: &Caller,
+) -> veil_runtime::Result<StoredProduct> {
+    let id = ProductId::new(&product.id);
+    let dir = store.products_dir().join(&product.id);
+    let manifest = veil_sdk::manifest::read_manifest(&dir)
+        .map_err(|e| Error::internal(format!("reading product {}'s manifest: {e}", product.id)))?;
+    let manifest_bytes = std::fs::metadata(dir.join(veil_sdk::manifest::MANIFEST_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let mut files = vec![ProductFile {
+        name: veil_sdk::manifest::MANIFEST_FILE.into(),
+        bytes: manifest_bytes,
+        blake3: String::new(),
+    }];
+    files.extend(manifest.manifest.files.iter().map(|f| ProductFile {
+        name: f.name.clone(),
+        bytes: f.bytes,
+        blake3: f.blake3.clone(),
+    }));
+    let listing = market::listing(store.conn(), &id)?;
+    let bought = caller.role() == Role::Buyer
+        && market::purchases_of(store.conn(), caller.name())?
+            .iter()
+            .any(|p| p.product_id == product.id);
+    Ok(StoredProduct {
+        view: ProductView {
+            id: product.id,
+            job_id: product.job_id,
+            template_id: product.template_id,
+            operator: product.operator,
+            rows: product.rows,
+            created_at: product.created_at,
+            files,
+            price_fen: listing.filter(|_| !product.recalled).map(|l| l.price.0),
+            recalled: product.recalled,
+        },
+        dir,
+        bought,
+    })
+}
+
+/// Who may see a product: the bureau; its operator; a buyer while it is offered for sale, or
+/// that bought it.
+fn may_read_product(caller: &Caller, product: &StoredProduct) -> bool {
+    match caller.role() {
+        Role::Bureau => true,
+        Role::Operator => product.view.operator == caller.name(),
+        Role::Buyer => product.bought || product.view.price_fen.is_some(),
+        Role::Provider => false,
+    }
+}
+
+async fn readable_product(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: &str,
+) -> Result<StoredProduct, ApiError> {
+    let found = state
+        .stores
+        .with({
+            let (id, caller) = (id.to_string(), caller.clone());
+            move |store| {
+                let product = products::get(store.conn(), &ProductId::new(&id))?;
+                stored_product(store, product, &caller)
+            }
+        })
+        .await;
+    match found {
+        Ok(product) if may_read_product(caller, &product) => Ok(product),
+        Ok(_) | Err(Error::NotFound { .. }) => {
+            Err(ApiError::Domain(Error::not_found("product", id)))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn visible_products(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    only_offered: bool,
+) -> Result<Vec<ProductView>, ApiError> {
+    let caller = caller.clone();
+    let products = state
+        .stores
+        .with(move |store| {
+            let mut visible = Vec::new();
+            for product in products::list(store.conn())? {
+                let product = stored_product(store, product, &caller)?;
+                let offered = product.view.price_fen.is_some();
+                if (!only_offered && may_read_product(&caller, &product))
+                    || (only_offered && offered)
+                {
+                    visible.push(product.view);
+                }
+            }
+            Ok(visible)
+        })
+        .await?;
+    Ok(products)
+}
+
+#[utoipa::path(get, path = "/v1/products", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProductView>, description = "operator: its own; buyer: offered or bought; bureau: all")))]
+async fn products_list(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
+    caller.require(
+        "listing products",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    Ok(Json(visible_products(&state, &caller, false).await?))
+}
+
+#[utoipa::path(get, path = "/v1/offers", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<ProductView>, description = "products offered for sale, not recalled")))]
+async fn offers(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
+    caller.require(
+        "listing offers",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    Ok(Json(visible_products(&state, &caller, true).await?))
+}
+
+#[utoipa::path(get, path = "/v1/products/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = ProductView)))]
+async fn product_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<ProductView> {
+    caller.require(
+        "reading a product",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    Ok(Json(readable_product(&state, &caller, &id).await?.view))
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/listing", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = ListForSale,
+    responses((status = 200, body = ProductView)))]
+async fn product_list_for_sale(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ListForSale>,
+) -> Answer<ProductView> {
+    caller.require(
+        "offering a product for sale",
+        &[Role::Bureau, Role::Operator],
+    )?;
+    readable_product(&state, &caller, &id).await?;
+    let role = caller.role();
+    let actor = caller.name().to_string();
+    let product_id = ProductId::new(&id);
+    state
+        .stores
+        .with(move |store| {
+            market::list_for_sale(store, role, &actor, &product_id, Fen(body.price_fen))
+        })
+        .await?;
+    Ok(Json(readable_product(&state, &caller, &id).await?.view))
+}
+
+fn purchase_view(p: &market::Purchase, new: bool) -> PurchaseView {
+    PurchaseView {
+        id: p.id.clone(),
+        product_id: p.product_id.clone(),
+        buyer: p.buyer.clone(),
+        price_fen: p.price.0,
+        at: p.at.clone(),
+        new,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/purchase", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)),
+    responses((status = 201, body = PurchaseView, description = "bought"),
+        (status = 200, body = PurchaseView, description = "bought before: nothing charged again")))]
+async fn product_purchase(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<PurchaseView>), ApiError> {
+    caller.require("buying a product", &[Role::Buyer])?;
+    readable_product(&state, &caller, &id).await?;
+    let buyer = caller.name().to_string();
+    let product_id = ProductId::new(&id);
+    let (purchase, new) = state
+        .stores
+        .with(move |store| {
+            let before = market::purchases_of(store.conn(), &buyer)?.len();
+            let purchase = market::purchase(store, &buyer, &product_id)?;
+            let after = market::purchases_of(store.conn(), &buyer)?.len();
+            Ok((purchase, after > before))
+        })
+        .await?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(purchase_view(&purchase, new))))
+}
+
+#[utoipa::path(get, path = "/v1/purchases", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<PurchaseView>)))]
+async fn purchases_list(State(state): AppState_, caller: Caller) -> Answer<Vec<PurchaseView>> {
+    caller.require("listing purchases", &[Role::Bureau, Role::Buyer])?;
+    let purchases = state
+        .stores
+        .with(move |store| {
+            if caller.is_bureau() {
+                market::all_purchases(store.conn())
+            } else {
+                market::purchases_of(store.conn(), caller.name())
+            }
+        })
+        .await?;
+    Ok(Json(
+        purchases.iter().map(|p| purchase_view(p, true)).collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/products/{id}/recall", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = RecallView, description = "the buyers to tell")))]
+async fn product_recall(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<RecallView> {
+    caller.require("recalling a product", &[Role::Bureau])?;
+    let recall = state
+        .stores
+        .with(move |store| market::recall(store, &ProductId::new(&id), &body.reason))
+        .await?;
+    Ok(Json(RecallView {
+        product_id: recall.product_id,
+        reason: recall.reason,
+        buyers: recall.buyers,
+    }))
+}
+
+/// Largest chunk a download stream reads at once, in bytes.
+const DOWNLOAD_CHUNK_BYTES: usize = 64 * 1024;
+
+#[utoipa::path(get, path = "/v1/products/{id}/files/{name}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path), ("name" = String, Path),
+        ("range" = Option<String>, Header, description = "`bytes=N-` or `bytes=N-M` to resume")),
+    responses((status = 200, description = "the file, streamed"),
+        (status = 206, description = "the requested range"),
+        (status = 416, description = "the range lies outside the file")))]
+async fn product_file(
+    State(state): AppState_,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    caller.require(
+        "downloading a product",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    let product = readable_product(&state, &caller, &id).await?;
+    // A buyer downloads only what it bought; nobody but the bureau downloads a recalled product.
+    if caller.role() == Role::Buyer && !product.bought {
+        return Err(ApiError::Domain(Error::Forbidden(format!(
+            "buy product {id} before downloading it"
+        ))));
+    }
+    if product.view.recalled && !caller.is_bureau() {
+        return Err(ApiError::Domain(Error::Conflict(format!(
+            "product {id} was recalled by the bureau; it can no longer be downloaded"
+        ))));
+    }
+    // Only the manifest and the files it lists, by plain name: never a path.
+    if !product.view.files.iter().any(|f| f.name == name) {
+        return Err(ApiError::Domain(Error::not_found("product file", name)));
+    }
+    let path = product.dir.join(&name);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::io("opening", &path, e))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Error::io("reading", &path, e))?
+        .len();
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|text| parse_range(text, len));
+    let (status, start, end) = match range {
+        None => (StatusCode::OK, 0, len),
+        Some(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
+        Some(None) => {
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response());
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| Error::io("reading", &path, e))?;
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file.take(end - start), DOWNLOAD_CHUNK_BYTES);
+    let role = caller.role();
+    let actor = caller.name().to_string();
+    state
+        .stores
+        .with(move |store| {
+            let product_id = ProductId::new(&id);
+            if role == Role::Buyer {
+                // Checked again inside the transaction that records the download.
+                market::record_download(store, &actor, &product_id, &name).map(|_| ())
+            } else {
+                market::record_owner_download(store, &actor, &product_id, &name, start)
+            }
+        })
+        .await?;
+    let mut response = axum::response::Response::new(axum::body::Body::from_stream(stream));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, (end - start).into());
+    headers.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(value) =
+            header::HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1))
+    {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    Ok(response)
+}
+
+/// `bytes=N-` or `bytes=N-M` as a half-open `[start, end)` inside a file of `len` bytes;
+/// `None` when it lies outside (or is a form this server does not serve, like suffixes).
+fn parse_range(text: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = text.strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = match end.trim() {
+        "" => len,
+        last => last.parse::<u64>().ok()?.checked_add(1)?.min(len),
+    };
+    (start < end).then_some((start, end))
+}
+
+// --- Money ---
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct StatementQuery {
+    /// The bureau names the party: `operator:<name>`, `provider:<name>` or `platform`.
+    /// Operators and providers always get their own.
+    party: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/statements/{period}", tag = "veil", security(("bearer" = [])),
+    params(("period" = String, Path, description = "YYYY-MM"), StatementQuery),
+    responses((status = 200, description = "the settled statement (JSON, with every line's ledger posting and line id)")))]
+async fn statement_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(period): Path<String>,
+    Query(query): Query<StatementQuery>,
+) -> Answer<settlement::Statement> {
+    caller.require(
+        "reading a statement",
+        &[Role::Bureau, Role::Operator, Role::Provider],
+    )?;
+    let party = match caller.role() {
+        Role::Operator => format!("operator:{}", caller.name()),
+        Role::Provider => format!("provider:{}", caller.name()),
+        _ => query
+            .party
+            .ok_or_else(|| ApiError::invalid("name the party: ?party=operator:<name>"))?,
+    };
+    let statement = state
+        .stores
+        .with(move |store| settlement::statement(store, &period, &party))
+        .await?;
+    Ok(Json(statement))
+}
+
+#[utoipa::path(post, path = "/v1/settlements", tag = "veil", security(("bearer" = [])),
+    request_body = Settle,
+    responses((status = 200, description = "the statements written, with their digests"),
+        (status = 400, body = ErrorBody, description = "the period has not ended, or is malformed")))]
+async fn settle(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<Settle>,
+) -> Answer<settlement::Settlement> {
+    caller.require("settling a period", &[Role::Bureau])?;
+    let settled = state
+        .stores
+        .with(move |store| settlement::settle(store, &body.period, caller.name()))
+        .await?;
+    Ok(Json(settled))
+}
+
+#[utoipa::path(get, path = "/v1/usage", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, description = "per dataset of the provider: jobs that read it, rows fees and sale shares earned")))]
+async fn provider_usage(
+    State(state): AppState_,
+    caller: Caller,
+) -> Answer<Vec<settlement::DatasetUsage>> {
+    caller.require("reading dataset usage", &[Role::Provider])?;
+    let usage = state
+        .stores
+        .with(move |store| settlement::provider_usage(store.conn(), caller.name()))
+        .await?;
+    Ok(Json(usage))
+}

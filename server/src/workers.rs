@@ -1,0 +1,335 @@
+//! The bounded job queue and its worker pool.
+//!
+//! A submitted job is a `queued` row in the store (written by `jobs::enqueue`, with its
+//! idempotency key) and a permit from a semaphore of [`QUEUE_JOBS_DEFAULT`] permits (or
+//! `veil serve --queue N`), held until
+//! the job ends: when every permit is taken the server answers 429 before writing anything.
+//! [`WORKERS_DEFAULT`] workers take job ids in order; each owns its own store connection and
+//! runs one job at a time with `jobs::run_queued`, so the job's own wall-time and memory limits
+//! (pinned by the template's approval) bound it. A cancelled job's token stops it where it is.
+//! Every job end bumps a generation counter that long-polling `wait` calls watch.
+//!
+//! **No job outlives the server unended.** A job whose run returns an error (its final write
+//! failed, the disk is full) is ended `failed` here with `jobs::end_unfinished`; if even that
+//! cannot be written, the job is kept in memory and the record is retried every
+//! [`MONITOR_TICK_MS`] until it is written (or, if the server stops first, `jobs::recover` ends
+//! it at the next start). While the store's disk is full (see `veil_runtime::space`) queued jobs end
+//! `failed` at once without running, and submissions are refused with 507.
+//!
+//! A monitor thread does the server's housekeeping on its own store connection: each tick it
+//! writes the ballast back once there is room again and retries the failure records kept in
+//! memory; every `--sweep-seconds` it runs `veil_runtime::sweep::sweep`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use veil_runtime::error::{Error, Result};
+use veil_runtime::ids::JobId;
+use veil_runtime::jobs;
+use veil_runtime::store::Store;
+use veil_runtime::{space, sweep};
+
+/// Jobs queued or running at once unless `veil serve --queue` says otherwise; more
+/// submissions are refused with 429 until one ends.
+pub const QUEUE_JOBS_DEFAULT: usize = 256;
+/// Largest queue a server may be given.
+pub const QUEUE_JOBS_MAX: usize = 100_000;
+/// Jobs that run at the same time unless `veil serve --workers` says otherwise: one per core
+/// of the machine this was sized for, since DataFusion already uses every core for one job.
+pub const WORKERS_DEFAULT: usize = 2;
+/// Most workers a server may start.
+pub const WORKERS_MAX: usize = 64;
+/// How often the monitor checks the disk and retries failure records, in milliseconds.
+pub const MONITOR_TICK_MS: u64 = 1_000;
+/// Longest interval between sweeps a server may be given, in seconds (a day).
+pub const SWEEP_SECONDS_MAX: u64 = 86_400;
+
+/// What a job is told when the platform failed while running it and no other reason could
+/// be recorded.
+const PLATFORM_FAILED_REASON: &str =
+    "the platform failed while running the job; nothing was released — submit it again";
+
+/// The queue, shared by the route handlers.
+pub struct Workers {
+    sender: mpsc::UnboundedSender<JobId>,
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    /// The permit and cancellation token of every job queued or running here.
+    jobs: Mutex<HashMap<JobId, Slot>>,
+    /// Bumped each time a job ends.
+    ended: watch::Sender<u64>,
+    /// The store folder.
+    root: PathBuf,
+    /// Jobs that must end `failed` but whose record could not be written yet, with the reason.
+    unrecorded: Mutex<Vec<(JobId, &'static str)>>,
+}
+
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("free_slots", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+impl Workers {
+    /// Starts `count` workers on the store at `root` with a queue of `capacity` jobs, and
+    /// queues the jobs a stopped server left queued (those it left running end `failed`; see
+    /// `jobs::recover`). Sweeps every [`sweep::SWEEP_INTERVAL_SECONDS`].
+    pub fn start(root: &Path, count: usize, capacity: usize) -> Result<Arc<Self>> {
+        Self::start_with(
+            root,
+            count,
+            capacity,
+            Duration::from_secs(sweep::SWEEP_INTERVAL_SECONDS),
+        )
+    }
+
+    /// [`Workers::start`], sweeping every `sweep_every` (1 s to [`SWEEP_SECONDS_MAX`]).
+    pub fn start_with(
+        root: &Path,
+        count: usize,
+        capacity: usize,
+        sweep_every: Duration,
+    ) -> Result<Arc<Self>> {
+        if !(1..=WORKERS_MAX).contains(&count) {
+            return Err(Error::invalid(format!(
+                "--workers must be between 1 and {WORKERS_MAX}"
+            )));
+        }
+        if !(1..=QUEUE_JOBS_MAX).contains(&capacity) {
+            return Err(Error::invalid(format!(
+                "--queue must be between 1 and {QUEUE_JOBS_MAX}"
+            )));
+        }
+        if !(1..=SWEEP_SECONDS_MAX).contains(&sweep_every.as_secs()) {
+            return Err(Error::invalid(format!(
+                "--sweep-seconds must be between 1 and {SWEEP_SECONDS_MAX}"
+            )));
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (ended, _) = watch::channel(0);
+        let workers = Arc::new(Self {
+            sender,
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            jobs: Mutex::new(HashMap::new()),
+            ended,
+            root: root.to_path_buf(),
+            unrecorded: Mutex::new(Vec::new()),
+        });
+        let mut store = Store::open(root)?;
+        let waiting = jobs::recover(&mut store)?;
+        if !space::ensure(root) {
+            eprintln!(
+                "veil serve: the store's disk has no room for the {} MiB ballast; jobs are refused until space is freed",
+                space::BALLAST_BYTES / (1024 * 1024)
+            );
+        }
+        let weak = Arc::downgrade(&workers);
+        std::thread::Builder::new()
+            .name("veil-monitor".into())
+            .spawn(move || monitor(weak, store, sweep_every))
+            .map_err(|e| Error::internal(format!("starting the monitor: {e}")))?;
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let handle = tokio::runtime::Handle::current();
+        for index in 0..count {
+            let store = Store::open(root)?;
+            let (workers, receiver, handle) =
+                (Arc::clone(&workers), Arc::clone(&receiver), handle.clone());
+            // A job holds its store connection across awaits, and SQLite connections stay on
+            // one thread; so each worker is a thread that drives its job on the server's
+            // runtime, where DataFusion's own tasks run.
+            std::thread::Builder::new()
+                .name(format!("veil-worker-{index}"))
+                .spawn(move || handle.block_on(work(workers, store, receiver)))
+                .map_err(|e| Error::internal(format!("starting a job worker: {e}")))?;
+        }
+        for job in waiting {
+            // A restarted server runs what was queued even beyond the queue's bound: those
+            // jobs were accepted already.
+            let permit = match Arc::clone(&workers.slots).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    workers.slots.add_permits(1);
+                    Arc::clone(&workers.slots)
+                        .try_acquire_owned()
+                        .map_err(|_| Error::internal("queueing a recovered job"))?
+                }
+            };
+            workers.admit(job, permit)?;
+        }
+        Ok(workers)
+    }
+
+    /// True while the store's disk is full (its ballast is released): submissions are refused
+    /// and queued jobs end `failed` without running. See `veil_runtime::space`.
+    pub fn storage_full(&self) -> bool {
+        space::is_full(&self.root)
+    }
+
+    /// How many jobs may be queued or running at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// A place in the queue, or `None` when it is full.
+    pub fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    /// Hands a queued job to the workers; `permit` is released when the job ends.
+    pub fn admit(&self, job: JobId, permit: OwnedSemaphorePermit) -> Result<()> {
+        let slot = Slot {
+            _permit: permit,
+            cancel: CancellationToken::new(),
+        };
+        self.jobs
+            .lock()
+            .map_err(|_| Error::internal("queueing a job"))?
+            .insert(job.clone(), slot);
+        self.sender.send(job).map_err(|_| {
+            Error::Resources("the job workers have stopped; restart the server".into())
+        })
+    }
+
+    /// Fires the cancellation token of a job queued or running here.
+    pub fn cancel(&self, job: &JobId) {
+        if let Ok(jobs) = self.jobs.lock()
+            && let Some(slot) = jobs.get(job)
+        {
+            slot.cancel.cancel();
+        }
+    }
+
+    /// A receiver that changes each time a job ends.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.ended.subscribe()
+    }
+
+    fn token(&self, job: &JobId) -> CancellationToken {
+        self.jobs
+            .lock()
+            .ok()
+            .and_then(|jobs| jobs.get(job).map(|slot| slot.cancel.clone()))
+            .unwrap_or_default()
+    }
+
+    fn release(&self, job: &JobId) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(job);
+        }
+        self.ended.send_modify(|generation| *generation += 1);
+    }
+
+    /// Ends `job` `failed` with `reason`, or keeps it for the monitor to retry.
+    fn end_failed(&self, store: &mut Store, job: &JobId, reason: &'static str) {
+        if let Err(error) = jobs::end_unfinished(store, job, reason) {
+            eprintln!("veil serve: job {job}: recording its failure: {error}; retrying");
+            if let Ok(mut unrecorded) = self.unrecorded.lock() {
+                unrecorded.push((job.clone(), reason));
+            }
+        }
+    }
+
+    /// Retries the failure records kept in memory; returns how many are still unwritten.
+    fn retry_unrecorded(&self, store: &mut Store) -> usize {
+        let waiting = match self.unrecorded.lock() {
+            Ok(mut unrecorded) => std::mem::take(&mut *unrecorded),
+            Err(_) => return 0,
+        };
+        let mut left = Vec::new();
+        for (job, reason) in waiting {
+            match jobs::end_unfinished(store, &job, reason) {
+                Ok(_) => self.ended.send_modify(|generation| *generation += 1),
+                Err(_) => left.push((job, reason)),
+            }
+        }
+        let count = left.len();
+        if let Ok(mut unrecorded) = self.unrecorded.lock() {
+            unrecorded.extend(left);
+        }
+        count
+    }
+}
+
+/// The server's housekeeping (see the module docs), until the workers are gone or the store
+/// folder is.
+fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
+    let root = store.root().to_path_buf();
+    let folders = [
+        store.products_dir(),
+        store.data_dir(),
+        store.statements_dir(),
+    ];
+    let mut last_sweep = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(MONITOR_TICK_MS));
+        let Some(workers) = workers.upgrade() else {
+            return;
+        };
+        if !store.root().join("veil.db").exists() {
+            return;
+        }
+        if workers.storage_full() {
+            let folders: Vec<&Path> = folders.iter().map(PathBuf::as_path).collect();
+            if space::restore(&root, &folders) {
+                eprintln!("veil serve: the store's disk has room again; taking jobs");
+            }
+        }
+        workers.retry_unrecorded(&mut store);
+        if last_sweep.elapsed() >= sweep_every {
+            last_sweep = Instant::now();
+            let grace = Duration::from_secs(sweep::TEMP_GRACE_SECONDS);
+            match sweep::sweep(&mut store, grace) {
+                Ok(swept) if !swept.removed.is_empty() => eprintln!(
+                    "veil serve: swept {} leftover file(s) or folder(s) the store does not know",
+                    swept.removed.len()
+                ),
+                Ok(_) => {}
+                Err(error) => eprintln!("veil serve: sweeping the store: {error}"),
+            }
+        }
+    }
+}
+
+async fn work(
+    workers: Arc<Workers>,
+    mut store: Store,
+    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<JobId>>>,
+) {
+    loop {
+        let next = receiver.lock().await.recv().await;
+        let Some(job) = next else { return };
+        if workers.storage_full() {
+            // Nothing runs while the disk is full: the job ends at once, having reserved no ε.
+            workers.end_failed(&mut store, &job, jobs::STORAGE_FULL_REASON);
+            workers.release(&job);
+            continue;
+        }
+        let cancel = workers.token(&job);
+        if let Err(error) = jobs::run_queued(&mut store, &job, Some(cancel)).await {
+            // The job is recorded as ended by run_queued where it can be; this is what is
+            // left: a platform problem for the server's log (in the domain), and a job that
+            // must still end.
+            eprintln!("veil serve: job {job}: {error}");
+            let reason = if error.is_storage_full() {
+                jobs::STORAGE_FULL_REASON
+            } else {
+                PLATFORM_FAILED_REASON
+            };
+            workers.end_failed(&mut store, &job, reason);
+        }
+        workers.release(&job);
+    }
+}
