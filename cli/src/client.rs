@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use veil_sdk::api::{ApproveTemplate, JobView, ProductView, RequestGrant};
+use veil_sdk::api::{JobView, ProductView};
 use veil_sdk::client::{Client, ClientError};
 
 use crate::local::{JobArgs, print_json, print_table};
+use crate::terms::{ApprovalTerms, GrantTerms};
 use veil_runtime::error::{Error, Result};
 use veil_runtime::ids::Fen;
 
@@ -41,22 +42,10 @@ pub enum ClientCommand {
     Datasets,
     /// Your grants.
     Grants,
-    /// Apply for a grant (operator).
+    /// Apply for a grant (operator): the same terms `veil grant create` takes.
     RequestGrant {
-        #[arg(long, value_delimiter = ',')]
-        datasets: Vec<String>,
-        #[arg(long)]
-        purpose: String,
-        #[arg(long)]
-        valid_from: String,
-        #[arg(long)]
-        valid_to: String,
-        #[arg(long)]
-        epsilon_per_month: f64,
-        #[arg(long, default_value_t = 0.0)]
-        delta_per_month: f64,
-        #[arg(long, default_value = "archive")]
-        disposition: String,
+        #[command(flatten)]
+        terms: GrantTerms,
     },
     /// Grant requests (yours; the bureau sees all, overdue ones flagged).
     GrantRequests,
@@ -93,21 +82,11 @@ pub enum ClientTemplate {
         id: String,
     },
     List,
-    /// (bureau) Approve a template.
+    /// (bureau) Approve a template: the same terms `veil template approve` takes.
     Approve {
         id: String,
-        #[arg(long)]
-        epsilon: Option<f64>,
-        #[arg(long)]
-        delta: Option<f64>,
-        #[arg(long)]
-        k: Option<u32>,
-        #[arg(long)]
-        max_groups: Option<u32>,
-        #[arg(long)]
-        max_rows: Option<u32>,
-        #[arg(long)]
-        price_fen: Option<i64>,
+        #[command(flatten)]
+        terms: ApprovalTerms,
     },
 }
 
@@ -257,26 +236,8 @@ async fn run_command(
                 );
             }
         }
-        ClientCommand::RequestGrant {
-            datasets,
-            purpose,
-            valid_from,
-            valid_to,
-            epsilon_per_month,
-            delta_per_month,
-            disposition,
-        } => {
-            let request = client
-                .request_grant(&RequestGrant {
-                    datasets,
-                    purpose,
-                    valid_from,
-                    valid_to,
-                    epsilon_per_month,
-                    delta_per_month,
-                    disposition,
-                })
-                .await?;
+        ClientCommand::RequestGrant { terms } => {
+            let request = client.request_grant(&terms.wire()).await?;
             if json {
                 json_out(&request)?;
             } else {
@@ -408,29 +369,8 @@ async fn template(
             }
             return Ok(0);
         }
-        ClientTemplate::Approve {
-            id,
-            epsilon,
-            delta,
-            k,
-            max_groups,
-            max_rows,
-            price_fen,
-        } => {
-            client
-                .approve_template(
-                    &id,
-                    &ApproveTemplate {
-                        epsilon,
-                        delta,
-                        k,
-                        max_groups,
-                        max_rows,
-                        price_per_run_fen: price_fen,
-                        ..Default::default()
-                    },
-                )
-                .await?
+        ClientTemplate::Approve { id, terms } => {
+            client.approve_template(&id, &terms.wire()).await?
         }
     };
     if json {

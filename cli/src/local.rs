@@ -4,18 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
 use crate::demo;
+use crate::terms::{ApprovalTerms, GrantTerms};
 use veil_gate::rules::Refusal;
 use veil_runtime::error::{Error, Result};
-use veil_runtime::grants::{self, Disposition, GrantRequest, MICRO, PICO};
+use veil_runtime::grants;
 use veil_runtime::ids::{Fen, ProductId};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
 use veil_runtime::principals::Role;
 use veil_runtime::store::Store;
-use veil_runtime::templates::{self, ApprovalRequest, SpecRules, TemplateSpec};
+use veil_runtime::templates::{self, SpecRules, TemplateSpec};
 use veil_runtime::{audit, catalog, keys, metering};
 use veil_runtime::{ledger, market, prices, settlement};
 use veil_testkit::demo_data;
@@ -154,24 +154,8 @@ pub enum GrantCommand {
         store: StoreArg,
         #[arg(long)]
         operator: String,
-        /// Comma-separated dataset names.
-        #[arg(long, value_delimiter = ',')]
-        datasets: Vec<String>,
-        #[arg(long)]
-        purpose: String,
-        /// First day of the term (YYYY-MM-DD).
-        #[arg(long)]
-        valid_from: String,
-        /// Last day of the term (YYYY-MM-DD).
-        #[arg(long)]
-        valid_to: String,
-        #[arg(long)]
-        epsilon_per_month: f64,
-        #[arg(long, default_value_t = 1e-5)]
-        delta_per_month: f64,
-        /// What happens to derived products after the term: destroy, archive or return.
-        #[arg(long, default_value = "archive")]
-        disposition: String,
+        #[command(flatten)]
+        terms: GrantTerms,
     },
     /// List grants with their budget spent this month.
     List(StoreArg),
@@ -240,36 +224,8 @@ pub enum TemplateCommand {
         #[command(flatten)]
         store: StoreArg,
         id: String,
-        /// ε spent by one run.
-        #[arg(long)]
-        epsilon: f64,
-        /// δ spent by one run.
-        #[arg(long, default_value_t = 1e-6)]
-        delta: f64,
-        /// Minimum distinct privacy units behind each released group.
-        #[arg(long, default_value_t = 10)]
-        k: u32,
-        /// Most groups one unit may contribute to.
-        #[arg(long, default_value_t = 1)]
-        max_groups: u32,
-        /// Most rows one unit may contribute to one group.
-        #[arg(long, default_value_t = 1)]
-        max_rows: u32,
-        /// Price of one released run, in fen.
-        #[arg(long, default_value_t = 0)]
-        price_fen: i64,
-        /// Memory one run may use, in MiB.
-        #[arg(long, default_value_t = templates::JOB_MEMORY_MIB_DEFAULT)]
-        memory_mib: u32,
-        /// Wall-clock time one run's query may take, in seconds.
-        #[arg(long, default_value_t = templates::JOB_WALL_SECONDS_DEFAULT)]
-        wall_seconds: u32,
-        /// WASM templates: fuel one unit's call may burn (default 20,000,000).
-        #[arg(long)]
-        wasm_fuel_per_unit: Option<u64>,
-        /// WASM templates: memory one unit's instance may use, in MiB (default 16).
-        #[arg(long)]
-        wasm_memory_mib: Option<u32>,
+        #[command(flatten)]
+        terms: ApprovalTerms,
     },
     /// Reject a submitted template.
     Reject {
@@ -459,11 +415,6 @@ pub(crate) fn parse_param(text: &str) -> std::result::Result<(String, String), S
     }
 }
 
-fn parse_date(text: &str, flag: &str) -> Result<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| Error::invalid(format!("{flag} `{text}` is not a date; write YYYY-MM-DD")))
-}
-
 fn read_text(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| {
         Error::invalid(format!(
@@ -556,10 +507,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
             json,
         }) => {
             let store = Store::open(&store.data_dir)?;
-            if let Some(period) = &period {
-                settlement::period_bounds(period)?;
-            }
-            let postings = ledger::postings(store.conn(), period.as_deref())?;
+            let period = period
+                .as_deref()
+                .map(settlement::parse_period)
+                .transpose()?;
+            let postings = ledger::postings(store.conn(), period.as_ref())?;
             if json {
                 print_json(&postings)?;
             } else {
@@ -570,7 +522,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                             vec![
                                 p.id.to_string(),
                                 l.id.to_string(),
-                                p.period.clone(),
+                                p.period.to_string(),
                                 p.kind.clone(),
                                 format!("{} {}", p.source_kind, p.source_id),
                                 l.account.clone(),
@@ -770,28 +722,10 @@ fn grant(command: GrantCommand) -> Result<i32> {
         GrantCommand::Create {
             store,
             operator,
-            datasets,
-            purpose,
-            valid_from,
-            valid_to,
-            epsilon_per_month,
-            delta_per_month,
-            disposition,
+            terms,
         } => {
             let mut store = Store::open(&store.data_dir)?;
-            let grant = grants::create(
-                &mut store,
-                GrantRequest {
-                    operator,
-                    datasets,
-                    purpose,
-                    valid_from: parse_date(&valid_from, "--valid-from")?,
-                    valid_to: parse_date(&valid_to, "--valid-to")?,
-                    epsilon_per_month,
-                    delta_per_month,
-                    disposition: Disposition::parse(&disposition)?,
-                },
-            )?;
+            let grant = grants::create(&mut store, terms.request(operator))?;
             println!(
                 "granted {} dataset(s) to `{}` as {} ({} to {}, ε {} per month)",
                 grant.datasets.len(),
@@ -799,13 +733,13 @@ fn grant(command: GrantCommand) -> Result<i32> {
                 grant.id,
                 grant.valid_from,
                 grant.valid_to,
-                grant.micro_epsilon_per_month as f64 / MICRO
+                grant.micro_epsilon_per_month.epsilon()
             );
             Ok(0)
         }
         GrantCommand::List(store) => {
             let store = Store::open(&store.data_dir)?;
-            let period = veil_runtime::clock::period_of(veil_runtime::clock::now());
+            let period = veil_runtime::budget::Period::of(veil_runtime::clock::now());
             let mut rows = Vec::new();
             for g in grants::list(&store)? {
                 let spent =
@@ -817,10 +751,10 @@ fn grant(command: GrantCommand) -> Result<i32> {
                     format!("{} – {}", g.valid_from, g.valid_to),
                     format!(
                         "{} / {}",
-                        spent.micro_epsilon as f64 / MICRO,
-                        g.micro_epsilon_per_month as f64 / MICRO
+                        spent.micro_epsilon.epsilon(),
+                        g.micro_epsilon_per_month.epsilon()
                     ),
-                    format!("{}", g.pico_delta_per_month as f64 / PICO),
+                    format!("{}", g.pico_delta_per_month.delta()),
                     g.disposition.as_str().to_string(),
                 ]);
             }
@@ -921,63 +855,48 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                     ));
                 }
             };
-            if let Some(refusal) = static_check(&store, &operator, &spec).await? {
-                print_refusal("template refused before submission", &refusal);
-                return Ok(3);
-            }
-            let template = templates::submit_with_module(&mut store, &operator, spec, module)?;
+            // The domain's one submission runs the gate's static checks, the same ones the HTTP
+            // API runs; a refusal is listed here with its rules and nothing is stored.
+            let template =
+                match templates::submit_checked(&mut store, &operator, spec, module).await {
+                    Ok(template) => template,
+                    Err(Error::Refused(refusal)) => {
+                        print_refusal("template refused before submission", &refusal);
+                        return Ok(3);
+                    }
+                    Err(error) => return Err(error),
+                };
             println!(
                 "submitted template `{}`: {} (waiting for the bureau's approval)",
                 template.spec.name, template.id
             );
             Ok(0)
         }
-        TemplateCommand::Approve {
-            store,
-            id,
-            epsilon,
-            delta,
-            k,
-            max_groups,
-            max_rows,
-            price_fen,
-            memory_mib,
-            wall_seconds,
-            wasm_fuel_per_unit,
-            wasm_memory_mib,
-        } => {
+        TemplateCommand::Approve { store, id, terms } => {
             let mut store = Store::open(&store.data_dir)?;
             let template = templates::get(&store, &id)?;
-            if let Some(refusal) = static_check(&store, &template.operator, &template.spec).await? {
-                print_refusal(
-                    "the gate refuses this template; reject it instead",
-                    &refusal,
-                );
-                return Ok(3);
+            match templates::static_check(&store, &template.operator, &template.spec).await {
+                Err(Error::Refused(refusal)) => {
+                    print_refusal(
+                        "the gate refuses this template; reject it instead",
+                        &refusal,
+                    );
+                    return Ok(3);
+                }
+                checked => checked?,
             }
-            let template = templates::approve(
-                &mut store,
-                &id,
-                ApprovalRequest {
-                    epsilon,
-                    delta,
-                    k,
-                    max_groups,
-                    max_rows,
-                    price_per_run_fen: price_fen,
-                    memory_mib,
-                    wall_seconds,
-                    wasm_fuel_per_unit: wasm_fuel_per_unit
-                        .unwrap_or(ApprovalRequest::default().wasm_fuel_per_unit),
-                    wasm_memory_mib: wasm_memory_mib
-                        .unwrap_or(ApprovalRequest::default().wasm_memory_mib),
-                },
-            )?;
+            let approval = terms.request();
+            let template = templates::approve(&mut store, &id, approval.clone())?;
             println!(
-                "approved template `{}` {} (ε {epsilon}, δ {delta}, k {k}, ≤{max_groups} groups and ≤{max_rows} rows per unit, {} per run)",
+                "approved template `{}` {} (ε {}, δ {}, k {}, ≤{} groups and ≤{} rows per unit, {} per run)",
                 template.spec.name,
                 template.id,
-                veil_runtime::ids::Fen(price_fen)
+                approval.epsilon,
+                approval.delta,
+                approval.k,
+                approval.max_groups,
+                approval.max_rows,
+                veil_runtime::ids::Fen(approval.price_per_run_fen)
             );
             Ok(0)
         }
@@ -1102,36 +1021,6 @@ fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Ve
     Ok((spec, Some(module)))
 }
 
-/// Checks a template against the operator's grant in term, if there is exactly one.
-async fn static_check(
-    store: &Store,
-    operator: &str,
-    spec: &TemplateSpec,
-) -> Result<Option<Refusal>> {
-    if let Err(refusal) = spec.check() {
-        return Ok(Some(refusal));
-    }
-    let today = veil_runtime::clock::today();
-    let active: Vec<_> = grants::list(store)?
-        .into_iter()
-        .filter(|g| g.operator == operator && g.is_in_term(today))
-        .collect();
-    let Some(grant) = active.first() else {
-        return Ok(None);
-    };
-    let template = templates::Template {
-        id: spec.id()?,
-        operator: operator.to_string(),
-        spec: spec.clone(),
-        state: templates::TemplateState::Submitted,
-        approval: None,
-        reasons: None,
-        submitted_at: String::new(),
-        decided_at: None,
-    };
-    Ok(jobs::check_static(store, &template, grant).await?.err())
-}
-
 async fn job(command: JobCommand) -> Result<i32> {
     match command {
         JobCommand::Run {
@@ -1201,7 +1090,7 @@ async fn job(command: JobCommand) -> Result<i32> {
                         j.id.to_string(),
                         j.operator,
                         j.template_id.chars().take(12).collect(),
-                        j.state,
+                        j.state.to_string(),
                         j.product_id.unwrap_or_default(),
                         j.created_at,
                     ]
@@ -1489,13 +1378,13 @@ pub fn meter_table(records: &[metering::MeterRecord]) -> String {
             vec![
                 m.job_id.clone(),
                 m.operator.clone(),
-                m.end_state.clone(),
+                m.end_state.to_string(),
                 m.wall_ms.to_string(),
                 m.cpu_ms.to_string(),
                 m.rows_scanned.to_string(),
                 m.bytes_scanned.to_string(),
                 format!("{:.1}", m.peak_memory_bytes as f64 / (1024.0 * 1024.0)),
-                format!("{}", m.micro_epsilon as f64 / MICRO),
+                format!("{}", m.micro_epsilon.epsilon()),
                 m.output_rows.to_string(),
                 m.output_bytes.to_string(),
                 if m.fuel == 0 {

@@ -1,9 +1,14 @@
 //! The `veil` binary: parses the command line, runs it against the domain library
 //! (`veil_runtime`) or a server (`veil client`), and turns errors into messages and exit codes.
 
+// The commands' doc comments are their `--help` text, written for a terminal: `[wasm]` there
+// names a TOML table, not an item to link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod client;
 mod demo;
 mod local;
+mod terms;
 
 use clap::Parser;
 

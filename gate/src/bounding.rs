@@ -89,14 +89,14 @@ const UNIT_TABLE_ENTRIES_MIN: usize = 16;
 
 /// Per-unit and per-group limits pinned by the template's approval.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_groups: u32,
-    pub max_rows: u32,
+pub(crate) struct Limits {
+    pub(crate) max_groups: u32,
+    pub(crate) max_rows: u32,
 }
 
 /// One measure's bounded totals in one group.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Total {
+pub(crate) enum Total {
     /// Rows (COUNT) or non-null values.
     Count(i64),
     /// SUM over an integer column, with its non-null count (for AVG).
@@ -109,10 +109,10 @@ pub enum Total {
 
 /// Bounded totals of one group.
 #[derive(Debug, Clone)]
-pub struct GroupTotals {
+pub(crate) struct GroupTotals {
     /// Distinct units behind the group after bounding (the true count k-anonymity checks).
-    pub units: i64,
-    pub totals: Vec<Total>,
+    pub(crate) units: i64,
+    pub(crate) totals: Vec<Total>,
 }
 
 impl GroupTotals {
@@ -152,21 +152,21 @@ impl GroupTotals {
 }
 
 /// A group key in Arrow's row format (order-preserving bytes); empty when there is no GROUP BY.
-pub type GroupKeyBytes = Box<[u8]>;
+pub(crate) type GroupKeyBytes = Box<[u8]>;
 
 /// Every group that has at least one unit after bounding, keyed by its row-encoded group key,
 /// plus the converter that decodes keys back into columns.
-pub struct Bounded {
-    pub converter: RowConverter,
-    pub groups: HashMap<GroupKeyBytes, GroupTotals>,
+pub(crate) struct Bounded {
+    pub(crate) converter: RowConverter,
+    pub(crate) groups: HashMap<GroupKeyBytes, GroupTotals>,
     /// Group key types, in order.
-    pub key_types: Vec<DataType>,
+    pub(crate) key_types: Vec<DataType>,
 }
 
 /// Builds the gate's plan: the operator's input, projected to the unit, the group keys and the
 /// clamped values. It is not partitioned by unit: each fold takes whatever partition the scan
 /// gives it, and [`finish`] merges a unit's slots across folds (see the module docs).
-pub fn stage_plan(analysis: &Analysis) -> datafusion::error::Result<LogicalPlan> {
+pub(crate) fn stage_plan(analysis: &Analysis) -> datafusion::error::Result<LogicalPlan> {
     let mut projected = vec![Expr::Column(analysis.unit.clone()).alias(UNIT)];
     for (i, group) in analysis.groups.iter().enumerate() {
         projected.push(group.expr.clone().alias(format!("__veil_g{i}")));
@@ -217,12 +217,12 @@ fn clamp(expr: Expr, lo: f64, hi: f64, integer: bool) -> Expr {
 }
 
 /// The unit column's type in the gate's plan.
-pub fn unit_type(plan: &LogicalPlan) -> DataType {
+pub(crate) fn unit_type(plan: &LogicalPlan) -> DataType {
     plan.schema().field(0).data_type().clone()
 }
 
 /// The group key types of the gate's plan.
-pub fn key_types(plan: &LogicalPlan, n_groups: usize) -> Vec<DataType> {
+pub(crate) fn key_types(plan: &LogicalPlan, n_groups: usize) -> Vec<DataType> {
     (0..n_groups)
         .map(|i| plan.schema().field(1 + i).data_type().clone())
         .collect()
@@ -572,7 +572,7 @@ fn run_starts(columns: &[ArrayRef], rows: usize) -> Vec<u32> {
 
 /// How many units a fold sizes its state for up front: the hint, but never more than
 /// `bytes_max` of state. Sizing once avoids rebuilding a table of millions of units as it grows.
-pub fn units_capacity(analysis: &Analysis, hint: usize, bytes_max: usize) -> usize {
+pub(crate) fn units_capacity(analysis: &Analysis, hint: usize, bytes_max: usize) -> usize {
     let per_unit = UNIT_ENTRY_BYTES
         + std::mem::size_of::<Slot>()
         + analysis.measures.len() * std::mem::size_of::<Acc>();
@@ -627,13 +627,13 @@ const NO_SLOT: u32 = u32::MAX;
 /// the job's folds (keyed BLAKE3 with a fresh random key per job, so which groups a unit in
 /// too many groups keeps cannot be predicted from the keys).
 #[derive(Clone)]
-pub struct GroupHasher {
+pub(crate) struct GroupHasher {
     key: [u8; blake3::KEY_LEN],
 }
 
 impl GroupHasher {
     /// A hasher with a fresh random key.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut key = [0u8; blake3::KEY_LEN];
         // The choice only needs to be unpredictable to the operator; should the system's
         // randomness fail, a key derived from the clock still varies per job.
@@ -652,14 +652,14 @@ impl GroupHasher {
     /// Test builds only: a hasher whose key comes from the test-noise seed, so two runs on
     /// neighbouring datasets choose a unit's groups alike (see `noise::Source`).
     #[cfg(feature = "test-noise")]
-    pub fn seeded(seed: u64) -> Self {
+    pub(crate) fn seeded(seed: u64) -> Self {
         Self {
             key: blake3::derive_key("veil test group hasher v1", &seed.to_le_bytes()),
         }
     }
 
     /// The hasher for a job whose noise comes from `source`.
-    pub fn for_source(source: super::noise::Source) -> Self {
+    pub(crate) fn for_source(source: super::noise::Source) -> Self {
         match source {
             super::noise::Source::OpenDp => Self::new(),
             #[cfg(feature = "test-noise")]
@@ -682,7 +682,7 @@ impl Default for GroupHasher {
 }
 
 /// The fold state of one partition.
-pub struct Fold {
+pub(crate) struct Fold {
     limits: Limits,
     n_groups: usize,
     kinds: Vec<SlotKind>,
@@ -710,7 +710,7 @@ impl Fold {
     /// A fold for `analysis` whose unit column has `unit_type` and group keys `key_types`.
     /// Every fold of one job must get the same `hasher`, so that they rank groups alike and
     /// [`finish`] can merge them.
-    pub fn new(
+    pub(crate) fn new(
         analysis: &Analysis,
         unit_type: &DataType,
         key_types: &[DataType],
@@ -894,7 +894,7 @@ impl Fold {
     }
 
     /// Folds one batch of the gate's plan.
-    pub fn add_batch(&mut self, batch: &RecordBatch) -> Result<(), FoldError> {
+    pub(crate) fn add_batch(&mut self, batch: &RecordBatch) -> Result<(), FoldError> {
         if self.integer_units_only {
             self.add_rows::<u64>(batch)?;
         } else {
@@ -1213,7 +1213,7 @@ fn fold_totals<K: UnitKey>(
 /// Adds up the folds into the bounded groups. A unit seen by one fold only is counted from
 /// that fold's slots; a unit seen by several has its slots merged first (see the module docs).
 /// Each fold's units are counted on a thread of their own.
-pub fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'static str> {
+pub(crate) fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'static str> {
     let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
         .map_err(|_| "group keys of an unsupported type")?;
     let global = GlobalGroups::new(&folds);
@@ -1260,7 +1260,7 @@ pub fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bounded, &'s
 }
 
 /// Decodes row-encoded group keys back into Arrow columns.
-pub fn decode_keys(
+pub(crate) fn decode_keys(
     converter: &RowConverter,
     n_groups: usize,
     keys: &[&GroupKeyBytes],
@@ -1276,7 +1276,7 @@ pub fn decode_keys(
 
 /// Encodes the cartesian product of public key sets (strings from the policy) as group keys
 /// of the given types.
-pub fn encode_public_keys(
+pub(crate) fn encode_public_keys(
     converter: &RowConverter,
     key_types: &[DataType],
     key_sets: &[Vec<String>],

@@ -104,8 +104,8 @@ pub struct JobRequest {
 struct ChildRequest {
     request: JobRequest,
     job_id: String,
-    micro_epsilon: i64,
-    pico_delta: i64,
+    micro_epsilon: crate::terms::MicroEpsilon,
+    pico_delta: crate::terms::PicoDelta,
 }
 
 /// What a WASM job's mapper really did: for the bureau's audit entry, never the operator.

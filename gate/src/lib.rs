@@ -104,13 +104,13 @@ pub mod rules;
 pub mod sandbox;
 pub mod terms;
 
-#[cfg(test)]
-mod tests {
-    mod expressions;
-}
-
 pub use analysis::{Analysis, analyse};
 pub use budget::Reserved;
 pub use release::{FAILED_MESSAGE, NoisePlan, ReleaseConfig, ReleaseFailure, Released, plan_noise};
 pub use rules::{Refusal, Rule};
 pub use terms::Terms;
+
+#[cfg(test)]
+mod tests {
+    mod expressions;
+}

@@ -9,7 +9,7 @@
 //!
 //! # The ε plan
 //! Which draws a release makes, with what sensitivity and what share of ε, depends only on the
-//! query and the approval, never on the data, so [`plan`] fixes it before the budget is
+//! query and the approval, never on the data, so `plan` fixes it before the budget is
 //! reserved: every measurement is built and its privacy map checked then, and a plan OpenDP
 //! refuses (bounds so wide the scale is not finite, a δ too small for any threshold) refuses the
 //! job before any ε is spent. The plan is recorded in the manifest (`noise_scales`).
@@ -81,7 +81,7 @@ fn opendp(error: opendp::error::Error) -> NoiseError {
 
 /// Where noise comes from: OpenDP, always, in every shipped binary.
 ///
-/// The `test-noise` feature (enabled only by the test build) adds [`Source::Seeded`]: every draw
+/// The `test-noise` feature (enabled only by the test build) adds `Source::Seeded`: every draw
 /// a deterministic function of (seed, draw, group key), so two runs on neighbouring datasets add
 /// *the same* noise to the same group and their outputs can be compared exactly, and the gate
 /// files' verdicts do not move with the noise.

@@ -12,13 +12,13 @@
 //!           ───► assemble: one RecordBatch, the product's rows (possibly none)
 //! ```
 //!
-//! Budget (step 6) is reserved by `jobs` between [`plan_noise`] and [`release`], and reasons
-//! (step 7) are the [`rules::Refusal`] every static step returns. After the reservation
+//! Budget (step 6) is reserved by `jobs` between [`plan_noise`] and `release`, and reasons
+//! (step 7) are the [`crate::rules::Refusal`] every static step returns. After the reservation
 //! nothing the operator sees depends on the data except through noisy quantities: the groups
 //! released are chosen on noisy counts, "nothing to release" is an empty product, and a
 //! failure is one fixed [`ReleaseFailure`] whose category goes to the bureau only.
 //! **No function outside this module turns in-domain rows into something that leaves**: the
-//! sandbox hands partitioned rows to [`release`]'s fold only, and [`release`] returns nothing
+//! sandbox hands partitioned rows to `release`'s fold only, and `release` returns nothing
 //! but noisy aggregates of the groups its noisy selection kept.
 
 use std::sync::Arc;
@@ -36,18 +36,19 @@ use crate::noise::{Draw, Threshold};
 use crate::rules::{Refusal, Rule};
 use crate::{bounding, noise};
 
-/// Privacy parameters of one run, as the bureau pinned them.
+/// Privacy parameters of one run, as the bureau pinned them. Made from an approval's terms by
+/// [`crate::job::release_config`]; read only by the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct ReleaseConfig {
-    pub epsilon: f64,
-    pub delta: f64,
-    pub k: u32,
-    pub limits: Limits,
+    pub(crate) epsilon: f64,
+    pub(crate) delta: f64,
+    pub(crate) k: u32,
+    pub(crate) limits: Limits,
     /// Roughly how many distinct units the input holds (0 when unknown), so the fold can size
     /// its per-unit map once instead of growing it; never affects what is released.
-    pub units_hint: usize,
+    pub(crate) units_hint: usize,
     /// Where noise comes from: OpenDP (test builds may seed it, see `noise::Source`).
-    pub noise: noise::Source,
+    pub(crate) noise: noise::Source,
 }
 
 /// What one measure's draws are, in the ε plan.

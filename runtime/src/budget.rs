@@ -11,7 +11,8 @@
 use rusqlite::{Transaction, params};
 
 use veil_gate::budget::{Ask, BudgetBook};
-pub use veil_gate::budget::{Reserved, Spent};
+pub use veil_gate::budget::{Period, Reserved, Spent};
+pub use veil_gate::terms::{MicroEpsilon, PicoDelta};
 use veil_gate::{Refusal, policy::Dataset};
 
 use crate::error::{Error, Result};
@@ -20,25 +21,30 @@ use crate::grants::Grant;
 /// Marks the grant-level row of a reservation.
 const GRANT_ROW: &str = "*";
 
-pub fn spent_by_grant(conn: &rusqlite::Connection, grant: &str, period: &str) -> Result<Spent> {
+/// ε and δ `grant` has spent in `period`.
+pub fn spent_by_grant(conn: &rusqlite::Connection, grant: &str, period: &Period) -> Result<Spent> {
     Ok(conn.query_row(
         "SELECT COALESCE(SUM(micro_epsilon), 0), COALESCE(SUM(pico_delta), 0) FROM budget_spend
          WHERE grant_id = ?1 AND period = ?2 AND dataset_id = ?3",
-        params![grant, period, GRANT_ROW],
+        params![grant, period.as_str(), GRANT_ROW],
         |row| {
             Ok(Spent {
-                micro_epsilon: row.get(0)?,
-                pico_delta: row.get(1)?,
+                micro_epsilon: MicroEpsilon(row.get(0)?),
+                pico_delta: PicoDelta(row.get(1)?),
             })
         },
     )?)
 }
 
-fn spent_on_dataset(conn: &rusqlite::Connection, dataset: &str, period: &str) -> Result<i64> {
+fn spent_on_dataset(
+    conn: &rusqlite::Connection,
+    dataset: &str,
+    period: &Period,
+) -> Result<MicroEpsilon> {
     Ok(conn.query_row(
         "SELECT COALESCE(SUM(micro_epsilon), 0) FROM budget_spend WHERE dataset_id = ?1 AND period = ?2",
-        params![dataset, period],
-        |row| row.get(0),
+        params![dataset, period.as_str()],
+        |row| row.get(0).map(MicroEpsilon),
     )?)
 }
 
@@ -48,9 +54,9 @@ pub struct Reservation<'a> {
     pub job_id: &'a str,
     pub grant: &'a Grant,
     pub datasets: &'a [Dataset],
-    pub period: &'a str,
-    pub micro_epsilon: i64,
-    pub pico_delta: i64,
+    pub period: &'a Period,
+    pub micro_epsilon: MicroEpsilon,
+    pub pico_delta: PicoDelta,
     pub at: &'a str,
 }
 
@@ -63,11 +69,11 @@ struct Book<'t, 'c> {
 impl BudgetBook for Book<'_, '_> {
     type Error = Error;
 
-    fn spent_by_grant(&self, grant_id: &str, period: &str) -> Result<Spent> {
+    fn spent_by_grant(&self, grant_id: &str, period: &Period) -> Result<Spent> {
         spent_by_grant(self.tx, grant_id, period)
     }
 
-    fn spent_on_dataset(&self, dataset: &Dataset, period: &str) -> Result<i64> {
+    fn spent_on_dataset(&self, dataset: &Dataset, period: &Period) -> Result<MicroEpsilon> {
         spent_on_dataset(self.tx, dataset.id.as_str(), period)
     }
 
@@ -82,9 +88,9 @@ impl BudgetBook for Book<'_, '_> {
                 ask.job_id,
                 ask.grant_id,
                 dataset,
-                ask.period,
-                ask.micro_epsilon,
-                ask.pico_delta,
+                ask.period.as_str(),
+                ask.micro_epsilon.0,
+                ask.pico_delta.0,
                 self.at
             ])?;
         }

@@ -140,17 +140,16 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
         )?;
         audit::append(
             tx,
-            audit::Kind::DatasetRegistered,
             "bureau",
             dataset.id.as_str(),
-            serde_json::json!({
-                "name": dataset.name,
-                "provider": dataset.policy.provider,
-                "classification_level": dataset.policy.classification_level,
-                "acquired_on": dataset.policy.acquired_on,
-                "content_blake3": dataset.content_blake3,
-                "rows": dataset.rows,
-            }),
+            audit::Event::DatasetRegistered {
+                name: &dataset.name,
+                provider: &dataset.policy.provider,
+                classification_level: dataset.policy.classification_level,
+                acquired_on: &dataset.policy.acquired_on,
+                content_blake3: &dataset.content_blake3,
+                rows: dataset.rows,
+            },
         )?;
         Ok(())
     });

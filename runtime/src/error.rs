@@ -14,6 +14,13 @@
 //!
 //! No message may carry a value read from inside the domain. Messages from DataFusion reach
 //! this type only through `veil_gate::sandbox::SandboxError`, which has already dropped them.
+//!
+//! The platform's faults ([`Error::Internal`], [`Error::StorageFull`]) may name a path of the
+//! store or carry an I/O or SQLite error: that text is for the domain's own records, never for
+//! an operator. Over HTTP a fixed sentence replaces it and the detail goes to the server's log
+//! (`veil-server`'s `error`); a job that fails records for its operator one of the fixed
+//! sentences of `jobs` (its `Failure` can hold no other), and the detail goes to the job's
+//! audit entry, for the bureau.
 
 use std::path::Path;
 

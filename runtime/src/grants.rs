@@ -18,7 +18,7 @@ pub const GRANT_EPSILON_PER_MONTH_MAX: f64 = 100.0;
 pub const GRANT_TERM_DAYS_MAX: i64 = 5 * 366;
 
 /// ε and δ are accounted in integer millionths and trillionths, so sums never drift.
-pub use veil_gate::terms::{MICRO, PICO};
+pub use veil_gate::terms::{MICRO, MicroEpsilon, PICO, PicoDelta};
 
 /// What happens to the operator's derived data when the grant ends (到期处置).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +75,8 @@ pub struct Grant {
     pub purpose: String,
     pub valid_from: NaiveDate,
     pub valid_to: NaiveDate,
-    pub micro_epsilon_per_month: i64,
-    pub pico_delta_per_month: i64,
+    pub micro_epsilon_per_month: MicroEpsilon,
+    pub pico_delta_per_month: PicoDelta,
     pub disposition: Disposition,
     pub created_at: String,
 }
@@ -87,24 +87,15 @@ impl Grant {
     }
 }
 
-/// Converts ε to integer millionths, refusing values that are not positive and finite.
-pub fn to_micro(epsilon: f64, what: &str) -> Result<i64> {
-    if !(epsilon.is_finite() && epsilon > 0.0) {
-        return Err(Error::invalid(format!("{what} must be a positive number")));
-    }
-    let micro = (epsilon * MICRO).round();
-    if micro < 1.0 {
-        return Err(Error::invalid(format!("{what} must be at least 0.000001")));
-    }
-    Ok(micro as i64)
+/// Converts a user's ε to integer millionths, refusing values that are not positive and
+/// finite; `what` names the flag or field the user gave it in.
+pub fn to_micro(epsilon: f64, what: &str) -> Result<MicroEpsilon> {
+    MicroEpsilon::from_epsilon(epsilon).map_err(|e| Error::invalid(e.message(what)))
 }
 
-/// Converts δ to integer trillionths; δ must be in [0, 1).
-pub fn to_pico(delta: f64, what: &str) -> Result<i64> {
-    if !(delta.is_finite() && (0.0..1.0).contains(&delta)) {
-        return Err(Error::invalid(format!("{what} must be in [0, 1)")));
-    }
-    Ok((delta * PICO).round() as i64)
+/// Converts a user's δ to integer trillionths; δ must be in [0, 1).
+pub fn to_pico(delta: f64, what: &str) -> Result<PicoDelta> {
+    PicoDelta::from_delta(delta).map_err(|e| Error::invalid(e.message(what)))
 }
 
 /// Checks a grant request and stores it, with an audit entry.
@@ -146,27 +137,26 @@ pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
                 grant.purpose,
                 grant.valid_from.to_string(),
                 grant.valid_to.to_string(),
-                grant.micro_epsilon_per_month,
-                grant.pico_delta_per_month,
+                grant.micro_epsilon_per_month.0,
+                grant.pico_delta_per_month.0,
                 grant.disposition.as_str(),
                 grant.created_at
             ],
         )?;
         audit::append(
             tx,
-            audit::Kind::GrantCreated,
             "bureau",
             grant.id.as_str(),
-            serde_json::json!({
-                "operator": grant.operator,
-                "datasets": grant.datasets,
-                "purpose": grant.purpose,
-                "valid_from": grant.valid_from.to_string(),
-                "valid_to": grant.valid_to.to_string(),
-                "epsilon_per_month": grant.micro_epsilon_per_month as f64 / MICRO,
-                "delta_per_month": grant.pico_delta_per_month as f64 / PICO,
-                "disposition": grant.disposition.as_str(),
-            }),
+            audit::Event::GrantCreated {
+                operator: &grant.operator,
+                datasets: &grant.datasets,
+                purpose: &grant.purpose,
+                valid_from: grant.valid_from,
+                valid_to: grant.valid_to,
+                epsilon_per_month: grant.micro_epsilon_per_month.epsilon(),
+                delta_per_month: grant.pico_delta_per_month.delta(),
+                disposition: grant.disposition.as_str(),
+            },
         )?;
         Ok(())
     })?;
@@ -194,8 +184,8 @@ fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Grant>> {
             valid_to: to
                 .parse()
                 .map_err(|_| Error::internal("reading a grant's term"))?,
-            micro_epsilon_per_month: row.get(6).map_err(Error::from)?,
-            pico_delta_per_month: row.get(7).map_err(Error::from)?,
+            micro_epsilon_per_month: MicroEpsilon(row.get(6).map_err(Error::from)?),
+            pico_delta_per_month: PicoDelta(row.get(7).map_err(Error::from)?),
             disposition: Disposition::parse(&disposition)?,
             created_at: row.get(9).map_err(Error::from)?,
         })
@@ -238,6 +228,58 @@ pub const APPLICATION_WORKING_DAYS_MAX: u32 = 5;
 /// Longest reason a bureau may give when it rejects a request, in bytes.
 pub const REASON_BYTES_MAX: usize = 2_000;
 
+/// Where an application for a grant stands. Stored in `grant_requests.state`, and serialized,
+/// as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplicationState {
+    /// Waiting for the bureau's answer.
+    Pending,
+    /// The bureau granted it; the application names the grant.
+    Approved,
+    /// The bureau refused it, with its reasons.
+    Rejected,
+}
+
+impl ApplicationState {
+    /// Every state, in the order an application moves through them.
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Approved, Self::Rejected];
+
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// Reads a stored state; any other text means the store was changed outside Veil.
+    pub fn from_stored(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "reading grant_requests.state: {text:?} is none of {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for ApplicationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::ToSql for ApplicationState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
 /// An operator's application for a grant (seed 003, art. 16), and the bureau's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Application {
@@ -248,11 +290,10 @@ pub struct Application {
     pub purpose: String,
     pub valid_from: NaiveDate,
     pub valid_to: NaiveDate,
-    pub micro_epsilon_per_month: i64,
-    pub pico_delta_per_month: i64,
+    pub micro_epsilon_per_month: MicroEpsilon,
+    pub pico_delta_per_month: PicoDelta,
     pub disposition: Disposition,
-    /// `pending`, `approved` or `rejected`.
-    pub state: String,
+    pub state: ApplicationState,
     pub reasons: Option<String>,
     pub grant_id: Option<String>,
     pub submitted_at: String,
@@ -271,7 +312,8 @@ impl Application {
 
     /// A pending request older than [`APPLICATION_WORKING_DAYS_MAX`] working days.
     pub fn is_overdue(&self, today: NaiveDate) -> bool {
-        self.state == "pending" && self.working_days_waiting(today) > APPLICATION_WORKING_DAYS_MAX
+        self.state == ApplicationState::Pending
+            && self.working_days_waiting(today) > APPLICATION_WORKING_DAYS_MAX
     }
 }
 
@@ -306,7 +348,7 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
         micro_epsilon_per_month: to_micro(request.epsilon_per_month, "epsilon_per_month")?,
         pico_delta_per_month: to_pico(request.delta_per_month, "delta_per_month")?,
         disposition: request.disposition,
-        state: "pending".into(),
+        state: ApplicationState::Pending,
         reasons: None,
         grant_id: None,
         submitted_at: clock::format(clock::now()),
@@ -318,7 +360,7 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
         tx.execute(
             "INSERT INTO grant_requests (id, operator, datasets_json, purpose, valid_from, valid_to,
                 micro_epsilon_per_period, pico_delta_per_period, disposition, state, submitted_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 application.id,
                 application.operator,
@@ -326,22 +368,22 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
                 application.purpose,
                 application.valid_from.to_string(),
                 application.valid_to.to_string(),
-                application.micro_epsilon_per_month,
-                application.pico_delta_per_month,
+                application.micro_epsilon_per_month.0,
+                application.pico_delta_per_month.0,
                 application.disposition.as_str(),
+                application.state,
                 application.submitted_at
             ],
         )?;
         audit::append(
             tx,
-            audit::Kind::GrantRequested,
             &application.operator,
             &application.id,
-            serde_json::json!({
-                "datasets": application.datasets,
-                "purpose": application.purpose,
-                "epsilon_per_month": application.micro_epsilon_per_month as f64 / MICRO,
-            }),
+            audit::Event::GrantRequested {
+                datasets: &application.datasets,
+                purpose: &application.purpose,
+                epsilon_per_month: application.micro_epsilon_per_month.epsilon(),
+            },
         )?;
         Ok(())
     })?;
@@ -400,6 +442,7 @@ fn row_to_application(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Applic
     let from: String = row.get(4)?;
     let to: String = row.get(5)?;
     let disposition: String = row.get(8)?;
+    let state: String = row.get(9)?;
     let parsed = (|| -> Result<Application> {
         Ok(Application {
             id: row.get(0).map_err(Error::from)?,
@@ -413,10 +456,10 @@ fn row_to_application(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Applic
             valid_to: to
                 .parse()
                 .map_err(|_| Error::internal("reading a grant request's term"))?,
-            micro_epsilon_per_month: row.get(6).map_err(Error::from)?,
-            pico_delta_per_month: row.get(7).map_err(Error::from)?,
+            micro_epsilon_per_month: MicroEpsilon(row.get(6).map_err(Error::from)?),
+            pico_delta_per_month: PicoDelta(row.get(7).map_err(Error::from)?),
             disposition: Disposition::parse(&disposition)?,
-            state: row.get(9).map_err(Error::from)?,
+            state: ApplicationState::from_stored(&state)?,
             reasons: row.get(10).map_err(Error::from)?,
             grant_id: row.get(11).map_err(Error::from)?,
             submitted_at: row.get(12).map_err(Error::from)?,
@@ -465,13 +508,13 @@ pub fn approve_application(
     epsilon_per_month: Option<f64>,
 ) -> Result<(Application, Grant)> {
     let application = application(store, id)?;
-    if application.state != "pending" {
+    if application.state != ApplicationState::Pending {
         return Err(Error::Conflict(format!(
             "grant request {id} is already {}",
             application.state
         )));
     }
-    let asked = application.micro_epsilon_per_month as f64 / MICRO;
+    let asked = application.micro_epsilon_per_month.epsilon();
     let epsilon = epsilon_per_month.unwrap_or(asked);
     if epsilon > asked {
         return Err(Error::invalid(format!(
@@ -487,11 +530,18 @@ pub fn approve_application(
             valid_from: application.valid_from,
             valid_to: application.valid_to,
             epsilon_per_month: epsilon,
-            delta_per_month: application.pico_delta_per_month as f64 / PICO,
+            delta_per_month: application.pico_delta_per_month.delta(),
             disposition: application.disposition,
         },
     )?;
-    decide(store, id, actor, "approved", None, Some(grant.id.as_str()))?;
+    decide(
+        store,
+        id,
+        actor,
+        ApplicationState::Approved,
+        None,
+        Some(grant.id.as_str()),
+    )?;
     Ok((self::application(store, id)?, grant))
 }
 
@@ -508,7 +558,14 @@ pub fn reject_application(
             "give the operator a reason of 1–{REASON_BYTES_MAX} bytes"
         )));
     }
-    decide(store, id, actor, "rejected", Some(reason), None)?;
+    decide(
+        store,
+        id,
+        actor,
+        ApplicationState::Rejected,
+        Some(reason),
+        None,
+    )?;
     application(store, id)
 }
 
@@ -516,7 +573,7 @@ fn decide(
     store: &mut Store,
     id: &str,
     actor: &str,
-    state: &str,
+    state: ApplicationState,
     reason: Option<&str>,
     grant: Option<&str>,
 ) -> Result<()> {
@@ -524,26 +581,32 @@ fn decide(
     store.write(|tx| {
         let changed = tx.execute(
             "UPDATE grant_requests SET state = ?1, reasons = ?2, grant_id = ?3, decided_at = ?4,
-                decided_by = ?5 WHERE id = ?6 AND state = 'pending'",
-            params![state, reason, grant, now, actor, id],
+                decided_by = ?5 WHERE id = ?6 AND state = ?7",
+            params![
+                state,
+                reason,
+                grant,
+                now,
+                actor,
+                id,
+                ApplicationState::Pending
+            ],
         )?;
         if changed != 1 {
             return Err(Error::Conflict(format!(
                 "grant request {id} is no longer pending"
             )));
         }
-        let kind = if state == "approved" {
-            audit::Kind::GrantRequestApproved
-        } else {
-            audit::Kind::GrantRequestRejected
+        let event = match (state == ApplicationState::Approved, grant, reason) {
+            (true, Some(grant), _) => audit::Event::GrantRequestApproved { grant },
+            (false, _, Some(reason)) => audit::Event::GrantRequestRejected { reason },
+            _ => {
+                return Err(Error::internal(
+                    "recording a grant request's decision without its grant or its reason",
+                ));
+            }
         };
-        audit::append(
-            tx,
-            kind,
-            actor,
-            id,
-            serde_json::json!({ "grant": grant, "reason": reason }),
-        )?;
+        audit::append(tx, actor, id, event)?;
         Ok(())
     })
 }
@@ -582,6 +645,38 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_application_state_outside_the_enum_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::init(&dir.path().join("store")).expect("store");
+        store
+            .conn()
+            .execute(
+                "INSERT INTO grant_requests (id, operator, datasets_json, purpose, valid_from,
+                    valid_to, micro_epsilon_per_period, pico_delta_per_period, disposition, state,
+                    submitted_at)
+                 VALUES ('greq-1', 'op', '[]', 'study', '2026-12-01', '2026-12-31', 1000000, 0,
+                    'archive', 'withdrawn', '2026-11-20T02:00:00Z')",
+                [],
+            )
+            .expect("insert");
+        let error = application(&store, "greq-1").expect_err("an unknown state");
+        let message = error.to_string();
+        assert!(matches!(error, Error::Internal(_)), "{message}");
+        assert!(
+            message.contains("grant_requests.state")
+                && message.contains("\"withdrawn\"")
+                && message.contains("pending, approved, rejected"),
+            "{message}"
+        );
+        for state in ApplicationState::ALL {
+            assert_eq!(
+                ApplicationState::from_stored(state.as_str()).ok(),
+                Some(state)
+            );
+        }
+    }
+
+    #[test]
     fn a_pending_request_is_overdue_after_five_working_days() {
         let mut application = Application {
             id: "greq-1".into(),
@@ -590,10 +685,10 @@ mod tests {
             purpose: "study".into(),
             valid_from: day("2026-12-01"),
             valid_to: day("2026-12-31"),
-            micro_epsilon_per_month: 1_000_000,
-            pico_delta_per_month: 0,
+            micro_epsilon_per_month: MicroEpsilon(1_000_000),
+            pico_delta_per_month: PicoDelta(0),
             disposition: Disposition::Archive,
-            state: "pending".into(),
+            state: ApplicationState::Pending,
             reasons: None,
             grant_id: None,
             // Friday 2026-11-20, 10:00 in Beijing.
@@ -603,7 +698,7 @@ mod tests {
         assert_eq!(application.working_days_waiting(day("2026-11-27")), 5);
         assert!(!application.is_overdue(day("2026-11-27")));
         assert!(application.is_overdue(day("2026-11-30")));
-        application.state = "approved".into();
+        application.state = ApplicationState::Approved;
         assert!(
             !application.is_overdue(day("2026-11-30")),
             "only pending requests wait"

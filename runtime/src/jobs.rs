@@ -28,13 +28,14 @@ use tokio_util::sync::CancellationToken;
 use veil_gate::sandbox::{ExecStats, ParamValue};
 use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset};
 
+use crate::budget::{MicroEpsilon, Period, PicoDelta};
 use crate::catalog::{self, Dataset};
 use crate::error::{Error, Result};
 use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
-use crate::metering::{self, MeterRecord};
+use crate::metering::{self, EndState, MeterRecord};
 use crate::products::{self, ProductDraft, ProductError, StagedProduct};
-use crate::store::Store;
+use crate::store::{Store, WriteTx};
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock};
 use crate::{ledger, prices};
@@ -91,6 +92,98 @@ impl JobOutcome {
     }
 }
 
+/// Where a job stands. Stored in `jobs.state`, and serialized, as its lowercase name.
+///
+/// A job is `queued` when submitted and `running` once a worker claims it; it ends in one of
+/// the four [`EndState`]s its meter record also holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Submitted; nothing read, nothing reserved.
+    Queued,
+    /// Claimed by a worker: it may have reserved ε and be reading data.
+    Running,
+    /// Ended with a product.
+    Released,
+    /// Ended refused by a rule.
+    Rejected,
+    /// Ended without running to its end.
+    Failed,
+    /// Ended cancelled by the operator or the bureau.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in the order a job moves through them.
+    pub const ALL: [Self; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Released,
+        Self::Rejected,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Released => "released",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads a stored state; any other text means the store was changed outside Veil.
+    pub fn from_stored(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "reading jobs.state: {text:?} is none of {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                ))
+            })
+    }
+
+    /// How the job ended, or `None` while it is queued or running.
+    pub fn end(self) -> Option<EndState> {
+        match self {
+            Self::Queued | Self::Running => None,
+            Self::Released => Some(EndState::Released),
+            Self::Rejected => Some(EndState::Rejected),
+            Self::Failed => Some(EndState::Failed),
+            Self::Cancelled => Some(EndState::Cancelled),
+        }
+    }
+}
+
+impl From<EndState> for JobState {
+    fn from(end: EndState) -> Self {
+        match end {
+            EndState::Released => Self::Released,
+            EndState::Rejected => Self::Rejected,
+            EndState::Failed => Self::Failed,
+            EndState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::ToSql for JobState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
 /// A stored job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -99,7 +192,7 @@ pub struct Job {
     pub grant_id: Option<String>,
     pub operator: String,
     pub params: Vec<(String, String)>,
-    pub state: String,
+    pub state: JobState,
     pub reasons: Option<Refusal>,
     pub failure: Option<String>,
     pub product_id: Option<String>,
@@ -118,8 +211,8 @@ struct Costs {
     fuel: u64,
     /// What the mapper really did; kept for the bureau's audit entry only.
     wasm: Option<exec::WasmUsage>,
-    micro_epsilon: i64,
-    pico_delta: i64,
+    micro_epsilon: MicroEpsilon,
+    pico_delta: PicoDelta,
     output_rows: u64,
     output_bytes: u64,
     price: Fen,
@@ -203,22 +296,25 @@ pub fn enqueue(
         tx.execute(
             "INSERT INTO jobs (id, template_id, operator, params_json, fingerprint, state,
                 created_at, requested_grant)
-             VALUES (?1, ?2, ?3, ?4, '', 'queued', ?5, ?6)",
+             VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7)",
             params![
                 job_id.as_str(),
                 template.id.as_str(),
                 request.operator,
                 params_json,
+                JobState::Queued,
                 now,
                 request.grant
             ],
         )?;
         audit::append(
             tx,
-            audit::Kind::JobQueued,
             &request.operator,
             job_id.as_str(),
-            serde_json::json!({ "template": template.id, "params": request.params }),
+            audit::Event::JobQueued {
+                template: &template.id,
+                params: &request.params,
+            },
         )?;
         Ok(None)
     })?;
@@ -250,16 +346,18 @@ pub async fn run_queued(
     let claimed = store.write(|tx| {
         // Only a queued job starts; a cancelled one (or one another worker took) does not.
         let changed = tx.execute(
-            "UPDATE jobs SET state = 'running' WHERE id = ?1 AND state = 'queued'",
-            [job_id.as_str()],
+            "UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3",
+            params![JobState::Running, job_id.as_str(), JobState::Queued],
         )?;
         if changed == 1 {
             audit::append(
                 tx,
-                audit::Kind::JobStarted,
                 &request.operator,
                 job_id.as_str(),
-                serde_json::json!({ "template": template.id, "params": request.params }),
+                audit::Event::JobStarted {
+                    template: &template.id,
+                    params: &request.params,
+                },
             )?;
         }
         Ok(changed == 1)
@@ -290,31 +388,32 @@ pub async fn run_queued(
 /// `api::workers`). Returns the job as it now stands.
 pub fn cancel_queued(store: &mut Store, job_id: &JobId, actor: &str) -> Result<Job> {
     let job = get(store, job_id.as_str())?;
-    if job.state != "queued" {
+    if job.state != JobState::Queued {
         return Ok(job);
     }
     let now = clock::format(clock::now());
     store.write(|tx| {
         let changed = tx.execute(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?1 WHERE id = ?2 AND state = 'queued'",
-            params![now, job_id.as_str()],
+            "UPDATE jobs SET state = ?1, finished_at = ?2 WHERE id = ?3 AND state = ?4",
+            params![JobState::Cancelled, now, job_id.as_str(), JobState::Queued],
         )?;
         if changed == 0 {
             return Ok(());
         }
         audit::append(
             tx,
-            audit::Kind::JobCancelled,
             actor,
             job_id.as_str(),
-            serde_json::json!({ "while": "queued" }),
+            audit::Event::JobCancelled {
+                during: audit::Phase::Queued,
+            },
         )?;
         let meter = MeterRecord::idle(
             job_id.as_str(),
             &job.operator,
             &job.template_id,
-            "cancelled",
-            (0, 0),
+            EndState::Cancelled,
+            (MicroEpsilon::ZERO, PicoDelta::ZERO),
             &now,
         );
         record_meter(tx, &meter, job_id)
@@ -339,7 +438,7 @@ const FINISH_FAILED_REASON: &str =
 pub fn recover(store: &mut Store) -> Result<Vec<JobId>> {
     let interrupted: Vec<Job> = list(store)?
         .into_iter()
-        .filter(|job| job.state == "running")
+        .filter(|job| job.state == JobState::Running)
         .collect();
     let reason = "the platform stopped while the job ran; submit it again";
     for job in interrupted {
@@ -360,7 +459,7 @@ pub fn recover(store: &mut Store) -> Result<Vec<JobId>> {
     }
     Ok(list(store)?
         .into_iter()
-        .filter(|job| job.state == "queued")
+        .filter(|job| job.state == JobState::Queued)
         .map(|job| job.id)
         .collect())
 }
@@ -375,12 +474,15 @@ pub fn end_unfinished(store: &mut Store, job_id: &JobId, reason: &str) -> Result
     let now = clock::format(clock::now());
     store.write(|tx| {
         let changed = tx.execute(
-            "UPDATE jobs SET state = 'failed', reasons_json = ?1, finished_at = ?2
-             WHERE id = ?3 AND state IN ('queued', 'running')",
+            "UPDATE jobs SET state = ?1, reasons_json = ?2, finished_at = ?3
+             WHERE id = ?4 AND state IN (?5, ?6)",
             params![
+                JobState::Failed,
                 serde_json::json!({ "failure": reason }).to_string(),
                 now,
-                job.id.as_str()
+                job.id.as_str(),
+                JobState::Queued,
+                JobState::Running
             ],
         )?;
         if changed == 0 {
@@ -388,22 +490,24 @@ pub fn end_unfinished(store: &mut Store, job_id: &JobId, reason: &str) -> Result
         }
         audit::append(
             tx,
-            audit::Kind::JobFailed,
             "platform",
             job.id.as_str(),
-            serde_json::json!({ "failure": reason }),
+            audit::Event::JobFailed {
+                failure: reason,
+                category: None,
+            },
         )?;
-        let reserved: (i64, i64) = tx.query_row(
+        let reserved = tx.query_row(
             "SELECT COALESCE(MAX(micro_epsilon), 0), COALESCE(MAX(pico_delta), 0)
              FROM budget_spend WHERE job_id = ?1",
             [job.id.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| Ok((MicroEpsilon(row.get(0)?), PicoDelta(row.get(1)?))),
         )?;
         let meter = MeterRecord::idle(
             job.id.as_str(),
             &job.operator,
             &job.template_id,
-            "failed",
+            EndState::Failed,
             reserved,
             &now,
         );
@@ -413,19 +517,18 @@ pub fn end_unfinished(store: &mut Store, job_id: &JobId, reason: &str) -> Result
 }
 
 /// The meter record, its audit entry and its ledger posting, inside the caller's transaction.
-fn record_meter(tx: &rusqlite::Transaction<'_>, meter: &MeterRecord, job_id: &JobId) -> Result<()> {
+fn record_meter(tx: &WriteTx<'_>, meter: &MeterRecord, job_id: &JobId) -> Result<()> {
     metering::record(tx, meter)?;
     let meter_seq = audit::append(
         tx,
-        audit::Kind::MeterRecorded,
         "meter",
         job_id.as_str(),
-        serde_json::json!({
-            "end_state": meter.end_state,
-            "price_fen": meter.price.0,
-            "epsilon": meter.micro_epsilon as f64 / grants::MICRO,
-            "ledger_lines": ledger::audited(&ledger::run_lines(tx, meter)?),
-        }),
+        audit::Event::MeterRecorded {
+            end_state: meter.end_state.as_str(),
+            price: meter.price,
+            epsilon: meter.micro_epsilon.epsilon(),
+            ledger_lines: &ledger::run_lines(tx, meter)?,
+        },
     )?;
     ledger::post_run(tx, meter, meter_seq)?;
     Ok(())
@@ -434,8 +537,8 @@ fn record_meter(tx: &rusqlite::Transaction<'_>, meter: &MeterRecord, job_id: &Jo
 /// The outcome of a job that has ended (or the state it is in), read back from the store.
 fn outcome_of(store: &Store, job_id: &JobId) -> Result<JobOutcome> {
     let job = get(store, job_id.as_str())?;
-    Ok(match job.state.as_str() {
-        "released" => {
+    Ok(match job.state {
+        JobState::Released => {
             let product = job.product_id.clone().unwrap_or_default();
             JobOutcome::Released {
                 job_id: job.id,
@@ -445,12 +548,12 @@ fn outcome_of(store: &Store, job_id: &JobId) -> Result<JobOutcome> {
                 rows: None,
             }
         }
-        "rejected" => JobOutcome::Rejected {
+        JobState::Rejected => JobOutcome::Rejected {
             job_id: job.id,
             refusal: job.reasons.unwrap_or_default(),
         },
-        "cancelled" => JobOutcome::Cancelled { job_id: job.id },
-        state => JobOutcome::Failed {
+        JobState::Cancelled => JobOutcome::Cancelled { job_id: job.id },
+        state @ (JobState::Queued | JobState::Running | JobState::Failed) => JobOutcome::Failed {
             job_id: job.id,
             reason: job
                 .failure
@@ -482,11 +585,13 @@ enum Decision {
 /// A job that failed: what its operator sees, and what only the bureau's records hold.
 #[derive(Debug, Clone)]
 struct Failure {
-    /// Shown to the operator. After the budget is reserved this is always
+    /// Shown to the operator: one of a few fixed sentences, never built from an error, so no
+    /// path, I/O error or DataFusion text can reach an operator through it (the same
+    /// redaction as an HTTP error's). After the budget is reserved this is always
     /// [`gate::FAILED_MESSAGE`], whatever went wrong: a message that depended on the data
     /// would be an oracle.
-    operator: String,
-    /// The category, for the audit log (never a data value).
+    operator: &'static str,
+    /// What went wrong, for the bureau's audit entry only (never a data value).
     bureau: String,
 }
 
@@ -494,7 +599,7 @@ impl Failure {
     /// A failure after ε was reserved: one fixed message for the operator.
     fn after_reservation(bureau: impl Into<String>) -> Self {
         Self {
-            operator: gate::FAILED_MESSAGE.to_string(),
+            operator: gate::FAILED_MESSAGE,
             bureau: bureau.into(),
         }
     }
@@ -503,7 +608,7 @@ impl Failure {
     /// be said as it is.
     fn storage_full() -> Self {
         Self {
-            operator: STORAGE_FULL_REASON.into(),
+            operator: STORAGE_FULL_REASON,
             bureau: "the platform's storage was full".into(),
         }
     }
@@ -511,7 +616,7 @@ impl Failure {
     /// A platform fault before any row was read.
     fn platform(bureau: impl Into<String>) -> Self {
         Self {
-            operator: "the platform hit an internal error while preparing the job; nothing was read or spent. The bureau has the job's record".into(),
+            operator: "the platform hit an internal error while preparing the job; nothing was read or spent. The bureau has the job's record",
             bureau: bureau.into(),
         }
     }
@@ -587,20 +692,28 @@ async fn execute(
 
     // 4. Identical earlier job, else reserve ε.
     let fingerprint = fingerprint(template, &request.params, &grant, &used);
-    let period = clock::period_of(clock::now());
+    let period = Period::of(clock::now());
     let at = clock::format(clock::now());
     let reserved = store.write(|tx| {
         let earlier: Option<(String, String, Option<String>)> = tx
             .query_row(
                 "SELECT id, state, product_id FROM jobs
-                 WHERE fingerprint = ?1 AND id != ?2 AND state IN ('released', 'running')
+                 WHERE fingerprint = ?1 AND id != ?2 AND state IN (?3, ?4)
                  ORDER BY created_at LIMIT 1",
-                params![fingerprint, job_id.as_str()],
+                params![
+                    fingerprint,
+                    job_id.as_str(),
+                    JobState::Released,
+                    JobState::Running
+                ],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
+        let earlier = earlier
+            .map(|(id, state, product)| JobState::from_stored(&state).map(|state| (id, state, product)))
+            .transpose()?;
         match earlier {
-            Some((id, state, Some(product))) if state == "released" => {
+            Some((id, JobState::Released, Some(product))) => {
                 return Ok(Err(Ok((id, product))));
             }
             Some(_) => {
@@ -630,16 +743,15 @@ async fn execute(
         )?;
         audit::append(
             tx,
-            audit::Kind::BudgetReserved,
             &request.operator,
             job_id.as_str(),
-            serde_json::json!({
-                "grant": grant.id,
-                "period": period,
-                "epsilon": approval.epsilon(),
-                "delta": approval.delta(),
-                "datasets": used.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-            }),
+            audit::Event::BudgetReserved {
+                grant: &grant.id,
+                period: period.as_str(),
+                epsilon: approval.epsilon(),
+                delta: approval.delta(),
+                datasets: &used,
+            },
         )?;
         Ok(Ok(token))
     })?;
@@ -754,12 +866,8 @@ async fn execute(
             return Ok(Decision::Failed(Failure::storage_full(), Some(grant)));
         }
         Err(e) => {
-            let message = format!("writing the product: {e}");
             return Ok(Decision::Failed(
-                Failure {
-                    operator: message.clone(),
-                    bureau: message,
-                },
+                Failure::after_reservation(format!("writing the product: {e}")),
                 Some(grant),
             ));
         }
@@ -801,7 +909,7 @@ fn finish(
             rows,
             ..
         } => (
-            "released",
+            EndState::Released,
             JobOutcome::Released {
                 job_id: job_id.clone(),
                 product_id: product_id.clone(),
@@ -813,7 +921,7 @@ fn finish(
         Decision::Reused {
             product_id, dir, ..
         } => (
-            "released",
+            EndState::Released,
             JobOutcome::Released {
                 job_id: job_id.clone(),
                 product_id: product_id.clone(),
@@ -823,21 +931,21 @@ fn finish(
             },
         ),
         Decision::Rejected(refusal, _) => (
-            "rejected",
+            EndState::Rejected,
             JobOutcome::Rejected {
                 job_id: job_id.clone(),
                 refusal: refusal.clone(),
             },
         ),
         Decision::Failed(failure, _) => (
-            "failed",
+            EndState::Failed,
             JobOutcome::Failed {
                 job_id: job_id.clone(),
-                reason: failure.operator.clone(),
+                reason: failure.operator.to_string(),
             },
         ),
         Decision::Cancelled => (
-            "cancelled",
+            EndState::Cancelled,
             JobOutcome::Cancelled {
                 job_id: job_id.clone(),
             },
@@ -860,7 +968,7 @@ fn finish(
         pico_delta: costs.pico_delta,
         output_rows: costs.output_rows,
         output_bytes: costs.output_bytes,
-        end_state: state.to_string(),
+        end_state: state,
         price: costs.price,
         at: now.clone(),
         fuel: costs.fuel,
@@ -890,7 +998,7 @@ fn finish(
             "UPDATE jobs SET state = ?1, reasons_json = ?2, product_id = ?3, reused_from = ?4,
                 grant_id = COALESCE(grant_id, ?5), finished_at = ?6 WHERE id = ?7",
             params![
-                state,
+                JobState::from(state),
                 reasons,
                 product,
                 reused_from,
@@ -924,36 +1032,35 @@ fn finish(
             )?;
             audit::append(
                 tx,
-                audit::Kind::ProductReleased,
                 "gate",
                 product_id.as_str(),
-                serde_json::json!({ "job": job_id, "manifest_blake3": manifest_blake3, "rows": rows.num_rows() }),
+                audit::Event::ProductReleased {
+                    job: job_id,
+                    manifest_blake3,
+                    rows: rows.num_rows(),
+                },
             )?;
         }
-        let (kind, details) = match &decision {
+        let event = match &decision {
             // A WASM job's real fuel, unit and fallback counts are for the bureau only.
-            Decision::Released { product_id, .. } => (
-                audit::Kind::JobReleased,
-                serde_json::json!({ "product": product_id, "wasm": costs.wasm }),
-            ),
-            Decision::Reused { product_id, from_job, .. } => (
-                audit::Kind::JobReleased,
-                serde_json::json!({ "product": product_id, "reused_from": from_job }),
-            ),
-            Decision::Rejected(refusal, _) => (
-                audit::Kind::JobRejected,
-                serde_json::json!({ "rules": refusal.codes() }),
-            ),
-            Decision::Failed(failure, _) => (
-                audit::Kind::JobFailed,
-                serde_json::json!({ "failure": failure.operator, "category": failure.bureau }),
-            ),
-            Decision::Cancelled => (
-                audit::Kind::JobCancelled,
-                serde_json::json!({ "while": "running" }),
-            ),
+            Decision::Released { product_id, .. } => audit::Event::JobReleased {
+                product: product_id,
+                how: audit::Release::Ran { wasm: costs.wasm },
+            },
+            Decision::Reused { product_id, from_job, .. } => audit::Event::JobReleased {
+                product: product_id,
+                how: audit::Release::Reused { from_job },
+            },
+            Decision::Rejected(refusal, _) => audit::Event::JobRejected { refusal },
+            Decision::Failed(failure, _) => audit::Event::JobFailed {
+                failure: failure.operator,
+                category: Some(&failure.bureau),
+            },
+            Decision::Cancelled => audit::Event::JobCancelled {
+                during: audit::Phase::Running,
+            },
         };
-        audit::append(tx, kind, &request.operator, job_id.as_str(), details)?;
+        audit::append(tx, &request.operator, job_id.as_str(), event)?;
         record_meter(tx, &meter, job_id)?;
         if let Decision::Released { staged, .. } = &decision {
             staged.publish_in(tx)?;
@@ -1215,7 +1322,7 @@ fn fingerprint(
 const JOB_COLUMNS: &str = "id, template_id, grant_id, operator, params_json, state, reasons_json,
     product_id, reused_from, created_at, finished_at, requested_grant";
 
-fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job>> {
     let params_json: String = row.get(4)?;
     let reasons_json: Option<String> = row.get(6)?;
     let (reasons, failure) = match reasons_json {
@@ -1230,13 +1337,19 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         },
         None => (None, None),
     };
-    Ok(Job {
+    // A stored state outside `JobState` is reported naming its column, rather than as
+    // SQLite's conversion error.
+    let state = match JobState::from_stored(&row.get::<_, String>(5)?) {
+        Ok(state) => state,
+        Err(error) => return Ok(Err(error)),
+    };
+    Ok(Ok(Job {
         id: JobId::new(row.get::<_, String>(0)?),
         template_id: row.get(1)?,
         grant_id: row.get(2)?,
         operator: row.get(3)?,
         params: serde_json::from_str(&params_json).unwrap_or_default(),
-        state: row.get(5)?,
+        state,
         reasons,
         failure,
         product_id: row.get(7)?,
@@ -1244,7 +1357,7 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         created_at: row.get(9)?,
         finished_at: row.get(10)?,
         requested_grant: row.get(11)?,
-    })
+    }))
 }
 
 pub fn get(store: &Store, id: &str) -> Result<Job> {
@@ -1256,6 +1369,7 @@ pub fn get(store: &Store, id: &str) -> Result<Job> {
             row_to_job,
         )
         .optional()?
+        .transpose()?
         .ok_or_else(|| Error::NotFound {
             kind: "job",
             id: id.to_string(),
@@ -1270,7 +1384,7 @@ pub fn list(store: &Store) -> Result<Vec<Job>> {
     let rows = statement.query_map([], row_to_job)?;
     let mut jobs = Vec::new();
     for row in rows {
-        jobs.push(row?);
+        jobs.push(row??);
     }
     Ok(jobs)
 }
@@ -1281,7 +1395,7 @@ pub fn list(store: &Store) -> Result<Vec<Job>> {
 /// transaction that is rolled back.
 pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::api::DryRun> {
     let template = templates::get(store, &request.template)?;
-    let period = clock::period_of(clock::now());
+    let period = Period::of(clock::now());
     let mut answer = veil_sdk::api::DryRun {
         passes: false,
         violations: Vec::new(),
@@ -1291,7 +1405,7 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         delta: 0.0,
         price_fen: 0,
         rows_scanned: 0,
-        budget_period: period.clone(),
+        budget_period: period.to_string(),
         epsilon_per_period: 0.0,
         epsilon_spent: 0.0,
         epsilon_remaining_after: 0.0,
@@ -1329,8 +1443,8 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
     };
     answer.grant_id = Some(grant.id.to_string());
     let spent = budget::spent_by_grant(store.conn(), grant.id.as_str(), &period)?;
-    answer.epsilon_per_period = grant.micro_epsilon_per_month as f64 / grants::MICRO;
-    answer.epsilon_spent = spent.micro_epsilon as f64 / grants::MICRO;
+    answer.epsilon_per_period = grant.micro_epsilon_per_month.epsilon();
+    answer.epsilon_spent = spent.micro_epsilon.epsilon();
     answer.epsilon_remaining_after = answer.epsilon_per_period - answer.epsilon_spent;
     let tables = grant_tables(store, &grant)?;
     let prepared = match &template.spec.wasm {
@@ -1364,9 +1478,9 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
     let earlier: Option<String> = store
         .conn()
         .query_row(
-            "SELECT id FROM jobs WHERE fingerprint = ?1 AND state = 'released'
+            "SELECT id FROM jobs WHERE fingerprint = ?1 AND state = ?2
              ORDER BY created_at LIMIT 1",
-            [&fingerprint],
+            params![fingerprint, JobState::Released],
             |row| row.get(0),
         )
         .optional()?;
@@ -1403,39 +1517,60 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
 }
 
 /// Statically checks a template against a grant's tables, without touching any row: the
-/// statement policy and shape rules. Used when the operator submits a template.
+/// statement policy and shape rules (see [`templates::static_check`], which every submission
+/// runs; both call one function, `templates::check_against`).
 pub async fn check_static(
     store: &Store,
     template: &Template,
     grant: &Grant,
 ) -> Result<Result<Analysis, Refusal>> {
-    let tables = grant_tables(store, grant)?;
-    // Each declared parameter gets a value of its type, so planning can type-check the SQL.
-    let sample: Vec<(String, veil_gate::sandbox::ParamValue)> = template
-        .spec
-        .params
-        .iter()
-        .map(|p| {
-            let first = p.allowed.as_ref().and_then(|a| a.first().cloned());
-            let value = match p.kind {
-                templates::ParamType::Integer => veil_gate::sandbox::ParamValue::Integer(
-                    first.and_then(|v| v.parse().ok()).unwrap_or(0),
-                ),
-                templates::ParamType::Text => {
-                    veil_gate::sandbox::ParamValue::Text(first.unwrap_or_default())
-                }
-            };
-            (p.name.clone(), value)
-        })
-        .collect();
-    let data_dir = store.data_dir();
-    let checked = match &template.spec.wasm {
-        Some(wasm) => exec::check_wasm(&data_dir, &template.spec, wasm, None, &sample, &tables)
-            .await
-            .map(|checked| checked.map(|(_, analysis)| analysis)),
-        None => exec::prepare_sql(&data_dir, &template.spec, None, &sample, &tables)
-            .await
-            .map(|checked| checked.map(|(_, analysis)| analysis)),
-    };
-    checked.map_err(Error::internal)
+    templates::check_against(store, &template.spec, &grant_tables(store, grant)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_state_reads_back_as_it_was_stored_and_shown() {
+        for state in JobState::ALL {
+            assert_eq!(JobState::from_stored(state.as_str()).ok(), Some(state));
+            // The HTTP API and the audit log show the same text the store holds.
+            assert_eq!(
+                serde_json::to_value(state).ok(),
+                Some(serde_json::json!(state.as_str()))
+            );
+            if let Some(end) = state.end() {
+                assert_eq!(JobState::from(end), state);
+                assert_eq!(end.as_str(), state.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn a_stored_job_state_outside_the_enum_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::init(&dir.path().join("store")).expect("store");
+        store
+            .conn()
+            .execute(
+                "INSERT INTO jobs (id, template_id, operator, params_json, fingerprint, state, created_at)
+                 VALUES ('job-1', 'tpl-1', 'op', '[]', '', 'paused', '2026-11-23T10:00:00Z')",
+                [],
+            )
+            .expect("insert");
+        for error in [
+            get(&store, "job-1").expect_err("a job in no known state"),
+            list(&store).expect_err("a list holding it"),
+        ] {
+            let message = error.to_string();
+            assert!(matches!(error, Error::Internal(_)), "{message}");
+            assert!(
+                message.contains("jobs.state")
+                    && message.contains("\"paused\"")
+                    && message.contains("queued, running, released, rejected, failed, cancelled"),
+                "{message}"
+            );
+        }
+    }
 }

@@ -42,11 +42,12 @@ use chrono::DateTime;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::clock;
+use crate::budget::Period;
 use crate::error::{Error, Result};
 use crate::ids::Fen;
-use crate::metering::MeterRecord;
+use crate::metering::{EndState, MeterRecord};
 use crate::prices::{BASIS_POINTS_TOTAL, Shares};
+use crate::store::WriteTx;
 use crate::templates::Approval;
 
 /// Item of a run's operator line.
@@ -172,7 +173,7 @@ pub struct Posting {
     /// `job` or `purchase`.
     pub source_kind: String,
     pub source_id: String,
-    pub period: String,
+    pub period: Period,
     pub at: String,
     pub audit_seq: i64,
     pub lines: Vec<Line>,
@@ -393,7 +394,7 @@ pub fn check_balanced(lines: &[LineDraft]) -> Result<()> {
 /// Writes one posting inside the caller's transaction, after [`check_balanced`]; returns its
 /// id. `at` is the event's time (RFC 3339); the period is derived from it in bureau time.
 pub fn insert_posting(
-    tx: &Connection,
+    tx: &WriteTx<'_>,
     kind: &str,
     source_kind: &str,
     source_id: &str,
@@ -405,11 +406,11 @@ pub fn insert_posting(
     let instant = DateTime::parse_from_rfc3339(at)
         .map_err(|_| Error::internal("reading the time of a ledger posting"))?
         .with_timezone(&chrono::Utc);
-    let period = clock::period_of(instant);
+    let period = Period::of(instant);
     tx.execute(
         "INSERT INTO ledger_postings (kind, source_kind, source_id, period, at, audit_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![kind, source_kind, source_id, period, at, audit_seq],
+        params![kind, source_kind, source_id, period.as_str(), at, audit_seq],
     )?;
     let posting_id = tx.last_insert_rowid();
     for line in lines {
@@ -468,7 +469,7 @@ pub fn contributions(conn: &Connection, job_id: &str) -> Result<Vec<Contribution
 /// The per-run fee is the one pinned in the template's approval; whatever the meter charged
 /// beyond it is the rows fee (see `prices`).
 pub fn run_lines(conn: &Connection, meter: &MeterRecord) -> Result<Vec<LineDraft>> {
-    if meter.end_state != "released" || meter.price.0 <= 0 {
+    if meter.end_state != EndState::Released || meter.price.0 <= 0 {
         return Ok(Vec::new());
     }
     let approval_json: Option<String> = conn
@@ -504,7 +505,7 @@ pub fn run_lines(conn: &Connection, meter: &MeterRecord) -> Result<Vec<LineDraft
 /// `audit_seq` that recorded it (with [`run_lines`] in its details). Only released, charged
 /// runs post (a reused product's run, a rejected or failed run costs nothing); returns the
 /// posting id if one was written.
-pub fn post_run(tx: &Connection, meter: &MeterRecord, audit_seq: i64) -> Result<Option<i64>> {
+pub fn post_run(tx: &WriteTx<'_>, meter: &MeterRecord, audit_seq: i64) -> Result<Option<i64>> {
     let lines = run_lines(tx, meter)?;
     if lines.is_empty() {
         return Ok(None);
@@ -540,7 +541,7 @@ pub fn sale_lines(conn: &Connection, sale: &Sale, job_id: &str) -> Result<Vec<Li
 /// recorded it (with [`sale_lines`] in its details); `job_id` is the job that made the
 /// product. Returns the posting id if one was written (a sale of zero fen writes none).
 pub fn post_sale(
-    tx: &Connection,
+    tx: &WriteTx<'_>,
     sale: &Sale,
     job_id: &str,
     audit_seq: i64,
@@ -563,7 +564,7 @@ pub fn post_sale(
 
 /// Every posting with its lines, in the order they were written; only those of `period` if
 /// one is given.
-pub fn postings(conn: &Connection, period: Option<&str>) -> Result<Vec<Posting>> {
+pub fn postings(conn: &Connection, period: Option<&Period>) -> Result<Vec<Posting>> {
     let mut statement = conn.prepare(
         "SELECT p.id, p.kind, p.source_kind, p.source_id, p.period, p.at, p.audit_seq,
                 l.id, l.account, l.debit_fen, l.credit_fen, l.item, l.dataset_id
@@ -571,14 +572,21 @@ pub fn postings(conn: &Connection, period: Option<&str>) -> Result<Vec<Posting>>
          WHERE ?1 IS NULL OR p.period = ?1
          ORDER BY p.id, l.id",
     )?;
-    let rows = statement.query_map([period], |row| {
-        Ok((
+    let rows = statement.query_map([period.map(Period::as_str)], |row| {
+        // A stored period that is not `YYYY-MM` is reported naming its column, rather than as
+        // SQLite's conversion error.
+        let Ok(period) = Period::parse(&row.get::<_, String>(4)?) else {
+            return Ok(Err(Error::internal(
+                "reading ledger_postings.period: it is not a YYYY-MM month",
+            )));
+        };
+        Ok(Ok((
             Posting {
                 id: row.get(0)?,
                 kind: row.get(1)?,
                 source_kind: row.get(2)?,
                 source_id: row.get(3)?,
-                period: row.get(4)?,
+                period,
                 at: row.get(5)?,
                 audit_seq: row.get(6)?,
                 lines: Vec::new(),
@@ -591,11 +599,11 @@ pub fn postings(conn: &Connection, period: Option<&str>) -> Result<Vec<Posting>>
                 item: row.get(11)?,
                 dataset_id: row.get(12)?,
             },
-        ))
+        )))
     })?;
     let mut out: Vec<Posting> = Vec::new();
     for row in rows {
-        let (posting, line) = row?;
+        let (posting, line) = row??;
         match out.last_mut() {
             Some(last) if last.id == posting.id => last.lines.push(line),
             _ => {

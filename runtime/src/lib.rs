@@ -1,27 +1,27 @@
 //! Veil's domain: everything between "the bureau registers a dataset" and "a buyer verifies a
-//! product", on one machine.
+//! product", on one machine. Every front end — the `veil` command line, `veil serve`'s HTTP
+//! API — calls this library; what may leave the domain is decided by the kernel, `veil_gate`,
+//! which this library calls and never bypasses (it holds no row of in-domain data).
 //!
 //! ```text
-//! catalog ──► grants ──► templates (submit → approve, BLAKE3-pinned)
+//! catalog ──► grants ──► templates (submit → static checks → approve, BLAKE3-pinned)
 //!                              │
 //!                  jobs::run ──┤ check grant & template, bind parameters
-//!                              ├─ veil_sandbox: hardened DataFusion plans the SQL
-//!                              ├─ gate::analysis   (statement policy, shape)
-//!                              ├─ budget           (reserve ε atomically, never refund)
-//!                              ├─ gate::release    (bounding, k, threshold, OpenDP noise)
-//!                              ├─ products         (Parquet + CSV + signed manifest)
+//!                              ├─ veil_gate::job::prepare_sql / check_wasm (statement policy,
+//!                              │                                            analysis, ε plan)
+//!                              ├─ budget     (the kernel's rule over budget_spend ─► Reserved)
+//!                              ├─ veil_gate::job::run(Reserved, …) ─► Released (noisy rows)
+//!                              ├─ products   (Parquet + CSV + signed manifest of a Released)
 //!                              └─ metering, audit  (one meter record per job; keyed hash chain,
 //!                                                   signed checkpoints in audit.checkpoints)
 //!                                      └─ ledger → settlement (fen, double entry)
-//! api (veil serve): bearer key → role → ownership → the functions above; jobs::enqueue and a
-//! bounded worker pool; market (listing, purchase, download, recall) for buyers.
+//! market (listing, purchase, download, recall) for buyers.
 //! ```
 //!
-//! Read in this order: [`store::Store`] (where state lives and how it changes), [`catalog`]
-//! (datasets and their policies), [`templates`], [`jobs::run`] (the whole flow of one job),
-//! [`gate`] (the only door out), then [`audit`]; for the service, [`api`], then [`market`],
-//! [`ledger`] and [`settlement`]; for clean ends after a crash or a full disk, [`sweep`] and
-//! [`space`].
+//! Read in this order: [`store::Store`] (where state lives, and [`store::WriteTx`], the only
+//! way to change it), [`catalog`] (datasets and their policies), [`templates`], [`jobs::run`]
+//! (the whole flow of one job), then [`audit`]; for money, [`market`], [`ledger`] and
+//! [`settlement`]; for clean ends after a crash or a full disk, [`sweep`] and [`space`].
 
 pub mod audit;
 pub mod budget;

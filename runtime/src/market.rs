@@ -163,13 +163,12 @@ pub fn list_for_sale(
         }
         let seq = audit::append(
             tx,
-            audit::Kind::ProductListed,
             actor,
             product_id.as_str(),
-            serde_json::json!({
-                "price_fen": price.0,
-                "previous_price_fen": previous.as_ref().map(|l| l.price.0),
-            }),
+            audit::Event::ProductListed {
+                price,
+                previous_price: previous.as_ref().map(|l| l.price),
+            },
         )?;
         tx.execute(
             "INSERT INTO listings (product_id, price_fen, listed_by, listed_at, audit_seq)
@@ -299,17 +298,14 @@ pub fn purchase(store: &mut Store, buyer: &str, product_id: &ProductId) -> Resul
         let lines = ledger::sale_lines(tx, &sale, &product.job_id)?;
         let seq = audit::append(
             tx,
-            audit::Kind::ProductPurchased,
             buyer,
             product_id.as_str(),
-            serde_json::json!({
-                "purchase": id,
-                "price_fen": listing.price.0,
-                "provider_bp": shares.provider_bp,
-                "platform_bp": shares.platform_bp,
-                "operator_bp": shares.operator_bp,
-                "ledger_lines": ledger::audited(&lines),
-            }),
+            audit::Event::ProductPurchased {
+                purchase: &id,
+                price: listing.price,
+                shares,
+                ledger_lines: &lines,
+            },
         )?;
         tx.execute(
             "INSERT INTO purchases (id, product_id, buyer, price_fen, provider_bp, platform_bp,
@@ -378,10 +374,14 @@ pub fn record_download(
         let purchase = authorize_download(tx, actor, product_id)?;
         let seq = audit::append(
             tx,
-            audit::Kind::ProductDownloaded,
             actor,
             product_id.as_str(),
-            serde_json::json!({ "file": file_name, "purchase": purchase.id }),
+            audit::Event::ProductDownloaded {
+                file: file_name,
+                by: audit::Downloader::Buyer {
+                    purchase: &purchase.id,
+                },
+            },
         )?;
         tx.execute(
             "INSERT INTO downloads (product_id, actor, file_name, at, audit_seq)
@@ -420,10 +420,12 @@ pub fn recall(store: &mut Store, product_id: &ProductId, reason: &str) -> Result
         let buyers = buyers_of(tx, product_id)?;
         let seq = audit::append(
             tx,
-            audit::Kind::ProductRecalled,
             "bureau",
             product_id.as_str(),
-            serde_json::json!({ "reason": reason, "buyers": buyers }),
+            audit::Event::ProductRecalled {
+                reason,
+                buyers: &buyers,
+            },
         )?;
         tx.execute(
             "INSERT INTO recalls (product_id, reason, recalled_by, at, audit_seq)
@@ -488,10 +490,12 @@ pub fn record_owner_download(
     store.write(|tx| {
         audit::append(
             tx,
-            audit::Kind::ProductDownloaded,
             actor,
             product_id.as_str(),
-            serde_json::json!({ "file": file_name, "from_byte": from_byte }),
+            audit::Event::ProductDownloaded {
+                file: file_name,
+                by: audit::Downloader::Owner { from_byte },
+            },
         )?;
         Ok(())
     })

@@ -15,8 +15,70 @@
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::Fen;
+use veil_gate::terms::{MicroEpsilon, PicoDelta};
+
+/// How a metered job ended. Stored in `meter.end_state`, and serialized, as its lowercase
+/// name; a job's own state (`jobs::JobState`) adds the two states before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndState {
+    /// The gate released a product (or an identical earlier job's product was returned).
+    Released,
+    /// A rule refused the job; the refusal names the rules.
+    Rejected,
+    /// The job could not run to its end.
+    Failed,
+    /// The operator or the bureau cancelled the job.
+    Cancelled,
+}
+
+impl EndState {
+    /// Every end state.
+    pub const ALL: [Self; 4] = [
+        Self::Released,
+        Self::Rejected,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Released => "released",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads a stored end state; any other text means the store was changed outside Veil.
+    pub fn from_stored(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "reading meter.end_state: {text:?} is none of {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for EndState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::ToSql for EndState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+use crate::store::WriteTx;
 
 /// One job's meter record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,11 +91,11 @@ pub struct MeterRecord {
     pub rows_scanned: u64,
     pub bytes_scanned: u64,
     pub peak_memory_bytes: u64,
-    pub micro_epsilon: i64,
-    pub pico_delta: i64,
+    pub micro_epsilon: MicroEpsilon,
+    pub pico_delta: PicoDelta,
     pub output_rows: u64,
     pub output_bytes: u64,
-    pub end_state: String,
+    pub end_state: EndState,
     pub price: Fen,
     pub at: String,
     /// WASM jobs: the fuel charged (see the module docs); 0 for SQL jobs.
@@ -48,8 +110,8 @@ impl MeterRecord {
         job_id: &str,
         operator: &str,
         template_id: &str,
-        end_state: &str,
-        (micro_epsilon, pico_delta): (i64, i64),
+        end_state: EndState,
+        (micro_epsilon, pico_delta): (MicroEpsilon, PicoDelta),
         at: &str,
     ) -> Self {
         Self {
@@ -65,7 +127,7 @@ impl MeterRecord {
             pico_delta,
             output_rows: 0,
             output_bytes: 0,
-            end_state: end_state.to_string(),
+            end_state,
             price: Fen(0),
             at: at.to_string(),
             fuel: 0,
@@ -74,7 +136,7 @@ impl MeterRecord {
 }
 
 /// Inserts a record inside the caller's transaction.
-pub fn record(tx: &Connection, m: &MeterRecord) -> Result<()> {
+pub fn record(tx: &WriteTx<'_>, m: &MeterRecord) -> Result<()> {
     tx.execute(
         "INSERT INTO meter (job_id, operator, template_id, wall_ms, cpu_ms, rows_scanned,
             bytes_scanned, peak_memory_bytes, micro_epsilon, pico_delta, output_rows,
@@ -89,8 +151,8 @@ pub fn record(tx: &Connection, m: &MeterRecord) -> Result<()> {
             m.rows_scanned as i64,
             m.bytes_scanned as i64,
             m.peak_memory_bytes as i64,
-            m.micro_epsilon,
-            m.pico_delta,
+            m.micro_epsilon.0,
+            m.pico_delta.0,
             m.output_rows as i64,
             m.output_bytes as i64,
             m.end_state,
@@ -110,7 +172,13 @@ pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
             price_fen, at, fuel FROM meter ORDER BY at, rowid",
     )?;
     let rows = statement.query_map([], |row| {
-        Ok(MeterRecord {
+        // A stored end state outside `EndState` is reported naming its column, rather than as
+        // SQLite's conversion error.
+        let end_state = match EndState::from_stored(&row.get::<_, String>(12)?) {
+            Ok(end_state) => end_state,
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(Ok(MeterRecord {
             job_id: row.get(0)?,
             operator: row.get(1)?,
             template_id: row.get(2)?,
@@ -119,19 +187,91 @@ pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
             rows_scanned: row.get::<_, i64>(5)? as u64,
             bytes_scanned: row.get::<_, i64>(6)? as u64,
             peak_memory_bytes: row.get::<_, i64>(7)? as u64,
-            micro_epsilon: row.get(8)?,
-            pico_delta: row.get(9)?,
+            micro_epsilon: MicroEpsilon(row.get(8)?),
+            pico_delta: PicoDelta(row.get(9)?),
             output_rows: row.get::<_, i64>(10)? as u64,
             output_bytes: row.get::<_, i64>(11)? as u64,
-            end_state: row.get(12)?,
+            end_state,
             price: Fen(row.get(13)?),
             at: row.get(14)?,
             fuel: row.get::<_, i64>(15)? as u64,
-        })
+        }))
     })?;
     let mut records = Vec::new();
     for row in rows {
-        records.push(row?);
+        records.push(row??);
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn record(end_state: EndState) -> MeterRecord {
+        MeterRecord::idle(
+            "job-1",
+            "op",
+            "tpl-1",
+            end_state,
+            (MicroEpsilon(500_000), PicoDelta(1_000_000)),
+            "2026-11-23T10:00:00Z",
+        )
+    }
+
+    #[test]
+    fn a_meter_record_reads_back_with_its_end_state_and_quantities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::init(&dir.path().join("store")).expect("store");
+        store
+            .write(|tx| super::record(tx, &record(EndState::Failed)))
+            .expect("recorded");
+        assert_eq!(
+            list(store.conn()).expect("list"),
+            vec![record(EndState::Failed)]
+        );
+        // The stored text and the JSON form are the state's lowercase name, as they were
+        // before the enum.
+        let stored: String = store
+            .conn()
+            .query_row("SELECT end_state FROM meter", [], |row| row.get(0))
+            .expect("stored");
+        assert_eq!(stored, "failed");
+        let json = serde_json::to_value(record(EndState::Failed)).expect("json");
+        assert_eq!(
+            (
+                &json["end_state"],
+                &json["micro_epsilon"],
+                &json["pico_delta"]
+            ),
+            (
+                &serde_json::json!("failed"),
+                &serde_json::json!(500_000),
+                &serde_json::json!(1_000_000)
+            )
+        );
+    }
+
+    #[test]
+    fn a_stored_end_state_outside_the_enum_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::init(&dir.path().join("store")).expect("store");
+        store
+            .write(|tx| super::record(tx, &record(EndState::Released)))
+            .expect("recorded");
+        store
+            .conn()
+            .execute("UPDATE meter SET end_state = 'refunded'", [])
+            .expect("update");
+        let error = list(store.conn()).expect_err("an unknown end state");
+        let message = error.to_string();
+        assert!(matches!(error, Error::Internal(_)), "{message}");
+        assert!(
+            message.contains("meter.end_state")
+                && message.contains("\"refunded\"")
+                && message.contains("released, rejected, failed, cancelled"),
+            "{message}"
+        );
+    }
 }

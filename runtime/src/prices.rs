@@ -199,16 +199,13 @@ pub fn set(store: &mut Store, actor: &str, request: &PriceRequest) -> Result<Pri
         let version = previous.map_or(1, |(v, _)| v + 1);
         let seq = audit::append(
             tx,
-            audit::Kind::PriceSet,
             actor,
             &format!("price-book-{version}"),
-            serde_json::json!({
-                "version": version,
-                "fee_per_million_rows_fen": request.fee_per_million_rows_fen,
-                "provider_bp": request.shares.provider_bp,
-                "platform_bp": request.shares.platform_bp,
-                "operator_bp": request.shares.operator_bp,
-            }),
+            audit::Event::PriceSet {
+                version,
+                fee_per_million_rows_fen: request.fee_per_million_rows_fen,
+                shares: request.shares,
+            },
         )?;
         tx.execute(
             "INSERT INTO price_book (version, fee_per_million_rows_fen, provider_bp, platform_bp,

@@ -99,10 +99,9 @@ pub fn add(store: &mut Store, role: Role, name: &str) -> Result<(Principal, ApiK
         )?;
         audit::append(
             tx,
-            audit::Kind::PrincipalAdded,
             "bureau",
             &id,
-            serde_json::json!({ "role": role.as_str(), "name": name }),
+            audit::Event::PrincipalAdded { role, name },
         )?;
         Ok(())
     })?;
@@ -139,13 +138,7 @@ pub fn revoke(store: &mut Store, id: &str) -> Result<Principal> {
                 "no active principal `{id}`; `veil principal list` shows them"
             )));
         }
-        audit::append(
-            tx,
-            audit::Kind::PrincipalRevoked,
-            "bureau",
-            id,
-            serde_json::json!({}),
-        )?;
+        audit::append(tx, "bureau", id, audit::Event::PrincipalRevoked)?;
         Ok(())
     })?;
     get(store, id)

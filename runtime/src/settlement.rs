@@ -24,10 +24,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Months, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Period;
 use crate::error::{Error, Result};
 use crate::ids::Fen;
 use crate::ledger::{self, Account, Posting};
@@ -85,7 +86,7 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statement {
     pub format: String,
-    pub period: String,
+    pub period: Period,
     /// First instant of the period (RFC 3339, UTC; the period is a bureau-time month).
     pub period_start: String,
     /// First instant after the period.
@@ -119,7 +120,7 @@ pub struct StatementFile {
 /// What [`settle`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settlement {
-    pub period: String,
+    pub period: Period,
     pub dir: PathBuf,
     /// The platform first, then the other parties by account name.
     pub statements: Vec<StatementFile>,
@@ -128,31 +129,18 @@ pub struct Settlement {
     pub audit_seq: i64,
 }
 
+/// Reads a period as a user wrote it (`YYYY-MM`, a bureau-time calendar month).
+pub fn parse_period(text: &str) -> Result<Period> {
+    Period::parse(text).map_err(|e| Error::invalid(e.to_string()))
+}
+
 /// A period's bounds: `(start, end)` instants in UTC of a bureau-time calendar month.
 pub fn period_bounds(period: &str) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
-    let malformed = || {
-        Error::invalid(
-            "write the period as YYYY-MM, a calendar month in bureau time (for example 2026-11)",
-        )
-    };
-    let bytes = period.as_bytes();
-    if bytes.len() != 7 || bytes[4] != b'-' {
-        return Err(malformed());
-    }
-    let first =
-        NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").map_err(|_| malformed())?;
-    let next = first
-        .checked_add_months(Months::new(1))
-        .ok_or_else(malformed)?;
-    let offset = clock::bureau_offset();
-    let at_midnight = |day: NaiveDate| {
-        offset
-            .from_local_datetime(&day.and_time(chrono::NaiveTime::MIN))
-            .single()
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(malformed)
-    };
-    Ok((at_midnight(first)?, at_midnight(next)?))
+    bounds(&parse_period(period)?)
+}
+
+fn bounds(period: &Period) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    period.bounds().map_err(|e| Error::invalid(e.to_string()))
 }
 
 /// A file-name-safe, unique name for a party's statement files (without extension).
@@ -265,8 +253,8 @@ fn reconcile(conn: &Connection, postings: &[Posting]) -> Result<()> {
 }
 
 /// Builds every statement of a period from the ledger (reconciled first), platform first.
-pub fn statements(conn: &Connection, period: &str) -> Result<Vec<Statement>> {
-    let (start, end) = period_bounds(period)?;
+pub fn statements(conn: &Connection, period: &Period) -> Result<Vec<Statement>> {
+    let (start, end) = bounds(period)?;
     let postings = ledger::postings(conn, Some(period))?;
     reconcile(conn, &postings)?;
     let mut by_party: BTreeMap<String, Vec<StatementLine>> = BTreeMap::new();
@@ -298,7 +286,7 @@ pub fn statements(conn: &Connection, period: &str) -> Result<Vec<Statement>> {
         let credit: i128 = lines.iter().map(|l| i128::from(l.credit.0)).sum();
         Ok(Statement {
             format: STATEMENT_FORMAT.to_string(),
-            period: period.to_string(),
+            period: period.clone(),
             period_start: clock::format(start),
             period_end: clock::format(end),
             party: party.to_string(),
@@ -345,15 +333,16 @@ pub fn statements(conn: &Connection, period: &str) -> Result<Vec<Statement>> {
 /// Settles a period that has ended (the bureau): writes every statement (see the module docs)
 /// and audits the settlement with the files' digests.
 pub fn settle(store: &mut Store, period: &str, actor: &str) -> Result<Settlement> {
-    let (_, end) = period_bounds(period)?;
+    let period = parse_period(period)?;
+    let (_, end) = bounds(&period)?;
     if clock::now() < end {
         return Err(Error::invalid(format!(
             "period {period} has not ended yet: it ends at {} (bureau time); settle it after then",
             end.with_timezone(&clock::bureau_offset()).to_rfc3339()
         )));
     }
-    let built = statements(store.conn(), period)?;
-    let dir = store.statements_dir().join(period);
+    let built = statements(store.conn(), &period)?;
+    let dir = store.statements_dir().join(period.as_str());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     let mut written = Vec::new();
     let mut total = (Fen(0), Fen(0));
@@ -383,31 +372,20 @@ pub fn settle(store: &mut Store, period: &str, actor: &str) -> Result<Settlement
             net: statement.net,
         });
     }
-    let digests: Vec<serde_json::Value> = written
-        .iter()
-        .map(|f| {
-            serde_json::json!({
-                "party": f.party,
-                "csv_blake3": f.csv_blake3,
-                "json_blake3": f.json_blake3,
-            })
-        })
-        .collect();
     let audit_seq = store.write(|tx| {
         audit::append(
             tx,
-            audit::Kind::PeriodSettled,
             actor,
-            period,
-            serde_json::json!({
-                "statements": digests,
-                "total_debit_fen": total.0.0,
-                "total_credit_fen": total.1.0,
-            }),
+            period.as_str(),
+            audit::Event::PeriodSettled {
+                statements: &written,
+                total_debit: total.0,
+                total_credit: total.1,
+            },
         )
     })?;
     Ok(Settlement {
-        period: period.to_string(),
+        period,
         dir,
         statements: written,
         total_debit: total.0,
@@ -419,7 +397,7 @@ pub fn settle(store: &mut Store, period: &str, actor: &str) -> Result<Settlement
 /// Reads back one party's settled statement (`party` as an account name, e.g.
 /// `operator:<name>`, or `platform`).
 pub fn statement(store: &Store, period: &str, party: &str) -> Result<Statement> {
-    period_bounds(period)?;
+    parse_period(period)?;
     let account = Account::parse(party)?;
     let path = store
         .statements_dir()

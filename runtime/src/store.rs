@@ -24,9 +24,12 @@
 //! also appends the audit entries describing the change, so the state and its audit trail
 //! commit together or not at all. Before the commit the audit chain since the last checkpoint
 //! is checked (a tampered chain rolls the change back); after it, the new head is signed and
-//! appended to `audit.checkpoints` (see `audit`).
+//! appended to `audit.checkpoints` (see `audit`). The transaction is handed to the change as a
+//! [`WriteTx`], which nothing else can create; appending an audit entry, recording a meter
+//! record and posting to the ledger take one, so none of them can happen outside a write.
 
 use std::fs;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -361,10 +364,11 @@ impl Store {
         store.write(|tx| {
             audit::append(
                 tx,
-                audit::Kind::StoreInitialized,
                 "bureau",
                 "store",
-                serde_json::json!({ "platform_public_key": public }),
+                audit::Event::StoreInitialized {
+                    platform_public_key: &public,
+                },
             )?;
             Ok(())
         })?;
@@ -484,9 +488,10 @@ impl Store {
         &self.conn
     }
 
-    /// Runs `change` in one `BEGIN IMMEDIATE` transaction. `change` must append the audit
-    /// entries that describe it (only here can it: the entry key is lent to `audit::append`
-    /// while `change` runs).
+    /// Runs `change` in one `BEGIN IMMEDIATE` transaction, handed to it as the [`WriteTx`]
+    /// that appending audit entries, recording a meter record and posting to the ledger
+    /// require. `change` must append the audit entries that describe it (only here can it:
+    /// the `WriteTx` carries the entry key while `change` runs).
     ///
     /// Before the commit, the audit chain from the last signed checkpoint to the new head must
     /// verify; if it does not (someone edited the database), the change is rolled back and an
@@ -499,7 +504,7 @@ impl Store {
     /// [`crate::space`]) before the error is returned, so the caller's next write — recording
     /// the failure — finds room. A checkpoint that fails for lack of space after the commit is
     /// retried once with the ballast's room, since the change itself is already durable.
-    pub fn write<T>(&mut self, change: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub fn write<T>(&mut self, change: impl FnOnce(&WriteTx<'_>) -> Result<T>) -> Result<T> {
         let _lock = audit::WriteLock::acquire(&self.root)?;
         let last = self.sealer.last()?;
         let committed = self
@@ -508,9 +513,13 @@ impl Store {
             .map_err(Error::from)
             .and_then(|tx| {
                 let (head_before, _) = audit::head(&tx)?;
-                let value = audit::with_entry_key(self.sealer.entry_key(), || change(&tx))?;
-                let head = self.sealer.check(&tx, &last, head_before)?;
-                tx.commit()?;
+                let write = WriteTx {
+                    tx,
+                    entry_key: self.sealer.entry_key(),
+                };
+                let value = change(&write)?;
+                let head = self.sealer.check(&write, &last, head_before)?;
+                write.tx.commit()?;
                 Ok((value, head))
             });
         let (value, head) = committed.inspect_err(|e| {
@@ -544,6 +553,50 @@ impl Store {
         let value = look(&tx);
         tx.rollback()?;
         value
+    }
+}
+
+/// A state change in progress: the `BEGIN IMMEDIATE` transaction of one [`Store::write`],
+/// with the key of the audit entries it appends.
+///
+/// Only `Store::write` creates one (its fields are private to this module), and it ends with
+/// the write: so whatever takes a `&WriteTx` — [`audit::append`], `metering::record`, the
+/// ledger's postings — runs inside a change whose audit trail commits with it, or not at all.
+/// Everything a [`Transaction`] offers is reached through `Deref`, for the queries the change
+/// makes.
+///
+/// Outside a write there is none to pass, and a plain connection does not do:
+///
+/// ```compile_fail,E0308
+/// use veil_runtime::{audit, store::Store};
+///
+/// fn revoke_without_writing(store: &Store) -> veil_runtime::error::Result<i64> {
+///     audit::append(store.conn(), "bureau", "prn-1", audit::Event::PrincipalRevoked)
+/// }
+/// ```
+pub struct WriteTx<'a> {
+    tx: Transaction<'a>,
+    entry_key: &'a audit::EntryKey,
+}
+
+impl<'a> Deref for WriteTx<'a> {
+    type Target = Transaction<'a>;
+
+    fn deref(&self) -> &Transaction<'a> {
+        &self.tx
+    }
+}
+
+impl WriteTx<'_> {
+    /// The secret key of audit entry hashes, for [`audit::append`].
+    pub(crate) fn entry_key(&self) -> &audit::EntryKey {
+        self.entry_key
+    }
+}
+
+impl std::fmt::Debug for WriteTx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteTx(…)")
     }
 }
 

@@ -58,6 +58,8 @@ use crate::ids::{Fen, TemplateId};
 use crate::store::Store;
 use crate::{audit, catalog, clock};
 use veil_gate::Terms;
+use veil_gate::analysis::{self, Analysis};
+use veil_gate::job as exec;
 use veil_gate::rules::{Refusal, Rule};
 
 /// Most parameters one template may declare.
@@ -415,10 +417,10 @@ fn check_wasm_spec(spec: &WasmSpec, refusal: &mut Refusal) {
 /// What the bureau pins when approving.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
-    /// ε spent by one run, in millionths.
-    pub micro_epsilon: i64,
-    /// δ spent by one run, in trillionths.
-    pub pico_delta: i64,
+    /// ε spent by one run.
+    pub micro_epsilon: veil_gate::terms::MicroEpsilon,
+    /// δ spent by one run.
+    pub pico_delta: veil_gate::terms::PicoDelta,
     /// Minimum distinct privacy units behind a released group.
     pub k: u32,
     /// Most groups one unit may contribute to.
@@ -537,7 +539,7 @@ impl ApprovalRequest {
         }
         let micro_epsilon = grants::to_micro(self.epsilon, "--epsilon")?;
         let pico_delta = grants::to_pico(self.delta, "--delta")?;
-        if pico_delta == 0 {
+        if pico_delta == veil_gate::terms::PicoDelta::ZERO {
             return Err(Error::invalid(
                 "--delta must be above 0: it bounds the chance that a group's existence leaks through the DP threshold",
             ));
@@ -643,7 +645,129 @@ pub struct Template {
     pub decided_at: Option<String>,
 }
 
-/// Stores a submitted template (or returns the existing one with the same bytes).
+/// Submits a template the way every front end does (the `veil template submit` command, the
+/// HTTP API and so the SDK): [`static_check`] first, so a template the gate would refuse is
+/// refused now, with the rules it breaks, rather than after the bureau approved it; then
+/// [`submit_with_module`]. Nothing is stored for a refused template.
+pub async fn submit_checked(
+    store: &mut Store,
+    operator: &str,
+    spec: TemplateSpec,
+    module: Option<Vec<u8>>,
+) -> Result<Template> {
+    static_check(store, operator, &spec).await?;
+    submit_with_module(store, operator, spec, module)
+}
+
+/// The gate's static checks on a template, which read no data row: the spec's own rules
+/// ([`SpecRules::check`]), then the statement policy and the plan's shape against the tables
+/// the operator may read. Those are the tables of the operator's grants in term (the template
+/// passes if any one of them admits it, since a job may choose that grant); an operator with
+/// no grant yet is checked against the registered datasets its SQL names (a WASM template's
+/// input SQL), so a typo or a raw-row query is caught before anyone grants anything.
+///
+/// A refusal is [`Error::Refused`], naming every rule broken: the same rules over every front
+/// end, which map it to the same exit code and HTTP status.
+pub async fn static_check(store: &Store, operator: &str, spec: &TemplateSpec) -> Result<()> {
+    spec.check()?;
+    let today = clock::today();
+    let active: Vec<grants::Grant> = grants::list(store)?
+        .into_iter()
+        .filter(|g| g.operator == operator && g.is_in_term(today))
+        .collect();
+    if active.is_empty() {
+        let tables = named_tables(store, spec)?;
+        return check_against(store, spec, &tables)
+            .await?
+            .map(|_| ())
+            .map_err(Error::Refused);
+    }
+    let mut first_refusal = None;
+    for grant in &active {
+        match check_against(store, spec, &grant_tables(store, grant)?).await? {
+            Ok(_) => return Ok(()),
+            Err(refusal) => {
+                first_refusal.get_or_insert(refusal);
+            }
+        }
+    }
+    Err(Error::Refused(first_refusal.unwrap_or_default()))
+}
+
+/// The datasets a grant covers, by table name.
+fn grant_tables(store: &Store, grant: &grants::Grant) -> Result<analysis::Tables> {
+    grant
+        .datasets
+        .iter()
+        .map(|id| catalog::get(store, id.as_str()).map(|d| (d.name.clone(), d)))
+        .collect()
+}
+
+/// The registered datasets `spec`'s SQL names (a WASM template's input SQL; its release SQL
+/// reads only `mapped`), by table name. A name the catalog does not know is left out, so the
+/// statement policy refuses it as out of scope.
+fn named_tables(store: &Store, spec: &TemplateSpec) -> Result<analysis::Tables> {
+    let sql = match &spec.wasm {
+        Some(wasm) => &wasm.input_sql,
+        None => &spec.sql,
+    };
+    let datasets = match referenced_tables(sql) {
+        Some(names) => names
+            .iter()
+            .filter_map(|name| catalog::find(store, name).transpose())
+            .collect::<Result<Vec<_>>>()?,
+        // The sandbox's parser decides what is SQL; should this parser fail where it would
+        // not, every registered dataset is in scope rather than none.
+        None => catalog::list(store)?,
+    };
+    Ok(datasets.into_iter().map(|d| (d.name.clone(), d)).collect())
+}
+
+/// Checks `spec` against `tables` without reading a row: the statement policy and the plan's
+/// shape (for a WASM template, its input plan, declared output and release SQL). Each declared
+/// parameter gets a value of its type (its first allowed value, else 0 or the empty text), so
+/// planning can type-check the SQL. Submission and `jobs::check_static` both call this one
+/// function.
+pub(crate) async fn check_against(
+    store: &Store,
+    spec: &TemplateSpec,
+    tables: &analysis::Tables,
+) -> Result<Result<Analysis, Refusal>> {
+    let sample: Vec<(String, ParamValue)> = spec
+        .params
+        .iter()
+        .map(|p| {
+            let first = p.allowed.as_ref().and_then(|a| a.first().cloned());
+            let value = match p.kind {
+                ParamType::Integer => {
+                    ParamValue::Integer(first.and_then(|v| v.parse().ok()).unwrap_or(0))
+                }
+                ParamType::Text => ParamValue::Text(first.unwrap_or_default()),
+            };
+            (p.name.clone(), value)
+        })
+        .collect();
+    let data_dir = store.data_dir();
+    let checked = match &spec.wasm {
+        Some(wasm) => exec::check_wasm(&data_dir, spec, wasm, None, &sample, tables)
+            .await
+            .map(|checked| checked.map(|(_, analysis)| analysis)),
+        None => exec::prepare_sql(&data_dir, spec, None, &sample, tables)
+            .await
+            .map(|checked| checked.map(|(_, analysis)| analysis)),
+    };
+    match checked.map_err(|e| Error::internal(format!("checking a template: {e}")))? {
+        // A sandbox failure that breaks no rule (a table file it cannot open) is the
+        // platform's fault, not a refusal with no reason.
+        Err(refusal) if refusal.is_empty() => Err(Error::internal(
+            "checking a template: the sandbox failed without naming a rule",
+        )),
+        verdict => Ok(verdict),
+    }
+}
+
+/// Stores a submitted template (or returns the existing one with the same bytes), with the
+/// spec's own checks but not the gate's: see [`submit_with_module`].
 pub fn submit(store: &mut Store, operator: &str, spec: TemplateSpec) -> Result<Template> {
     submit_with_module(store, operator, spec, None)
 }
@@ -692,10 +816,9 @@ pub fn store_module(
         if added == 1 {
             audit::append(
                 tx,
-                audit::Kind::ModuleStored,
                 actor,
                 &digest,
-                serde_json::json!({ "bytes": bytes.len() }),
+                audit::Event::ModuleStored { bytes: bytes.len() },
             )?;
         }
         Ok(())
@@ -706,7 +829,10 @@ pub fn store_module(
     })
 }
 
-/// Stores a submitted template with its WASM module, if it has one.
+/// Stores a submitted template with its WASM module, if it has one, after the spec's own
+/// checks and the module's. It does not run the gate's static checks: front ends call
+/// [`submit_checked`], so that every door checks the same things; the demo and the tests use
+/// this to file a template that the gate then refuses when a job runs it.
 pub fn submit_with_module(
     store: &mut Store,
     operator: &str,
@@ -756,10 +882,9 @@ pub fn submit_with_module(
         }
         audit::append(
             tx,
-            audit::Kind::TemplateSubmitted,
             operator,
             id.as_str(),
-            serde_json::json!({ "name": spec.name }),
+            audit::Event::TemplateSubmitted { name: &spec.name },
         )?;
         Ok(())
     })?;
@@ -796,17 +921,9 @@ pub fn approve(store: &mut Store, id: &str, request: ApprovalRequest) -> Result<
         TemplateState::Approved,
         Some(json),
         None,
-        audit::Kind::TemplateApproved,
-        serde_json::json!({
-            "epsilon": approval.epsilon(),
-            "delta": approval.delta(),
-            "k": approval.k,
-            "max_groups": approval.max_groups,
-            "max_rows": approval.max_rows,
-            "price_per_run_fen": approval.price_per_run.0,
-            "wasm_fuel_per_unit": approval.wasm_fuel_per_unit,
-            "wasm_memory_mib": approval.wasm_memory_mib,
-        }),
+        audit::Event::TemplateApproved {
+            approval: &approval,
+        },
     )
 }
 
@@ -933,8 +1050,7 @@ pub fn reject(store: &mut Store, id: &str, reason: &str) -> Result<Template> {
         TemplateState::Rejected,
         None,
         Some(reason),
-        audit::Kind::TemplateRejected,
-        serde_json::json!({ "reason": reason }),
+        audit::Event::TemplateRejected { reason },
     )
 }
 
@@ -963,8 +1079,7 @@ pub fn revoke(store: &mut Store, id: &str, reason: &str) -> Result<Template> {
         TemplateState::Revoked,
         approval,
         Some(reason),
-        audit::Kind::TemplateRevoked,
-        serde_json::json!({ "reason": reason }),
+        audit::Event::TemplateRevoked { reason },
     )
 }
 
@@ -974,8 +1089,7 @@ fn decide(
     state: TemplateState,
     approval_json: Option<String>,
     reason: Option<&str>,
-    kind: audit::Kind,
-    details: serde_json::Value,
+    event: audit::Event<'_>,
 ) -> Result<Template> {
     let now = clock::format(clock::now());
     store.write(|tx| {
@@ -998,7 +1112,7 @@ fn decide(
                 "the template changed state meanwhile; look at it again",
             ));
         }
-        audit::append(tx, kind, "bureau", template.id.as_str(), details)?;
+        audit::append(tx, "bureau", template.id.as_str(), event)?;
         Ok(())
     })?;
     get(store, template.id.as_str())

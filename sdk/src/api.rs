@@ -1,5 +1,5 @@
 //! The HTTP API's request and response bodies (JSON), shared by the server (`veil serve`),
-//! [`crate::client::Client`] and anyone who writes their own client.
+//! `veil_sdk::client::Client` (feature `client`) and anyone who writes their own client.
 //!
 //! Every route lives under [`API_PREFIX`] and takes `Authorization: Bearer <key>` (a key that
 //! `veil principal add` printed), except `GET /v1/health`. Errors come back as an
@@ -27,13 +27,19 @@ pub const WAIT_MS_MAX: u64 = 60_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// The data bureau: registers principals, approves templates and grants, settles money,
+    /// and sees every object.
     Bureau,
+    /// A data provider: owns datasets and sees who used them and what they earned.
     Provider,
+    /// A data operator: submits templates, runs jobs under its grants and sells the products.
     Operator,
+    /// A buyer of released products: sees the offers and downloads what it bought.
     Buyer,
 }
 
 impl Role {
+    /// The role's name as the API writes it: `bureau`, `provider`, `operator` or `buyer`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Bureau => "bureau",
@@ -114,7 +120,10 @@ pub struct Violation {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// Whose fault the error is; it fixes the HTTP status (see [`ErrorKind::status`]).
     pub kind: ErrorKind,
+    /// What went wrong and what to change, in words. It never quotes a value from inside the
+    /// domain (no data row, no true count).
     pub message: String,
     /// The rules that refused the request (kind `refused` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -125,7 +134,9 @@ pub struct ErrorBody {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok` whenever the server answers.
     pub status: String,
+    /// The server's version (its crate version, e.g. `0.1.0`).
     pub version: String,
 }
 
@@ -133,8 +144,12 @@ pub struct Health {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Me {
+    /// The principal's id (`pr-…`), fixed when `veil principal add` created it.
     pub id: String,
+    /// What the key may do; each route names the roles it admits.
     pub role: Role,
+    /// The principal's name: how other views (a job's `operator`, a purchase's `buyer`) name
+    /// it.
     pub name: String,
 }
 
@@ -153,13 +168,23 @@ pub struct PlatformKey {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetView {
+    /// The dataset's id (`ds-…`); a grant lists its datasets by these ids.
     pub id: String,
+    /// The name a template's SQL reads it by, as a table.
     pub name: String,
+    /// The organisation that provided the data, as its policy states it.
     pub provider: String,
+    /// The data classification its policy states: 1 public, 2 internal, 3 sensitive, 4 core.
     pub classification_level: u8,
+    /// The acquisition date, `YYYY-MM-DD`, which every product made from it prints.
     pub acquired_on: String,
+    /// The column naming whom each row is about; the gate bounds each such unit's
+    /// contribution to a release.
     pub privacy_unit: String,
+    /// How many rows were registered. Prices and meter records use this registered size,
+    /// which never depends on the values inside.
     pub rows: u64,
+    /// When the dataset was registered, RFC 3339 in UTC.
     pub registered_at: String,
 }
 
@@ -167,7 +192,10 @@ pub struct DatasetView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleStored {
+    /// The module's BLAKE3 digest, 64 hex digits: a WASM template's `module_blake3` names the
+    /// module by it.
     pub blake3: String,
+    /// The module's size in bytes.
     pub bytes: u64,
 }
 
@@ -175,6 +203,8 @@ pub struct ModuleStored {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubmitTemplate {
+    /// The template as the operator wrote it; its canonical bytes fix the template's id (see
+    /// [`TemplateSpec::template_id`]).
     pub spec: TemplateSpec,
 }
 
@@ -182,15 +212,25 @@ pub struct SubmitTemplate {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalTerms {
+    /// ε one run spends from its grant's monthly budget.
     pub epsilon: f64,
+    /// δ one run spends from its grant's monthly budget.
     pub delta: f64,
+    /// The k of k-anonymity: the fewest distinct privacy units a released group must have.
     pub k: u32,
+    /// The most groups one privacy unit may contribute to; the gate drops the rest.
     pub max_groups: u32,
+    /// The most rows one privacy unit may contribute to one group; the gate drops the rest.
     pub max_rows: u32,
+    /// The fee for one released run, in fen (the rows fee for the tables read comes on top).
     pub price_per_run_fen: i64,
+    /// Memory one run's query may use, in MiB.
     pub memory_mib: u32,
+    /// Wall-clock time one run's query may take, in seconds.
     pub wall_seconds: u32,
+    /// WASM templates: the fuel one unit's mapper call may burn before it is stopped.
     pub wasm_fuel_per_unit: u64,
+    /// WASM templates: the linear memory one unit's mapper instance may grow to, in MiB.
     pub wasm_memory_mib: u32,
 }
 
@@ -200,15 +240,25 @@ pub struct ApprovalTerms {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveTemplate {
+    /// ε one run spends; see [`ApprovalTerms::epsilon`].
     pub epsilon: Option<f64>,
+    /// δ one run spends; see [`ApprovalTerms::delta`].
     pub delta: Option<f64>,
+    /// The fewest distinct units a released group needs; see [`ApprovalTerms::k`].
     pub k: Option<u32>,
+    /// Groups one unit may contribute to; see [`ApprovalTerms::max_groups`].
     pub max_groups: Option<u32>,
+    /// Rows one unit may contribute to a group; see [`ApprovalTerms::max_rows`].
     pub max_rows: Option<u32>,
+    /// The fee per released run, in fen; see [`ApprovalTerms::price_per_run_fen`].
     pub price_per_run_fen: Option<i64>,
+    /// Memory one run may use, in MiB; see [`ApprovalTerms::memory_mib`].
     pub memory_mib: Option<u32>,
+    /// Wall-clock time one run may take, in seconds; see [`ApprovalTerms::wall_seconds`].
     pub wall_seconds: Option<u32>,
+    /// Fuel per unit of a WASM template; see [`ApprovalTerms::wasm_fuel_per_unit`].
     pub wasm_fuel_per_unit: Option<u64>,
+    /// Memory per unit of a WASM template, in MiB; see [`ApprovalTerms::wasm_memory_mib`].
     pub wasm_memory_mib: Option<u32>,
 }
 
@@ -216,6 +266,7 @@ pub struct ApproveTemplate {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reason {
+    /// Why, in words; it is recorded with the decision and shown to the party it concerns.
     pub reason: String,
 }
 
@@ -223,14 +274,21 @@ pub struct Reason {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TemplateView {
+    /// The template's id: the BLAKE3 hash of its spec's canonical bytes, 64 hex digits.
     pub id: String,
+    /// The name of the operator that submitted it.
     pub operator: String,
     /// `submitted`, `approved`, `rejected` or `revoked`.
     pub state: String,
+    /// The template as submitted.
     pub spec: TemplateSpec,
+    /// The terms the bureau pinned, once it approved the template.
     pub approval: Option<ApprovalTerms>,
+    /// The bureau's reason for a rejection or revocation.
     pub reasons: Option<String>,
+    /// When it was submitted, RFC 3339 in UTC.
     pub submitted_at: String,
+    /// When the bureau last decided on it (approved, rejected or revoked), RFC 3339 in UTC.
     pub decided_at: Option<String>,
 }
 
@@ -241,6 +299,8 @@ pub struct TemplateView {
 pub struct SubmitJob {
     /// Template id (or a unique prefix of it, or its name).
     pub template: String,
+    /// A value for every parameter the template declares, by name, written as text (an
+    /// integer parameter as its decimal digits).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     /// The grant to run under; may be omitted when exactly one grant fits.
@@ -252,21 +312,31 @@ pub struct SubmitJob {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobView {
+    /// The job's id (`job-…`).
     pub id: String,
+    /// The id of the approved template it runs.
     pub template_id: String,
+    /// The grant it ran under, once the run has chosen one.
     pub grant_id: Option<String>,
+    /// The name of the operator that submitted it.
     pub operator: String,
+    /// The parameter values it was submitted with.
     pub params: BTreeMap<String, String>,
     /// `queued`, `running`, `released`, `rejected`, `failed` or `cancelled`.
     pub state: String,
     /// Why it was rejected: every rule that failed.
     #[serde(default)]
     pub violations: Vec<Violation>,
+    /// Why a `failed` job failed, in words the operator may see (the platform's own error
+    /// stays in its log). Nothing was released.
     pub failure: Option<String>,
+    /// The product a `released` job made (or reused).
     pub product_id: Option<String>,
     /// Set when an identical earlier job's product was returned and nothing was spent.
     pub reused_from: Option<String>,
+    /// When it was submitted, RFC 3339 in UTC.
     pub created_at: String,
+    /// When it ended, RFC 3339 in UTC.
     pub finished_at: Option<String>,
 }
 
@@ -285,7 +355,10 @@ impl JobView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submitted {
+    /// The job as it stands.
     pub job: JobView,
+    /// True when the idempotency key had been used before: `job` is that earlier job, and
+    /// nothing new was queued.
     pub replayed: bool,
 }
 
@@ -295,6 +368,7 @@ pub struct Submitted {
 pub struct DryRun {
     /// Whether the job passes every rule that can be checked before data is read.
     pub passes: bool,
+    /// Every rule the job breaks, empty when it passes.
     #[serde(default)]
     pub violations: Vec<Violation>,
     /// The grant it would run under.
@@ -302,17 +376,24 @@ pub struct DryRun {
     /// Set when an identical earlier job was released: running again returns its product
     /// and costs nothing.
     pub reuses_job: Option<String>,
-    /// ε and δ one run spends (0 when it reuses).
+    /// ε one run spends (0 when it reuses).
     pub epsilon: f64,
+    /// δ one run spends (0 when it reuses).
     pub delta: f64,
     /// The price of a released run in fen: the template's per-run fee plus the rows fee for
     /// the tables it reads (whole tables: scans are never pruned by values).
     pub price_fen: i64,
+    /// Rows of the tables it reads, as registered (what the rows fee and the meter count).
     pub rows_scanned: u64,
-    /// The grant's budget this month: ε allowed, already spent, and what would remain.
+    /// The budget period the run would spend from: the calendar month, `YYYY-MM`, in the
+    /// bureau's time zone (UTC+8).
     pub budget_period: String,
+    /// ε the grant allows in that period.
     pub epsilon_per_period: f64,
+    /// ε the grant's jobs have already reserved in that period (a reservation is never
+    /// refunded, whatever the job's end).
     pub epsilon_spent: f64,
+    /// ε that would remain in that period after this run.
     pub epsilon_remaining_after: f64,
 }
 
@@ -320,15 +401,26 @@ pub struct DryRun {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrantView {
+    /// The grant's id (`gr-…`), which a job may name to run under it.
     pub id: String,
+    /// The name of the operator it authorizes.
     pub operator: String,
+    /// The ids of the datasets it covers.
     pub datasets: Vec<String>,
+    /// What the operator may use the data for; every product made under it states this.
     pub purpose: String,
+    /// The first day jobs may run under it, `YYYY-MM-DD`.
     pub valid_from: String,
+    /// The last day jobs may run under it, `YYYY-MM-DD` (included).
     pub valid_to: String,
+    /// ε the jobs under it may spend in one calendar month (in the bureau's time zone, UTC+8),
+    /// all together.
     pub epsilon_per_month: f64,
+    /// δ the jobs under it may spend in one calendar month, all together.
     pub delta_per_month: f64,
+    /// `destroy`, `archive` or `return`: what happens to its products after the term.
     pub disposition: String,
+    /// When the bureau granted it, RFC 3339 in UTC.
     pub created_at: String,
 }
 
@@ -339,13 +431,18 @@ pub struct GrantView {
 pub struct RequestGrant {
     /// Dataset names or ids.
     pub datasets: Vec<String>,
+    /// What the data will be used for; the bureau judges the request by it.
     pub purpose: String,
-    /// `YYYY-MM-DD`, both days included.
+    /// The first day of the term, `YYYY-MM-DD`.
     pub valid_from: String,
+    /// The last day of the term, `YYYY-MM-DD` (included).
     pub valid_to: String,
+    /// ε asked for per calendar month. It must be positive: a grant of no ε runs no job.
     pub epsilon_per_month: f64,
+    /// δ asked for per calendar month, in [0, 1). A grant of δ 0 runs only templates the
+    /// bureau approved with δ 0, and the default approval has δ 10⁻⁶.
     pub delta_per_month: f64,
-    /// `delete`, `archive` or `return`: what happens to products and keys after the term.
+    /// `destroy`, `archive` or `return`: what happens to products and keys after the term.
     pub disposition: String,
 }
 
@@ -354,6 +451,8 @@ pub struct RequestGrant {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveGrantRequest {
+    /// The ε per month granted, at most what was asked for; omitted, the grant gets what was
+    /// asked for.
     pub epsilon_per_month: Option<f64>,
 }
 
@@ -361,14 +460,21 @@ pub struct ApproveGrantRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrantRequestView {
+    /// The request's id (`greq-…`).
     pub id: String,
+    /// The name of the operator that applied.
     pub operator: String,
+    /// What was asked for, as submitted.
     pub request: RequestGrant,
     /// `pending`, `approved` or `rejected`.
     pub state: String,
+    /// The bureau's reason for a rejection.
     pub reasons: Option<String>,
+    /// The grant an approval created.
     pub grant_id: Option<String>,
+    /// When it was submitted, RFC 3339 in UTC.
     pub submitted_at: String,
+    /// When the bureau decided, RFC 3339 in UTC.
     pub decided_at: Option<String>,
     /// Working days (Monday to Friday) since it was submitted, while pending.
     pub working_days_waiting: u32,
@@ -380,28 +486,43 @@ pub struct GrantRequestView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeterView {
+    /// The job metered.
     pub job_id: String,
+    /// The name of the operator that ran it.
     pub operator: String,
+    /// The template it ran.
     pub template_id: String,
+    /// How the job ended: `released`, `rejected`, `failed` or `cancelled`.
     pub end_state: String,
     /// Wall-clock time, CPU time and peak memory of the run: the bureau's view only. They
     /// depend on the data (how long a filter or a mapper took), so an operator's view leaves
     /// them out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_ms: Option<u64>,
+    /// CPU time of the run, in milliseconds (the bureau's view only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_ms: Option<u64>,
     /// The tables' registered sizes, not what a scan read: they never depend on values.
     pub rows_scanned: u64,
+    /// The tables' registered sizes in bytes, like `rows_scanned`.
     pub bytes_scanned: u64,
+    /// Peak memory of the run, in bytes (the bureau's view only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// WASM jobs: the fuel the job was allowed (fuel per unit times the rows its input read),
+    /// which depends on the tables only; 0 for SQL jobs.
     pub fuel: u64,
+    /// ε spent, in millionths (1 000 000 is ε = 1).
     pub micro_epsilon: i64,
+    /// δ spent, in trillionths (10¹² is δ = 1).
     pub pico_delta: i64,
+    /// Rows in the released product (0 unless released).
     pub output_rows: u64,
+    /// Bytes of the released product's files (0 unless released).
     pub output_bytes: u64,
+    /// What the run was charged, in fen (0 unless released).
     pub price_fen: i64,
+    /// When the record was written, RFC 3339 in UTC.
     pub at: String,
 }
 
@@ -409,8 +530,12 @@ pub struct MeterView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductFile {
+    /// The file's name inside the product, e.g. `result.csv` or `manifest.json`.
     pub name: String,
+    /// Its size in bytes.
     pub bytes: u64,
+    /// Its BLAKE3 digest, 64 hex digits; empty for `manifest.json`, which is checked by its
+    /// signature instead (see [`crate::manifest::verify_product_dir`]).
     pub blake3: String,
 }
 
@@ -418,17 +543,24 @@ pub struct ProductFile {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductView {
+    /// The product's id (`prod-…`).
     pub id: String,
+    /// The job that released it.
     pub job_id: String,
+    /// The template that job ran.
     pub template_id: String,
+    /// The name of the operator that owns it.
     pub operator: String,
+    /// Rows in the released result (the same in every result file).
     pub rows: u64,
+    /// When it was released, RFC 3339 in UTC.
     pub created_at: String,
     /// The manifest and the files it lists; download each from
     /// `GET /v1/products/{id}/files/{name}`.
     pub files: Vec<ProductFile>,
     /// The price while it is offered for sale.
     pub price_fen: Option<i64>,
+    /// True once the bureau recalled it: it can no longer be listed, bought or downloaded.
     pub recalled: bool,
 }
 
@@ -437,6 +569,7 @@ pub struct ProductView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListForSale {
+    /// The price a buyer pays, in fen.
     pub price_fen: i64,
 }
 
@@ -444,10 +577,15 @@ pub struct ListForSale {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseView {
+    /// The purchase's id (`pur-…`).
     pub id: String,
+    /// The product bought.
     pub product_id: String,
+    /// The name of the buyer.
     pub buyer: String,
+    /// What the buyer was charged, in fen.
     pub price_fen: i64,
+    /// When it was bought, RFC 3339 in UTC.
     pub at: String,
     /// False when an earlier purchase of the same product was returned (nothing charged).
     pub new: bool,
@@ -457,8 +595,11 @@ pub struct PurchaseView {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecallView {
+    /// The product recalled.
     pub product_id: String,
+    /// The bureau's reason, as given.
     pub reason: String,
+    /// The names of the buyers who bought it and must be told.
     pub buyers: Vec<String>,
 }
 

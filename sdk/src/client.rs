@@ -39,22 +39,33 @@ pub enum ClientError {
     /// The key's role may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The object does not exist, or is not the caller's to see: the server answers both
+    /// alike, so ids cannot be probed.
     #[error("{0}")]
     NotFound(String),
+    /// The request is malformed (or, before sending, the server URL is); the message says what
+    /// to change.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request contradicts the object's current state, e.g. cancelling a job that has
+    /// ended.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// A rule refused the request; every rule is listed.
+    /// A rule refused the request, or a dataset's policy does not fit its data (the bureau's
+    /// fault); every rule is listed.
     #[error("{message}")]
     Refused {
+        /// The refusal in words.
         message: String,
+        /// Every rule that refused, with what to change.
         violations: Vec<Violation>,
     },
     /// The queue is full; retry after the given seconds.
     #[error("the server is busy: {message} (retry after {retry_after_seconds} s)")]
     Busy {
+        /// The server's message.
         message: String,
+        /// The server's `Retry-After`, in seconds (1 when it sent none).
         retry_after_seconds: u64,
     },
     /// The platform's storage is full (HTTP 507): nothing was queued or changed; retry once the
@@ -63,7 +74,12 @@ pub enum ClientError {
     StorageFull(String),
     /// The server or its platform failed, or answered something this client cannot read.
     #[error("server error ({status}): {message}")]
-    Server { status: u16, message: String },
+    Server {
+        /// The HTTP status the server answered with.
+        status: u16,
+        /// The server's message, or why its answer could not be read.
+        message: String,
+    },
     /// The server could not be reached.
     #[error("cannot reach the server: {0}")]
     Transport(String),
@@ -88,7 +104,9 @@ impl ClientError {
 /// Progress of a download, reported after every chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
+    /// Bytes of the file on disk so far, counting those an earlier attempt left.
     pub done_bytes: u64,
+    /// The file's whole size, when the server said how long its answer is.
     pub total_bytes: Option<u64>,
 }
 
@@ -162,11 +180,13 @@ impl Client {
 
     // --- Anyone ---
 
+    /// `GET /v1/health`: whether the server answers, and its version. Needs no key.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.send(self.http.get(format!("{}{API_PREFIX}/health", self.base)))
             .await
     }
 
+    /// `GET /v1/me`: whom the key belongs to, and its role.
     pub async fn me(&self) -> Result<Me, ClientError> {
         self.get("/me").await
     }
@@ -176,16 +196,20 @@ impl Client {
         self.get("/platform/key").await
     }
 
+    /// `GET /v1/datasets`: the datasets the caller may see (a provider its own, an operator
+    /// those its grants cover, the bureau all), never their rows.
     pub async fn datasets(&self) -> Result<Vec<DatasetView>, ClientError> {
         self.get("/datasets").await
     }
 
     // --- Operators: grants and templates ---
 
+    /// `GET /v1/grants`: the caller's grants (the bureau: every grant).
     pub async fn grants(&self) -> Result<Vec<GrantView>, ClientError> {
         self.get("/grants").await
     }
 
+    /// `POST /v1/grant-requests` (operator): applies for a grant; the bureau decides.
     pub async fn request_grant(
         &self,
         request: &RequestGrant,
@@ -193,6 +217,8 @@ impl Client {
         self.post("/grant-requests", request).await
     }
 
+    /// `GET /v1/grant-requests`: the caller's grant requests (the bureau: every one), oldest
+    /// first.
     pub async fn grant_requests(&self) -> Result<Vec<GrantRequestView>, ClientError> {
         self.get("/grant-requests").await
     }
@@ -231,10 +257,12 @@ impl Client {
         self.submit_template(&spec).await
     }
 
+    /// `GET /v1/templates/{id}`: one template and where it stands.
     pub async fn template(&self, id: &str) -> Result<TemplateView, ClientError> {
         self.get(&format!("/templates/{id}")).await
     }
 
+    /// `GET /v1/templates`: the caller's templates (the bureau: every one).
     pub async fn templates(&self) -> Result<Vec<TemplateView>, ClientError> {
         self.get("/templates").await
     }
@@ -281,14 +309,19 @@ impl Client {
         self.post("/jobs/dry-run", job).await
     }
 
+    /// `GET /v1/jobs/{id}`: one job as it stands now.
     pub async fn job(&self, id: &str) -> Result<JobView, ClientError> {
         self.get(&format!("/jobs/{id}")).await
     }
 
+    /// `GET /v1/jobs`: the caller's jobs (the bureau: every job).
     pub async fn jobs(&self) -> Result<Vec<JobView>, ClientError> {
         self.get("/jobs").await
     }
 
+    /// `POST /v1/jobs/{id}/cancel`: stops a queued or running job; nothing is released. A
+    /// queued job costs nothing; a running one keeps the ε it reserved. Cancelling a job that
+    /// has ended is a [`ClientError::Conflict`].
     pub async fn cancel_job(&self, id: &str) -> Result<JobView, ClientError> {
         self.post(&format!("/jobs/{id}/cancel"), &()).await
     }
@@ -321,16 +354,21 @@ impl Client {
         }
     }
 
+    /// `GET /v1/meter`: the caller's meter records (the bureau: every one, with time and
+    /// memory).
     pub async fn meter(&self) -> Result<Vec<MeterView>, ClientError> {
         self.get("/meter").await
     }
 
     // --- Products ---
 
+    /// `GET /v1/products`: the products the caller may see (an operator its own, a buyer
+    /// those on offer or bought, the bureau all).
     pub async fn products(&self) -> Result<Vec<ProductView>, ClientError> {
         self.get("/products").await
     }
 
+    /// `GET /v1/products/{id}`: one product and the files it holds.
     pub async fn product(&self, id: &str) -> Result<ProductView, ClientError> {
         self.get(&format!("/products/{id}")).await
     }
@@ -353,10 +391,13 @@ impl Client {
         self.get("/offers").await
     }
 
+    /// `POST /v1/products/{id}/purchase` (buyer): buys a product on offer. Buying it again
+    /// returns the first purchase and charges nothing ([`PurchaseView::new`] is false).
     pub async fn purchase(&self, id: &str) -> Result<PurchaseView, ClientError> {
         self.post(&format!("/products/{id}/purchase"), &()).await
     }
 
+    /// `GET /v1/purchases`: the caller's purchases (the bureau: every one).
     pub async fn purchases(&self) -> Result<Vec<PurchaseView>, ClientError> {
         self.get("/purchases").await
     }
@@ -467,6 +508,8 @@ impl Client {
 
     // --- The bureau's decisions ---
 
+    /// `POST /v1/templates/{id}/approve` (bureau): approves a submitted template with the
+    /// given terms; omitted terms take the platform defaults (see [`ApproveTemplate`]).
     pub async fn approve_template(
         &self,
         id: &str,
@@ -475,6 +518,8 @@ impl Client {
         self.post(&format!("/templates/{id}/approve"), terms).await
     }
 
+    /// `POST /v1/templates/{id}/reject` (bureau): rejects a submitted template, telling the
+    /// operator why.
     pub async fn reject_template(
         &self,
         id: &str,
@@ -489,6 +534,8 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/grant-requests/{id}/approve` (bureau): grants a pending request, optionally
+    /// with less ε than asked for.
     pub async fn approve_grant_request(
         &self,
         id: &str,
@@ -498,6 +545,8 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/grant-requests/{id}/reject` (bureau): rejects a pending request, telling the
+    /// operator why.
     pub async fn reject_grant_request(
         &self,
         id: &str,
@@ -512,6 +561,8 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/products/{id}/recall` (bureau): withdraws a product from sale and download;
+    /// answers with the buyers who must be told.
     pub async fn recall(&self, id: &str, reason: &str) -> Result<RecallView, ClientError> {
         self.post(
             &format!("/products/{id}/recall"),
@@ -522,6 +573,8 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/settlements` (bureau): settles a closed month, `YYYY-MM` in the bureau's
+    /// time zone, and answers with the settlement as JSON.
     pub async fn settle(&self, period: &str) -> Result<serde_json::Value, ClientError> {
         self.post(
             "/settlements",

@@ -31,8 +31,11 @@ pub const NAME_BYTES_MAX: usize = 255;
 /// A column's value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Signed 64-bit integers (kind code 1); a template declares it as `integer`.
     Int64,
+    /// IEEE 754 double-precision floats (kind code 2); a template declares it as `float`.
     Float64,
+    /// UTF-8 text (kind code 3); a template declares it as `text`.
     Utf8,
 }
 
@@ -54,6 +57,7 @@ impl Kind {
         }
     }
 
+    /// The kind's name as a template declares it: `integer`, `float` or `text`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Int64 => "integer",
@@ -85,10 +89,13 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
+    /// A writer of a batch of `n_rows` rows, with no columns yet.
     pub fn new(n_rows: usize) -> Self {
         Self::with_capacity(n_rows, 64)
     }
 
+    /// Like [`BatchWriter::new`], reserving room for `bytes` bytes of output up front (a
+    /// caller that knows the batch's size saves the buffer's regrowth).
     pub fn with_capacity(n_rows: usize, bytes: usize) -> Self {
         let mut buf = Vec::with_capacity(bytes.max(12));
         buf.extend_from_slice(&MAGIC);
@@ -220,22 +227,27 @@ pub struct ColumnView<'a> {
 }
 
 impl<'a> ColumnView<'a> {
+    /// The column's name.
     pub fn name(&self) -> &'a str {
         self.name
     }
 
+    /// The column's value type.
     pub fn kind(&self) -> Kind {
         self.kind
     }
 
+    /// How many rows the column has: the batch's row count.
     pub fn len(&self) -> usize {
         self.n_rows
     }
 
+    /// True when the batch has no rows.
     pub fn is_empty(&self) -> bool {
         self.n_rows == 0
     }
 
+    /// True when `row` exists and is not null.
     pub fn is_valid(&self, row: usize) -> bool {
         row < self.n_rows && self.validity[row / 8] & (1 << (row % 8)) != 0
     }
@@ -246,12 +258,14 @@ impl<'a> ColumnView<'a> {
         word
     }
 
-    /// The value at `row` of an integer column; `None` if null or not an integer column.
+    /// The value at `row` of an integer column; `None` if null, past the last row, or not an
+    /// integer column.
     pub fn int64(&self, row: usize) -> Option<i64> {
         (self.kind == Kind::Int64 && self.is_valid(row)).then(|| i64::from_le_bytes(self.word(row)))
     }
 
-    /// The value at `row` of a float column (an integer column is widened).
+    /// The value at `row` of a float column (an integer column is widened); `None` if null,
+    /// past the last row, or a text column.
     pub fn float64(&self, row: usize) -> Option<f64> {
         if !self.is_valid(row) {
             return None;
@@ -269,7 +283,8 @@ impl<'a> ColumnView<'a> {
         u32::from_le_bytes(word) as usize
     }
 
-    /// The value at `row` of a text column.
+    /// The value at `row` of a text column; `None` if null, past the last row, or not a
+    /// text column.
     pub fn utf8(&self, row: usize) -> Option<&'a str> {
         if self.kind != Kind::Utf8 || !self.is_valid(row) {
             return None;
@@ -385,14 +400,17 @@ impl<'a> BatchView<'a> {
         Ok(Self { n_rows, columns })
     }
 
+    /// How many rows the batch has; every column has this many.
     pub fn num_rows(&self) -> usize {
         self.n_rows
     }
 
+    /// The columns, in the order they were written.
     pub fn columns(&self) -> &[ColumnView<'a>] {
         &self.columns
     }
 
+    /// The first column named `name`, if there is one.
     pub fn column(&self, name: &str) -> Option<&ColumnView<'a>> {
         self.columns.iter().find(|c| c.name == name)
     }

@@ -4,9 +4,13 @@
 //!
 //! Read [`manifest`] first: the signed manifest of a released data product and
 //! [`manifest::verify_product_dir`], which checks a download offline. [`columnar`] is the
-//! payload format of WASM jobs, and [`guest`] (feature `guest`) turns a plain Rust function
-//! into a mapper module. [`api`] holds the HTTP API's bodies and [`client::Client`] (feature
-//! `client`) speaks it.
+//! payload format of WASM jobs, and `guest` (feature `guest`) turns a plain Rust function
+//! into a mapper module. [`api`] holds the HTTP API's bodies and `client::Client` (feature
+//! `client`) speaks it; `cargo doc -p veil-sdk --all-features` documents those two as well.
+
+// Every public item is part of the contract with clients, verifiers and mapper authors, who
+// read this crate's docs rather than the server's code; CI turns the warning into an error.
+#![warn(missing_docs)]
 
 #[cfg(feature = "manifest")]
 pub mod api;

@@ -75,18 +75,25 @@ const HASH_BUFFER_BYTES: usize = 64 * 1024;
 pub struct Manifest {
     /// Always [`MANIFEST_FORMAT`].
     pub format: String,
+    /// The product's id (`prod-…`), as the platform's API names it.
     pub product_id: String,
+    /// The job that released the product.
     pub job_id: String,
     /// BLAKE3 hex digest of the approved template the job ran.
     pub template_id: String,
+    /// The template's name, as its operator gave it.
     pub template_name: String,
+    /// The name of the operator that ran the job and owns the product.
     pub operator: String,
     /// The purpose of the authorization (grant) the job ran under.
     pub purpose: String,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// Every dataset the job read.
     pub sources: Vec<SourceDataset>,
+    /// The protection the release applied: what a buyer may rely on about the figures.
     pub privacy: PrivacyRecord,
+    /// The result's columns, in order, and what each one is.
     pub columns: Vec<ColumnDescription>,
     /// Rows in the released result (the same in every file).
     pub rows: u64,
@@ -116,9 +123,13 @@ pub struct Manifest {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditCheckpoint {
+    /// The sequence number of the audit log entry the checkpoint witnesses (the log's head
+    /// when the checkpoint was made).
     pub seq: i64,
     /// The entry's hash, 64 hex digits.
     pub hash: String,
+    /// The sequence number of the first entry whose hash is keyed with the platform's secret
+    /// (see above).
     pub keyed_from: i64,
     /// The 64-byte Ed25519 signature, hex.
     pub signature: String,
@@ -159,11 +170,15 @@ impl AuditCheckpoint {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDataset {
+    /// The dataset's id on the platform (`ds-…`).
     pub dataset_id: String,
+    /// The dataset's name, as a template's SQL reads it.
     pub name: String,
+    /// The organisation that provided the data.
     pub provider: String,
     /// The acquisition date (获取日期), `YYYY-MM-DD`, which every product must print.
     pub acquired_on: String,
+    /// The data classification its policy states: 1 public, 2 internal, 3 sensitive, 4 core.
     pub classification_level: u8,
     /// BLAKE3 hex digest of the dataset's content at the time of the run.
     pub content_blake3: String,
@@ -173,14 +188,22 @@ pub struct SourceDataset {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyRecord {
+    /// The ε of the whole release, per privacy unit, as the bureau approved it; the draws in
+    /// `noise_scales` split it between them.
     pub epsilon: f64,
+    /// The δ of the whole release, as the bureau approved it: it bounds the chance that a
+    /// group of fewer than `k` units is shown.
     pub delta: f64,
     /// For example "laplace (OpenDP make_laplace, discrete on integers)".
     pub mechanism: String,
     /// The k of k-anonymity: distinct privacy units a released group needed.
     pub k: u32,
+    /// The most groups one privacy unit may contribute to; its contributions beyond were
+    /// dropped before any noise, which bounds each draw's sensitivity.
     pub max_groups_per_unit: u32,
+    /// The most rows one privacy unit may contribute to one group; the rest were dropped.
     pub max_rows_per_group: u32,
+    /// Groups (result rows) released.
     pub groups_released: u64,
     /// With public key sets: how many keys were marked because their noisy count of distinct
     /// units was below k (their measures are NULL). Absent otherwise.
@@ -188,6 +211,7 @@ pub struct PrivacyRecord {
     pub groups_suppressed: Option<u64>,
     /// The DP existence threshold τ, when group keys were not from a public key set.
     pub threshold: Option<f64>,
+    /// Every noisy draw of the release: the distinct-unit count first, then each measure.
     pub noise_scales: Vec<NoiseScale>,
 }
 
@@ -195,9 +219,15 @@ pub struct PrivacyRecord {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseScale {
+    /// What the draw measures, e.g. `distinct units` or `income (sum)`.
     pub column: String,
+    /// Its share of the release's ε.
     pub epsilon: f64,
+    /// Its L1 sensitivity over all groups: the most one privacy unit can change the true
+    /// values, given the contribution bounds.
     pub sensitivity: f64,
+    /// The scale of the Laplace noise added, `sensitivity / epsilon` (discrete Laplace on
+    /// integers).
     pub scale: f64,
 }
 
@@ -205,6 +235,7 @@ pub struct NoiseScale {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnDescription {
+    /// The column's name in the result files.
     pub name: String,
     /// "group key", "noisy count", "noisy sum" or "noisy average".
     pub kind: String,
@@ -216,6 +247,7 @@ pub struct ColumnDescription {
 pub struct FileDigest {
     /// A plain file name inside the product folder, never a path.
     pub name: String,
+    /// The file's size in bytes.
     pub bytes: u64,
     /// BLAKE3 hex digest of the file's bytes.
     pub blake3: String,
@@ -237,13 +269,16 @@ pub struct Signature {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SignedManifest {
+    /// What the platform states about the product.
     pub manifest: Manifest,
+    /// The platform's signature over the manifest's canonical bytes.
     pub signature: Signature,
 }
 
 /// A product folder that passed [`verify_product_dir`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedProduct {
+    /// The manifest, whose signature and files were checked.
     pub manifest: Manifest,
     /// True when the caller pinned the platform key and the manifest was signed by it. When
     /// false, the files match what the signer stated, but nothing says who the signer was.
@@ -254,14 +289,20 @@ pub struct VerifiedProduct {
 /// signer (the platform), never of a buyer.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
+    /// The manifest's `format` is not [`MANIFEST_FORMAT`]: only the current format is signed.
     #[error(
         "the manifest's format is not {MANIFEST_FORMAT}; set `format` to MANIFEST_FORMAT before signing"
     )]
     WrongFormat,
+    /// A number of the manifest is NaN or infinite, which JSON cannot carry.
     #[error(
         "manifest field {field} is not a finite number; JSON cannot carry NaN or infinity, so the release must record a finite value"
     )]
-    NotFinite { field: String },
+    NotFinite {
+        /// The field's path, e.g. `privacy.noise_scales[0].scale`.
+        field: String,
+    },
+    /// `serde_json` could not write the manifest (a platform bug).
     #[error("internal error: the manifest could not be serialized as JSON ({0})")]
     Serialize(#[source] serde_json::Error),
 }
@@ -270,90 +311,145 @@ pub enum ManifestError {
 /// and says what to do; none carries the contents of a file.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The folder holds no `manifest.json`.
     #[error(
         "{MANIFEST_FILE} not found in {}; a product folder holds its files and {MANIFEST_FILE} — download the whole product again", dir.display()
     )]
-    ManifestMissing { dir: PathBuf },
+    ManifestMissing {
+        /// The folder that was checked.
+        dir: PathBuf,
+    },
+    /// A file or the folder could not be read (permissions, a failing disk).
     #[error("{}: cannot be read ({source}); check the path and permissions", path.display())]
     Io {
+        /// What could not be read.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// `manifest.json` is larger than [`MANIFEST_BYTES_MAX`]; it was not parsed.
     #[error(
         "{MANIFEST_FILE}: larger than {MANIFEST_BYTES_MAX} bytes, so it is not a Veil manifest — download the product again"
     )]
     ManifestTooLarge,
+    /// `manifest.json` is not JSON of a [`SignedManifest`] (or has fields the format does not
+    /// know).
     #[error(
         "{MANIFEST_FILE}: not a valid Veil manifest ({category} error at line {line}, column {column}); the file is damaged or not from Veil — download the product again"
     )]
     ManifestMalformed {
+        /// What kind of parse error: `read`, `syntax`, `structure` or `truncated`.
         category: &'static str,
+        /// The line of the error, from 1.
         line: usize,
+        /// The column of the error, from 1.
         column: usize,
     },
+    /// The manifest's format is not one of [`MANIFEST_FORMATS_READ`].
     #[error(
         "{MANIFEST_FILE}: declares a format this verifier does not read (it reads veil-product-manifest/1 and /2); use a verifier that supports that format"
     )]
     UnsupportedFormat,
+    /// The signature's algorithm is not [`SIGNATURE_ALGORITHM`].
     #[error(
         "{MANIFEST_FILE}: signed with an algorithm other than {SIGNATURE_ALGORITHM}; this verifier cannot check it"
     )]
     UnsupportedAlgorithm,
+    /// The public key embedded in the signature is not a valid Ed25519 key.
     #[error(
         "{MANIFEST_FILE}: the embedded public key is not 32 bytes of hex forming a valid Ed25519 key; the file is damaged — download the product again"
     )]
     BadPublicKey,
+    /// The manifest names a signing key other than the one the caller pinned: the product
+    /// is not from that platform.
     #[error(
         "{MANIFEST_FILE}: signed by a different key than the platform key you pinned; the product did not come from that platform — do not use it, and obtain it from the platform directly"
     )]
     KeyMismatch,
+    /// The signature value is not 64 bytes of hex.
     #[error(
         "{MANIFEST_FILE}: the signature value is not 64 bytes of hex; the file is damaged — download the product again"
     )]
     BadSignatureEncoding,
+    /// The signature does not cover this manifest: the manifest was changed after signing.
     #[error(
         "{MANIFEST_FILE}: the signature does not match the manifest; the manifest was changed after signing — download the product again"
     )]
     BadSignature,
+    /// The manifest's audit checkpoint is not signed by the manifest's signer, so it is no
+    /// witness of the platform's audit log.
     #[error(
         "{MANIFEST_FILE}: the audit checkpoint it carries is not signed by the key that signed the manifest; do not use this product, and report it to the platform's bureau"
     )]
     BadAuditCheckpoint,
+    /// The manifest has no canonical form (a number that is not finite), so no signature
+    /// can cover it.
     #[error("{MANIFEST_FILE}: cannot be put into canonical form: {0}")]
     Canonical(#[source] ManifestError),
+    /// A file entry's name is a path, `.`, `..`, empty or `manifest.json`, which could reach
+    /// outside the folder or shadow the manifest.
     #[error(
         "{MANIFEST_FILE}: file entry number {index} is not a plain file name inside the product folder; do not use this product"
     )]
-    UnsafeFileName { index: usize },
+    UnsafeFileName {
+        /// The entry's position in the manifest's `files`, from 0.
+        index: usize,
+    },
+    /// The manifest lists one file name twice.
     #[error(
         "{MANIFEST_FILE}: lists {name} more than once; the manifest is inconsistent — do not use this product"
     )]
-    DuplicateFile { name: String },
+    DuplicateFile {
+        /// The name listed twice.
+        name: String,
+    },
+    /// A listed file is not in the folder.
     #[error(
         "{name}: listed in the manifest but missing from the folder — download the whole product again"
     )]
-    FileMissing { name: String },
+    FileMissing {
+        /// The missing file's name.
+        name: String,
+    },
+    /// A listed name is a folder, a link or another non-regular file; links are never
+    /// followed.
     #[error(
         "{name}: not a regular file (a folder or a link); a product holds plain files only — download the product again"
     )]
-    NotAFile { name: String },
+    NotAFile {
+        /// The name in the folder.
+        name: String,
+    },
+    /// A file's size differs from the manifest's.
     #[error(
         "{name}: {actual} bytes, but the manifest records {expected}; the file is incomplete or was changed after release — download it again"
     )]
     SizeMismatch {
+        /// The file's name.
         name: String,
+        /// The size the manifest records, in bytes.
         expected: u64,
+        /// The size found, in bytes.
         actual: u64,
     },
+    /// A file's BLAKE3 digest differs from the manifest's: its content was changed.
     #[error(
         "{name}: BLAKE3 digest does not match the manifest; the file was changed after release — download it again"
     )]
-    DigestMismatch { name: String },
+    DigestMismatch {
+        /// The file's name.
+        name: String,
+    },
+    /// The folder holds something the manifest does not list, which the signature does not
+    /// vouch for.
     #[error(
         "{name}: in the product folder but not listed in the manifest; remove it, or download the product again into an empty folder"
     )]
-    UnlistedFile { name: String },
+    UnlistedFile {
+        /// The unlisted name, as the folder spells it (lossily, if it is not UTF-8).
+        name: String,
+    },
 }
 
 /// The bytes the signature covers (without the domain prefix): the manifest as compact JSON

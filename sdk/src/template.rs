@@ -33,7 +33,7 @@
 //! fallback = "default"         # a failed unit contributes the defaults (or "none": nothing)
 //! [[wasm.output]]
 //! name = "eligible"
-//! type = "integer"             # integer | float (both need bounds) | text (needs keys)
+//! type = "integer"             # integer (bounds or keys) | float (bounds) | text (keys)
 //! bounds = [0, 1]
 //! default = 0
 //! ```
@@ -50,17 +50,27 @@ pub const MODULE_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Why a template file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateFileError {
+    /// The file is not TOML of a template: the message is the TOML parser's, with the line.
     #[error("template file: {0}")]
     Syntax(String),
+    /// The WASM module the `[wasm]` table names could not be read.
     #[error(
         "the WASM module {path} cannot be read ({error}); build it with `cargo build --release --target wasm32-unknown-unknown`"
     )]
     Module {
+        /// The module's path, relative paths joined to the template file's folder.
         path: PathBuf,
+        /// The operating system's error.
         error: std::io::Error,
     },
+    /// The module is larger than [`MODULE_BYTES_MAX`]; the server would refuse it.
     #[error("the module is {len} bytes; the limit is {max} bytes")]
-    ModuleTooLarge { len: u64, max: usize },
+    ModuleTooLarge {
+        /// The module's size, in bytes.
+        len: u64,
+        /// The limit, [`MODULE_BYTES_MAX`] bytes.
+        max: usize,
+    },
 }
 
 /// A parameter's type.
@@ -68,7 +78,9 @@ pub enum TemplateFileError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
+    /// A signed 64-bit integer, given as its decimal digits.
     Integer,
+    /// A string. Either type is bound as a typed value, never spliced into the SQL text.
     Text,
 }
 
@@ -77,9 +89,14 @@ pub enum ParamType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParamSpec {
+    /// The name the SQL uses as `:name`; every placeholder must be declared, and every
+    /// declared parameter used.
     pub name: String,
+    /// The value's type (`type` in the file and in JSON).
     #[serde(rename = "type")]
     pub kind: ParamType,
+    /// The only values a job may give, written as text; omitted, any value of the type.
+    /// The bureau approves the template with this list, so it bounds what runs can ask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed: Option<Vec<String>>,
 }
@@ -89,9 +106,11 @@ pub struct ParamSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
+    /// A name for people (jobs may name the template by it); it is part of the id.
     pub name: String,
     /// The query (SQL templates) or the release SQL over `mapped` (WASM templates).
     pub sql: String,
+    /// The parameters the SQL takes, in order.
     #[serde(default)]
     pub params: Vec<ParamSpec>,
     /// The mapper of a WASM template.
@@ -104,8 +123,12 @@ pub struct TemplateSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputType {
+    /// Signed 64-bit integers; needs either `bounds` (to sum it) or `keys` (to group by it).
     Integer,
+    /// Floats (a mapper may also answer integers, which are widened); needs `bounds` and no
+    /// `keys`.
     Float,
+    /// Text; needs `keys` and no `bounds`.
     Text,
 }
 
@@ -114,7 +137,10 @@ pub enum OutputType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
+    /// The column's name in `mapped`, and in the mapper's output batch.
     pub name: String,
+    /// The column's type (`type` in the file and in JSON). A mapper answering another type
+    /// fails its unit.
     #[serde(rename = "type")]
     pub kind: OutputType,
     /// `[lo, hi]` for numbers: values are clamped into it.
@@ -146,10 +172,17 @@ pub enum Fallback {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WasmSpec {
+    /// The BLAKE3 digest of the mapper module, 64 hex digits; upload the module first
+    /// (`POST /v1/modules`).
     pub module_blake3: String,
+    /// The SQL that chooses the rows the mapper sees, over the grant's datasets. It must
+    /// output the privacy-unit column: each call of the mapper gets one unit's rows.
     pub input_sql: String,
+    /// The mapper's declared output columns: the columns of `mapped` beside the unit.
     pub output: Vec<OutputSpec>,
+    /// The most output rows one unit contributes; the host keeps the first ones.
     pub max_rows_per_unit: u32,
+    /// What a unit whose call failed contributes; omitted, nothing.
     #[serde(default)]
     pub fallback: Fallback,
 }
@@ -242,7 +275,8 @@ impl TemplateSpec {
 }
 
 impl OutputSpec {
-    /// The declared default as a value of this column, if it fits.
+    /// True when a default is declared and is a value of this column: of its type, within its
+    /// `bounds` and among its `keys` where those are declared.
     pub fn default_fits(&self) -> bool {
         let Some(value) = &self.default else {
             return false;

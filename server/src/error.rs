@@ -1,4 +1,9 @@
 //! How errors become HTTP responses: one place maps each kind of fault to one status.
+//!
+//! The platform's faults reach a client as fixed sentences; their detail (a path, a database
+//! error) goes to the server's log. A failed job's record follows the same rule in
+//! `veil_runtime::jobs`: its operator reads a fixed sentence, the bureau the detail in the
+//! job's audit entry.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

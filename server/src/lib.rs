@@ -8,7 +8,11 @@
 //!              │                                 │
 //!              └─ POST /v1/jobs ─► jobs::enqueue ─► Workers (bounded queue, N workers)
 //!                                                       └─ jobs::run_queued ─► gate ─► product
+//!                                                          (on the workers' own runtime)
 //! ```
+//!
+//! Requests are answered on the caller's tokio runtime (`veil serve`'s); jobs run on a
+//! runtime the [`Workers`] own, so neither can take the other's threads (see [`workers`]).
 //!
 //! Read [`app`] (every route and who may call it), then [`auth`], [`routes`], [`workers`],
 //! and [`error`] (the one place a fault becomes a status). The request and response bodies
@@ -44,7 +48,9 @@ pub const REQUEST_BYTES_MAX: usize = 9 * 1024 * 1024;
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState {
+    /// Store connections for the handlers.
     pub stores: Arc<StorePool>,
+    /// The job queue; jobs run on its own runtime.
     pub workers: Arc<Workers>,
 }
 
@@ -122,8 +128,11 @@ impl StorePool {
 /// How `veil serve` runs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The store folder.
     pub data_dir: PathBuf,
+    /// The address to listen on (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// Jobs that run at the same time.
     pub workers: usize,
     /// Jobs queued or running at once.
     pub queue: usize,

@@ -44,7 +44,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, violations};
 use veil_runtime::catalog::{self, Dataset};
 use veil_runtime::error::Error;
-use veil_runtime::grants::{self, Application, Grant, MICRO, PICO};
+use veil_runtime::grants::{self, Application, Grant};
 use veil_runtime::ids::{Fen, JobId, ProductId};
 use veil_runtime::jobs::{self, Job, JobRequest};
 use veil_runtime::metering::{self, MeterRecord};
@@ -157,8 +157,8 @@ fn grant_view(g: &Grant) -> GrantView {
         purpose: g.purpose.clone(),
         valid_from: g.valid_from.to_string(),
         valid_to: g.valid_to.to_string(),
-        epsilon_per_month: g.micro_epsilon_per_month as f64 / MICRO,
-        delta_per_month: g.pico_delta_per_month as f64 / PICO,
+        epsilon_per_month: g.micro_epsilon_per_month.epsilon(),
+        delta_per_month: g.pico_delta_per_month.delta(),
         disposition: g.disposition.as_str().to_string(),
         created_at: g.created_at.clone(),
     }
@@ -174,16 +174,16 @@ fn application_view(a: &Application) -> GrantRequestView {
             purpose: a.purpose.clone(),
             valid_from: a.valid_from.to_string(),
             valid_to: a.valid_to.to_string(),
-            epsilon_per_month: a.micro_epsilon_per_month as f64 / MICRO,
-            delta_per_month: a.pico_delta_per_month as f64 / PICO,
+            epsilon_per_month: a.micro_epsilon_per_month.epsilon(),
+            delta_per_month: a.pico_delta_per_month.delta(),
             disposition: a.disposition.as_str().to_string(),
         },
-        state: a.state.clone(),
+        state: a.state.as_str().to_string(),
         reasons: a.reasons.clone(),
         grant_id: a.grant_id.clone(),
         submitted_at: a.submitted_at.clone(),
         decided_at: a.decided_at.clone(),
-        working_days_waiting: if a.state == "pending" {
+        working_days_waiting: if a.state == grants::ApplicationState::Pending {
             a.working_days_waiting(today)
         } else {
             0
@@ -223,7 +223,7 @@ fn job_view(j: &Job) -> JobView {
         grant_id: j.grant_id.clone(),
         operator: j.operator.clone(),
         params: j.params.iter().cloned().collect(),
-        state: j.state.clone(),
+        state: j.state.as_str().to_string(),
         violations: j.reasons.as_ref().map(violations).unwrap_or_default(),
         failure: j.failure.clone(),
         product_id: j.product_id.clone(),
@@ -241,15 +241,15 @@ fn meter_view(m: &MeterRecord, caller: &Caller) -> MeterView {
         job_id: m.job_id.clone(),
         operator: m.operator.clone(),
         template_id: m.template_id.clone(),
-        end_state: m.end_state.clone(),
+        end_state: m.end_state.as_str().to_string(),
         wall_ms: bureau.then_some(m.wall_ms),
         cpu_ms: bureau.then_some(m.cpu_ms),
         rows_scanned: m.rows_scanned,
         bytes_scanned: m.bytes_scanned,
         peak_memory_bytes: bureau.then_some(m.peak_memory_bytes),
         fuel: m.fuel,
-        micro_epsilon: m.micro_epsilon,
-        pico_delta: m.pico_delta,
+        micro_epsilon: m.micro_epsilon.0,
+        pico_delta: m.pico_delta.0,
         output_rows: m.output_rows,
         output_bytes: m.output_bytes,
         price_fen: m.price.0,
@@ -487,21 +487,27 @@ async fn template_submit(
     Json(body): Json<SubmitTemplate>,
 ) -> Result<(StatusCode, Json<TemplateView>), ApiError> {
     caller.require("submitting a template", &[Role::Operator])?;
+    // The domain's one submission runs the gate's static checks, as `veil template submit`
+    // does, so a refused template is answered now with its rules and nothing is stored.
     let template = state
         .stores
-        .with(move |store| {
+        .with_async(move |mut store| async move {
             let module = match &body.spec.wasm {
-                Some(wasm) => Some(templates::module_bytes(store, &wasm.module_blake3).map_err(
-                    |_| {
-                        Error::invalid(format!(
+                Some(wasm) => match templates::module_bytes(&store, &wasm.module_blake3) {
+                    Ok(bytes) => Some(bytes),
+                    Err(_) => {
+                        let missing = Error::invalid(format!(
                             "module {} is not uploaded; POST it to /v1/modules first",
                             wasm.module_blake3
-                        ))
-                    },
-                )?),
+                        ));
+                        return (store, Err(missing));
+                    }
+                },
                 None => None,
             };
-            templates::submit_with_module(store, caller.name(), body.spec, module)
+            let submitted =
+                templates::submit_checked(&mut store, caller.name(), body.spec, module).await;
+            (store, submitted)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(template_view(&template))))

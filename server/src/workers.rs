@@ -9,6 +9,13 @@
 //! (pinned by the template's approval) bound it. A cancelled job's token stops it where it is.
 //! Every job end bumps a generation counter that long-polling `wait` calls watch.
 //!
+//! **Jobs never run on the HTTP server's runtime.** A job's rows are read in a child process,
+//! but its parent side — planning and analysis in DataFusion, the budget, the child's I/O,
+//! writing the product — is async work. It runs on a multi-thread tokio runtime of the
+//! workers' own ([`JOB_RUNTIME_THREADS`] threads named `veil-job`), built in
+//! [`Workers::start`] and shut down when the workers are dropped; so a busy job cannot take
+//! the threads that answer requests, and a flood of requests cannot stall a job.
+//!
 //! **No job outlives the server unended.** A job whose run returns an error (its final write
 //! failed, the disk is full) is ended `failed` here with `jobs::end_unfinished`; if even that
 //! cannot be written, the job is kept in memory and the record is retried every
@@ -44,6 +51,13 @@ pub const QUEUE_JOBS_MAX: usize = 100_000;
 pub const WORKERS_DEFAULT: usize = 2;
 /// Most workers a server may start.
 pub const WORKERS_MAX: usize = 64;
+/// Threads of the runtime jobs run on. The parent side of a job is mostly waiting (on the
+/// child, on the disk), so two threads serve every worker; more would only compete with the
+/// children, which do the heavy work, for the machine's cores.
+pub const JOB_RUNTIME_THREADS: usize = 2;
+/// How long dropping the workers waits for the job runtime's blocking tasks to end, in
+/// milliseconds, when the dropping thread may block.
+const JOB_RUNTIME_SHUTDOWN_MS: u64 = 1_000;
 /// How often the monitor checks the disk and retries failure records, in milliseconds.
 pub const MONITOR_TICK_MS: u64 = 1_000;
 /// Longest interval between sweeps a server may be given, in seconds (a day).
@@ -67,6 +81,8 @@ pub struct Workers {
     root: PathBuf,
     /// Jobs that must end `failed` but whose record could not be written yet, with the reason.
     unrecorded: Mutex<Vec<(JobId, &'static str)>>,
+    /// The runtime the jobs run on (see the module docs); `None` only once dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 struct Slot {
@@ -86,6 +102,10 @@ impl Workers {
     /// Starts `count` workers on the store at `root` with a queue of `capacity` jobs, and
     /// queues the jobs a stopped server left queued (those it left running end `failed`; see
     /// `jobs::recover`). Sweeps every [`sweep::SWEEP_INTERVAL_SECONDS`].
+    ///
+    /// The jobs run on a runtime the workers build here and own, so the caller needs no
+    /// runtime of its own. Dropping the last reference stops the workers: a job that is
+    /// running ends first, and jobs still queued stay `queued` in the store for the next start.
     pub fn start(root: &Path, count: usize, capacity: usize) -> Result<Arc<Self>> {
         Self::start_with(
             root,
@@ -117,6 +137,13 @@ impl Workers {
                 "--sweep-seconds must be between 1 and {SWEEP_SECONDS_MAX}"
             )));
         }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(JOB_RUNTIME_THREADS)
+            .thread_name("veil-job")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal(format!("starting the job runtime: {e}")))?;
+        let handle = runtime.handle().clone();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (ended, _) = watch::channel(0);
         let workers = Arc::new(Self {
@@ -127,6 +154,7 @@ impl Workers {
             ended,
             root: root.to_path_buf(),
             unrecorded: Mutex::new(Vec::new()),
+            runtime: Some(runtime),
         });
         let mut store = Store::open(root)?;
         let waiting = jobs::recover(&mut store)?;
@@ -142,14 +170,17 @@ impl Workers {
             .spawn(move || monitor(weak, store, sweep_every))
             .map_err(|e| Error::internal(format!("starting the monitor: {e}")))?;
         let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-        let handle = tokio::runtime::Handle::current();
         for index in 0..count {
             let store = Store::open(root)?;
-            let (workers, receiver, handle) =
-                (Arc::clone(&workers), Arc::clone(&receiver), handle.clone());
+            let (workers, receiver, handle) = (
+                Arc::downgrade(&workers),
+                Arc::clone(&receiver),
+                handle.clone(),
+            );
             // A job holds its store connection across awaits, and SQLite connections stay on
-            // one thread; so each worker is a thread that drives its job on the server's
-            // runtime, where DataFusion's own tasks run.
+            // one thread; so each worker is a thread that drives its job on the job runtime,
+            // where DataFusion's own tasks and the child's I/O then run too. It holds the
+            // workers weakly, so dropping them closes the queue and ends the thread.
             std::thread::Builder::new()
                 .name(format!("veil-worker-{index}"))
                 .spawn(move || handle.block_on(work(workers, store, receiver)))
@@ -263,6 +294,22 @@ impl Workers {
     }
 }
 
+impl Drop for Workers {
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        // No job is running: each holds a reference while it runs. Waiting for the runtime's
+        // blocking tasks is refused inside an async context — the server's runtime, or a
+        // worker that held the last reference — so there the runtime is only told to stop.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(Duration::from_millis(JOB_RUNTIME_SHUTDOWN_MS));
+        }
+    }
+}
+
 /// The server's housekeeping (see the module docs), until the workers are gone or the store
 /// folder is.
 fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
@@ -303,14 +350,20 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
     }
 }
 
+/// One worker: runs the queued jobs one at a time until the workers are dropped.
 async fn work(
-    workers: Arc<Workers>,
+    weak: Weak<Workers>,
     mut store: Store,
     receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<JobId>>>,
 ) {
     loop {
         let next = receiver.lock().await.recv().await;
+        // The queue closes when the workers are dropped; a job still in it stays `queued` in
+        // the store, and `jobs::recover` queues it again at the next start.
         let Some(job) = next else { return };
+        let Some(workers) = weak.upgrade() else {
+            return;
+        };
         if workers.storage_full() {
             // Nothing runs while the disk is full: the job ends at once, having reserved no ε.
             workers.end_failed(&mut store, &job, jobs::STORAGE_FULL_REASON);

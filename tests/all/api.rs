@@ -506,3 +506,58 @@ async fn a_full_queue_answers_429_and_a_queued_job_can_be_cancelled() {
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
+
+/// Jobs run on the workers' own runtime, never on the server's: a job runs to its end while
+/// the server's only runtime thread is held, so neither can starve the other. (On the
+/// server's runtime the job's child I/O would wait for this thread, and the job never end.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_job_ends_while_the_servers_runtime_is_held() {
+    /// Longest the job may take, in seconds; it takes a few.
+    const JOB_SECONDS_MAX: u64 = 120;
+    let mut fixture = Fixture::new(2_000);
+    let operator = principals::add(&mut fixture.store, Role::Operator, OPERATOR)
+        .expect("principal")
+        .1
+        .expose()
+        .to_string();
+    let template = support::submit_and_approve(
+        &mut fixture.store,
+        "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city",
+        &[],
+        support::approval(),
+    )
+    .expect("template");
+    let root = fixture.store_path();
+    let workers =
+        Workers::start(&root, 1, veil_server::workers::QUEUE_JOBS_DEFAULT).expect("workers");
+    let ended = workers.subscribe();
+    let app = veil_server::app(Arc::new(AppState {
+        stores: Arc::new(StorePool::new(&root).expect("pool")),
+        workers,
+    }));
+    let run = serde_json::json!({ "template": template })
+        .to_string()
+        .into_bytes();
+    let (status, submitted) = call(&app, "POST", "/v1/jobs", Some(&operator), Some(run)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
+
+    // Hold this runtime's only thread, without yielding, until the job has ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(JOB_SECONDS_MAX);
+    while !ended.has_changed().unwrap_or(true) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        ended.has_changed().unwrap_or(false),
+        "the job did not end within {JOB_SECONDS_MAX} s while the server's runtime was held"
+    );
+    let id = submitted["job"]["id"].as_str().expect("a job id");
+    let (_, job) = call(
+        &app,
+        "GET",
+        &format!("/v1/jobs/{id}"),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(job["state"], "released", "{job}");
+}

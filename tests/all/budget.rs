@@ -29,7 +29,7 @@ fn one_epsilon() -> ApprovalRequest {
 }
 
 fn spent(store: &Store, grant: &str) -> Spent {
-    budget::spent_by_grant(store.conn(), grant, &clock::period_of(clock::now())).expect("spent")
+    budget::spent_by_grant(store.conn(), grant, &budget::Period::of(clock::now())).expect("spent")
 }
 
 fn codes(outcome: &JobOutcome) -> Vec<&'static str> {
@@ -76,7 +76,7 @@ async fn an_exhausted_budget_refuses_the_next_job() {
             "{message}"
         );
     }
-    assert_eq!(spent(&fixture.store, &grant).micro_epsilon, 2_000_000);
+    assert_eq!(spent(&fixture.store, &grant).micro_epsilon.0, 2_000_000);
     // The refused job is metered, at no ε and no price.
     let meter = metering::list(fixture.store.conn()).expect("meter");
     let refused = meter
@@ -86,7 +86,7 @@ async fn an_exhausted_budget_refuses_the_next_job() {
     assert_eq!(
         (
             refused.end_state.as_str(),
-            refused.micro_epsilon,
+            refused.micro_epsilon.0,
             refused.price.0
         ),
         ("rejected", 0, 0)
@@ -110,7 +110,7 @@ async fn an_identical_rerun_returns_the_same_product_and_spends_nothing() {
         panic!("expected a fresh release, got {first:?}");
     };
     let after_first = spent(&fixture.store, &grant);
-    assert_eq!(after_first.micro_epsilon, 1_000_000);
+    assert_eq!(after_first.micro_epsilon.0, 1_000_000);
 
     for _ in 0..2 {
         let again = fixture
@@ -139,7 +139,7 @@ async fn an_identical_rerun_returns_the_same_product_and_spends_nothing() {
         .await
         .expect("job");
     assert!(matches!(other, JobOutcome::Released { reused: false, .. }));
-    assert_eq!(spent(&fixture.store, &grant).micro_epsilon, 2_000_000);
+    assert_eq!(spent(&fixture.store, &grant).micro_epsilon.0, 2_000_000);
 }
 
 /// Threads racing for a budget that allows one run.
@@ -205,7 +205,7 @@ fn concurrent_jobs_on_a_budget_for_one_release_exactly_one() {
         [(released[0].job_id().to_string(), 1_000_000)],
         "one reservation, by the released job"
     );
-    assert_eq!(spent(&store, &grant).micro_epsilon, 1_000_000);
+    assert_eq!(spent(&store, &grant).micro_epsilon.0, 1_000_000);
     // Every racer was metered, and the audit chain survived the race.
     assert_eq!(
         metering::list(store.conn()).expect("meter").len(),
@@ -242,11 +242,11 @@ async fn epsilon_reserved_by_a_job_whose_only_group_is_marked_is_not_refunded() 
         panic!("expected a release, got {marked:?}");
     };
     assert_eq!((rows.num_rows(), rows.column(0).null_count()), (1, 1));
-    assert_eq!(spent(&fixture.store, &grant).micro_epsilon, 1_000_000);
+    assert_eq!(spent(&fixture.store, &grant).micro_epsilon.0, 1_000_000);
     let meter = metering::list(fixture.store.conn()).expect("meter");
     assert_eq!(meter.len(), 1);
     assert_eq!(
-        (meter[0].end_state.as_str(), meter[0].micro_epsilon),
+        (meter[0].end_state.as_str(), meter[0].micro_epsilon.0),
         ("released", 1_000_000),
         "the run is metered with its ε"
     );
@@ -257,7 +257,7 @@ async fn epsilon_reserved_by_a_job_whose_only_group_is_marked_is_not_refunded() 
         .await
         .expect("job");
     assert_eq!(codes(&next), ["budget.exhausted"]);
-    assert_eq!(spent(&fixture.store, &grant).micro_epsilon, 1_000_000);
+    assert_eq!(spent(&fixture.store, &grant).micro_epsilon.0, 1_000_000);
 }
 
 #[tokio::test]

@@ -275,9 +275,10 @@ async fn a_compile_bomb_is_killed_at_the_limit_remembered_and_refused_again_at_o
         .output()
         .expect("veil runs");
     let cli = started.elapsed();
-    let stderr = String::from_utf8_lossy(&submitted.stderr);
-    assert_eq!(submitted.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains(LIMITS_TEXT), "{stderr}");
+    // Every refusal of a submission is listed on standard output with its rules.
+    let stdout = String::from_utf8_lossy(&submitted.stdout);
+    assert_eq!(submitted.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains(LIMITS_TEXT), "{stdout}");
     assert!(cli < Duration::from_secs(3), "refused in {cli:?}");
 
     // A good module still uploads (and is checked within the lowered limit).

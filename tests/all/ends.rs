@@ -247,14 +247,14 @@ async fn a_product_appears_only_with_the_transaction_that_records_it() {
     let products = fixture.store.products_dir();
     assert_eq!(names(&products), Vec::<String>::new());
     let stored = jobs::get(&fixture.store, job_id.as_str()).expect("job");
-    assert_eq!(stored.state, "failed");
+    assert_eq!(stored.state.as_str(), "failed");
     let meter = metering::list(fixture.store.conn()).expect("meter");
     let record = meter
         .iter()
         .find(|m| m.job_id == job_id.as_str())
         .expect("the failed job is metered");
-    assert_eq!(record.end_state, "failed");
-    assert_eq!(record.micro_epsilon, 1_000_000, "its ε stays spent");
+    assert_eq!(record.end_state.as_str(), "failed");
+    assert_eq!(record.micro_epsilon.0, 1_000_000, "its ε stays spent");
 
     // Once the table takes rows again, the same job releases a product that verifies.
     fixture
@@ -369,7 +369,8 @@ async fn the_sweep_and_recovery_remove_only_what_the_store_does_not_know() {
     assert_eq!(
         jobs::get(&fixture.store, running.as_str())
             .expect("job")
-            .state,
+            .state
+            .as_str(),
         "failed"
     );
     assert_eq!(names(&products), vec![product_id.to_string()]);
@@ -510,7 +511,7 @@ async fn a_product_that_does_not_fit_ends_its_job_failed_and_leaves_nothing() {
         .find(|m| m.job_id == job_id.as_str())
         .expect("metered");
     assert_eq!(
-        (record.end_state.as_str(), record.micro_epsilon),
+        (record.end_state.as_str(), record.micro_epsilon.0),
         ("failed", 1_000_000)
     );
     // The command line says the same, with its own exit code.

@@ -346,13 +346,17 @@ fn the_cli_client_submits_waits_and_downloads_a_verified_product() {
     assert_eq!(template["state"], "submitted");
 
     // An operator may not approve its own template.
-    let (code, _, err) = veil_client(&server, &keys.operator, &["template", "approve", &id]);
+    let (code, _, err) = veil_client(
+        &server,
+        &keys.operator,
+        &["template", "approve", &id, "--epsilon", "1"],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("bureau"), "{err}");
     let (code, out, err) = veil_client(
         &server,
         &keys.bureau,
-        &["template", "approve", &id, "--k", "5"],
+        &["template", "approve", &id, "--epsilon", "1", "--k", "5"],
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("approved"), "{out}");

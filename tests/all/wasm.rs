@@ -328,7 +328,7 @@ async fn an_input_without_the_unit_is_refused_before_any_row_is_read() {
     assert_eq!(refusal.codes(), vec!["wasm.input"]);
     let meter = metering::list(fixture.store.conn()).expect("meter");
     assert_eq!(
-        meter.last().map(|m| (m.micro_epsilon, m.rows_scanned)),
+        meter.last().map(|m| (m.micro_epsilon.0, m.rows_scanned)),
         Some((0, 0))
     );
 }

@@ -272,11 +272,17 @@ async fn run_corpus(domain: &Domain, server: &Server, cases: &[Case]) -> String 
     let mut outcomes = Vec::new();
     for job in &submitted {
         let outcome = match job {
-            Err(answer) => Outcome {
-                verdict: format!("invalid HTTP {}", answer.status),
-                detail: answer.body.clone(),
-                job: None,
-            },
+            // The gate's static checks run at submission too (one domain call for every
+            // front end), so a template they refuse never becomes a job: its refusal is the
+            // case's verdict, with the same rule names a job's refusal would carry.
+            Err(answer) => {
+                assert_clean("a refused submission", answer.body.as_bytes());
+                Outcome {
+                    verdict: refusal_verdict(answer),
+                    detail: answer.body.clone(),
+                    job: None,
+                }
+            }
             Ok(id) => {
                 let job = operator.wait_job(id, Duration::from_secs(180)).await;
                 verdict_of(&operator, &job).await
@@ -378,6 +384,23 @@ async fn run_corpus(domain: &Domain, server: &Server, cases: &[Case]) -> String 
         }
     }
     report
+}
+
+/// "refused <rules>" for an answer that refused with named rules (HTTP 422, kind `refused`),
+/// else "invalid HTTP <status>".
+fn refusal_verdict(answer: &Answer) -> String {
+    let body: Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    if answer.status != 422 || body["kind"] != "refused" {
+        return format!("invalid HTTP {}", answer.status);
+    }
+    let mut rules: Vec<String> = Vec::new();
+    for v in body["violations"].as_array().into_iter().flatten() {
+        let rule = v["rule"].as_str().unwrap_or("?").to_string();
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
+    }
+    format!("refused {}", rules.join(" "))
 }
 
 /// Submits, approves and queues one case; the job id, or the answer that refused it.

@@ -278,23 +278,6 @@ impl Sandbox {
         &self.tables
     }
 
-    /// Reserves `bytes` of the job's memory pool for trusted work done outside DataFusion
-    /// (the gate's per-unit bounding), so the job's memory limit covers it and its peak is
-    /// metered. The reservation is released when the returned value is dropped.
-    pub(crate) fn reserve_memory(
-        &self,
-        consumer: &str,
-        bytes: usize,
-    ) -> Result<datafusion::execution::memory_pool::MemoryReservation, SandboxError> {
-        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> = self.pool.clone();
-        let reservation =
-            datafusion::execution::memory_pool::MemoryConsumer::new(consumer).register(&pool);
-        reservation
-            .try_grow(bytes)
-            .map_err(|_| SandboxError::ResourcesExhausted)?;
-        Ok(reservation)
-    }
-
     /// Highest memory reserved from the job's pool so far, in bytes.
     pub fn peak_memory_bytes(&self) -> u64 {
         self.pool.peak() as u64

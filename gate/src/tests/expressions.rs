@@ -149,7 +149,11 @@ async fn allowed_expressions_never_fail_while_they_run() {
                 continue;
             }
         };
-        let reserved = Reserved::in_child("job-expressions".into(), 1_000_000, 1);
+        let reserved = Reserved::in_child(
+            "job-expressions".into(),
+            crate::terms::MicroEpsilon(1_000_000),
+            crate::terms::PicoDelta(1),
+        );
         let run = gate::release(reserved, &sandbox, &analysis, config, &noise);
         match AssertUnwindSafe(run).catch_unwind().await {
             Ok(Ok(_)) => released += 1,

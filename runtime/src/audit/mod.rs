@@ -14,7 +14,8 @@
 //!
 //! Each entry carries a sequence number, a kind, the time, the actor, the subject (an id) and
 //! details (JSON, never a data value from inside the domain), plus the hash of the previous
-//! entry. Its own hash is
+//! entry. Kind and details come from one typed [`Event`], whose stored shape per kind is fixed
+//! in one place (`event.rs`). Its own hash is
 //!
 //! ```text
 //! K      = blake3::derive_key("veil audit entry key v2", platform signing key's secret bytes)
@@ -26,9 +27,9 @@
 //! another. Because `K` comes from the platform's secret, someone who can write the database
 //! but does not hold the key cannot compute the hash of an entry they edit, insert or reorder:
 //! rewriting the chain "consistently" is no longer possible. Entries live in the state
-//! database, written in the same transaction as the change they describe; only
-//! [`Store::write`](crate::store::Store::write) holds `K` while a change runs (see
-//! [`append`]).
+//! database, written in the same transaction as the change they describe: [`append`] takes a
+//! [`WriteTx`], which only [`Store::write`](crate::store::Store::write) creates and which
+//! carries `K` while the change runs.
 //!
 //! Stores created before schema version 5 hold entries hashed without a key (BLAKE3 in
 //! derive-key mode with the context `"veil audit entry v1"`). They are carried over once, when
@@ -37,13 +38,13 @@
 //! `keyed_from` = the next sequence number. Entries from `keyed_from` on are keyed; the first
 //! of them chains onto the last unkeyed one, so the unkeyed prefix is pinned by a keyed hash
 //! and by that signed checkpoint. `keyed_from` is part of every signed checkpoint, so it
-//! cannot be moved (see [`checkpoints::carry_over`]).
+//! cannot be moved (see `checkpoints::carry_over`).
 //!
 //! # Checkpoints
 //!
 //! A chain alone cannot show that its *tail* was cut off, and keyed hashes alone do not stop
 //! the platform from signing whatever the database holds. So every write is **sealed**
-//! ([`checkpoints::Sealer`]): inside the write's transaction, before it commits, the entries
+//! (`checkpoints::Sealer`): inside the write's transaction, before it commits, the entries
 //! from the last signed checkpoint to the new head must chain correctly — the entry at the
 //! checkpoint's sequence number must still carry the checkpointed hash, and every entry after
 //! it must have its keyed hash and point at its predecessor. If not, the transaction is rolled
@@ -65,8 +66,8 @@
 
 mod checkpoints;
 pub mod cross_check;
+mod event;
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ed25519_dalek::SigningKey;
@@ -74,12 +75,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::clock;
-use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::error::Result;
+use crate::store::{Store, WriteTx};
 
 pub use checkpoints::{Checkpoint, LOG_FILE, current_checkpoint};
 pub(crate) use checkpoints::{Sealer, WriteLock, carry_over, retire_legacy_head};
 pub use cross_check::Record;
+pub use event::{Downloader, Event, Phase, Release};
 
 /// The derive-key context of unkeyed (pre-version-5) entry hashes.
 const UNKEYED_CONTEXT: &str = "veil audit entry v1";
@@ -227,27 +229,6 @@ impl Entry {
 
 const ENTRY_COLUMNS: &str = "seq, kind, at, actor, subject, details, prev, hash";
 
-thread_local! {
-    /// The entry key of the [`Store::write`] running on this thread, if any. `append` is
-    /// called from some sixty places with nothing but the transaction in hand; rather than
-    /// thread the key through all of them, the one function that opens write transactions
-    /// lends it for exactly the duration of the change (see [`with_entry_key`]).
-    static WRITE_KEY: Cell<Option<[u8; 32]>> = const { Cell::new(None) };
-}
-
-/// Runs `change` with `key` lent to [`append`] on this thread; restored afterwards, also if
-/// `change` panics.
-pub(crate) fn with_entry_key<T>(key: &EntryKey, change: impl FnOnce() -> T) -> T {
-    struct Restore(Option<[u8; 32]>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            WRITE_KEY.set(self.0);
-        }
-    }
-    let _restore = Restore(WRITE_KEY.replace(Some(key.0)));
-    change()
-}
-
 /// The head of the chain: its sequence number (0 when empty) and hash.
 pub(crate) fn head(conn: &Connection) -> Result<(i64, String)> {
     let head: Option<(i64, String)> = conn
@@ -260,33 +241,25 @@ pub(crate) fn head(conn: &Connection) -> Result<(i64, String)> {
     Ok(head.unwrap_or_else(|| (0, GENESIS.to_string())))
 }
 
-/// Appends one entry inside the caller's transaction and returns its sequence number. Only
-/// works inside [`Store::write`], which holds the entry key.
-pub fn append(
-    tx: &Connection,
-    kind: Kind,
-    actor: &str,
-    subject: &str,
-    details: serde_json::Value,
-) -> Result<i64> {
-    let key = WRITE_KEY.get().ok_or_else(|| {
-        Error::internal(
-            "appending an audit entry outside Store::write (only a store write holds the audit key)",
-        )
-    })?;
+/// Appends the entry recording `event`, done by `actor` to `subject` (an id), inside the
+/// write transaction `tx`, and returns its sequence number.
+///
+/// Only [`Store::write`] opens a [`WriteTx`], and it carries the entry key for exactly as long
+/// as the change runs: an entry can be appended nowhere else, which the compiler checks.
+pub fn append(tx: &WriteTx<'_>, actor: &str, subject: &str, event: Event<'_>) -> Result<i64> {
     let (last, prev) = head(tx)?;
     let mut entry = Entry {
         seq: last + 1,
-        kind: kind.as_str().to_string(),
+        kind: event.kind().as_str().to_string(),
         at: clock::format(clock::now()),
         actor: actor.to_string(),
         subject: subject.to_string(),
-        details: details.to_string(),
+        details: event.details().to_string(),
         prev,
         hash: String::new(),
     };
     // New entries are always keyed: `keyed_from` is never above the head.
-    entry.hash = entry.expected_hash(&EntryKey(key), 0);
+    entry.hash = entry.expected_hash(tx.entry_key(), 0);
     tx.execute(
         "INSERT INTO audit (seq, kind, at, actor, subject, details, prev, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -6,6 +6,10 @@
 //! the same person represents (a common sign of shell companies). Output, one row per
 //! enterprise: `industry` and `risk_score`.
 
+// A mapper needs no unsafe code: the only unsafe step, reading the input the host wrote,
+// is inside `veil_sdk::veil_mapper!`, whose contract the host keeps.
+#![forbid(unsafe_code)]
+
 use veil_sdk::guest::{Output, OutputKind, Rows, Value};
 
 const AS_OF_YEAR: i64 = 2025;

@@ -4,6 +4,10 @@
 //! both: `calls` (1 on a fresh instance) and `previous_unit` (0 on a fresh instance). If the
 //! host ever reused an instance, the second unit would see 2 and the first unit's id.
 
+// A mapper needs no unsafe code: the only unsafe step, reading the input the host wrote,
+// is inside `veil_sdk::veil_mapper!`, whose contract the host keeps.
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use veil_sdk::guest::{Output, OutputKind, Rows, Value};

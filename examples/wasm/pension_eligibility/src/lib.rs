@@ -6,6 +6,10 @@
 //! Output, one row per person: `city` (the latest record's), `eligible` (0 or 1) and
 //! `months_short` (months still missing, 0 to 180).
 
+// A mapper needs no unsafe code: the only unsafe step, reading the input the host wrote,
+// is inside `veil_sdk::veil_mapper!`, whose contract the host keeps.
+#![forbid(unsafe_code)]
+
 use veil_sdk::guest::{Output, OutputKind, Rows, Value};
 
 const PENSION_AGE: i64 = 60;

@@ -1,0 +1,410 @@
+//! Tidy: the architecture's rules, checked mechanically (ARCHITECTURE.md, "Invariants").
+//!
+//! - Which crates may depend on which: the kernel (`veil-gate`) on no other Veil crate but
+//!   the SDK; the domain (`veil-runtime`) on the kernel and the SDK, and on no front-end
+//!   library (clap, axum, utoipa, reqwest) nor the demo's randomness (rand); the front ends
+//!   (`veil-server`, `veil-cli`) on the domain and the kernel's front-end surface only.
+//! - Front ends name only the kernel items on [`FRONT_END_KERNEL_ITEMS`]: never the sandbox,
+//!   the analysis, the mapping stage, the budget token or the release.
+//! - No public function of the kernel returns record batches, except the one that hands a
+//!   product writer the rows the gate released ([`KERNEL_BATCH_FUNCTIONS`]).
+//!
+//! Each rule is a test that names the file and line that breaks it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The workspace's crates: folder, package name, and the Veil crates its `[dependencies]`
+/// may name.
+const CRATES: &[(&str, &str, &[&str])] = &[
+    ("sdk", "veil-sdk", &[]),
+    ("gate", "veil-gate", &["veil-sdk"]),
+    ("runtime", "veil-runtime", &["veil-gate", "veil-sdk"]),
+    (
+        "server",
+        "veil-server",
+        &["veil-runtime", "veil-gate", "veil-sdk"],
+    ),
+    ("testkit", "veil-testkit", &[]),
+    (
+        "cli",
+        "veil-cli",
+        &[
+            "veil-runtime",
+            "veil-gate",
+            "veil-server",
+            "veil-testkit",
+            "veil-sdk",
+        ],
+    ),
+];
+
+/// Libraries that belong to a front end (command line, HTTP, HTTP client) or to test data:
+/// the kernel and the domain may not depend on them.
+const FRONT_END_LIBRARIES: &[&str] = &[
+    "clap",
+    "axum",
+    "utoipa",
+    "reqwest",
+    "tower",
+    "rand",
+    "rand_chacha",
+];
+
+/// The kernel's surface a front end may name. Everything else of `veil_gate` a front end
+/// reaches through the domain (`veil_runtime`), which decides when the kernel runs.
+const FRONT_END_KERNEL_ITEMS: &[&str] = &[
+    // Refusals carry rule names to operators: every front end prints or serializes them.
+    "Refusal",
+    "Rule",
+    "rules::Refusal",
+    "rules::Rule",
+    "rules::Violation",
+    // The one message an operator sees for a failure after ε was reserved.
+    "FAILED_MESSAGE",
+    // The `veil` binary answers as a job's child process.
+    "job",
+    "job::serve_child_if_asked",
+    // The demo sizes its WASM templates' wall limit against the largest one allowed.
+    "sandbox::JOB_WALL_MS_MAX",
+];
+
+/// Public kernel functions that may return record batches, as `file: fn name`. The rows a
+/// [`veil_gate::Released`] body holds have passed the gate: they are the product.
+const KERNEL_BATCH_FUNCTIONS: &[&str] = &["release.rs: rows"];
+
+/// Types that carry rows.
+const BATCH_TYPES: &[&str] = &[
+    "RecordBatch",
+    "SendableRecordBatchStream",
+    "RecordBatchStream",
+    "ArrayRef",
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ has a parent")
+        .to_path_buf()
+}
+
+fn manifest(folder: &str) -> toml::Table {
+    let path = workspace().join(folder).join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).expect("a crate's Cargo.toml");
+    text.parse().expect("Cargo.toml parses")
+}
+
+/// Names in a crate's `[dependencies]` (not dev- or build-dependencies: those never reach a
+/// shipped binary's library code).
+fn dependencies(folder: &str) -> BTreeSet<String> {
+    let manifest = manifest(folder);
+    let mut names = BTreeSet::new();
+    if let Some(deps) = manifest.get("dependencies").and_then(|d| d.as_table()) {
+        names.extend(deps.keys().cloned());
+    }
+    if let Some(targets) = manifest.get("target").and_then(|t| t.as_table()) {
+        for target in targets.values() {
+            if let Some(deps) = target.get("dependencies").and_then(|d| d.as_table()) {
+                names.extend(deps.keys().cloned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn crates_depend_only_on_what_the_architecture_allows() {
+    let veil: BTreeSet<&str> = CRATES.iter().map(|(_, package, _)| *package).collect();
+    let mut broken = Vec::new();
+    for (folder, package, allowed) in CRATES {
+        let name = manifest(folder)["package"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(&name, package, "{folder}/Cargo.toml names its package");
+        for dep in dependencies(folder) {
+            if veil.contains(dep.as_str()) && !allowed.contains(&dep.as_str()) {
+                broken.push(format!("{package} depends on {dep}"));
+            }
+        }
+    }
+    for folder in ["gate", "runtime"] {
+        for dep in dependencies(folder) {
+            if FRONT_END_LIBRARIES.contains(&dep.as_str()) {
+                broken.push(format!(
+                    "{folder}/Cargo.toml: the kernel and the domain may not depend on {dep}"
+                ));
+            }
+        }
+    }
+    // The domain library builds no guests and runs no tools: no build script.
+    for folder in ["gate", "runtime"] {
+        if workspace().join(folder).join("build.rs").exists() {
+            broken.push(format!("{folder}/build.rs: the library has a build script"));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "dependency rules broken:\n{}",
+        broken.join("\n")
+    );
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The code of a line, without a trailing `//` comment (good enough for paths: Veil's code
+/// has no `//` inside string literals that also name `veil_gate::`).
+fn code_of(line: &str) -> &str {
+    match line.find("//") {
+        Some(at) => &line[..at],
+        None => line,
+    }
+}
+
+/// The kernel paths a source text names after `crate_name::`, with `use` groups expanded:
+/// `veil_gate::{a, b::{c, d}}` gives `a`, `b::c`, `b::d`.
+fn kernel_paths(text: &str, crate_name: &str) -> Vec<(usize, String)> {
+    let prefix = format!("{crate_name}::");
+    let mut found = Vec::new();
+    let code: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, code_of(line)))
+        .collect();
+    // Join the code so a `use` group over several lines reads as one.
+    let mut joined = String::new();
+    let mut line_at = Vec::new();
+    for (n, line) in &code {
+        for _ in 0..=line.len() {
+            line_at.push(*n);
+        }
+        joined.push_str(line);
+        joined.push('\n');
+    }
+    let mut start = 0;
+    while let Some(at) = joined[start..].find(&prefix) {
+        let at = start + at;
+        let before = joined[..at].chars().next_back();
+        start = at + prefix.len();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let line = line_at.get(at).copied().unwrap_or(0);
+        for path in expand(&joined[start..]) {
+            found.push((line, path));
+        }
+    }
+    found
+}
+
+/// Expands the path (or `{…}` group) at the start of `rest`.
+fn expand(rest: &str) -> Vec<String> {
+    let rest = rest.trim_start();
+    if let Some(group) = rest.strip_prefix('{') {
+        let mut depth = 1;
+        let mut end = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let inner = &group[..end];
+        let mut items = Vec::new();
+        let mut depth = 0;
+        let mut item_start = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(&inner[item_start..i]);
+                    item_start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(&inner[item_start..]);
+        return items
+            .into_iter()
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .flat_map(expand)
+            .collect();
+    }
+    let mut path = String::new();
+    let mut chars = rest.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            path.push(c);
+        } else if rest[i..].starts_with("::{") {
+            return expand(&rest[i + 2..])
+                .into_iter()
+                .map(|tail| {
+                    if tail == "self" {
+                        path.clone()
+                    } else {
+                        format!("{path}::{tail}")
+                    }
+                })
+                .collect();
+        } else if rest[i..].starts_with("::") {
+            path.push_str("::");
+            chars.next();
+        } else {
+            break;
+        }
+    }
+    let path = path
+        .split(" as ")
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches("::")
+        .to_string();
+    vec![path]
+}
+
+#[test]
+fn the_path_expander_reads_use_groups() {
+    let text = "use veil_gate::{Refusal, rules::{Rule, Violation}, job};\nlet x = veil_gate::FAILED_MESSAGE; // veil_gate::sandbox\n";
+    let paths: Vec<String> = kernel_paths(text, "veil_gate")
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "Refusal",
+            "rules::Rule",
+            "rules::Violation",
+            "job",
+            "FAILED_MESSAGE"
+        ]
+    );
+}
+
+#[test]
+fn front_ends_name_only_the_kernels_front_end_surface() {
+    let mut broken = Vec::new();
+    for folder in ["server/src", "cli/src"] {
+        for file in rust_files(&workspace().join(folder)) {
+            let text = std::fs::read_to_string(&file).expect("a source file");
+            for (line, path) in kernel_paths(&text, "veil_gate") {
+                if !FRONT_END_KERNEL_ITEMS.contains(&path.as_str()) {
+                    broken.push(format!(
+                        "{}:{line}: names veil_gate::{path}",
+                        file.strip_prefix(workspace()).unwrap_or(&file).display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "front ends reach kernel internals (go through veil_runtime instead, or add the item to the front-end surface in tests/all/tidy.rs with the reason):\n{}",
+        broken.join("\n")
+    );
+}
+
+/// Public function signatures in `text`: (line, name, signature up to the body).
+fn public_functions(text: &str) -> Vec<(usize, String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let code = code_of(line).trim_start();
+        let rest = code
+            .strip_prefix("pub async fn ")
+            .or_else(|| code.strip_prefix("pub fn "))
+            .or_else(|| code.strip_prefix("pub const fn "));
+        let Some(rest) = rest else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let mut signature = String::new();
+        for next in &lines[n..] {
+            let code = code_of(next);
+            match code.find('{').or_else(|| code.find(';')) {
+                Some(end) if !signature.is_empty() || code.contains("fn ") => {
+                    signature.push_str(&code[..end]);
+                    break;
+                }
+                _ => signature.push_str(code),
+            }
+        }
+        found.push((n + 1, name, signature));
+    }
+    found
+}
+
+#[test]
+fn no_public_kernel_function_returns_rows() {
+    let gate = workspace().join("gate/src");
+    let mut broken = Vec::new();
+    for file in rust_files(&gate) {
+        let relative = file
+            .strip_prefix(&gate)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        // Test modules are compiled only into the kernel's own tests.
+        if relative.contains("tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("a source file");
+        for (line, name, signature) in public_functions(&text) {
+            let Some((_, returns)) = signature.split_once("->") else {
+                continue;
+            };
+            if BATCH_TYPES.iter().any(|t| returns.contains(t))
+                && !KERNEL_BATCH_FUNCTIONS.contains(&format!("{relative}: {name}").as_str())
+            {
+                broken.push(format!(
+                    "gate/src/{relative}:{line}: pub fn {name} -> {returns}"
+                ));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "public kernel functions return rows (make them pub(crate), or return noisy aggregates only):\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_row_check_sees_a_function_that_returns_batches() {
+    let text = "pub async fn leak(\n    plan: LogicalPlan,\n) -> Result<Vec<RecordBatch>, Error> {\n}\npub(crate) fn fine() -> RecordBatch {}\n";
+    let found = public_functions(text);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1, "leak");
+    assert!(found[0].2.contains("Vec<RecordBatch>"));
+}
