@@ -17,10 +17,10 @@ use veil_runtime::error::{Error, Result};
 use veil_runtime::ids::Fen;
 
 /// Longest a `--wait` or `job wait` waits unless told otherwise, in seconds.
-pub const WAIT_SECONDS_DEFAULT: u64 = 600;
+pub(crate) const WAIT_SECONDS_DEFAULT: u64 = 600;
 
 #[derive(Debug, Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The server, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "VEIL_URL")]
     pub url: String,
@@ -35,7 +35,7 @@ pub struct ClientArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClientCommand {
+pub(crate) enum ClientCommand {
     /// Who the key belongs to.
     Whoami,
     /// Datasets you may see.
@@ -73,7 +73,7 @@ pub enum ClientCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClientTemplate {
+pub(crate) enum ClientTemplate {
     /// Submit a template file (a WASM template's module is uploaded first).
     Submit {
         file: PathBuf,
@@ -91,7 +91,7 @@ pub enum ClientTemplate {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClientJob {
+pub(crate) enum ClientJob {
     /// Submit a job; with --wait, wait for its end.
     Submit {
         #[command(flatten)]
@@ -122,7 +122,7 @@ pub enum ClientJob {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClientProduct {
+pub(crate) enum ClientProduct {
     List,
     Show {
         id: String,
@@ -170,7 +170,7 @@ fn client_error(error: ClientError) -> Error {
 }
 
 /// Runs one client command; returns the exit code.
-pub async fn run(args: ClientArgs) -> Result<i32> {
+pub(crate) async fn run(args: ClientArgs) -> Result<i32> {
     let client = Client::new(&args.url, &args.token).map_err(client_error)?;
     let json = args.json;
     run_command(&client, json, args.command)

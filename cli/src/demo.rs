@@ -31,13 +31,13 @@ const CREDIT_TEMPLATE: &str = include_str!("../../examples/templates/credit_risk
 use veil_testkit::{CREDIT_MODULE, PENSION_MODULE};
 
 /// The operator of the story.
-pub const DEMO_OPERATOR: &str = "jinyun-data-operations";
+pub(crate) const DEMO_OPERATOR: &str = "jinyun-data-operations";
 /// Product rows shown in the story.
 const PREVIEW_ROWS: usize = 6;
 
 /// What the demo did: printed at its end, and checked (every released product verified).
 #[derive(Debug, Clone)]
-pub struct DemoSummary {
+pub(crate) struct DemoSummary {
     pub released_jobs: usize,
     pub rejected_jobs: usize,
     pub audit_entries: i64,
@@ -50,7 +50,11 @@ fn say(out: &mut dyn Write, text: impl AsRef<str>) -> Result<()> {
 }
 
 /// Runs the demo with `rows` social-insurance records.
-pub async fn run(rows: u64, keep: Option<&Path>, out: &mut dyn Write) -> Result<DemoSummary> {
+pub(crate) async fn run(
+    rows: u64,
+    keep: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<DemoSummary> {
     if rows < 1_000 {
         return Err(Error::invalid(
             "--rows must be at least 1000 for the story to release anything",

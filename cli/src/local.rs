@@ -24,20 +24,20 @@ use veil_testkit::demo_data;
 /// Raw data does not leave the domain; only noisy, k-anonymous, signed products do.
 #[derive(Debug, Parser)]
 #[command(name = "veil", version, about, long_about = None)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct StoreArg {
+pub(crate) struct StoreArg {
     /// The domain store folder (created by `veil init`).
     #[arg(long, env = "VEIL_DATA_DIR")]
     pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the whole flow on generated data in a temporary store and tell the story.
     Demo {
         /// Rows of generated social-insurance records.
@@ -123,7 +123,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DatasetCommand {
+pub(crate) enum DatasetCommand {
     /// Register a Parquet or CSV file with its policy (TOML).
     Register {
         #[command(flatten)]
@@ -147,7 +147,7 @@ pub enum DatasetCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum GrantCommand {
+pub(crate) enum GrantCommand {
     /// Grant datasets to an operator for a purpose and term, with a monthly ε budget.
     Create {
         #[command(flatten)]
@@ -162,7 +162,7 @@ pub enum GrantCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PrincipalCommand {
+pub(crate) enum PrincipalCommand {
     /// Add a principal; its API key is printed once and only its hash is stored.
     Add {
         #[command(flatten)]
@@ -186,7 +186,7 @@ pub enum PrincipalCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TemplateCommand {
+pub(crate) enum TemplateCommand {
     /// Submit a template: a template file (SQL, or WASM with a [wasm] table), or a WASM
     /// template given by flags. The gate's static rules are checked first.
     Submit {
@@ -254,7 +254,7 @@ pub enum TemplateCommand {
 /// What a job runs: the same flags locally (`veil job`) and through the server
 /// (`veil client job`).
 #[derive(Debug, Args, Clone)]
-pub struct JobArgs {
+pub(crate) struct JobArgs {
     /// Template id (or a unique prefix of it, or its name).
     #[arg(long)]
     pub template: String,
@@ -268,7 +268,7 @@ pub struct JobArgs {
 
 impl JobArgs {
     /// The request of `operator`.
-    pub fn request(self, operator: String) -> JobRequest {
+    pub(crate) fn request(self, operator: String) -> JobRequest {
         JobRequest {
             operator,
             template: self.template,
@@ -278,7 +278,7 @@ impl JobArgs {
     }
 
     /// The same job as an HTTP body.
-    pub fn submit(self) -> veil_sdk::api::SubmitJob {
+    pub(crate) fn submit(self) -> veil_sdk::api::SubmitJob {
         veil_sdk::api::SubmitJob {
             template: self.template,
             params: self.params.into_iter().collect(),
@@ -288,7 +288,7 @@ impl JobArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum JobCommand {
+pub(crate) enum JobCommand {
     /// Run an approved template.
     Run {
         #[command(flatten)]
@@ -319,7 +319,7 @@ pub enum JobCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ProductCommand {
+pub(crate) enum ProductCommand {
     /// Verify a product folder offline: file digests and the platform signature.
     Verify {
         dir: PathBuf,
@@ -354,12 +354,12 @@ pub enum ProductCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum MeterCommand {
+pub(crate) enum MeterCommand {
     List(StoreArg),
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PriceCommand {
+pub(crate) enum PriceCommand {
     /// Show the price book in force and its history.
     Show {
         #[command(flatten)]
@@ -387,7 +387,7 @@ pub enum PriceCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum LedgerCommand {
+pub(crate) enum LedgerCommand {
     /// List postings and their lines, oldest first.
     List {
         #[command(flatten)]
@@ -401,7 +401,7 @@ pub enum LedgerCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check the keyed hash chain against every signed checkpoint in audit.checkpoints, then
     /// cross-check products, meter records, ledger postings, purchases and settled statements
     /// against their audit entries; exit 5 naming the first mismatch.
@@ -425,7 +425,7 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 }
 
 /// Runs one command; returns the process exit code.
-pub async fn run(cli: Cli) -> Result<i32> {
+pub(crate) async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Demo { rows, keep } => {
             let summary = demo::run(rows, keep.as_deref(), &mut std::io::stdout()).await?;
@@ -874,8 +874,9 @@ async fn template(command: TemplateCommand) -> Result<i32> {
         }
         TemplateCommand::Approve { store, id, terms } => {
             let mut store = Store::open(&store.data_dir)?;
-            let template = templates::get(&store, &id)?;
-            match templates::static_check(&store, &template.operator, &template.spec).await {
+            let approval = terms.request();
+            let template = match templates::approve_checked(&mut store, &id, approval.clone()).await
+            {
                 Err(Error::Refused(refusal)) => {
                     print_refusal(
                         "the gate refuses this template; reject it instead",
@@ -883,10 +884,8 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                     );
                     return Ok(3);
                 }
-                checked => checked?,
-            }
-            let approval = terms.request();
-            let template = templates::approve(&mut store, &id, approval.clone())?;
+                approved => approved?,
+            };
             println!(
                 "approved template `{}` {} (ε {}, δ {}, k {}, ≤{} groups and ≤{} rows per unit, {} per run)",
                 template.spec.name,
@@ -1106,7 +1105,7 @@ async fn job(command: JobCommand) -> Result<i32> {
 }
 
 /// Prints a job outcome and returns the exit code (0 released, 3 rejected, 1 failed).
-pub fn print_outcome(outcome: &JobOutcome) -> i32 {
+pub(crate) fn print_outcome(outcome: &JobOutcome) -> i32 {
     match outcome {
         JobOutcome::Released {
             job_id,
@@ -1358,7 +1357,7 @@ fn price(command: PriceCommand) -> Result<i32> {
     }
 }
 
-pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
     println!("{text}");
@@ -1366,12 +1365,12 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 /// Prints meter records as a table.
-pub fn print_meter(records: &[metering::MeterRecord]) {
+pub(crate) fn print_meter(records: &[metering::MeterRecord]) {
     print!("{}", meter_table(records));
 }
 
 /// Formats meter records as a table.
-pub fn meter_table(records: &[metering::MeterRecord]) -> String {
+pub(crate) fn meter_table(records: &[metering::MeterRecord]) -> String {
     let rows: Vec<Vec<String>> = records
         .iter()
         .map(|m| {
@@ -1417,12 +1416,12 @@ pub fn meter_table(records: &[metering::MeterRecord]) -> String {
 }
 
 /// Prints an aligned text table.
-pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", format_table(headers, rows));
 }
 
 /// Formats an aligned text table.
-pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -1463,7 +1462,7 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// Prints a pre-flight answer for people.
-pub fn print_dry_run(answer: &veil_sdk::api::DryRun) {
+pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
     if answer.passes {
         println!("the job would pass every rule checked before data is read");
     } else {

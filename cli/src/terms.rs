@@ -23,11 +23,11 @@ use veil_sdk::api::{ApproveTemplate, RequestGrant};
 /// δ a grant gives per month unless told otherwise: ten runs at the default δ per run
 /// ([`ApprovalRequest::default`]). A grant's δ must cover each run's δ, and an approval
 /// requires δ above 0, so a grant with δ 0 would let no job run at all.
-pub const DELTA_PER_MONTH_DEFAULT: f64 = 1e-5;
+pub(crate) const DELTA_PER_MONTH_DEFAULT: f64 = 1e-5;
 
 /// The bureau's approval of a template, as flags.
 #[derive(Debug, Clone, Args)]
-pub struct ApprovalTerms {
+pub(crate) struct ApprovalTerms {
     /// ε spent by one run (required: the bureau chooses it on purpose).
     #[arg(long)]
     pub epsilon: f64,
@@ -62,7 +62,7 @@ pub struct ApprovalTerms {
 
 impl ApprovalTerms {
     /// The approval as the domain takes it (`veil_runtime::templates::approve`).
-    pub fn request(&self) -> ApprovalRequest {
+    pub(crate) fn request(&self) -> ApprovalRequest {
         ApprovalRequest {
             epsilon: self.epsilon,
             delta: self.delta,
@@ -79,7 +79,7 @@ impl ApprovalTerms {
 
     /// The same approval as an HTTP body. Every term is sent, so the server's fallbacks for
     /// missing fields never decide anything the command line did not.
-    pub fn wire(&self) -> ApproveTemplate {
+    pub(crate) fn wire(&self) -> ApproveTemplate {
         let ApprovalRequest {
             epsilon,
             delta,
@@ -111,7 +111,7 @@ impl ApprovalTerms {
 /// operator is not among them: the bureau names it locally, and the server takes it from the
 /// applicant's key.
 #[derive(Debug, Clone, Args)]
-pub struct GrantTerms {
+pub(crate) struct GrantTerms {
     /// Comma-separated dataset names.
     #[arg(long, value_delimiter = ',')]
     pub datasets: Vec<String>,
@@ -137,7 +137,7 @@ pub struct GrantTerms {
 
 impl GrantTerms {
     /// The grant for `operator`, as the domain takes it (`grants::create`, `grants::apply`).
-    pub fn request(self, operator: String) -> GrantRequest {
+    pub(crate) fn request(self, operator: String) -> GrantRequest {
         GrantRequest {
             operator,
             datasets: self.datasets,
@@ -151,7 +151,7 @@ impl GrantTerms {
     }
 
     /// The same terms as the body of an operator's grant request.
-    pub fn wire(self) -> RequestGrant {
+    pub(crate) fn wire(self) -> RequestGrant {
         // The server names the operator from the applicant's key, so none is sent.
         let GrantRequest {
             operator: _,

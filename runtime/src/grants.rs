@@ -98,11 +98,23 @@ pub fn to_pico(delta: f64, what: &str) -> Result<PicoDelta> {
     PicoDelta::from_delta(delta).map_err(|e| Error::invalid(e.message(what)))
 }
 
+/// Converts a grant's δ per month, refusing 0: every run spends δ > 0 (the existence
+/// threshold's), so a grant without δ would be one under which no job can run.
+fn grant_delta(delta: f64, what: &str) -> Result<PicoDelta> {
+    let pico = to_pico(delta, what)?;
+    if pico.0 == 0 {
+        return Err(Error::invalid(format!(
+            "{what} is 0, so no job could run under the grant: every run spends some δ for its existence threshold; give at least the δ of the runs it should allow (e.g. 1e-5 for ten runs at δ 1e-6)"
+        )));
+    }
+    Ok(pico)
+}
+
 /// Checks a grant request and stores it, with an audit entry.
 pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
     validate(store, &request)?;
     let micro_epsilon = to_micro(request.epsilon_per_month, "--epsilon-per-month")?;
-    let pico_delta = to_pico(request.delta_per_month, "--delta-per-month")?;
+    let pico_delta = grant_delta(request.delta_per_month, "--delta-per-month")?;
     let mut datasets = Vec::new();
     for name in &request.datasets {
         let dataset = catalog::get(store, name)?;
@@ -346,7 +358,7 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
         valid_from: request.valid_from,
         valid_to: request.valid_to,
         micro_epsilon_per_month: to_micro(request.epsilon_per_month, "epsilon_per_month")?,
-        pico_delta_per_month: to_pico(request.delta_per_month, "delta_per_month")?,
+        pico_delta_per_month: grant_delta(request.delta_per_month, "delta_per_month")?,
         disposition: request.disposition,
         state: ApplicationState::Pending,
         reasons: None,
@@ -420,7 +432,7 @@ fn validate(store: &Store, request: &GrantRequest) -> Result<()> {
         )));
     }
     to_micro(request.epsilon_per_month, "epsilon_per_month")?;
-    to_pico(request.delta_per_month, "delta_per_month")?;
+    grant_delta(request.delta_per_month, "delta_per_month")?;
     for name in &request.datasets {
         let dataset = catalog::get(store, name)?;
         if dataset.policy.sharing == Sharing::None {
@@ -673,6 +685,29 @@ mod tests {
                 ApplicationState::from_stored(state.as_str()).ok(),
                 Some(state)
             );
+        }
+    }
+
+    #[test]
+    fn a_grant_or_request_without_delta_is_refused_saying_no_job_could_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::init(&dir.path().join("store")).expect("store");
+        let request = GrantRequest {
+            operator: "op".into(),
+            datasets: vec!["social_insurance".into()],
+            purpose: "study".into(),
+            valid_from: day("2026-12-01"),
+            valid_to: day("2026-12-31"),
+            epsilon_per_month: 1.0,
+            delta_per_month: 0.0,
+            disposition: Disposition::Archive,
+        };
+        for refused in [
+            create(&mut store, request.clone()).map(|_| ()),
+            apply(&mut store, request.clone()).map(|_| ()),
+        ] {
+            let message = refused.expect_err("δ 0 is refused").to_string();
+            assert!(message.contains("no job could run"), "{message}");
         }
     }
 

@@ -891,7 +891,21 @@ pub fn submit_with_module(
     get(store, id.as_str())
 }
 
-/// Approves a submitted template, pinning its privacy parameters and price.
+/// Approves a submitted template after the gate's static checks (the same [`static_check`] a
+/// submission runs, against the operator's grants as they are now): what every front end
+/// calls, so the bureau cannot approve a template the gate would refuse at run time.
+pub async fn approve_checked(
+    store: &mut Store,
+    id: &str,
+    request: ApprovalRequest,
+) -> Result<Template> {
+    let template = get(store, id)?;
+    static_check(store, &template.operator, &template.spec).await?;
+    approve(store, id, request)
+}
+
+/// Approves a submitted template, pinning its privacy parameters and price, without the gate's
+/// static checks (see [`approve_checked`]).
 pub fn approve(store: &mut Store, id: &str, request: ApprovalRequest) -> Result<Template> {
     let approval = request.check()?;
     let template = get(store, id)?;

@@ -240,7 +240,9 @@ pub struct ApprovalTerms {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveTemplate {
-    /// ε one run spends; see [`ApprovalTerms::epsilon`].
+    /// ε one run spends; see [`ApprovalTerms::epsilon`]. Required: the server refuses an
+    /// approval without it (the bureau chooses ε on purpose); optional in the type only so
+    /// the refusal can name the field.
     pub epsilon: Option<f64>,
     /// δ one run spends; see [`ApprovalTerms::delta`].
     pub delta: Option<f64>,

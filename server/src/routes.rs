@@ -569,9 +569,16 @@ async fn template_approve(
     Json(body): Json<ApproveTemplate>,
 ) -> Answer<TemplateView> {
     caller.require("approving a template", &[Role::Bureau])?;
+    // ε is the bureau's choice, made on purpose: required here as on the command line.
+    let Some(epsilon) = body.epsilon else {
+        return Err(Error::invalid(
+            "`epsilon` is required: choose the ε one run of this template may spend (e.g. 0.5)",
+        )
+        .into());
+    };
     let defaults = ApprovalRequest::default();
     let request = ApprovalRequest {
-        epsilon: body.epsilon.unwrap_or(defaults.epsilon),
+        epsilon,
         delta: body.delta.unwrap_or(defaults.delta),
         k: body.k.unwrap_or(defaults.k),
         max_groups: body.max_groups.unwrap_or(defaults.max_groups),
@@ -586,7 +593,10 @@ async fn template_approve(
     };
     let template = state
         .stores
-        .with(move |store| templates::approve(store, &id, request))
+        .with_async(move |mut store| async move {
+            let approved = templates::approve_checked(&mut store, &id, request).await;
+            (store, approved)
+        })
         .await?;
     Ok(Json(template_view(&template)))
 }

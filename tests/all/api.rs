@@ -152,7 +152,7 @@ async fn every_route_checks_role_and_ownership() {
                 valid_from: today,
                 valid_to: today + chrono::Days::new(30),
                 epsilon_per_month: 1.0,
-                delta_per_month: 0.0,
+                delta_per_month: 1e-5,
                 disposition: grants::Disposition::Archive,
             },
         )
@@ -179,7 +179,7 @@ async fn every_route_checks_role_and_ownership() {
     let grant_request = json(serde_json::json!({
         "datasets": ["social_insurance"], "purpose": "more", "valid_from": today.to_string(),
         "valid_to": (today + chrono::Days::new(10)).to_string(), "epsilon_per_month": 1.0,
-        "delta_per_month": 0.0, "disposition": "archive"
+        "delta_per_month": 1e-5, "disposition": "archive"
     }));
     let reason = json(serde_json::json!({ "reason": "not needed" }));
     let run = json(serde_json::json!({ "template": approved }));
@@ -264,7 +264,7 @@ async fn every_route_checks_role_and_ownership() {
         (
             "POST",
             format!("/v1/templates/{pending}/approve"),
-            json(serde_json::json!({ "k": 5 })),
+            json(serde_json::json!({ "epsilon": 1.0, "k": 5 })),
             [403, 403, 403, 403, 200],
         ),
         (
@@ -560,4 +560,94 @@ async fn a_job_ends_while_the_servers_runtime_is_held() {
     )
     .await;
     assert_eq!(job["state"], "released", "{job}");
+}
+
+/// Approval over HTTP runs the same domain call as `veil template approve`: ε is required,
+/// and a template the gate would refuse (stored without the submission's checks, as an older
+/// store may hold) is refused at approval with its rules, not approved.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_approval_requires_epsilon_and_the_gates_static_checks() {
+    let mut fixture = Fixture::new(2_000);
+    let bureau = principals::add(&mut fixture.store, Role::Bureau, "bureau")
+        .expect("principal")
+        .1
+        .expose()
+        .to_string();
+    // Rows of identifiers: the gate refuses this at submission, so store it unchecked.
+    let raw = templates::submit(
+        &mut fixture.store,
+        OPERATOR,
+        TemplateSpec {
+            name: "raw_ids".into(),
+            sql: "SELECT person_id, monthly_income FROM social_insurance".into(),
+            params: Vec::new(),
+            wasm: None,
+        },
+    )
+    .expect("stored unchecked")
+    .id;
+    let sound = templates::submit(&mut fixture.store, OPERATOR, spec("by_city"))
+        .expect("stored")
+        .id;
+    let root = fixture.store_path();
+    let app = veil_server::app(Arc::new(AppState {
+        stores: Arc::new(StorePool::new(&root).expect("pool")),
+        workers: Workers::start(&root, 1, veil_server::workers::QUEUE_JOBS_DEFAULT)
+            .expect("workers"),
+    }));
+    let body = |value: serde_json::Value| Some(value.to_string().into_bytes());
+
+    let (status, answer) = call(
+        &app,
+        "POST",
+        &format!("/v1/templates/{sound}/approve"),
+        Some(&bureau),
+        body(serde_json::json!({ "k": 5 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`epsilon` is required")),
+        "{answer}"
+    );
+
+    let (status, answer) = call(
+        &app,
+        "POST",
+        &format!("/v1/templates/{raw}/approve"),
+        Some(&bureau),
+        body(serde_json::json!({ "epsilon": 1.0, "k": 5 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["kind"], "refused");
+    let rules: Vec<&str> = answer["violations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["rule"].as_str())
+        .collect();
+    assert!(rules.contains(&"statement.identifier"), "{answer}");
+    let (_, template) = call(
+        &app,
+        "GET",
+        &format!("/v1/templates/{raw}"),
+        Some(&bureau),
+        None,
+    )
+    .await;
+    assert_eq!(template["state"], "submitted", "{template}");
+
+    let (status, answer) = call(
+        &app,
+        "POST",
+        &format!("/v1/templates/{sound}/approve"),
+        Some(&bureau),
+        body(serde_json::json!({ "epsilon": 1.0, "k": 5 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["state"], "approved");
 }

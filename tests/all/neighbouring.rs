@@ -16,7 +16,7 @@ use veil_sdk::manifest::Manifest;
 
 /// Compares the outcomes of one query on the two datasets (`context` names the query in a
 /// failure); panics where one person shows through.
-pub fn compare_outcomes(
+pub(crate) fn compare_outcomes(
     context: &str,
     a: veil_runtime::Result<JobOutcome>,
     b: veil_runtime::Result<JobOutcome>,
@@ -69,7 +69,7 @@ pub fn compare_outcomes(
     }
 }
 
-pub enum Compared {
+pub(crate) enum Compared {
     Released { differing: usize },
     Refused(String),
     Failed(String),
@@ -77,7 +77,7 @@ pub enum Compared {
 
 /// What a run of comparisons saw.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     pub released: usize,
     /// Groups shown or marked on one side only, over all queries.
     pub differing_groups: usize,
@@ -86,7 +86,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, compared: Compared, sql: &str) {
+    pub(crate) fn add(&mut self, compared: Compared, sql: &str) {
         match compared {
             Compared::Released { differing } => {
                 self.released += 1;
@@ -99,7 +99,7 @@ impl Tally {
 }
 
 /// A released product as the comparison needs it.
-pub struct Product {
+pub(crate) struct Product {
     /// Column names and kinds, in order.
     columns: Vec<(String, String)>,
     /// Measures of each group, by its key (the key columns' values, rendered); `None` where
@@ -109,7 +109,7 @@ pub struct Product {
 }
 
 impl Product {
-    pub fn read(batch: &RecordBatch, dir: &Path) -> Self {
+    pub(crate) fn read(batch: &RecordBatch, dir: &Path) -> Self {
         let manifest = veil_sdk::manifest::read_manifest(dir)
             .expect("the product's manifest")
             .manifest;
@@ -193,7 +193,7 @@ fn number(column: &dyn Array, row: usize) -> Option<f64> {
 
 /// Checks two products one person apart; returns how many groups the threshold decided
 /// differently.
-pub fn compare_products(context: &str, a: &Product, b: &Product, max_groups: u32) -> usize {
+pub(crate) fn compare_products(context: &str, a: &Product, b: &Product, max_groups: u32) -> usize {
     assert_eq!(a.columns, b.columns, "the columns differ: {context}");
     let tau = a.manifest.privacy.threshold.expect("a threshold");
     assert_eq!(

@@ -15,18 +15,18 @@ use veil_sdk::client::{Client, ClientError};
 use crate::support::{Fixture, OPERATOR, server_url, veil_bin};
 
 /// A `veil serve` process on a free loopback port, stopped when dropped.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     pub url: String,
 }
 
 impl Server {
-    pub fn start(data_dir: &Path, workers: usize) -> Self {
+    pub(crate) fn start(data_dir: &Path, workers: usize) -> Self {
         Self::start_with(data_dir, workers, &[])
     }
 
     /// [`Server::start`] with more `veil serve` flags.
-    pub fn start_with(data_dir: &Path, workers: usize, flags: &[&str]) -> Self {
+    pub(crate) fn start_with(data_dir: &Path, workers: usize, flags: &[&str]) -> Self {
         let mut child = Command::new(veil_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
@@ -54,13 +54,13 @@ impl Drop for Server {
     }
 }
 
-pub struct Keys {
+pub(crate) struct Keys {
     pub bureau: String,
     pub operator: String,
     pub buyer: String,
 }
 
-pub fn add_principals(fixture: &mut Fixture) -> Keys {
+pub(crate) fn add_principals(fixture: &mut Fixture) -> Keys {
     let mut key = |role, name: &str| {
         principals::add(&mut fixture.store, role, name)
             .expect("principal")

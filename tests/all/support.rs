@@ -14,14 +14,15 @@ use veil_runtime::store::Store;
 use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
 use veil_testkit::demo_data;
 
-pub const OPERATOR: &str = "op-test";
-pub const SOCIAL_POLICY: &str = include_str!("../../examples/policies/social_insurance.toml");
-pub const ENTERPRISE_POLICY: &str =
+pub(crate) const OPERATOR: &str = "op-test";
+pub(crate) const SOCIAL_POLICY: &str =
+    include_str!("../../examples/policies/social_insurance.toml");
+pub(crate) const ENTERPRISE_POLICY: &str =
     include_str!("../../examples/policies/enterprise_registry.toml");
 
 /// A store in a temporary folder, with `social_insurance` and `enterprise_registry` from the
 /// demo generator registered and granted to [`OPERATOR`] with a large budget.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub dir: TempDir,
     pub store: Store,
     pub grant: Grant,
@@ -29,12 +30,12 @@ pub struct Fixture {
 
 impl Fixture {
     /// Demo data with `rows` social-insurance records, ε 100 per month.
-    pub fn new(rows: u64) -> Self {
+    pub(crate) fn new(rows: u64) -> Self {
         Self::with_budget(rows, 100.0)
     }
 
     /// A term around today, within the longest term a grant may have.
-    pub fn with_budget(rows: u64, epsilon_per_month: f64) -> Self {
+    pub(crate) fn with_budget(rows: u64, epsilon_per_month: f64) -> Self {
         let today = veil_runtime::clock::today();
         Self::with_term(
             rows,
@@ -46,7 +47,7 @@ impl Fixture {
 
     /// [`Fixture::new`], calling `prepare` on the store's folder before the store is created in
     /// it (to mount a small file system there, say); returns what `prepare` returned too.
-    pub fn prepared<G>(rows: u64, prepare: impl FnOnce(&Path) -> G) -> (Self, G) {
+    pub(crate) fn prepared<G>(rows: u64, prepare: impl FnOnce(&Path) -> G) -> (Self, G) {
         let today = veil_runtime::clock::today();
         let mut prepared = None;
         let fixture = Self::build(
@@ -60,7 +61,12 @@ impl Fixture {
     }
 
     /// A grant valid from `from` to `to` (both days included).
-    pub fn with_term(rows: u64, epsilon_per_month: f64, from: NaiveDate, to: NaiveDate) -> Self {
+    pub(crate) fn with_term(
+        rows: u64,
+        epsilon_per_month: f64,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Self {
         Self::build(rows, epsilon_per_month, from, to, |_| {})
     }
 
@@ -108,17 +114,17 @@ impl Fixture {
         Self { dir, store, grant }
     }
 
-    pub fn store_path(&self) -> PathBuf {
+    pub(crate) fn store_path(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
-    pub fn raw_path(&self) -> PathBuf {
+    pub(crate) fn raw_path(&self) -> PathBuf {
         self.dir.path().join("raw")
     }
 
     /// Submits `sql` as a template (parameters declared from `params`: integer if the value
     /// parses as one, else text), approves it with `approval`, and runs it.
-    pub async fn run_sql(
+    pub(crate) async fn run_sql(
         &mut self,
         sql: &str,
         params: &[(&str, &str)],
@@ -129,13 +135,17 @@ impl Fixture {
     }
 
     /// Runs template `template` as [`OPERATOR`] under the one grant.
-    pub async fn run(&mut self, template: &str, params: &[(&str, &str)]) -> Result<JobOutcome> {
+    pub(crate) async fn run(
+        &mut self,
+        template: &str,
+        params: &[(&str, &str)],
+    ) -> Result<JobOutcome> {
         run_template(&mut self.store, template, params).await
     }
 }
 
 /// Runs template `template` in `store` as [`OPERATOR`], under the grant that covers it.
-pub async fn run_template(
+pub(crate) async fn run_template(
     store: &mut Store,
     template: &str,
     params: &[(&str, &str)],
@@ -156,7 +166,7 @@ pub async fn run_template(
 }
 
 /// Submits and approves a template for [`OPERATOR`]; returns its id.
-pub fn submit_and_approve(
+pub(crate) fn submit_and_approve(
     store: &mut Store,
     sql: &str,
     params: &[(&str, &str)],
@@ -187,7 +197,7 @@ pub fn submit_and_approve(
 }
 
 /// ε 1, δ 1e-6, k 5, three groups and three rows per unit, ¥1 per run.
-pub fn approval() -> ApprovalRequest {
+pub(crate) fn approval() -> ApprovalRequest {
     ApprovalRequest {
         epsilon: 1.0,
         delta: 1e-6,
@@ -201,12 +211,12 @@ pub fn approval() -> ApprovalRequest {
 
 /// Jobs run in a child process of a program that answers `__job-exec` (see `exec`); this test
 /// harness does not, so jobs run from it use the `veil` binary built for these tests.
-pub fn use_veil_for_jobs() {
+pub(crate) fn use_veil_for_jobs() {
     veil_gate::job::use_executable(veil_bin());
 }
 
 /// The address `veil serve` announces on its first line of output (`… http://127.0.0.1:PORT`).
-pub fn server_url(first_line: &str) -> String {
+pub(crate) fn server_url(first_line: &str) -> String {
     let url = first_line
         .trim()
         .rsplit(' ')
@@ -218,6 +228,6 @@ pub fn server_url(first_line: &str) -> String {
 }
 
 /// The `veil` binary built for these tests.
-pub fn veil_bin() -> &'static Path {
+pub(crate) fn veil_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_veil"))
 }

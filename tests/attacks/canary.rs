@@ -28,7 +28,7 @@ use veil_runtime::store::Store;
 use crate::support::OPERATOR;
 
 /// One canary person of `citizens` (and `enterprises`): every value here is unique in the data.
-pub struct CanaryPerson {
+pub(crate) struct CanaryPerson {
     /// `citizens.person_id` / `enterprises.legal_rep_id` (identifier, the privacy unit).
     pub person_id: &'static str,
     /// `citizens.full_name` (identifier).
@@ -51,7 +51,7 @@ pub struct CanaryPerson {
 
 /// The canary persons. Their texts carry a random-looking token, searched for without regard
 /// to case, so `lower(district)` or a substring still counts as a leak.
-pub const CANARIES: [CanaryPerson; 3] = [
+pub(crate) const CANARIES: [CanaryPerson; 3] = [
     CanaryPerson {
         person_id: "CANARY-PID-QX7KV2",
         full_name: "CANARY-TXT-NAME-WZ4MRB",
@@ -85,7 +85,7 @@ pub const CANARIES: [CanaryPerson; 3] = [
 ];
 
 /// Every canary text, as searched for (case-insensitively).
-pub fn canary_texts() -> Vec<&'static str> {
+pub(crate) fn canary_texts() -> Vec<&'static str> {
     let mut texts = Vec::new();
     for c in &CANARIES {
         texts.extend([c.person_id, c.full_name, c.district, c.enterprise_name]);
@@ -101,7 +101,7 @@ pub fn canary_texts() -> Vec<&'static str> {
 
 /// Every canary number (searched for as decimal text and as 8-byte little-endian integers and
 /// floats, the way Parquet and Arrow store them).
-pub fn canary_numbers() -> Vec<i64> {
+pub(crate) fn canary_numbers() -> Vec<i64> {
     CANARIES
         .iter()
         .flat_map(|c| [c.monthly_income, c.registered_capital])
@@ -109,19 +109,19 @@ pub fn canary_numbers() -> Vec<i64> {
 }
 
 /// Ordinary incomes and capitals stay below this; canary numbers are far above it.
-pub const ORDINARY_INCOME_MAX: i64 = 60_000;
+pub(crate) const ORDINARY_INCOME_MAX: i64 = 60_000;
 /// Ordinary persons in `citizens` (each with one to three yearly records).
-pub const ORDINARY_PERSONS: usize = 1_800;
+pub(crate) const ORDINARY_PERSONS: usize = 1_800;
 /// Rows per Parquet row group of `citizens`, which is sorted by birth year: small, so a filter
 /// on birth year could skip whole row groups if pruning were on.
-pub const ROW_GROUP_ROWS: usize = 256;
+pub(crate) const ROW_GROUP_ROWS: usize = 256;
 /// The name of the provider in both policies (and of its principal).
-pub const PROVIDER: &str = "canary-provider";
+pub(crate) const PROVIDER: &str = "canary-provider";
 /// ε a month of the operator's grant (the most a grant may have).
-pub const GRANT_EPSILON_PER_MONTH: f64 = 100.0;
+pub(crate) const GRANT_EPSILON_PER_MONTH: f64 = 100.0;
 
 /// The Shanxi cities, the public key set of `city`.
-pub const CITIES: [&str; 11] = veil_testkit::demo_data::SHANXI_CITIES;
+pub(crate) const CITIES: [&str; 11] = veil_testkit::demo_data::SHANXI_CITIES;
 const DISTRICTS: [&str; 8] = [
     "Xiaodian",
     "Yingze",
@@ -134,7 +134,7 @@ const DISTRICTS: [&str; 8] = [
 ];
 const RATINGS: [&str; 4] = ["A", "B", "C", "D"];
 
-pub const CITIZENS_POLICY: &str = r#"
+pub(crate) const CITIZENS_POLICY: &str = r#"
 provider = "canary-provider"
 classification_level = 3
 sharing = "conditional"
@@ -169,7 +169,7 @@ role = "sensitive"
 bounds = [0, 480]
 "#;
 
-pub const ENTERPRISES_POLICY: &str = r#"
+pub(crate) const ENTERPRISES_POLICY: &str = r#"
 provider = "canary-provider"
 classification_level = 3
 sharing = "conditional"
@@ -219,7 +219,7 @@ struct Firm {
 /// Writes `citizens.parquet` (sorted by birth year, in row groups of [`ROW_GROUP_ROWS`]) and
 /// `enterprises.parquet` into `dir`, without the person `without` if one is named (the
 /// neighbouring dataset); returns the number of `citizens` rows.
-pub fn write_tables(dir: &Path, without: Option<&str>) -> usize {
+pub(crate) fn write_tables(dir: &Path, without: Option<&str>) -> usize {
     std::fs::create_dir_all(dir).expect("raw folder");
     let mut rng = ChaCha8Rng::seed_from_u64(20_261_201);
     let mut citizens = Vec::new();
@@ -382,14 +382,14 @@ fn enterprises_schema() -> SchemaRef {
 }
 
 /// API keys of the domain's principals.
-pub struct Keys {
+pub(crate) struct Keys {
     pub bureau: String,
     pub operator: String,
     pub provider: String,
 }
 
 /// A store with `citizens` and `enterprises` registered and granted to [`OPERATOR`].
-pub struct Domain {
+pub(crate) struct Domain {
     pub dir: TempDir,
     pub keys: Keys,
     /// Rows of `citizens`.
@@ -397,12 +397,12 @@ pub struct Domain {
 }
 
 impl Domain {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::build(None)
     }
 
     /// The same domain without one person (all of their rows, in both tables).
-    pub fn without(person_id: &str) -> Self {
+    pub(crate) fn without(person_id: &str) -> Self {
         Self::build(Some(person_id))
     }
 
@@ -461,17 +461,17 @@ impl Domain {
         }
     }
 
-    pub fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
-    pub fn raw(&self) -> PathBuf {
+    pub(crate) fn raw(&self) -> PathBuf {
         self.dir.path().join("raw")
     }
 }
 
 /// The canaries found in `bytes`, by name; empty when clean.
-pub fn leaks(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn leaks(bytes: &[u8]) -> Vec<String> {
     let lower = bytes.to_ascii_lowercase();
     let mut found = Vec::new();
     for text in canary_texts() {
@@ -500,14 +500,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Fails naming `what` and the canaries in `bytes`.
-pub fn assert_clean(what: &str, bytes: &[u8]) {
+pub(crate) fn assert_clean(what: &str, bytes: &[u8]) {
     let found = leaks(bytes);
     assert!(found.is_empty(), "canary values in {what}: {found:?}");
 }
 
 /// The values of the Parquet file at `path` rendered as text (a compressed page could hide a
 /// canary from a byte search), after its raw bytes.
-pub fn parquet_as_text(path: &Path) -> Vec<u8> {
+pub(crate) fn parquet_as_text(path: &Path) -> Vec<u8> {
     let mut out = std::fs::read(path).expect("read a Parquet file");
     let file = std::fs::File::open(path).expect("open a Parquet file");
     let reader = match ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()) {
@@ -522,7 +522,7 @@ pub fn parquet_as_text(path: &Path) -> Vec<u8> {
 }
 
 /// Every value of `batch` as text, row by row.
-pub fn render(batch: &RecordBatch) -> String {
+pub(crate) fn render(batch: &RecordBatch) -> String {
     let options = FormatOptions::default().with_null("NULL");
     let formatters: Vec<ArrayFormatter> = batch
         .columns()
@@ -541,7 +541,7 @@ pub fn render(batch: &RecordBatch) -> String {
 }
 
 /// Birth years of a `citizens` Parquet file's row groups, as (min, max) from its statistics.
-pub fn row_group_birth_years(path: &Path) -> Vec<(i32, i32)> {
+pub(crate) fn row_group_birth_years(path: &Path) -> Vec<(i32, i32)> {
     use datafusion::parquet::file::statistics::Statistics;
     let file = std::fs::File::open(path).expect("open the table");
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).expect("Parquet metadata");

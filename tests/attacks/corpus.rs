@@ -54,7 +54,7 @@ fn corpus_dir() -> PathBuf {
 
 /// One case of a corpus file.
 #[derive(Debug, Clone)]
-pub struct Case {
+pub(crate) struct Case {
     pub file: String,
     pub line: usize,
     pub title: String,
@@ -86,7 +86,7 @@ fn default_approval() -> Map<String, Value> {
 }
 
 /// Reads a corpus file; a malformed one is an error naming its line.
-pub fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
+pub(crate) fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut cases: Vec<Case> = Vec::new();
     let mut current: Option<Case> = None;
@@ -193,7 +193,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Case>, String> {
 }
 
 /// Every case of every `tests/attacks/*.test` file, in file order.
-pub fn load_corpus() -> Vec<Case> {
+pub(crate) fn load_corpus() -> Vec<Case> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
         .expect("tests/attacks is readable")
         .map(|e| e.expect("a directory entry").path())
@@ -493,7 +493,7 @@ async fn verdict_of(operator: &Http, job: &Value) -> Outcome {
 }
 
 /// Downloads every file of `product` and scans it; returns its rows and marked rows.
-pub async fn scan_product(operator: &Http, product: &str) -> (u64, u64) {
+pub(crate) async fn scan_product(operator: &Http, product: &str) -> (u64, u64) {
     let view = operator
         .get(&format!("/products/{product}"))
         .await

@@ -24,11 +24,11 @@ const LOOPING_MAPPER: &str = r#"(module
 
 /// Fuel per unit for the looping mapper: enough that the job runs for a few seconds (long
 /// enough to find and kill its child), little enough that the rerun ends soon.
-pub const LOOP_FUEL_PER_UNIT: u64 = 2_000_000;
+pub(crate) const LOOP_FUEL_PER_UNIT: u64 = 2_000_000;
 
 /// Submits and approves a WASM template over `module` with one bounded output `one`;
 /// returns its id.
-pub async fn wasm_template(
+pub(crate) async fn wasm_template(
     domain: &Domain,
     server: &Server,
     name: &str,

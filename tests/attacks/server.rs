@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::support::{server_url, veil_bin};
 
 /// A `veil serve` process, killed when dropped; its stdout and stderr are collected.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     pub url: String,
     log: Arc<Mutex<Vec<u8>>>,
@@ -20,7 +20,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(data_dir: &Path, workers: usize) -> Self {
+    pub(crate) fn start(data_dir: &Path, workers: usize) -> Self {
         let mut child = Command::new(veil_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
@@ -49,12 +49,12 @@ impl Server {
     }
 
     /// The server's process id (its job children have it as their parent).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The last lines the server printed so far (for a failure message).
-    pub fn output_tail(&self) -> String {
+    pub(crate) fn output_tail(&self) -> String {
         let log = self.log.lock().expect("log");
         let text = String::from_utf8_lossy(&log);
         let lines: Vec<&str> = text.lines().collect();
@@ -63,13 +63,13 @@ impl Server {
 
     /// Kills the server process alone with SIGKILL (its job children are left to it) and waits
     /// for it.
-    pub fn kill_server_only(&mut self) {
+    pub(crate) fn kill_server_only(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Stops the server and returns everything it printed on stdout and stderr.
-    pub fn stop(mut self) -> Vec<u8> {
+    pub(crate) fn stop(mut self) -> Vec<u8> {
         kill_job_children(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -106,18 +106,18 @@ fn collect(
 
 /// An HTTP answer: status and body text.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub body: String,
 }
 
 impl Answer {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
     }
 
-    pub fn ok(self, what: &str) -> Self {
+    pub(crate) fn ok(self, what: &str) -> Self {
         assert!(
             (200..300).contains(&self.status),
             "{what}: HTTP {} {}",
@@ -130,14 +130,14 @@ impl Answer {
 
 /// Raw JSON calls on `/v1` with one API key.
 #[derive(Clone)]
-pub struct Http {
+pub(crate) struct Http {
     base: String,
     key: String,
     client: reqwest::Client,
 }
 
 impl Http {
-    pub fn new(server: &Server, key: &str) -> Self {
+    pub(crate) fn new(server: &Server, key: &str) -> Self {
         Self {
             base: format!("{}/v1", server.url),
             key: key.to_string(),
@@ -148,7 +148,7 @@ impl Http {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str) -> Answer {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -159,7 +159,7 @@ impl Http {
         answer(response).await
     }
 
-    pub async fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+    pub(crate) async fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -172,7 +172,7 @@ impl Http {
         (status, body)
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Answer {
         let response = self
             .client
             .post(format!("{}{path}", self.base))
@@ -185,7 +185,7 @@ impl Http {
     }
 
     /// Waits until job `id` has ended (or `timeout` passes); returns its last view.
-    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Value {
+    pub(crate) async fn wait_job(&self, id: &str, timeout: Duration) -> Value {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let job = self
@@ -212,7 +212,7 @@ async fn answer(response: reqwest::Response) -> Answer {
 /// Submits `sql` (parameters declared from `params`: integer if the value parses as one, else
 /// text) as the operator under template name `name`; returns the template id, or the answer
 /// if the server refused the template.
-pub async fn submit_template(
+pub(crate) async fn submit_template(
     operator: &Http,
     name: &str,
     sql: &str,
@@ -245,7 +245,7 @@ pub async fn submit_template(
 }
 
 /// The `veil __job-exec` children of process `parent`, by scanning `/proc/*/cmdline`.
-pub fn job_children(parent: u32) -> Vec<u32> {
+pub(crate) fn job_children(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -279,7 +279,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// True while process `pid` exists and is not a zombie.
-pub fn is_running(pid: u32) -> bool {
+pub(crate) fn is_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rfind(')')
@@ -290,7 +290,7 @@ pub fn is_running(pid: u32) -> bool {
 }
 
 /// Kills (SIGKILL) the job children of process `parent`.
-pub fn kill_job_children(parent: u32) {
+pub(crate) fn kill_job_children(parent: u32) {
     for pid in job_children(parent) {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
