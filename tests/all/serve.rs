@@ -442,6 +442,7 @@ async fn a_buyer_buys_and_verifies_a_product_and_the_bureau_settles_the_month() 
         .approve_template(
             &template.id,
             &ApproveTemplate {
+                epsilon: Some(1.0),
                 k: Some(5),
                 price_per_run_fen: Some(250),
                 ..Default::default()
@@ -590,6 +591,7 @@ async fn a_wasm_template_is_submitted_through_the_sdk_and_released() {
         .approve_template(
             &template.id,
             &ApproveTemplate {
+                epsilon: Some(1.0),
                 k: Some(5),
                 max_groups: Some(1),
                 max_rows: Some(1),
