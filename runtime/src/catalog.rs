@@ -39,7 +39,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::ids::DatasetId;
-use crate::store::Store;
+use crate::store::{Store, query_parsed_rows};
 use crate::{audit, clock, files};
 pub use veil_gate::policy::*;
 
@@ -185,16 +185,13 @@ pub fn get(store: &Store, name_or_id: &str) -> Result<Dataset> {
 
 /// All datasets, by name.
 pub fn list(store: &Store) -> Result<Vec<Dataset>> {
-    let mut statement = store.conn().prepare(
+    query_parsed_rows(
+        store.conn(),
         "SELECT id, name, policy_json, file, rows, bytes, content_blake3, registered_at
          FROM datasets ORDER BY name",
-    )?;
-    let rows = statement.query_map([], row_to_dataset)?;
-    let mut datasets = Vec::new();
-    for row in rows {
-        datasets.push(row??);
-    }
-    Ok(datasets)
+        [],
+        row_to_dataset,
+    )
 }
 
 fn row_to_dataset(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Dataset>> {

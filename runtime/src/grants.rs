@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, Sharing};
 use crate::error::{Error, Result};
 use crate::ids::{DatasetId, GrantId};
-use crate::store::Store;
+use crate::store::{Store, query_parsed_rows};
 use crate::{audit, clock};
 
 /// Largest ε a grant may give per month. Beyond this, "privacy" means little.
@@ -223,15 +223,12 @@ pub fn get(store: &Store, id: &str) -> Result<Grant> {
 }
 
 pub fn list(store: &Store) -> Result<Vec<Grant>> {
-    let mut statement = store.conn().prepare(&format!(
-        "SELECT {COLUMNS} FROM grants ORDER BY created_at, id"
-    ))?;
-    let rows = statement.query_map([], row_to_grant)?;
-    let mut grants = Vec::new();
-    for row in rows {
-        grants.push(row??);
-    }
-    Ok(grants)
+    query_parsed_rows(
+        store.conn(),
+        &format!("SELECT {COLUMNS} FROM grants ORDER BY created_at, id"),
+        [],
+        row_to_grant,
+    )
 }
 
 /// Working days a grant request may wait for the bureau before it is flagged as overdue
@@ -500,15 +497,12 @@ pub fn application(store: &Store, id: &str) -> Result<Application> {
 
 /// Every application, oldest first.
 pub fn applications(store: &Store) -> Result<Vec<Application>> {
-    let mut statement = store.conn().prepare(&format!(
-        "SELECT {APPLICATION_COLUMNS} FROM grant_requests ORDER BY submitted_at, id"
-    ))?;
-    let rows = statement.query_map([], row_to_application)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row??);
-    }
-    Ok(out)
+    query_parsed_rows(
+        store.conn(),
+        &format!("SELECT {APPLICATION_COLUMNS} FROM grant_requests ORDER BY submitted_at, id"),
+        [],
+        row_to_application,
+    )
 }
 
 /// The bureau approves a pending application: the grant is created as asked (or with a lower

@@ -35,7 +35,7 @@ use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, EndState, MeterRecord};
 use crate::products::{self, ProductDraft, ProductError, StagedProduct};
-use crate::store::{Store, WriteTx};
+use crate::store::{Store, WriteTx, query_parsed_rows};
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock};
 use crate::{ledger, prices};
@@ -1378,15 +1378,12 @@ pub fn get(store: &Store, id: &str) -> Result<Job> {
 }
 
 pub fn list(store: &Store) -> Result<Vec<Job>> {
-    let mut statement = store.conn().prepare(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at, rowid"
-    ))?;
-    let rows = statement.query_map([], row_to_job)?;
-    let mut jobs = Vec::new();
-    for row in rows {
-        jobs.push(row??);
-    }
-    Ok(jobs)
+    query_parsed_rows(
+        store.conn(),
+        &format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at, rowid"),
+        [],
+        row_to_job,
+    )
 }
 
 /// Pre-flight: what [`run`] would decide before it reads any data row — the template, grant,

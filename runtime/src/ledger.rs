@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::ids::Fen;
 use crate::metering::{EndState, MeterRecord};
 use crate::prices::{BASIS_POINTS_TOTAL, Shares};
-use crate::store::WriteTx;
+use crate::store::{WriteTx, query_parsed_rows};
 use crate::templates::Approval;
 
 /// Item of a run's operator line.
@@ -433,34 +433,34 @@ pub fn insert_posting(
 /// The datasets a job read (its budget reservations) with their providers and registered
 /// rows, ordered by dataset id.
 pub fn contributions(conn: &Connection, job_id: &str) -> Result<Vec<Contribution>> {
-    let mut statement = conn.prepare(
+    query_parsed_rows(
+        conn,
         "SELECT d.id, d.policy_json, d.rows FROM budget_spend b JOIN datasets d ON d.id = b.dataset_id
          WHERE b.job_id = ?1 ORDER BY d.id",
-    )?;
-    let rows = statement.query_map([job_id], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (dataset_id, policy_json, rows) = row?;
-        let policy: serde_json::Value = serde_json::from_str(&policy_json)
-            .map_err(|_| Error::internal("reading a dataset's stored policy"))?;
-        let provider = policy
-            .get("provider")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| Error::internal("reading the provider of a dataset's stored policy"))?
-            .to_string();
-        out.push(Contribution {
-            dataset_id,
-            provider,
-            rows: u64::try_from(rows).unwrap_or(0),
-        });
-    }
-    Ok(out)
+        [job_id],
+        |row| {
+            let dataset_id: String = row.get(0)?;
+            let policy_json: String = row.get(1)?;
+            let rows: i64 = row.get(2)?;
+            Ok(stored_provider(&policy_json).map(|provider| Contribution {
+                dataset_id,
+                provider,
+                rows: u64::try_from(rows).unwrap_or(0),
+            }))
+        },
+    )
+}
+
+/// The provider named in a dataset's stored policy; a policy that does not parse or names
+/// none is Veil's fault, not the caller's.
+fn stored_provider(policy_json: &str) -> Result<String> {
+    let policy: serde_json::Value = serde_json::from_str(policy_json)
+        .map_err(|_| Error::internal("reading a dataset's stored policy"))?;
+    Ok(policy
+        .get("provider")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Error::internal("reading the provider of a dataset's stored policy"))?
+        .to_string())
 }
 
 /// The lines a job's meter record posts (see [`post_run`]); none for a run that is not

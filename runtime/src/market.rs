@@ -21,7 +21,7 @@ use crate::ledger::{self, Sale};
 use crate::prices::{self, Shares};
 use crate::principals::Role;
 use crate::products::{self, Product};
-use crate::store::Store;
+use crate::store::{Store, query_rows};
 use crate::{audit, clock};
 
 /// The highest price a product may be listed at, in fen (¥100,000,000). It bounds a typing
@@ -192,17 +192,16 @@ pub fn list_for_sale(
 
 /// Products for sale and not recalled, oldest listing first.
 pub fn offers(conn: &Connection) -> Result<Vec<Listing>> {
-    let mut statement = conn.prepare(&format!(
-        "SELECT {LISTING_COLUMNS} FROM listings l JOIN products p ON p.id = l.product_id
+    query_rows(
+        conn,
+        &format!(
+            "SELECT {LISTING_COLUMNS} FROM listings l JOIN products p ON p.id = l.product_id
          WHERE NOT EXISTS (SELECT 1 FROM recalls r WHERE r.product_id = l.product_id)
          ORDER BY l.listed_at, l.product_id"
-    ))?;
-    let rows = statement.query_map([], row_to_listing)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row?);
-    }
-    Ok(out)
+        ),
+        [],
+        row_to_listing,
+    )
 }
 
 const PURCHASE_COLUMNS: &str = "u.id, u.product_id, u.buyer, p.operator, u.price_fen,
@@ -445,14 +444,12 @@ pub fn recall(store: &mut Store, product_id: &ProductId, reason: &str) -> Result
 
 /// The buyers who bought a product, by name.
 pub fn buyers_of(conn: &Connection, product_id: &ProductId) -> Result<Vec<String>> {
-    let mut statement =
-        conn.prepare("SELECT buyer FROM purchases WHERE product_id = ?1 ORDER BY buyer")?;
-    let rows = statement.query_map([product_id.as_str()], |row| row.get(0))?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row?);
-    }
-    Ok(out)
+    query_rows(
+        conn,
+        "SELECT buyer FROM purchases WHERE product_id = ?1 ORDER BY buyer",
+        [product_id.as_str()],
+        |row| row.get(0),
+    )
 }
 
 /// A buyer's purchases, oldest first.
@@ -466,16 +463,15 @@ pub fn all_purchases(conn: &Connection) -> Result<Vec<Purchase>> {
 }
 
 fn purchases_where(conn: &Connection, buyer: Option<&str>) -> Result<Vec<Purchase>> {
-    let mut statement = conn.prepare(&format!(
-        "SELECT {PURCHASE_COLUMNS} FROM {PURCHASE_FROM} WHERE ?1 IS NULL OR u.buyer = ?1
+    query_rows(
+        conn,
+        &format!(
+            "SELECT {PURCHASE_COLUMNS} FROM {PURCHASE_FROM} WHERE ?1 IS NULL OR u.buyer = ?1
          ORDER BY u.at, u.id"
-    ))?;
-    let rows = statement.query_map([buyer], row_to_purchase)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row?);
-    }
-    Ok(out)
+        ),
+        [buyer],
+        row_to_purchase,
+    )
 }
 
 /// Records (and audits) a download by the product's operator or the bureau, who need no
@@ -503,25 +499,22 @@ pub fn record_owner_download(
 
 /// Every recorded download of a product, oldest first.
 pub fn downloads_of(conn: &Connection, product_id: &ProductId) -> Result<Vec<Download>> {
-    let mut statement = conn.prepare(
+    query_rows(
+        conn,
         "SELECT id, product_id, actor, file_name, at, audit_seq FROM downloads
          WHERE product_id = ?1 ORDER BY id",
-    )?;
-    let rows = statement.query_map([product_id.as_str()], |row| {
-        Ok(Download {
-            id: row.get(0)?,
-            product_id: row.get(1)?,
-            actor: row.get(2)?,
-            file_name: row.get(3)?,
-            at: row.get(4)?,
-            audit_seq: row.get(5)?,
-        })
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row?);
-    }
-    Ok(out)
+        [product_id.as_str()],
+        |row| {
+            Ok(Download {
+                id: row.get(0)?,
+                product_id: row.get(1)?,
+                actor: row.get(2)?,
+                file_name: row.get(3)?,
+                at: row.get(4)?,
+                audit_seq: row.get(5)?,
+            })
+        },
+    )
 }
 
 /// The recall of a product, if it was recalled.

@@ -78,7 +78,7 @@ impl rusqlite::ToSql for EndState {
         Ok(self.as_str().into())
     }
 }
-use crate::store::WriteTx;
+use crate::store::{WriteTx, query_parsed_rows};
 
 /// One job's meter record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,42 +166,39 @@ pub fn record(tx: &WriteTx<'_>, m: &MeterRecord) -> Result<()> {
 
 /// All meter records, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
-    let mut statement = conn.prepare(
+    query_parsed_rows(
+        conn,
         "SELECT job_id, operator, template_id, wall_ms, cpu_ms, rows_scanned, bytes_scanned,
             peak_memory_bytes, micro_epsilon, pico_delta, output_rows, output_bytes, end_state,
             price_fen, at, fuel FROM meter ORDER BY at, rowid",
-    )?;
-    let rows = statement.query_map([], |row| {
-        // A stored end state outside `EndState` is reported naming its column, rather than as
-        // SQLite's conversion error.
-        let end_state = match EndState::from_stored(&row.get::<_, String>(12)?) {
-            Ok(end_state) => end_state,
-            Err(error) => return Ok(Err(error)),
-        };
-        Ok(Ok(MeterRecord {
-            job_id: row.get(0)?,
-            operator: row.get(1)?,
-            template_id: row.get(2)?,
-            wall_ms: row.get::<_, i64>(3)? as u64,
-            cpu_ms: row.get::<_, i64>(4)? as u64,
-            rows_scanned: row.get::<_, i64>(5)? as u64,
-            bytes_scanned: row.get::<_, i64>(6)? as u64,
-            peak_memory_bytes: row.get::<_, i64>(7)? as u64,
-            micro_epsilon: MicroEpsilon(row.get(8)?),
-            pico_delta: PicoDelta(row.get(9)?),
-            output_rows: row.get::<_, i64>(10)? as u64,
-            output_bytes: row.get::<_, i64>(11)? as u64,
-            end_state,
-            price: Fen(row.get(13)?),
-            at: row.get(14)?,
-            fuel: row.get::<_, i64>(15)? as u64,
-        }))
-    })?;
-    let mut records = Vec::new();
-    for row in rows {
-        records.push(row??);
-    }
-    Ok(records)
+        [],
+        |row| {
+            // A stored end state outside `EndState` is reported naming its column, rather than as
+            // SQLite's conversion error.
+            let end_state = match EndState::from_stored(&row.get::<_, String>(12)?) {
+                Ok(end_state) => end_state,
+                Err(error) => return Ok(Err(error)),
+            };
+            Ok(Ok(MeterRecord {
+                job_id: row.get(0)?,
+                operator: row.get(1)?,
+                template_id: row.get(2)?,
+                wall_ms: row.get::<_, i64>(3)? as u64,
+                cpu_ms: row.get::<_, i64>(4)? as u64,
+                rows_scanned: row.get::<_, i64>(5)? as u64,
+                bytes_scanned: row.get::<_, i64>(6)? as u64,
+                peak_memory_bytes: row.get::<_, i64>(7)? as u64,
+                micro_epsilon: MicroEpsilon(row.get(8)?),
+                pico_delta: PicoDelta(row.get(9)?),
+                output_rows: row.get::<_, i64>(10)? as u64,
+                output_bytes: row.get::<_, i64>(11)? as u64,
+                end_state,
+                price: Fen(row.get(13)?),
+                at: row.get(14)?,
+                fuel: row.get::<_, i64>(15)? as u64,
+            }))
+        },
+    )
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::Fen;
-use crate::store::Store;
+use crate::store::{Store, query_rows};
 use crate::{audit, clock};
 
 /// The whole of a sale price, in basis points (1 bp = 0.01 %).
@@ -160,15 +160,12 @@ pub fn at(conn: &Connection, instant: &str) -> Result<PriceBook> {
 
 /// Every version the bureau set, oldest first (the defaults are not listed).
 pub fn history(conn: &Connection) -> Result<Vec<PriceBook>> {
-    let mut statement = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM price_book ORDER BY version"
-    ))?;
-    let rows = statement.query_map([], row_to_book)?;
-    let mut books = Vec::new();
-    for row in rows {
-        books.push(row?);
-    }
-    Ok(books)
+    query_rows(
+        conn,
+        &format!("SELECT {COLUMNS} FROM price_book ORDER BY version"),
+        [],
+        row_to_book,
+    )
 }
 
 /// Sets a new version, in force from now on, and audits it.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ids::PrincipalId;
-use crate::store::Store;
+use crate::store::{Store, query_parsed_rows};
 use crate::{audit, clock};
 
 /// What every key starts with, so a leaked key is easy to recognise in logs and scanners.
@@ -176,15 +176,12 @@ pub fn get(store: &Store, id: &str) -> Result<Principal> {
 }
 
 pub fn list(store: &Store) -> Result<Vec<Principal>> {
-    let mut statement = store.conn().prepare(&format!(
-        "SELECT {COLUMNS} FROM principals ORDER BY created_at, id"
-    ))?;
-    let rows = statement.query_map([], row_to_principal)?;
-    let mut principals = Vec::new();
-    for row in rows {
-        principals.push(row??);
-    }
-    Ok(principals)
+    query_parsed_rows(
+        store.conn(),
+        &format!("SELECT {COLUMNS} FROM principals ORDER BY created_at, id"),
+        [],
+        row_to_principal,
+    )
 }
 
 #[cfg(test)]

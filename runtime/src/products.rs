@@ -42,6 +42,7 @@ use veil_gate::Released;
 
 use crate::ids::ProductId;
 use crate::space;
+use crate::store::query_rows;
 use veil_sdk::manifest::{
     self, FileDigest, MANIFEST_FILE, Manifest, ManifestError, SignedManifest,
 };
@@ -364,15 +365,12 @@ pub fn is_recorded(conn: &rusqlite::Connection, id: &str) -> crate::Result<bool>
 
 /// Every released product, oldest first.
 pub fn list(conn: &rusqlite::Connection) -> crate::Result<Vec<Product>> {
-    let mut statement = conn.prepare(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products p ORDER BY p.created_at, p.rowid"
-    ))?;
-    let rows = statement.query_map([], row_to_product)?;
-    let mut products = Vec::new();
-    for row in rows {
-        products.push(row?);
-    }
-    Ok(products)
+    query_rows(
+        conn,
+        &format!("SELECT {PRODUCT_COLUMNS} FROM products p ORDER BY p.created_at, p.rowid"),
+        [],
+        row_to_product,
+    )
 }
 
 fn write_parquet(

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Params, Row, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::{audit, files, space};
@@ -598,6 +598,44 @@ impl std::fmt::Debug for WriteTx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WriteTx(…)")
     }
+}
+
+/// Every row `sql` returns, in SQLite's order, each turned into a `T` by `map`.
+///
+/// This is the one loop in the domain that collects rows, so no list query writes it again.
+/// `map` returns two layers of error because they have different owners: the outer one is
+/// SQLite's (the database could not be read, or a column does not hold the type asked for),
+/// the inner one is Veil's (SQLite read the value, but it does not parse as what Veil stored
+/// there, such as a state no enum variant names; the mapper reports it naming the column). The
+/// first error of either kind, in row order, ends the read and is returned.
+///
+/// The statement goes through the connection's statement cache, because the same list is read
+/// again and again (every poll of the HTTP API) and need not be compiled each time. Only the
+/// domain runs SQL, so this is not public outside the crate.
+pub(crate) fn query_parsed_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    map: impl FnMut(&Row<'_>) -> rusqlite::Result<Result<T>>,
+) -> Result<Vec<T>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params, map)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+/// [`query_parsed_rows`] for a `map` that only reads columns, so any error it returns is
+/// SQLite's.
+pub(crate) fn query_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    mut map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    query_parsed_rows(conn, sql, params, |row| map(row).map(Ok))
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {

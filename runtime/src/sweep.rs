@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
-use crate::store::Store;
+use crate::store::{Store, query_rows};
 use crate::{clock, products};
 
 /// How often `veil serve` sweeps, in seconds, unless `--sweep-seconds` says otherwise.
@@ -120,13 +120,8 @@ pub fn sweep(store: &mut Store, grace: Duration) -> Result<Swept> {
 
 /// The first column of every row of `sql`.
 fn strings(tx: &rusqlite::Transaction<'_>, sql: &str) -> Result<HashSet<String>> {
-    let mut statement = tx.prepare(sql)?;
-    let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-    let mut out = HashSet::new();
-    for row in rows {
-        out.insert(row?);
-    }
-    Ok(out)
+    let strings = query_rows(tx, sql, [], |row| row.get::<_, String>(0))?;
+    Ok(strings.into_iter().collect())
 }
 
 /// The entries of `dir` with their names (`None` for a name that is not UTF-8, which no Veil

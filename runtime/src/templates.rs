@@ -55,7 +55,7 @@ pub use veil_sdk::template::{
 use crate::error::{Error, Result};
 use crate::grants;
 use crate::ids::{Fen, TemplateId};
-use crate::store::Store;
+use crate::store::{Store, query_parsed_rows};
 use crate::{audit, catalog, clock};
 use veil_gate::Terms;
 use veil_gate::analysis::{self, Analysis};
@@ -1213,16 +1213,16 @@ fn row_to_template(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Template>
 
 /// Finds a template by id (full hash, or a unique prefix of at least 8 digits) or by name.
 pub fn find(store: &Store, key: &str) -> Result<Option<Template>> {
-    let mut statement = store.conn().prepare(&format!(
-        "SELECT {COLUMNS} FROM templates
+    let mut found = query_parsed_rows(
+        store.conn(),
+        &format!(
+            "SELECT {COLUMNS} FROM templates
          WHERE id = ?1 OR (length(?1) >= 8 AND id LIKE ?1 || '%') OR name = ?1
          ORDER BY submitted_at DESC"
-    ))?;
-    let rows = statement.query_map([key], row_to_template)?;
-    let mut found = Vec::new();
-    for row in rows {
-        found.push(row??);
-    }
+        ),
+        [key],
+        row_to_template,
+    )?;
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
@@ -1257,15 +1257,12 @@ pub fn get(store: &Store, key: &str) -> Result<Template> {
 }
 
 pub fn list(store: &Store) -> Result<Vec<Template>> {
-    let mut statement = store.conn().prepare(&format!(
-        "SELECT {COLUMNS} FROM templates ORDER BY submitted_at, id"
-    ))?;
-    let rows = statement.query_map([], row_to_template)?;
-    let mut templates = Vec::new();
-    for row in rows {
-        templates.push(row??);
-    }
-    Ok(templates)
+    query_parsed_rows(
+        store.conn(),
+        &format!("SELECT {COLUMNS} FROM templates ORDER BY submitted_at, id"),
+        [],
+        row_to_template,
+    )
 }
 
 #[cfg(test)]

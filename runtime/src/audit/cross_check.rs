@@ -32,6 +32,7 @@ use super::{Broken, Entry};
 use crate::error::Result;
 use crate::ledger::{self, Account, AuditedLine};
 use crate::settlement;
+use crate::store::query_rows;
 
 const PRODUCT_RELEASED: &str = "product.released";
 const METER_RECORDED: &str = "meter.recorded";
@@ -275,12 +276,12 @@ impl Context<'_> {
     /// `product.purchased` entries ↔ postings; returns the meter records and postings checked.
     pub(crate) fn money(&self) -> Result<std::result::Result<(usize, usize), Broken>> {
         let metered = self.by_subject(METER_RECORDED);
-        let mut statement = self
-            .conn
-            .prepare("SELECT job_id, end_state, price_fen FROM meter ORDER BY rowid")?;
-        let meter: Vec<(String, String, i64)> = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let meter: Vec<(String, String, i64)> = query_rows(
+            self.conn,
+            "SELECT job_id, end_state, price_fen FROM meter ORDER BY rowid",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
         for (job, end_state, price) in &meter {
             let fail = |what: String| mismatch(Record::MeterRecord, job, what);
             let Some(entry) = metered.get(job.as_str()) else {
@@ -346,12 +347,12 @@ impl Context<'_> {
             }
         }
 
-        let mut statement = self
-            .conn
-            .prepare("SELECT id, price_fen, audit_seq FROM purchases ORDER BY rowid")?;
-        let purchases: Vec<(String, i64, i64)> = statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?;
+        let purchases: Vec<(String, i64, i64)> = query_rows(
+            self.conn,
+            "SELECT id, price_fen, audit_seq FROM purchases ORDER BY rowid",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
         for (id, price, seq) in &purchases {
             let fail = |what: String| mismatch(Record::Purchase, id, what);
             let recorded = match self.captured.get(seq) {
