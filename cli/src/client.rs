@@ -11,8 +11,8 @@ use clap::{Args, Subcommand};
 use veil_sdk::api::{JobView, ProductView};
 use veil_sdk::client::{Client, ClientError};
 
-use crate::local::{JobArgs, print_json, print_table};
-use crate::terms::{ApprovalTerms, GrantTerms};
+use crate::output::{print_dry_run, print_json, print_table};
+use crate::terms::{ApprovalTerms, GrantTerms, JobArgs};
 use veil_runtime::error::{Error, Result};
 use veil_runtime::ids::Fen;
 
@@ -415,7 +415,7 @@ async fn job(
             if json {
                 json_out(&answer)?;
             } else {
-                crate::local::print_dry_run(&answer);
+                print_dry_run(&answer);
             }
             return Ok(if answer.passes { 0 } else { 3 });
         }

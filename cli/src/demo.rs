@@ -350,7 +350,7 @@ pub(crate) async fn run(
 
     say(out, "\n[bureau] veil meter list")?;
     let records = metering::list(store.conn())?;
-    let table = crate::local::meter_table(&records);
+    let table = crate::output::meter_table(&records);
     say(out, table.trim_end())?;
 
     let public = store.signing_key().verifying_key();

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::demo;
-use crate::terms::{ApprovalTerms, GrantTerms};
+use crate::output::{print_dry_run, print_json, print_meter, print_table};
+use crate::terms::{ApprovalTerms, GrantTerms, JobArgs};
 use veil_gate::rules::Refusal;
 use veil_runtime::error::{Error, Result};
 use veil_runtime::grants;
 use veil_runtime::ids::{Fen, ProductId};
-use veil_runtime::jobs::{self, JobOutcome, JobRequest};
+use veil_runtime::jobs::{self, JobOutcome};
 use veil_runtime::principals::Role;
 use veil_runtime::store::Store;
 use veil_runtime::templates::{self, SpecRules, TemplateSpec};
@@ -251,42 +252,6 @@ pub(crate) enum TemplateCommand {
     },
 }
 
-/// What a job runs: the same flags locally (`veil job`) and through the server
-/// (`veil client job`).
-#[derive(Debug, Args, Clone)]
-pub(crate) struct JobArgs {
-    /// Template id (or a unique prefix of it, or its name).
-    #[arg(long)]
-    pub template: String,
-    /// A parameter value, `name=value`; repeat for several.
-    #[arg(long = "param", value_parser = parse_param)]
-    pub params: Vec<(String, String)>,
-    /// The grant to run under; may be omitted when exactly one grant fits.
-    #[arg(long)]
-    pub grant: Option<String>,
-}
-
-impl JobArgs {
-    /// The request of `operator`.
-    pub(crate) fn request(self, operator: String) -> JobRequest {
-        JobRequest {
-            operator,
-            template: self.template,
-            params: self.params,
-            grant: self.grant,
-        }
-    }
-
-    /// The same job as an HTTP body.
-    pub(crate) fn submit(self) -> veil_sdk::api::SubmitJob {
-        veil_sdk::api::SubmitJob {
-            template: self.template,
-            params: self.params.into_iter().collect(),
-            grant: self.grant,
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub(crate) enum JobCommand {
     /// Run an approved template.
@@ -406,13 +371,6 @@ pub(crate) enum AuditCommand {
     /// cross-check products, meter records, ledger postings, purchases and settled statements
     /// against their audit entries; exit 5 naming the first mismatch.
     Verify(StoreArg),
-}
-
-pub(crate) fn parse_param(text: &str) -> std::result::Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
-        _ => Err(format!("`{text}` is not name=value")),
-    }
 }
 
 fn read_text(path: &Path, what: &str) -> Result<String> {
@@ -1355,143 +1313,4 @@ fn price(command: PriceCommand) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
-    println!("{text}");
-    Ok(())
-}
-
-/// Prints meter records as a table.
-pub(crate) fn print_meter(records: &[metering::MeterRecord]) {
-    print!("{}", meter_table(records));
-}
-
-/// Formats meter records as a table.
-pub(crate) fn meter_table(records: &[metering::MeterRecord]) -> String {
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|m| {
-            vec![
-                m.job_id.clone(),
-                m.operator.clone(),
-                m.end_state.to_string(),
-                m.wall_ms.to_string(),
-                m.cpu_ms.to_string(),
-                m.rows_scanned.to_string(),
-                m.bytes_scanned.to_string(),
-                format!("{:.1}", m.peak_memory_bytes as f64 / (1024.0 * 1024.0)),
-                format!("{}", m.micro_epsilon.epsilon()),
-                m.output_rows.to_string(),
-                m.output_bytes.to_string(),
-                if m.fuel == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:.2e}", m.fuel as f64)
-                },
-                m.price.to_string(),
-            ]
-        })
-        .collect();
-    format_table(
-        &[
-            "job",
-            "operator",
-            "end",
-            "wall ms",
-            "cpu ms",
-            "rows scanned",
-            "bytes scanned",
-            "peak MiB",
-            "ε",
-            "out rows",
-            "out bytes",
-            "fuel",
-            "price",
-        ],
-        &rows,
-    )
-}
-
-/// Prints an aligned text table.
-pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    print!("{}", format_table(headers, rows));
-}
-
-/// Formats an aligned text table.
-pub(crate) fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = widths[i].saturating_sub(cell.chars().count());
-            out.push_str(cell);
-            if i + 1 < cells.len() {
-                out.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        out.push('\n');
-        out
-    };
-    let mut out = line(headers.to_vec());
-    out.push_str(&line(
-        widths
-            .iter()
-            .map(|w| "─".repeat(*w))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect(),
-    ));
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    if rows.is_empty() {
-        out.push_str("(none)\n");
-    }
-    out
-}
-
-/// Prints a pre-flight answer for people.
-pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
-    if answer.passes {
-        println!("the job would pass every rule checked before data is read");
-    } else {
-        println!("the job would be refused:");
-        for v in &answer.violations {
-            println!("  - [{}] {}", v.rule, v.message);
-        }
-    }
-    if let Some(job) = &answer.reuses_job {
-        println!(
-            "  identical to released job {job}: running it returns that product and costs nothing"
-        );
-        return;
-    }
-    if let Some(grant) = &answer.grant_id {
-        println!("  grant:      {grant}");
-    }
-    println!(
-        "  cost:       ε {} δ {}, {}",
-        answer.epsilon,
-        answer.delta,
-        veil_runtime::ids::Fen(answer.price_fen)
-    );
-    println!("  rows read:  {}", answer.rows_scanned);
-    println!(
-        "  budget {}: ε {} of {} spent; {} would remain",
-        answer.budget_period,
-        answer.epsilon_spent,
-        answer.epsilon_per_period,
-        answer.epsilon_remaining_after
-    );
 }

@@ -8,7 +8,10 @@
 mod client;
 mod demo;
 mod local;
+mod output;
 mod terms;
+#[cfg(test)]
+mod tests;
 
 use clap::Parser;
 

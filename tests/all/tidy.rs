@@ -408,3 +408,91 @@ fn the_row_check_sees_a_function_that_returns_batches() {
     assert_eq!(found[0].1, "leak");
     assert!(found[0].2.contains("Vec<RecordBatch>"));
 }
+
+/// The top-level modules of the crate in `src` that each names through `crate::` (or `super::`
+/// from a top-level file's own submodules, which stay inside it).
+fn module_edges(src: &Path) -> BTreeSet<(String, String)> {
+    let mut edges = BTreeSet::new();
+    for file in rust_files(src) {
+        let relative = file.strip_prefix(src).unwrap_or(&file);
+        let module = relative
+            .components()
+            .next()
+            .map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if matches!(module.as_str(), "lib" | "main") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("a source file");
+        for (_, path) in kernel_paths(&text, "crate") {
+            let target = path.split("::").next().unwrap_or_default().to_string();
+            let is_module = src.join(format!("{target}.rs")).exists() || src.join(&target).is_dir();
+            if is_module && target != module {
+                edges.insert((module.clone(), target));
+            }
+        }
+    }
+    edges
+}
+
+/// A cycle among `edges`, if any, as the modules on it.
+fn cycle(edges: &BTreeSet<(String, String)>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &BTreeSet<(String, String)>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut found = path[at..].to_vec();
+            found.push(node.to_string());
+            return Some(found);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for (_, to) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(found) = visit(to, edges, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for (from, _) in edges {
+        if let Some(found) = visit(from, edges, &mut Vec::new(), &mut done) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_front_ends_modules_import_one_another_without_cycles() {
+    for folder in ["cli/src", "server/src"] {
+        let edges = module_edges(&workspace().join(folder));
+        assert!(
+            cycle(&edges).is_none(),
+            "{folder}: modules import each other in a cycle: {}",
+            cycle(&edges).unwrap_or_default().join(" → ")
+        );
+    }
+    // The check sees a cycle when there is one.
+    let planted: BTreeSet<(String, String)> = [("local", "client"), ("client", "local")]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let found = cycle(&planted).expect("the planted cycle is found");
+    assert!(
+        found.len() == 3 && found.contains(&"local".to_string()) && found[0] == found[2],
+        "{found:?}"
+    );
+}

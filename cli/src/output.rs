@@ -1,0 +1,144 @@
+//! How the command line prints for people: tables, JSON, meter records and pre-flight answers,
+//! shared by the local commands, `veil client` and the demo.
+
+use veil_runtime::error::{Error, Result};
+use veil_runtime::metering;
+
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::internal(format!("encoding JSON output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints meter records as a table.
+pub(crate) fn print_meter(records: &[metering::MeterRecord]) {
+    print!("{}", meter_table(records));
+}
+
+/// Formats meter records as a table.
+pub(crate) fn meter_table(records: &[metering::MeterRecord]) -> String {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|m| {
+            vec![
+                m.job_id.clone(),
+                m.operator.clone(),
+                m.end_state.to_string(),
+                m.wall_ms.to_string(),
+                m.cpu_ms.to_string(),
+                m.rows_scanned.to_string(),
+                m.bytes_scanned.to_string(),
+                format!("{:.1}", m.peak_memory_bytes as f64 / (1024.0 * 1024.0)),
+                format!("{}", m.micro_epsilon.epsilon()),
+                m.output_rows.to_string(),
+                m.output_bytes.to_string(),
+                if m.fuel == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2e}", m.fuel as f64)
+                },
+                m.price.to_string(),
+            ]
+        })
+        .collect();
+    format_table(
+        &[
+            "job",
+            "operator",
+            "end",
+            "wall ms",
+            "cpu ms",
+            "rows scanned",
+            "bytes scanned",
+            "peak MiB",
+            "ε",
+            "out rows",
+            "out bytes",
+            "fuel",
+            "price",
+        ],
+        &rows,
+    )
+}
+
+/// Prints an aligned text table.
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", format_table(headers, rows));
+}
+
+/// Formats an aligned text table.
+pub(crate) fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "─".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
+
+/// Prints a pre-flight answer for people.
+pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
+    if answer.passes {
+        println!("the job would pass every rule checked before data is read");
+    } else {
+        println!("the job would be refused:");
+        for v in &answer.violations {
+            println!("  - [{}] {}", v.rule, v.message);
+        }
+    }
+    if let Some(job) = &answer.reuses_job {
+        println!(
+            "  identical to released job {job}: running it returns that product and costs nothing"
+        );
+        return;
+    }
+    if let Some(grant) = &answer.grant_id {
+        println!("  grant:      {grant}");
+    }
+    println!(
+        "  cost:       ε {} δ {}, {}",
+        answer.epsilon,
+        answer.delta,
+        veil_runtime::ids::Fen(answer.price_fen)
+    );
+    println!("  rows read:  {}", answer.rows_scanned);
+    println!(
+        "  budget {}: ε {} of {} spent; {} would remain",
+        answer.budget_period,
+        answer.epsilon_spent,
+        answer.epsilon_per_period,
+        answer.epsilon_remaining_after
+    );
+}
