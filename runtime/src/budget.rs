@@ -21,6 +21,27 @@ use crate::grants::Grant;
 /// Marks the grant-level row of a reservation.
 const GRANT_ROW: &str = "*";
 
+/// The datasets job `job_id` reserved budget on (the grant-level row left out), by id.
+pub fn datasets_read_by_job(conn: &rusqlite::Connection, job_id: &str) -> Result<Vec<String>> {
+    crate::store::query_rows(
+        conn,
+        "SELECT dataset_id FROM budget_spend WHERE job_id = ?1 AND dataset_id <> ?2
+         ORDER BY dataset_id",
+        params![job_id, GRANT_ROW],
+        |row| row.get(0),
+    )
+}
+
+/// How many jobs reserved budget on dataset `dataset_id`, whatever their end.
+pub fn jobs_reading_dataset(conn: &rusqlite::Connection, dataset_id: &str) -> Result<u64> {
+    let jobs: i64 = conn.query_row(
+        "SELECT COUNT(DISTINCT job_id) FROM budget_spend WHERE dataset_id = ?1",
+        [dataset_id],
+        |row| row.get(0),
+    )?;
+    Ok(u64::try_from(jobs).unwrap_or(0))
+}
+
 /// ε and δ `grant` has spent in `period`.
 pub fn spent_by_grant(conn: &rusqlite::Connection, grant: &str, period: &Period) -> Result<Spent> {
     Ok(conn.query_row(

@@ -194,6 +194,48 @@ pub fn list(store: &Store) -> Result<Vec<Dataset>> {
     )
 }
 
+/// A dataset's registration as other contexts need it, with its policy left as stored: the
+/// ledger reads the provider from it without failing on a policy this crate can no longer
+/// parse into a [`Policy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDataset {
+    pub id: String,
+    pub name: String,
+    /// Registered rows, as stored.
+    pub rows: i64,
+    pub policy_json: String,
+}
+
+fn row_to_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredDataset> {
+    Ok(StoredDataset {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        rows: row.get(2)?,
+        policy_json: row.get(3)?,
+    })
+}
+
+/// One dataset's stored registration by id, or `None` if no dataset has that id.
+pub fn stored(conn: &rusqlite::Connection, id: &str) -> Result<Option<StoredDataset>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, name, rows, policy_json FROM datasets WHERE id = ?1",
+            [id],
+            row_to_stored,
+        )
+        .optional()?)
+}
+
+/// Every dataset's stored registration, by name.
+pub fn all_stored(conn: &rusqlite::Connection) -> Result<Vec<StoredDataset>> {
+    crate::store::query_rows(
+        conn,
+        "SELECT id, name, rows, policy_json FROM datasets ORDER BY name",
+        [],
+        row_to_stored,
+    )
+}
+
 fn row_to_dataset(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Dataset>> {
     let policy_json: String = row.get(2)?;
     let policy = match serde_json::from_str(&policy_json) {

@@ -39,7 +39,7 @@
 //! of zero fen are left out, and a posting of zero fen is not written at all.
 
 use chrono::DateTime;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Period;
@@ -47,8 +47,9 @@ use crate::error::{Error, Result};
 use crate::ids::Fen;
 use crate::metering::{EndState, MeterRecord};
 use crate::prices::{BASIS_POINTS_TOTAL, Shares};
-use crate::store::{WriteTx, query_parsed_rows};
-use crate::templates::Approval;
+use crate::store::WriteTx;
+use crate::templates::{self, Approval};
+use crate::{budget, catalog};
 
 /// Item of a run's operator line.
 pub const ITEM_RUN_CHARGE: &str = "run charge";
@@ -432,23 +433,22 @@ pub fn insert_posting(
 
 /// The datasets a job read (its budget reservations) with their providers and registered
 /// rows, ordered by dataset id.
+///
+/// The reservations are the budget book's and the registrations the catalog's, so each is
+/// asked for its own; a reservation on a dataset the catalog no longer holds is left out.
 pub fn contributions(conn: &Connection, job_id: &str) -> Result<Vec<Contribution>> {
-    query_parsed_rows(
-        conn,
-        "SELECT d.id, d.policy_json, d.rows FROM budget_spend b JOIN datasets d ON d.id = b.dataset_id
-         WHERE b.job_id = ?1 ORDER BY d.id",
-        [job_id],
-        |row| {
-            let dataset_id: String = row.get(0)?;
-            let policy_json: String = row.get(1)?;
-            let rows: i64 = row.get(2)?;
-            Ok(stored_provider(&policy_json).map(|provider| Contribution {
-                dataset_id,
-                provider,
-                rows: u64::try_from(rows).unwrap_or(0),
-            }))
-        },
-    )
+    let mut out = Vec::new();
+    for dataset_id in budget::datasets_read_by_job(conn, job_id)? {
+        let Some(dataset) = catalog::stored(conn, &dataset_id)? else {
+            continue;
+        };
+        out.push(Contribution {
+            provider: stored_provider(&dataset.policy_json)?,
+            dataset_id: dataset.id,
+            rows: u64::try_from(dataset.rows).unwrap_or(0),
+        });
+    }
+    Ok(out)
 }
 
 /// The provider named in a dataset's stored policy; a policy that does not parse or names
@@ -472,14 +472,7 @@ pub fn run_lines(conn: &Connection, meter: &MeterRecord) -> Result<Vec<LineDraft
     if meter.end_state != EndState::Released || meter.price.0 <= 0 {
         return Ok(Vec::new());
     }
-    let approval_json: Option<String> = conn
-        .query_row(
-            "SELECT approval_json FROM templates WHERE id = ?1",
-            [&meter.template_id],
-            |row| row.get(0),
-        )
-        .optional()?
-        .flatten();
+    let approval_json = templates::stored_approval(conn, &meter.template_id)?;
     let per_run_fee = match approval_json {
         Some(json) => {
             serde_json::from_str::<Approval>(&json)

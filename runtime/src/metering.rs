@@ -164,6 +164,15 @@ pub fn record(tx: &WriteTx<'_>, m: &MeterRecord) -> Result<()> {
     Ok(())
 }
 
+/// The price job `job_id`'s meter record charged, in fen; an error if it has none.
+pub fn price_of_job(conn: &Connection, job_id: &str) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT price_fen FROM meter WHERE job_id = ?1",
+        [job_id],
+        |row| row.get(0),
+    )?)
+}
+
 /// All meter records, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
     query_parsed_rows(

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Period;
@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::ids::Fen;
 use crate::ledger::{self, Account, Posting};
 use crate::store::Store;
-use crate::{audit, clock, files};
+use crate::{audit, budget, catalog, clock, files, metering};
 
 /// The format tag of every JSON statement.
 pub const STATEMENT_FORMAT: &str = "veil statement v1";
@@ -223,11 +223,7 @@ fn reconcile(conn: &Connection, postings: &[Posting]) -> Result<()> {
                 [&posting.source_id],
                 |row| row.get(0),
             )?,
-            "job" => conn.query_row(
-                "SELECT price_fen FROM meter WHERE job_id = ?1",
-                [&posting.source_id],
-                |row| row.get(0),
-            )?,
+            "job" => metering::price_of_job(conn, &posting.source_id)?,
             _ => {
                 return Err(Error::internal(format!(
                     "reconciling ledger posting {}: unknown source kind",
@@ -430,45 +426,38 @@ pub struct DatasetUsage {
 
 /// A provider's view of its datasets: per dataset, the jobs that read it, the rows fees and
 /// the sale shares it earned (all periods).
+///
+/// The datasets come from the catalog and the job counts from the budget book; only the
+/// ledger's own lines are summed here.
 pub fn provider_usage(conn: &Connection, provider: &str) -> Result<Vec<DatasetUsage>> {
     let account = Account::Provider(provider.to_string()).as_text();
-    let mut statement = conn.prepare(
-        "SELECT d.id, d.name, d.rows, d.policy_json,
-            (SELECT COUNT(DISTINCT b.job_id) FROM budget_spend b WHERE b.dataset_id = d.id),
-            (SELECT COALESCE(SUM(l.credit_fen), 0) FROM ledger_lines l
-                WHERE l.account = ?1 AND l.dataset_id = d.id AND l.item = ?2),
-            (SELECT COALESCE(SUM(l.credit_fen), 0) FROM ledger_lines l
-                WHERE l.account = ?1 AND l.dataset_id = d.id AND l.item = ?3)
-         FROM datasets d ORDER BY d.name",
-    )?;
-    let rows = statement.query_map(
-        [
-            account.as_str(),
-            ledger::ITEM_ROWS_FEE,
-            ledger::ITEM_PROVIDER_SHARE,
-        ],
-        |row| {
-            Ok((
-                DatasetUsage {
-                    dataset_id: row.get(0)?,
-                    name: row.get(1)?,
-                    rows: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                    jobs: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
-                    rows_fee_earned: Fen(row.get(5)?),
-                    sale_shares_earned: Fen(row.get(6)?),
-                },
-                row.get::<_, String>(3)?,
-            ))
-        },
+    let mut earned = conn.prepare_cached(
+        "SELECT COALESCE(SUM(credit_fen), 0) FROM ledger_lines
+         WHERE account = ?1 AND dataset_id = ?2 AND item = ?3",
     )?;
     let mut out = Vec::new();
-    for row in rows {
-        let (usage, policy_json) = row?;
-        let policy: serde_json::Value = serde_json::from_str(&policy_json)
+    for dataset in catalog::all_stored(conn)? {
+        let policy: serde_json::Value = serde_json::from_str(&dataset.policy_json)
             .map_err(|_| Error::internal("reading a dataset's stored policy"))?;
-        if policy.get("provider").and_then(serde_json::Value::as_str) == Some(provider) {
-            out.push(usage);
+        if policy.get("provider").and_then(serde_json::Value::as_str) != Some(provider) {
+            continue;
         }
+        let mut earned_on = |item: &str| -> Result<Fen> {
+            Ok(Fen(earned
+                .query_row(params![account, dataset.id, item], |row| {
+                    row.get(0)
+                })?))
+        };
+        let rows_fee_earned = earned_on(ledger::ITEM_ROWS_FEE)?;
+        let sale_shares_earned = earned_on(ledger::ITEM_PROVIDER_SHARE)?;
+        out.push(DatasetUsage {
+            jobs: budget::jobs_reading_dataset(conn, &dataset.id)?,
+            rows: u64::try_from(dataset.rows).unwrap_or(0),
+            dataset_id: dataset.id,
+            name: dataset.name,
+            rows_fee_earned,
+            sale_shares_earned,
+        });
     }
     Ok(out)
 }

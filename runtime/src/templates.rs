@@ -1211,6 +1211,20 @@ fn row_to_template(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Template>
     })())
 }
 
+/// Template `id`'s approval as stored (JSON), or `None` if the template does not exist or
+/// has not been approved. Takes a connection so the ledger can read it inside the job's final
+/// transaction.
+pub fn stored_approval(conn: &rusqlite::Connection, id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT approval_json FROM templates WHERE id = ?1",
+            [id],
+            |row| row.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
 /// Finds a template by id (full hash, or a unique prefix of at least 8 digits) or by name.
 pub fn find(store: &Store, key: &str) -> Result<Option<Template>> {
     let mut found = query_parsed_rows(
