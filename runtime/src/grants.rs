@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{self, Sharing};
 use crate::error::{Error, Result};
 use crate::ids::{DatasetId, GrantId};
-use crate::store::{Store, query_parsed_rows};
+use crate::store::{Store, query_parsed_rows, stored_state};
 use crate::{audit, clock};
 
 /// Largest ε a grant may give per month. Beyond this, "privacy" means little.
@@ -250,44 +250,11 @@ pub enum ApplicationState {
     Rejected,
 }
 
-impl ApplicationState {
-    /// Every state, in the order an application moves through them.
-    pub const ALL: [Self; 3] = [Self::Pending, Self::Approved, Self::Rejected];
-
-    /// The state as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Approved => "approved",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    /// Reads a stored state; any other text means the store was changed outside Veil.
-    pub fn from_stored(text: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "reading grant_requests.state: {text:?} is none of {}",
-                    Self::ALL.map(Self::as_str).join(", ")
-                ))
-            })
-    }
-}
-
-impl std::fmt::Display for ApplicationState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl rusqlite::ToSql for ApplicationState {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
+stored_state!(ApplicationState, "grant_requests.state", {
+    Pending => "pending",
+    Approved => "approved",
+    Rejected => "rejected",
+});
 
 /// An operator's application for a grant (seed 003, art. 16), and the bureau's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -35,7 +35,7 @@ use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, EndState, MeterRecord};
 use crate::products::{self, ProductDraft, ProductError, StagedProduct};
-use crate::store::{Store, WriteTx, query_parsed_rows};
+use crate::store::{Store, WriteTx, query_parsed_rows, stored_state};
 use crate::templates::{self, SpecRules, Template, TemplateState, WasmSpec};
 use crate::{audit, budget, clock};
 use crate::{ledger, prices};
@@ -113,42 +113,16 @@ pub enum JobState {
     Cancelled,
 }
 
+stored_state!(JobState, "jobs.state", {
+    Queued => "queued",
+    Running => "running",
+    Released => "released",
+    Rejected => "rejected",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
 impl JobState {
-    /// Every state, in the order a job moves through them.
-    pub const ALL: [Self; 6] = [
-        Self::Queued,
-        Self::Running,
-        Self::Released,
-        Self::Rejected,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    /// The state as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Released => "released",
-            Self::Rejected => "rejected",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Reads a stored state; any other text means the store was changed outside Veil.
-    pub fn from_stored(text: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "reading jobs.state: {text:?} is none of {}",
-                    Self::ALL.map(Self::as_str).join(", ")
-                ))
-            })
-    }
-
     /// How the job ended, or `None` while it is queued or running.
     pub fn end(self) -> Option<EndState> {
         match self {
@@ -169,18 +143,6 @@ impl From<EndState> for JobState {
             EndState::Failed => Self::Failed,
             EndState::Cancelled => Self::Cancelled,
         }
-    }
-}
-
-impl std::fmt::Display for JobState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl rusqlite::ToSql for JobState {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
     }
 }
 

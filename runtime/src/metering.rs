@@ -15,7 +15,7 @@
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ids::Fen;
 use veil_gate::terms::{MicroEpsilon, PicoDelta};
 
@@ -34,51 +34,13 @@ pub enum EndState {
     Cancelled,
 }
 
-impl EndState {
-    /// Every end state.
-    pub const ALL: [Self; 4] = [
-        Self::Released,
-        Self::Rejected,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    /// The state as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Released => "released",
-            Self::Rejected => "rejected",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Reads a stored end state; any other text means the store was changed outside Veil.
-    pub fn from_stored(text: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| {
-                Error::internal(format!(
-                    "reading meter.end_state: {text:?} is none of {}",
-                    Self::ALL.map(Self::as_str).join(", ")
-                ))
-            })
-    }
-}
-
-impl std::fmt::Display for EndState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl rusqlite::ToSql for EndState {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.as_str().into())
-    }
-}
-use crate::store::{WriteTx, query_parsed_rows};
+stored_state!(EndState, "meter.end_state", {
+    Released => "released",
+    Rejected => "rejected",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+use crate::store::{WriteTx, query_parsed_rows, stored_state};
 
 /// One job's meter record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +175,7 @@ pub fn list(conn: &Connection) -> Result<Vec<MeterRecord>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::store::Store;
 
     fn record(end_state: EndState) -> MeterRecord {

@@ -646,3 +646,52 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
+
+/// Implements what every state stored as text needs, for an enum `$ty` stored in
+/// `table.column`: `ALL` (in the order given), `as_str` (the stored and shown text),
+/// `from_stored` (any other text means the store was changed outside Veil: an internal error
+/// naming the column, the text and the allowed values — a state is the platform's own
+/// bookkeeping, never a data value), `Display` and `ToSql`. One definition, so the enums
+/// cannot drift apart.
+macro_rules! stored_state {
+    ($ty:ident, $column:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every state, in the order given where the enum is stored.
+            pub const ALL: [Self; [$($text),+].len()] = [$(Self::$variant),+];
+
+            /// The state as stored and shown.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            /// Reads a stored state; any other text means the store was changed outside Veil.
+            pub fn from_stored(text: &str) -> $crate::error::Result<Self> {
+                Self::ALL
+                    .into_iter()
+                    .find(|state| state.as_str() == text)
+                    .ok_or_else(|| {
+                        $crate::error::Error::internal(format!(
+                            concat!("reading ", $column, ": {:?} is none of {}"),
+                            text,
+                            Self::ALL.map(Self::as_str).join(", ")
+                        ))
+                    })
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl rusqlite::ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+    };
+}
+pub(crate) use stored_state;

@@ -707,20 +707,28 @@ fn grant_tables(store: &Store, grant: &grants::Grant) -> Result<analysis::Tables
 /// reads only `mapped`), by table name. A name the catalog does not know is left out, so the
 /// statement policy refuses it as out of scope.
 fn named_tables(store: &Store, spec: &TemplateSpec) -> Result<analysis::Tables> {
+    Ok(named_datasets(store, spec)?
+        .into_iter()
+        .map(|d| (d.name.clone(), d))
+        .collect())
+}
+
+/// The registered datasets `spec`'s SQL names (a WASM template's input SQL), in the order it
+/// names them. The sandbox's parser decides what is SQL; should this parser fail where it
+/// would not, every registered dataset is returned rather than none, so a check over them
+/// errs on the side of checking too much.
+fn named_datasets(store: &Store, spec: &TemplateSpec) -> Result<Vec<catalog::Dataset>> {
     let sql = match &spec.wasm {
         Some(wasm) => &wasm.input_sql,
         None => &spec.sql,
     };
-    let datasets = match referenced_tables(sql) {
+    match referenced_tables(sql) {
         Some(names) => names
             .iter()
             .filter_map(|name| catalog::find(store, name).transpose())
-            .collect::<Result<Vec<_>>>()?,
-        // The sandbox's parser decides what is SQL; should this parser fail where it would
-        // not, every registered dataset is in scope rather than none.
-        None => catalog::list(store)?,
-    };
-    Ok(datasets.into_iter().map(|d| (d.name.clone(), d)).collect())
+            .collect(),
+        None => catalog::list(store),
+    }
 }
 
 /// Checks `spec` against `tables` without reading a row: the statement policy and the plan's
@@ -972,19 +980,7 @@ fn sensitivity_problems(
             ));
         }
     };
-    let sql = match &template.spec.wasm {
-        Some(wasm) => &wasm.input_sql,
-        None => &template.spec.sql,
-    };
-    let datasets = match referenced_tables(sql) {
-        Some(names) => names
-            .iter()
-            .filter_map(|name| catalog::find(store, name).transpose())
-            .collect::<Result<Vec<_>>>()?,
-        // The SQL passed the gate's parser at submission; should this parser differ, every
-        // dataset is checked rather than none.
-        None => catalog::list(store)?,
-    };
+    let datasets = named_datasets(store, &template.spec)?;
     for dataset in &datasets {
         let schema = catalog::schema_of(dataset, store)?;
         for (name, column) in &dataset.policy.columns {
