@@ -35,7 +35,7 @@ use veil_runtime::settlement;
 use veil_runtime::store::Store;
 use veil_sdk::manifest::{MANIFEST_FILE, SignedManifest};
 
-use crate::support::{self, Fixture, OPERATOR};
+use crate::support::{self, Fixture, OPERATOR, Run};
 
 const BY_CITY: &str = "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance \
      WHERE year = :year GROUP BY city";
@@ -115,23 +115,6 @@ fn verify_at(root: &Path) -> Result<Verified, Broken> {
     verify(&Store::open(root).expect("open store"))
 }
 
-/// What one `veil` invocation printed and how it ended.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `veil <args> --data-dir <root>`, its clock pinned to `clock` if given.
 fn veil_at(root: &Path, clock: Option<&str>, args: &[&str]) -> Run {
     let mut command = Command::new(support::veil_bin());
@@ -145,11 +128,7 @@ fn veil_at(root: &Path, clock: Option<&str>, args: &[&str]) -> Run {
         .arg(root)
         .output()
         .expect("run veil");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(output)
 }
 
 fn veil(root: &Path, args: &[&str]) -> Run {

@@ -12,30 +12,13 @@ use std::process::Command;
 
 use chrono::{Days, Utc};
 
-use crate::support;
+use crate::support::{self, Run};
 
 /// The example files, from the workspace root.
 fn example(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(relative)
-}
-
-/// What one `veil` invocation printed and how it ended.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
 }
 
 /// Runs `veil` with `args`, with none of the caller's Veil settings in its environment.
@@ -50,11 +33,7 @@ where
         .args(args)
         .output()
         .expect("run veil");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(output)
 }
 
 /// Runs `veil` and insists on exit code 0.

@@ -31,43 +31,28 @@ use veil_sdk::api::{ApproveTemplate, SubmitJob};
 use veil_sdk::client::{Client, ClientError};
 
 use crate::serve::Server;
-use crate::support::{Fixture, OPERATOR, approval, submit_and_approve, veil_bin};
+use crate::support::{Fixture, OPERATOR, Tmpfs, approval, submit_and_approve, veil_bin};
 
 const MIB: u64 = 1024 * 1024;
 
 const PERSONS_BY_CITY: &str =
     "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city";
 
-/// A tmpfs of a fixed size mounted for one test; unmounted when dropped (lazily, so a file
-/// still open elsewhere does not keep it).
+/// A tmpfs of a fixed size mounted for one test (see `support::Tmpfs`).
 struct SmallDisk {
-    at: PathBuf,
+    disk: Tmpfs,
 }
 
 impl SmallDisk {
     fn mount(at: &Path, bytes: u64) -> Self {
-        fs::create_dir_all(at).expect("mount point");
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(at)
-            .output();
-        match mounted {
-            Ok(out) if out.status.success() => Self {
-                at: at.to_path_buf(),
-            },
-            Ok(out) => panic!(
-                "this test needs a small real file system: `mount -t tmpfs` failed ({}); run the tests as root or in a container with CAP_SYS_ADMIN",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => panic!(
-                "this test needs a small real file system: cannot run `mount` ({e}); install util-linux and run the tests as root"
-            ),
+        Self {
+            disk: Tmpfs::mount(at, &format!("size={bytes}"), "a small real file system"),
         }
     }
 
     /// Writes `name` on the disk until no byte more fits.
     fn fill(&self, name: &str) -> PathBuf {
-        let path = self.at.join(name);
+        let path = self.disk.at.join(name);
         let mut file = File::create(&path).expect("filler");
         let chunk = vec![0x5a_u8; MIB as usize];
         for size in [MIB as usize, 4096, 1] {
@@ -82,12 +67,6 @@ impl SmallDisk {
         }
         let _ = file.sync_all();
         path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
 }
 

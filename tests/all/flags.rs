@@ -12,27 +12,10 @@ use veil_sdk::api::{ApproveGrantRequest, GrantRequestView};
 use veil_sdk::client::Client;
 
 use crate::serve::{Server, add_principals};
-use crate::support::{Fixture, veil_bin};
+use crate::support::{Fixture, Run, veil_bin};
 
 /// An operator with no grant yet, who applies for one.
 const APPLICANT: &str = "op-applicant";
-
-/// What one `veil` invocation printed and how it ended.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// Runs `veil` with `args`, with none of the caller's Veil settings in its environment.
 fn veil(args: &[&str]) -> Run {
@@ -43,11 +26,7 @@ fn veil(args: &[&str]) -> Run {
         .args(args)
         .output()
         .expect("run veil");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(output)
 }
 
 /// Runs `veil client …` against `server` with `key`, and insists on exit code 0.

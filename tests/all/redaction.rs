@@ -8,7 +8,7 @@
 //! root (or `CAP_SYS_ADMIN`), as the disk-full tests in `ends` do; without it the test fails and
 //! says so rather than skip.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,42 +17,10 @@ use veil_sdk::api::SubmitJob;
 use veil_sdk::client::Client;
 
 use crate::serve::{Server, add_principals};
-use crate::support::{Fixture, approval, submit_and_approve, veil_bin};
+use crate::support::{Fixture, Tmpfs, approval, submit_and_approve, veil_bin};
 
 const PERSONS_BY_CITY: &str =
     "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city";
-
-/// An empty, read-only tmpfs mounted over a folder for one test; unmounted when dropped.
-struct ReadOnly {
-    at: PathBuf,
-}
-
-impl ReadOnly {
-    fn mount(at: &Path) -> Self {
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
-            .arg(at)
-            .output();
-        match mounted {
-            Ok(out) if out.status.success() => Self {
-                at: at.to_path_buf(),
-            },
-            Ok(out) => panic!(
-                "this test needs a read-only file system: `mount -t tmpfs -o ro` failed ({}); run the tests as root or in a container with CAP_SYS_ADMIN",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => panic!(
-                "this test needs a read-only file system: cannot run `mount` ({e}); install util-linux and run the tests as root"
-            ),
-        }
-    }
-}
-
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
-    }
-}
 
 /// What no operator may read: the store's location and the words an I/O error is made of.
 fn assert_no_internal_text(shown: &str, store: &Path) {
@@ -77,7 +45,11 @@ async fn a_job_failing_on_a_platform_fault_shows_its_operator_no_internal_text()
         submit_and_approve(&mut fixture.store, PERSONS_BY_CITY, &[], approval()).expect("approved");
     let keys = add_principals(&mut fixture);
     let root = fixture.store_path();
-    let read_only = ReadOnly::mount(&fixture.store.products_dir());
+    let read_only = Tmpfs::mount(
+        &fixture.store.products_dir(),
+        "ro,size=1m",
+        "a read-only file system",
+    );
     let server = Server::start(&root, 1);
     let operator = Client::new(&server.url, &keys.operator).expect("client");
 

@@ -231,3 +231,68 @@ pub(crate) fn server_url(first_line: &str) -> String {
 pub(crate) fn veil_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_veil"))
 }
+
+/// What one `veil` invocation printed and how it ended.
+pub(crate) struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Run {
+    fn from(output: std::process::Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A tmpfs mounted over a folder for one test (`options` as for `mount -o`); unmounted when
+/// dropped, lazily, so a file still open elsewhere does not keep it. Mounting needs root:
+/// without it the test fails saying what it needs (`need`), rather than passing untested.
+pub(crate) struct Tmpfs {
+    pub at: PathBuf,
+}
+
+impl Tmpfs {
+    pub(crate) fn mount(at: &Path, options: &str, need: &str) -> Self {
+        std::fs::create_dir_all(at).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Self {
+                at: at.to_path_buf(),
+            },
+            Ok(out) => panic!(
+                "this test needs {need}: `mount -t tmpfs -o {options}` failed ({}); run the tests as root or in a container with CAP_SYS_ADMIN",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => panic!(
+                "this test needs {need}: cannot run `mount` ({e}); install util-linux and run the tests as root"
+            ),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .status();
+    }
+}
