@@ -11,7 +11,7 @@
 //!                                                            │
 //!                    release::plan_noise (the ε plan, checked by OpenDP) ──► NoisePlan
 //!                                                            │
-//!  domain's ledger ─► budget::reserve (the budget rule) ──► Reserved   ◄── only way to get one
+//!  domain's book ──► budget::reserve (the budget rule) ──► Reserved   ◄── only way to get one
 //!                                                            │
 //!                    job::run(Reserved, …) ──► child process `veil __job-exec` (rlimits):
 //!                       sandbox scan ─► mapping (WASM) ─► bounding ─► k / τ on noisy counts
