@@ -69,8 +69,12 @@
 //! ```
 //! ```compile_fail
 //! // An Analysis cannot be built by hand, so `analyse` cannot be skipped.
-//! let _ = veil_gate::Analysis { groups: Vec::new(), measures: Vec::new(), output: Vec::new(),
-//!     tables: Vec::new(), unit_kind: String::new(), unit: todo!(), input: todo!() };
+//! use datafusion::common::Column;
+//! use datafusion::logical_expr::LogicalPlan;
+//! fn forge(input: LogicalPlan, unit: Column) -> veil_gate::Analysis {
+//!     veil_gate::Analysis { input, unit, unit_kind: String::new(), groups: Vec::new(),
+//!         measures: Vec::new(), output: Vec::new(), tables: Vec::new() }
+//! }
 //! ```
 //! ```compile_fail
 //! // A release cannot be run without a reservation, and a reservation cannot be forged.
