@@ -18,7 +18,7 @@ pub const GRANT_EPSILON_PER_MONTH_MAX: f64 = 100.0;
 pub const GRANT_TERM_DAYS_MAX: i64 = 5 * 366;
 
 /// ε and δ are accounted in integer millionths and trillionths, so sums never drift.
-pub use veil_gate::terms::{MICRO, MicroEpsilon, PICO, PicoDelta};
+pub use veil_gate::terms::{MicroEpsilon, PicoDelta};
 
 /// What happens to the operator's derived data when the grant ends (到期处置).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
