@@ -67,9 +67,12 @@ use crate::sandbox::FoldError;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, lit, try_cast, when};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use crate::analysis::{Analysis, MeasureKind};
 
@@ -228,9 +231,11 @@ pub(crate) fn key_types(plan: &LogicalPlan, n_groups: usize) -> Vec<DataType> {
         .collect()
 }
 
-/// A unit's identity in the fold: an integer unit's 64 bits, or a text unit's first 128 bits
-/// of the BLAKE3 digest of its text (two text units colliding in 128 bits is not a practical
-/// concern). A column holds one kind, so the two never meet; integer units get the smaller
+/// A unit's identity in the fold: an integer unit's 64 bits, or a text unit's 128 bits from
+/// two XXH64 hashes of its text with different seeds. Two distinct units would have to collide
+/// in both to be merged; the units are the data owner's, never chosen by the operator, so
+/// an accidental collision is the only kind, at odds of about 2⁻¹²⁸ per pair — not a practical
+/// concern, and a cryptographic hash (BLAKE3 before) cost more than the rest of the fold. A column holds one kind, so the two never meet; integer units get the smaller
 /// key because they are the common case and the table is the fold's largest state.
 trait UnitKey: Copy + Eq + Into<u128> {
     /// Words of a table entry: the key's, then one for its first slot.
@@ -242,6 +247,31 @@ trait UnitKey: Copy + Eq + Into<u128> {
     fn keys(array: &ArrayRef) -> Result<(Vec<Self>, Option<NullBuffer>), &'static str>;
     fn table(fold: &Fold) -> &UnitTable<Self>;
     fn table_mut(fold: &mut Fold) -> &mut UnitTable<Self>;
+}
+
+/// Seeds of the two XXH64 hashes that make a text unit's 128-bit key.
+const TEXT_KEY_SEEDS: [u64; 2] = [0x7665_696c_5f75_6e31, 0x7665_696c_5f75_6e32];
+
+/// The 128-bit keys of a column of text units (a null's key is never read). A row whose text
+/// equals the row before's reuses its key: stored data often keeps a unit's rows together.
+fn text_keys<'a>(texts: impl Iterator<Item = Option<&'a str>>) -> Vec<u128> {
+    let mut keys = Vec::with_capacity(texts.size_hint().0);
+    let mut previous: Option<(&str, u128)> = None;
+    for text in texts {
+        let key = match (text, previous) {
+            (None, _) => 0,
+            (Some(text), Some((before, key))) if before == text => key,
+            (Some(text), _) => {
+                let [low, high] =
+                    TEXT_KEY_SEEDS.map(|seed| twox_hash::XxHash64::oneshot(seed, text.as_bytes()));
+                let key = u128::from(low) | (u128::from(high) << 64);
+                previous = Some((text, key));
+                key
+            }
+        };
+        keys.push(key);
+    }
+    keys
 }
 
 /// The finaliser of MurmurHash3: every input bit reaches the top bits, which pick the home
@@ -324,18 +354,27 @@ impl UnitKey for u128 {
     }
 
     fn keys(array: &ArrayRef) -> Result<(Vec<Self>, Option<NullBuffer>), &'static str> {
-        let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)
-            .map_err(|_| "the privacy unit column has an unsupported type")?;
-        let text = text.as_string::<i32>();
-        let keys = (0..text.len())
-            .map(|i| {
-                let digest = blake3::hash(text.value(i).as_bytes());
-                let mut first = [0u8; 16];
-                first.copy_from_slice(&digest.as_bytes()[..16]);
-                u128::from_le_bytes(first)
-            })
-            .collect();
-        Ok((keys, text.logical_nulls()))
+        // The stored text types are read in place; anything else is cast to text first.
+        match array.data_type() {
+            DataType::Utf8View => {
+                let text = array.as_string_view();
+                Ok((text_keys(text.iter()), text.logical_nulls()))
+            }
+            DataType::Utf8 => {
+                let text = array.as_string::<i32>();
+                Ok((text_keys(text.iter()), text.logical_nulls()))
+            }
+            DataType::LargeUtf8 => {
+                let text = array.as_string::<i64>();
+                Ok((text_keys(text.iter()), text.logical_nulls()))
+            }
+            _ => {
+                let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)
+                    .map_err(|_| "the privacy unit column has an unsupported type")?;
+                let text = text.as_string::<i32>();
+                Ok((text_keys(text.iter()), text.logical_nulls()))
+            }
+        }
     }
 
     fn table(fold: &Fold) -> &UnitTable<Self> {
@@ -570,12 +609,63 @@ fn run_starts(columns: &[ArrayRef], rows: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The most memory the folds of one job can hold, in bytes, whatever the data, for a gate
+/// input drawn from tables of `rows` rows each and `partitions` folds. Every row adds at most
+/// one unit entry (at most [`UNIT_ENTRY_BYTES`]) and one slot with its accumulators to one
+/// fold, whose vectors may have doubled their capacity, so one table's input costs at most
+/// `rows × (UNIT_ENTRY_BYTES + 2 × slot)`. A join on the unit can repeat rows, but never
+/// units: each fold then holds at most the smallest table's units, each with at most
+/// `max_groups` slots.
+pub(crate) fn state_bytes_max(
+    analysis: &Analysis,
+    limits: Limits,
+    rows: &[u64],
+    partitions: usize,
+) -> u128 {
+    let accumulating = analysis
+        .measures
+        .iter()
+        .filter(|m| slot_kind(&m.kind).accumulates())
+        .count();
+    let slot = (std::mem::size_of::<Slot>() + accumulating * std::mem::size_of::<Acc>()) as u128;
+    let entry = UNIT_ENTRY_BYTES as u128;
+    match rows {
+        [] => 0,
+        [rows] => u128::from(*rows) * (entry + 2 * slot),
+        _ => {
+            let units = u128::from(rows.iter().copied().min().unwrap_or(0));
+            partitions as u128 * units * (entry + 2 * u128::from(limits.max_groups) * slot)
+        }
+    }
+}
+
+/// Whether DataFusion's group interner tells two keys of this type apart exactly when their
+/// row encodings differ. Integers, text, booleans and dates do; floats do not (the interner
+/// takes 0.0 and −0.0 as one group and every NaN as its own), and a fold's group identity
+/// must be the row encoding's, or folds could disagree on a group's key when they merge.
+fn interns_exactly(data_type: &DataType) -> bool {
+    data_type.is_integer()
+        || matches!(
+            data_type,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Boolean
+                | DataType::Date32
+                | DataType::Date64
+        )
+}
+
 /// How many units a fold sizes its state for up front: the hint, but never more than
 /// `bytes_max` of state. Sizing once avoids rebuilding a table of millions of units as it grows.
 pub(crate) fn units_capacity(analysis: &Analysis, hint: usize, bytes_max: usize) -> usize {
-    let per_unit = UNIT_ENTRY_BYTES
-        + std::mem::size_of::<Slot>()
-        + analysis.measures.len() * std::mem::size_of::<Acc>();
+    let accumulating = analysis
+        .measures
+        .iter()
+        .filter(|m| slot_kind(&m.kind).accumulates())
+        .count();
+    let per_unit =
+        UNIT_ENTRY_BYTES + std::mem::size_of::<Slot>() + accumulating * std::mem::size_of::<Acc>();
     hint.min(bytes_max / per_unit)
 }
 
@@ -594,12 +684,63 @@ enum SlotKind {
     FloatSum,
 }
 
-/// One measure's running value in one slot.
+impl SlotKind {
+    /// Whether a slot keeps an accumulator for this measure: COUNT(DISTINCT unit) needs
+    /// nothing per slot and COUNT(*) uses the slot's row count, so neither costs memory.
+    fn accumulates(self) -> bool {
+        matches!(
+            self,
+            SlotKind::NonNull | SlotKind::IntSum | SlotKind::FloatSum
+        )
+    }
+}
+
+/// The slot kind of a measure.
+fn slot_kind(kind: &MeasureKind) -> SlotKind {
+    match kind {
+        MeasureKind::CountUnits => SlotKind::Units,
+        MeasureKind::CountRows { of: None } => SlotKind::Rows,
+        MeasureKind::CountRows { of: Some(_) } => SlotKind::NonNull,
+        MeasureKind::Sum { integer: true, .. } | MeasureKind::Avg { integer: true, .. } => {
+            SlotKind::IntSum
+        }
+        MeasureKind::Sum { .. } | MeasureKind::Avg { .. } => SlotKind::FloatSum,
+    }
+}
+
+/// One accumulating measure's running value in one slot: its non-null count and its sum,
+/// an `i64` for an integer measure or an `f64`'s bits for a float one. The fold's largest
+/// state is one of these per unit and measure, so it is kept to 16 bytes.
 #[derive(Debug, Clone, Copy, Default)]
 struct Acc {
-    int: i64,
-    float: f64,
+    sum: i64,
     count: i64,
+}
+
+impl Acc {
+    fn add_int(&mut self, value: i64) {
+        self.count += 1;
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    fn add_float(&mut self, value: f64) {
+        self.count += 1;
+        self.sum = (self.float() + value).to_bits() as i64;
+    }
+
+    fn float(self) -> f64 {
+        f64::from_bits(self.sum as u64)
+    }
+
+    /// Adds another share of the same (unit, group) slot of a measure of `kind`.
+    fn merge(&mut self, kind: SlotKind, other: Acc) {
+        self.count += other.count;
+        match kind {
+            SlotKind::IntSum => self.sum = self.sum.saturating_add(other.sum),
+            SlotKind::FloatSum => self.sum = (self.float() + other.float()).to_bits() as i64,
+            SlotKind::Units | SlotKind::Rows | SlotKind::NonNull => {}
+        }
+    }
 }
 
 /// A measure's column in one batch, downcast.
@@ -686,9 +827,16 @@ pub(crate) struct Fold {
     limits: Limits,
     n_groups: usize,
     kinds: Vec<SlotKind>,
+    /// The kinds of the measures that keep an accumulator, in order: a slot's accumulators.
+    acc_kinds: Vec<SlotKind>,
     converter: RowConverter,
     hasher: GroupHasher,
     group_ids: FastMap<GroupKeyBytes, u32>,
+    /// DataFusion's group interner, for group keys whose equality is their row encoding's
+    /// (see `interns_exactly`); other keys go through `group_ids` run by run. In a mutex only
+    /// so that finished folds can be shared between `finish`'s threads; the fold itself
+    /// reaches it through `&mut self`, without locking.
+    interner: Option<std::sync::Mutex<Box<dyn GroupValues>>>,
     group_keys: Vec<GroupKeyBytes>,
     group_hashes: Vec<u64>,
     /// Whether the unit column is an integer: then units live in `integer_units`, otherwise
@@ -721,26 +869,34 @@ impl Fold {
     ) -> Result<Self, FoldError> {
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|_| FoldError::Internal("group keys of an unsupported type"))?;
-        let kinds = analysis
+        let kinds: Vec<SlotKind> = analysis
             .measures
             .iter()
-            .map(|m| match &m.kind {
-                MeasureKind::CountUnits => SlotKind::Units,
-                MeasureKind::CountRows { of: None } => SlotKind::Rows,
-                MeasureKind::CountRows { of: Some(_) } => SlotKind::NonNull,
-                MeasureKind::Sum { integer: true, .. } | MeasureKind::Avg { integer: true, .. } => {
-                    SlotKind::IntSum
-                }
-                MeasureKind::Sum { .. } | MeasureKind::Avg { .. } => SlotKind::FloatSum,
-            })
+            .map(|m| slot_kind(&m.kind))
             .collect();
+        let acc_kinds: Vec<SlotKind> = kinds.iter().copied().filter(|k| k.accumulates()).collect();
+        let acc_kinds_len = acc_kinds.len();
+        let interner = if !key_types.is_empty() && key_types.iter().all(interns_exactly) {
+            let fields: Vec<Field> = key_types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Field::new(format!("g{i}"), t.clone(), true))
+                .collect();
+            new_group_values(Arc::new(Schema::new(fields)), &GroupOrdering::None)
+                .ok()
+                .map(std::sync::Mutex::new)
+        } else {
+            None
+        };
         Ok(Self {
             limits,
             n_groups: analysis.groups.len(),
             kinds,
+            acc_kinds,
             converter,
             hasher,
             group_ids: FastMap::default(),
+            interner,
             group_keys: Vec::new(),
             group_hashes: Vec::new(),
             integer_units_only: unit_type.is_integer(),
@@ -755,19 +911,19 @@ impl Fold {
                 UnitTable::for_units(units_capacity)
             },
             slots: Vec::with_capacity(units_capacity),
-            accs: Vec::with_capacity(units_capacity * analysis.measures.len()),
+            accs: Vec::with_capacity(units_capacity * acc_kinds_len),
             reservation,
             reserved_for: 0,
             last: None,
         })
     }
 
+    /// Accumulators per slot.
     fn stride(&self) -> usize {
-        self.kinds.len()
+        self.acc_kinds.len()
     }
 
-    /// Each row's group id. Only the first row of each run of equal keys is row-encoded and
-    /// looked up; the rest of the run shares its id.
+    /// Each row's group id.
     fn batch_groups(&mut self, batch: &RecordBatch) -> Result<Vec<u32>, &'static str> {
         let rows = batch.num_rows();
         if self.n_groups == 0 {
@@ -778,6 +934,11 @@ impl Fold {
         let columns: Vec<ArrayRef> = (0..self.n_groups)
             .map(|i| batch.column(1 + i).clone())
             .collect();
+        if self.interner.is_some() {
+            return self.interned_groups(&columns);
+        }
+        // Other key types: only the first row of each run of equal keys is row-encoded and
+        // looked up; the rest of the run shares its id.
         let starts = run_starts(&columns, rows);
         let unsupported = "group keys of an unsupported type";
         let firsts = datafusion::arrow::array::UInt32Array::from(starts.clone());
@@ -797,6 +958,51 @@ impl Fold {
             groups.extend(std::iter::repeat_n(group, end - *start as usize));
         }
         Ok(groups)
+    }
+
+    /// Each row's group id from DataFusion's own group interner, which hashes and compares
+    /// whole columns at a time. The interner numbers groups as it meets them, exactly as
+    /// `group_id` would; only the first row of each new group is row-encoded, for the key
+    /// that ranks the group and matches it across folds.
+    fn interned_groups(&mut self, columns: &[ArrayRef]) -> Result<Vec<u32>, &'static str> {
+        let unsupported = "group keys of an unsupported type";
+        let Some(Ok(interner)) = self.interner.as_mut().map(|i| i.get_mut()) else {
+            return Err(unsupported);
+        };
+        let known = self.group_keys.len();
+        let mut ids = Vec::with_capacity(columns.first().map_or(0, |c| c.len()));
+        interner
+            .intern(columns, &mut ids)
+            .map_err(|_| unsupported)?;
+        let total = interner.len();
+        if total > known {
+            let mut firsts = vec![u32::MAX; total - known];
+            for (row, id) in ids.iter().enumerate() {
+                if let Some(first) = id.checked_sub(known).and_then(|new| firsts.get_mut(new))
+                    && *first == u32::MAX
+                {
+                    *first = row as u32;
+                }
+            }
+            let firsts = datafusion::arrow::array::UInt32Array::from(firsts);
+            let new_columns = columns
+                .iter()
+                .map(|column| datafusion::arrow::compute::take(column, &firsts, None))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| unsupported)?;
+            let keys = self
+                .converter
+                .convert_columns(&new_columns)
+                .map_err(|_| unsupported)?;
+            for row in 0..keys.num_rows() {
+                let key = keys.row(row);
+                self.group_hashes.push(self.hasher.hash(key.data()));
+                self.group_keys.push(Box::from(key.data()));
+            }
+        }
+        ids.into_iter()
+            .map(|id| u32::try_from(id).map_err(|_| "more groups than the fold can number"))
+            .collect()
     }
 
     fn group_id(&mut self, key: &[u8]) -> u32 {
@@ -826,7 +1032,7 @@ impl Fold {
             next: NO_SLOT,
         });
         self.accs
-            .extend(std::iter::repeat_n(Acc::default(), self.kinds.len()));
+            .extend(std::iter::repeat_n(Acc::default(), self.stride()));
         index
     }
 
@@ -879,18 +1085,41 @@ impl Fold {
 
     /// Grows the memory reservation to cover the state, a step at a time.
     fn account(&mut self) -> Result<(), FoldError> {
-        let used = self.integer_units.bytes()
-            + self.text_units.bytes()
-            + self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.accs.capacity() * std::mem::size_of::<Acc>();
+        let used = self.state_bytes();
         if used > self.reserved_for {
-            let grow = (used - self.reserved_for).max(FOLD_RESERVATION_STEP_BYTES);
-            self.reservation
-                .try_grow(grow)
-                .map_err(|_| FoldError::Memory)?;
+            // A step at a time, so the pool is asked rarely; near a small limit, only what
+            // the state needs.
+            let need = used - self.reserved_for;
+            let step = need.max(FOLD_RESERVATION_STEP_BYTES);
+            let grow = if self.reservation.try_grow(step).is_ok() {
+                step
+            } else {
+                self.reservation
+                    .try_grow(need)
+                    .map_err(|_| FoldError::Memory)?;
+                need
+            };
             self.reserved_for += grow;
         }
         Ok(())
+    }
+
+    /// The memory the fold's state holds, in bytes: per unit, and per group.
+    fn state_bytes(&mut self) -> usize {
+        self.unit_state_bytes()
+            + self
+                .interner
+                .as_mut()
+                .and_then(|i| i.get_mut().ok())
+                .map_or(0, |i| i.size())
+    }
+
+    /// The memory the fold's per-unit state holds (what [`state_bytes_max`] bounds), in bytes.
+    fn unit_state_bytes(&self) -> usize {
+        self.integer_units.bytes()
+            + self.text_units.bytes()
+            + self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.accs.capacity() * std::mem::size_of::<Acc>()
     }
 
     /// Folds one batch of the gate's plan.
@@ -936,10 +1165,12 @@ impl Fold {
                 ),
             });
         }
+        // One value column per accumulator, in the slot's accumulator order.
         let values: Vec<Value<'_>> = self
             .kinds
             .iter()
             .zip(&columns)
+            .filter(|(kind, _)| kind.accumulates())
             .map(|(kind, column)| match (kind, column) {
                 (SlotKind::IntSum, Some(c)) => c
                     .as_primitive_opt::<Int64Type>()
@@ -997,14 +1228,12 @@ impl Fold {
                     Value::Missing => {}
                     Value::Int(ints) => {
                         if ints.is_valid(r) {
-                            acc.count += 1;
-                            acc.int = acc.int.saturating_add(ints.value(r));
+                            acc.add_int(ints.value(r));
                         }
                     }
                     Value::Float(floats) => {
                         if floats.is_valid(r) {
-                            acc.count += 1;
-                            acc.float += floats.value(r);
+                            acc.add_float(floats.value(r));
                         }
                     }
                     Value::Any(column) => {
@@ -1035,12 +1264,19 @@ impl Fold {
 /// Adds one slot's capped contribution to its group's totals.
 fn add_slot(totals: &mut GroupTotals, kinds: &[SlotKind], max_rows: i64, rows: i64, accs: &[Acc]) {
     totals.units += 1;
-    for ((kind, acc), total) in kinds.iter().zip(accs).zip(totals.totals.iter_mut()) {
+    // The slot's accumulators belong to the accumulating measures, in order.
+    let mut accs = accs.iter();
+    for (kind, total) in kinds.iter().zip(totals.totals.iter_mut()) {
+        let acc = if kind.accumulates() {
+            accs.next().copied().unwrap_or_default()
+        } else {
+            Acc::default()
+        };
         match (kind, total) {
             (SlotKind::Rows, Total::Count(t)) => *t += rows.min(max_rows),
             (SlotKind::NonNull, Total::Count(t)) => *t += acc.count.min(max_rows),
             (SlotKind::IntSum, Total::IntSum { sum, count }) => {
-                let s = i128::from(acc.int);
+                let s = i128::from(acc.sum);
                 // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
                 let s = if acc.count > max_rows {
                     s * i128::from(max_rows) / i128::from(acc.count)
@@ -1052,9 +1288,9 @@ fn add_slot(totals: &mut GroupTotals, kinds: &[SlotKind], max_rows: i64, rows: i
             }
             (SlotKind::FloatSum, Total::FloatSum { sum, count }) => {
                 let s = if acc.count > max_rows {
-                    acc.float * (max_rows as f64 / acc.count as f64)
+                    acc.float() * (max_rows as f64 / acc.count as f64)
                 } else {
-                    acc.float
+                    acc.float()
                 };
                 *sum += s;
                 *count += acc.count.min(max_rows);
@@ -1180,10 +1416,12 @@ fn fold_totals<K: UnitKey>(
                 let target = &mut merged[into];
                 target.rows += slot.rows;
                 let accs = &mut merged_accs[target.accs_at..target.accs_at + stride];
-                for (acc, theirs) in accs.iter_mut().zip(holder.accs_of(at)) {
-                    acc.int = acc.int.saturating_add(theirs.int);
-                    acc.float += theirs.float;
-                    acc.count += theirs.count;
+                for ((acc, theirs), kind) in accs
+                    .iter_mut()
+                    .zip(holder.accs_of(at))
+                    .zip(&holder.acc_kinds)
+                {
+                    acc.merge(*kind, *theirs);
                 }
             }
         }
@@ -1252,6 +1490,13 @@ pub(crate) fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bound
         .zip(totals)
         .filter_map(|(key, totals)| totals.map(|t| (GroupKeyBytes::from(*key), t)))
         .collect();
+    drop(global);
+    // The folds hold most of the job's memory (a table entry, a slot and accumulators per
+    // unit); handing it back takes tens of milliseconds that the release need not wait for.
+    // Should no thread start, the closure and the folds are dropped here instead.
+    let _ = std::thread::Builder::new()
+        .name("veil-fold-free".into())
+        .spawn(move || drop(folds));
     Ok(Bounded {
         converter,
         groups,
@@ -1333,6 +1578,9 @@ mod tests {
     type Row = (Option<i64>, &'static str, Option<i64>, Option<f64>);
 
     const GROUPS: [&str; 7] = ["a", "b", "c", "d", "e", "f", "g"];
+
+    /// Units a test fold's state is first sized for: small, so that it grows.
+    const TEST_UNITS_CAPACITY: usize = 4;
 
     /// COUNT(DISTINCT unit), COUNT(*), SUM(int), AVG(float) grouped by one text key.
     fn analysis() -> Analysis {
@@ -1418,6 +1666,20 @@ mod tests {
         batch_rows: usize,
         text_units: bool,
     ) -> HashMap<GroupKeyBytes, GroupTotals> {
+        bounded_by(shares, limits, hasher, batch_rows, text_units, true)
+    }
+
+    /// [`bounded`], with group ids from DataFusion's interner or (`interned` false) from the
+    /// row encoding of each run of equal keys, as for key types the interner cannot tell
+    /// apart exactly. Also checks the per-unit state against [`state_bytes_max`].
+    fn bounded_by(
+        shares: &[Vec<Row>],
+        limits: Limits,
+        hasher: &GroupHasher,
+        batch_rows: usize,
+        text_units: bool,
+        interned: bool,
+    ) -> HashMap<GroupKeyBytes, GroupTotals> {
         let analysis = analysis();
         let key_types = vec![DataType::Utf8];
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
@@ -1432,15 +1694,31 @@ mod tests {
                     limits,
                     hasher.clone(),
                     reservation,
-                    4,
+                    TEST_UNITS_CAPACITY,
                 )
                 .unwrap();
+                if !interned {
+                    fold.interner = None;
+                }
                 for chunk in rows.chunks(batch_rows.max(1)) {
                     fold.add_batch(&batch(chunk, text_units)).unwrap();
                 }
                 fold
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let used: usize = folds.iter().map(Fold::unit_state_bytes).sum();
+        let rows = shares.iter().map(Vec::len).sum::<usize>() as u64;
+        // The fixed first size of each fold's table is outside the bound (the job sizes it
+        // from its share of the memory limit).
+        let first_sizes = shares.len()
+            * (UNIT_TABLE_ENTRIES_MIN * 3 * 8
+                + TEST_UNITS_CAPACITY
+                    * (std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<Acc>()));
+        assert!(
+            used as u128
+                <= state_bytes_max(&analysis, limits, &[rows], shares.len()) + first_sizes as u128,
+            "{used} bytes of state for {rows} rows"
+        );
         finish(folds, key_types).unwrap().groups
     }
 
@@ -1590,6 +1868,9 @@ mod tests {
             let merged = bounded(&shares, limits, &hasher, batch_rows, text_units);
             let single = bounded(std::slice::from_ref(&rows), limits, &hasher, 64, text_units);
             assert_same(&merged, &single);
+            // Group ids from the interner and from run-by-run row encodings agree.
+            let by_runs = bounded_by(&shares, limits, &hasher, batch_rows, text_units, false);
+            assert_same(&by_runs, &single);
             // The bound itself: no unit is in more than `max_groups` groups.
             let units: i64 = merged.values().map(|g| g.units).sum();
             let distinct: std::collections::HashSet<i64> =
