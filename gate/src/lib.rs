@@ -110,7 +110,9 @@ pub mod terms;
 
 pub use analysis::{Analysis, analyse};
 pub use budget::Reserved;
-pub use release::{FAILED_MESSAGE, NoisePlan, ReleaseConfig, ReleaseFailure, Released, plan_noise};
+pub use release::{
+    FAILED_MESSAGE, NoisePlan, ReleaseConfig, ReleaseFailure, Released, check_memory, plan_noise,
+};
 pub use rules::{Refusal, Rule};
 pub use terms::Terms;
 

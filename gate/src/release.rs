@@ -105,6 +105,58 @@ impl NoisePlan {
     }
 }
 
+/// Eighths of a job's memory limit the bounding state may be proven to stay within. The rest
+/// is for the query's own operators (scans and filters stream; their buffers are small) and
+/// for the state's first sizing (a quarter of the limit at most, see `units_capacity`).
+const STATE_MEMORY_SHARE_EIGHTHS: u128 = 5;
+
+/// Refuses, before any ε is reserved, a job whose bounding state could outgrow its memory
+/// limit on the tables it reads (`rows`: each table's registered row count). The bound holds
+/// whatever the rows hold (see `bounding::state_bytes_max`), so a job that passes is never
+/// stopped for memory by its state half-way, after ε was spent — an outcome that would then
+/// depend on how many persons are in the data. The message names only the limit and the bound,
+/// which follow from the registered row counts, never from a value.
+pub fn check_memory(
+    analysis: &Analysis,
+    config: &ReleaseConfig,
+    rows: &[u64],
+    memory_bytes: usize,
+    partitions: usize,
+) -> Result<(), Refusal> {
+    const MIB: u128 = 1024 * 1024;
+    let bound = bounding::state_bytes_max(analysis, config.limits, rows, partitions.max(1));
+    let limit = memory_bytes as u128;
+    if bound * 8 <= limit * STATE_MEMORY_SHARE_EIGHTHS {
+        return Ok(());
+    }
+    let needed_mib = (bound * 8).div_ceil(STATE_MEMORY_SHARE_EIGHTHS * MIB);
+    let largest_mib = crate::sandbox::JOB_MEMORY_BYTES_MAX as u128 / MIB;
+    let what_to_do = if needed_mib <= largest_mib {
+        format!(
+            "Approve the template with a memory limit of at least {needed_mib} MiB \
+             (`--memory-mib {needed_mib}`), or run it on a smaller table."
+        )
+    } else {
+        format!(
+            "That is more than the largest limit a template can have ({largest_mib} MiB), so \
+             no approval lets it run on these tables: register the data in smaller parts \
+             (for example one dataset per year) and run the job on each."
+        )
+    };
+    Err(Refusal::one(
+        Rule::ResourcesLimit,
+        format!(
+            "on the tables it reads, this job's per-person bounding state could need up to {} \
+             MiB, and the template's memory limit of {} MiB leaves it {} MiB (5/8 of the \
+             limit; the query's own operators use the rest); it would need a limit of \
+             {needed_mib} MiB. {what_to_do}",
+            bound.div_ceil(MIB),
+            limit / MIB,
+            limit * STATE_MEMORY_SHARE_EIGHTHS / 8 / MIB,
+        ),
+    ))
+}
+
 /// Fixes the ε plan of a release (see `noise`, "The ε plan") and has OpenDP check every
 /// measurement in it. Runs before the budget is reserved; a plan OpenDP refuses is a refusal
 /// that costs nothing.

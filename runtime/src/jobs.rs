@@ -94,14 +94,16 @@ impl JobOutcome {
 
 /// Where a job stands. Stored in `jobs.state`, and serialized, as its lowercase name.
 ///
-/// A job is `queued` when submitted and `running` once a worker claims it; it ends in one of
-/// the four [`EndState`]s its meter record also holds.
+/// A job is `queued` when submitted and while a worker checks it, and `running` once the
+/// worker claims it, in the transaction that reserves its ε; it ends in one of the four
+/// [`EndState`]s its meter record also holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
-    /// Submitted; nothing read, nothing reserved.
+    /// Submitted, or being checked by a worker; no row read, nothing reserved.
     Queued,
-    /// Claimed by a worker: it may have reserved ε and be reading data.
+    /// Claimed by a worker, in the transaction that decides its ε reservation: it may have
+    /// reserved ε and be reading data.
     Running,
     /// Ended with a product.
     Released,
@@ -191,12 +193,25 @@ pub struct Submission {
     pub replayed: bool,
 }
 
+/// A worker's next job child, started ahead of time (see `veil_gate::job::Spare`); a server
+/// keeps one per worker and hands it to [`run_queued`].
+pub use veil_gate::job::Spare;
+
+/// Starts `spare`'s child unless one is waiting already; best effort (a job whose spare is
+/// empty starts its own child, and reports if that fails). Call it on a thread that lives as
+/// long as the spare: the child's death signal is tied to the thread that started it.
+pub fn fill_spare(spare: &mut Spare) {
+    if let Ok(exe) = exec::executable() {
+        spare.fill(&exe);
+    }
+}
+
 /// Runs one job to its end: [`enqueue`], then [`run_queued`]. Returns `Err` only when the
 /// request names no template at all or the platform itself fails; every refusal is an
 /// `Ok(JobOutcome::Rejected)` with its rules.
 pub async fn run(store: &mut Store, request: JobRequest) -> Result<JobOutcome> {
     let submission = enqueue(store, &request, None)?;
-    run_queued(store, &submission.job.id, None).await
+    run_queued(store, &submission.job.id, None, None).await
 }
 
 /// Records a job as `queued`, without reading any data or reserving any ε.
@@ -290,10 +305,15 @@ pub fn enqueue(
 /// Runs a `queued` job to its end. `cancel`, when it fires, stops the job where it is: a
 /// queued job never starts, a running one ends `cancelled` (ε already reserved stays spent,
 /// as for every job that started).
+///
+/// With a `spare` (a server's worker keeps one), the job's child process is the one started
+/// there ahead of time (see [`Spare`]); refilling it is the caller's, with [`fill_spare`],
+/// once the job's end has been answered.
 pub async fn run_queued(
     store: &mut Store,
     job_id: &JobId,
     cancel: Option<CancellationToken>,
+    spare: Option<&mut Spare>,
 ) -> Result<JobOutcome> {
     let started = Instant::now();
     let job = get(store, job_id.as_str())?;
@@ -305,34 +325,29 @@ pub async fn run_queued(
     };
     let template = templates::get(store, &job.template_id)?;
     let cancel = cancel.unwrap_or_default();
-    let claimed = store.write(|tx| {
-        // Only a queued job starts; a cancelled one (or one another worker took) does not.
-        let changed = tx.execute(
-            "UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3",
-            params![JobState::Running, job_id.as_str(), JobState::Queued],
-        )?;
-        if changed == 1 {
-            audit::append(
-                tx,
-                &request.operator,
-                job_id.as_str(),
-                audit::Event::JobStarted {
-                    template: &template.id,
-                    params: &request.params,
-                },
-            )?;
-        }
-        Ok(changed == 1)
-    })?;
-    if !claimed {
+    // Only a queued job starts; a cancelled one (or one another worker took) does not. The
+    // job is claimed — `running`, audited as started — in the transaction that reserves its ε
+    // (see `execute`), so a job costs one synced commit fewer; until then it stays `queued`,
+    // having written nothing, and its checks are only reads. A job refused before that ends
+    // from `queued` in `finish`.
+    if job.state != JobState::Queued {
         return outcome_of(store, job_id);
     }
 
     let mut costs = Costs::default();
+    let mut claimed = false;
     // A panic in the gate is a platform bug; the job must still end, metered and audited,
     // rather than stay `running` forever.
-    let execution =
-        AssertUnwindSafe(execute(store, &request, &template, job_id, &mut costs)).catch_unwind();
+    let execution = AssertUnwindSafe(execute(
+        store,
+        &request,
+        &template,
+        job_id,
+        &mut costs,
+        &mut claimed,
+        spare,
+    ))
+    .catch_unwind();
     let result = tokio::select! {
         // A token that has already fired wins before the job does any work.
         biased;
@@ -342,7 +357,9 @@ pub async fn run_queued(
         }),
     };
     let wall_ms = started.elapsed().as_millis() as u64;
-    finish(store, &request, &template, job_id, result, costs, wall_ms)
+    finish(
+        store, &request, &template, job_id, result, costs, wall_ms, claimed,
+    )
 }
 
 /// Cancels a job that has not ended. A queued job ends `cancelled` here, metered at zero;
@@ -542,6 +559,9 @@ enum Decision {
     Rejected(Refusal, Option<Grant>),
     Failed(Failure, Option<Grant>),
     Cancelled,
+    /// The job was no longer `queued` when it was to be claimed (cancelled meanwhile, or
+    /// taken by another worker): its end is someone else's to record.
+    NotQueued,
 }
 
 /// A job that failed: what its operator sees, and what only the bureau's records hold.
@@ -590,6 +610,8 @@ async fn execute(
     template: &Template,
     job_id: &JobId,
     costs: &mut Costs,
+    claimed: &mut bool,
+    spare: Option<&mut Spare>,
 ) -> Result<Decision> {
     // 1. Template and parameters.
     if let Some(refusal) = template_refusal(template, &request.operator) {
@@ -648,7 +670,14 @@ async fn execute(
     let units_hint = used.iter().map(|d| d.rows as usize).max().unwrap_or(0) / 2;
     let noise_seed = exec::seed_of(store.noise_source());
     let config = exec::release_config(&approval.terms(), units_hint, noise_seed);
-    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config) {
+    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config).and_then(|_| {
+        check_memory(
+            prepared.release_analysis(),
+            &config,
+            &used,
+            &approval.terms(),
+        )
+    }) {
         return Ok(Decision::Rejected(refusal, Some(grant)));
     }
 
@@ -657,6 +686,24 @@ async fn execute(
     let period = Period::of(clock::now());
     let at = clock::format(clock::now());
     let reserved = store.write(|tx| {
+        // The claim (see `run_queued`): whatever the reservation decides below, a job that
+        // gets this far has started, and its end is recorded from `running`.
+        let changed = tx.execute(
+            "UPDATE jobs SET state = ?1 WHERE id = ?2 AND state = ?3",
+            params![JobState::Running, job_id.as_str(), JobState::Queued],
+        )?;
+        if changed != 1 {
+            return Ok(None);
+        }
+        audit::append(
+            tx,
+            &request.operator,
+            job_id.as_str(),
+            audit::Event::JobStarted {
+                template: &template.id,
+                params: &request.params,
+            },
+        )?;
         let earlier: Option<(String, String, Option<String>)> = tx
             .query_row(
                 "SELECT id, state, product_id FROM jobs
@@ -676,13 +723,13 @@ async fn execute(
             .transpose()?;
         match earlier {
             Some((id, JobState::Released, Some(product))) => {
-                return Ok(Err(Ok((id, product))));
+                return Ok(Some(Err(Ok((id, product)))));
             }
             Some(_) => {
-                return Ok(Err(Err(Refusal::one(
+                return Ok(Some(Err(Err(Refusal::one(
                     Rule::BudgetIdenticalInProgress,
                     "an identical job (same template, parameters, grant and data) is running; run it again when it has finished to get its product at no cost",
-                ))));
+                )))));
             }
             None => {}
         }
@@ -697,7 +744,7 @@ async fn execute(
         };
         let token = match budget::reserve(tx, &reservation)? {
             Ok(token) => token,
-            Err(refusal) => return Ok(Err(Err(refusal))),
+            Err(refusal) => return Ok(Some(Err(Err(refusal)))),
         };
         tx.execute(
             "UPDATE jobs SET fingerprint = ?1, grant_id = ?2 WHERE id = ?3",
@@ -715,8 +762,12 @@ async fn execute(
                 datasets: &used,
             },
         )?;
-        Ok(Ok(token))
+        Ok(Some(Ok(token)))
     })?;
+    let Some(reserved) = reserved else {
+        return Ok(Decision::NotQueued);
+    };
+    *claimed = true;
     let reserved = match reserved {
         Ok(token) => {
             costs.micro_epsilon = approval.micro_epsilon;
@@ -761,7 +812,7 @@ async fn execute(
     if template.spec.wasm.is_some() {
         costs.fuel = approval.wasm_fuel_per_unit.saturating_mul(registered_rows);
     }
-    let executed = exec::run(reserved, &exe, &child, module.as_deref()).await;
+    let executed = exec::run(reserved, &exe, &child, module.as_deref(), spare).await;
     let released = match executed {
         Ok(executed) => {
             costs.wasm = executed.wasm;
@@ -856,8 +907,10 @@ fn finish(
     result: Result<Decision>,
     mut costs: Costs,
     wall_ms: u64,
+    claimed: bool,
 ) -> Result<JobOutcome> {
     let decision = match result {
+        Ok(Decision::NotQueued) => return outcome_of(store, job_id),
         Ok(decision) => decision,
         Err(error) if error.is_storage_full() => Decision::Failed(Failure::storage_full(), None),
         // A platform failure still ends the job and meters it; the error is reported after.
@@ -912,6 +965,7 @@ fn finish(
                 job_id: job_id.clone(),
             },
         ),
+        Decision::NotQueued => return outcome_of(store, job_id),
     };
     if !matches!(decision, Decision::Released { .. }) {
         // Only a released run is charged; ε once reserved stays spent.
@@ -954,11 +1008,15 @@ fn finish(
                     None,
                     grant.as_ref(),
                 ),
-                Decision::Cancelled => (None, None, None, None),
+                Decision::Cancelled | Decision::NotQueued => (None, None, None, None),
             };
-        tx.execute(
+        // A job ends from the state it is in: `running` once claimed, else still `queued` (it
+        // was refused, failed or cancelled before its claim). If it is no longer in that state,
+        // someone else has ended it (a queued job cancelled meanwhile): nothing is written.
+        let from = if claimed { JobState::Running } else { JobState::Queued };
+        let changed = tx.execute(
             "UPDATE jobs SET state = ?1, reasons_json = ?2, product_id = ?3, reused_from = ?4,
-                grant_id = COALESCE(grant_id, ?5), finished_at = ?6 WHERE id = ?7",
+                grant_id = COALESCE(grant_id, ?5), finished_at = ?6 WHERE id = ?7 AND state = ?8",
             params![
                 JobState::from(state),
                 reasons,
@@ -966,9 +1024,26 @@ fn finish(
                 reused_from,
                 grant.map(|g| g.id.to_string()),
                 now,
-                job_id.as_str()
+                job_id.as_str(),
+                from
             ],
         )?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        if !claimed && !matches!(decision, Decision::Cancelled) {
+            // Refused or failed before its claim: the job did start (its checks ran), so its
+            // trail reads as every started job's does.
+            audit::append(
+                tx,
+                &request.operator,
+                job_id.as_str(),
+                audit::Event::JobStarted {
+                    template: &template.id,
+                    params: &request.params,
+                },
+            )?;
+        }
         if let Decision::Released {
             product_id,
             staged,
@@ -1019,18 +1094,31 @@ fn finish(
                 category: Some(&failure.bureau),
             },
             Decision::Cancelled => audit::Event::JobCancelled {
-                during: audit::Phase::Running,
+                during: if claimed {
+                    audit::Phase::Running
+                } else {
+                    audit::Phase::Queued
+                },
             },
+            Decision::NotQueued => return Ok(false),
         };
         audit::append(tx, &request.operator, job_id.as_str(), event)?;
         record_meter(tx, &meter, job_id)?;
         if let Decision::Released { staged, .. } = &decision {
             staged.publish_in(tx)?;
         }
-        Ok(())
+        Ok(true)
     });
-    let Err(error) = written else {
-        return Ok(outcome);
+    let error = match written {
+        Ok(true) => return Ok(outcome),
+        Ok(false) => {
+            // Ended by someone else: a product staged for it is not one.
+            if let Decision::Released { staged, .. } = decision {
+                staged.abandon();
+            }
+            return outcome_of(store, job_id);
+        }
+        Err(error) => error,
     };
     // Not committed (or committed, and then the checkpoint failed): a product the store does
     // not know must not stay visible, and the job must still end.
@@ -1429,7 +1517,14 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         .filter_map(|name| tables.get(name).cloned())
         .collect();
     let config = exec::release_config(&approval.terms(), 0, None);
-    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config) {
+    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config).and_then(|_| {
+        check_memory(
+            prepared.release_analysis(),
+            &config,
+            &used,
+            &approval.terms(),
+        )
+    }) {
         return refuse(answer, &refusal);
     }
     answer.rows_scanned = used.iter().map(|d| d.rows).sum();
@@ -1486,6 +1581,24 @@ pub async fn check_static(
     templates::check_against(store, &template.spec, &grant_tables(store, grant)?).await
 }
 
+/// The kernel's memory check (see [`veil_gate::release::check_memory`]) on the registered row
+/// counts of the tables the job reads.
+fn check_memory(
+    analysis: &Analysis,
+    config: &veil_gate::ReleaseConfig,
+    used: &[Dataset],
+    terms: &veil_gate::Terms,
+) -> std::result::Result<(), Refusal> {
+    let rows: Vec<u64> = used.iter().map(|d| d.rows).collect();
+    let limits = terms.limits();
+    gate::check_memory(
+        analysis,
+        config,
+        &rows,
+        limits.memory_bytes,
+        limits.partitions,
+    )
+}
 #[cfg(test)]
 mod tests {
     use super::*;

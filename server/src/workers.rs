@@ -7,7 +7,9 @@
 //! [`WORKERS_DEFAULT`] workers take job ids in order; each owns its own store connection and
 //! runs one job at a time with `jobs::run_queued`, so the job's own wall-time and memory limits
 //! (pinned by the template's approval) bound it. A cancelled job's token stops it where it is.
-//! Every job end bumps a generation counter that long-polling `wait` calls watch.
+//! Every job end bumps a generation counter that long-polling `wait` calls watch. Each worker
+//! keeps its next job's child process started and warmed up ahead of time (`jobs::Spare`), so
+//! a job does not wait for a process to start; it is still one fresh process per job.
 //!
 //! **Jobs never run on the HTTP server's runtime.** A job's rows are read in a child process,
 //! but its parent side — planning and analysis in DataFusion, the budget, the child's I/O,
@@ -356,7 +358,14 @@ async fn work(
     mut store: Store,
     receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<JobId>>>,
 ) {
+    // This worker's next job child, started ahead of time (see `jobs::Spare`): at
+    // the start, and after each job once its end is recorded and its waiters are woken, so the
+    // spawn and the child's start overlap the client's next request rather than delay this
+    // job's answer. It is started here, on the worker's own thread, which lives as long as the
+    // worker: the child's death signal is tied to the thread that started it.
+    let mut spare = jobs::Spare::default();
     loop {
+        jobs::fill_spare(&mut spare);
         let next = receiver.lock().await.recv().await;
         // The queue closes when the workers are dropped; a job still in it stays `queued` in
         // the store, and `jobs::recover` queues it again at the next start.
@@ -371,7 +380,8 @@ async fn work(
             continue;
         }
         let cancel = workers.token(&job);
-        if let Err(error) = jobs::run_queued(&mut store, &job, Some(cancel)).await {
+        if let Err(error) = jobs::run_queued(&mut store, &job, Some(cancel), Some(&mut spare)).await
+        {
             // The job is recorded as ended by run_queued where it can be; this is what is
             // left: a platform problem for the server's log (in the domain), and a job that
             // must still end.

@@ -5,7 +5,9 @@
 //! - many jobs racing for a budget that allows one run, from separate connections and threads,
 //!   release exactly one product and record exactly one reservation;
 //! - ε reserved by a job the gate then refuses stays spent;
-//! - outside the grant's term nothing runs (`grant.term`) and nothing is spent.
+//! - outside the grant's term nothing runs (`grant.term`) and nothing is spent;
+//! - a job whose bounding state could outgrow its memory limit is refused before ε
+//!   (`resources.limit`, naming the limit that would do).
 
 use std::sync::{Arc, Barrier};
 
@@ -304,4 +306,55 @@ async fn outside_its_term_a_grant_runs_nothing_and_spends_nothing() {
         .query_row("SELECT COUNT(*) FROM budget_spend", [], |row| row.get(0))
         .expect("count");
     assert_eq!(reservations, 0);
+}
+
+/// A job whose per-person bounding state could outgrow its memory limit on the registered
+/// table is refused before any ε is reserved, with `resources.limit` and the limit that would
+/// do; approved with that limit, the same query releases. (Stopping such a job half-way, after
+/// ε was spent, would make its outcome depend on how many persons the data holds.)
+#[tokio::test]
+async fn a_job_too_large_for_its_memory_limit_is_refused_before_any_epsilon() {
+    /// Enough rows that the worst-case state exceeds 5/8 of 1 MiB.
+    const LARGE_ROWS: u64 = 20_000;
+    let mut fixture = Fixture::with_budget(LARGE_ROWS, 10.0);
+    let grant = fixture.grant.id.to_string();
+    let tight = ApprovalRequest {
+        memory_mib: 1,
+        ..one_epsilon()
+    };
+    let refused = fixture
+        .run_sql(BY_CITY, &[("year", "2024")], tight)
+        .await
+        .expect("job");
+    assert_eq!(codes(&refused), ["resources.limit"]);
+    let JobOutcome::Rejected { refusal, .. } = &refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    let message = &refusal.violations[0].message;
+    let needed: u32 = message
+        .split("--memory-mib ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the refusal names the memory limit to approve: {message}"));
+    assert!(needed > 1, "{message}");
+    assert_eq!(
+        spent(&fixture.store, &grant).micro_epsilon.0,
+        0,
+        "a refusal before the reservation spends nothing"
+    );
+    let enough = ApprovalRequest {
+        memory_mib: needed,
+        ..one_epsilon()
+    };
+    // The same query as a new template (an identical one would be the approved one again).
+    let same_query = BY_CITY.replace("AS persons", "AS insured");
+    let released = fixture
+        .run_sql(&same_query, &[("year", "2024")], enough)
+        .await
+        .expect("job");
+    assert!(
+        matches!(released, JobOutcome::Released { reused: false, .. }),
+        "{released:?}"
+    );
 }

@@ -244,8 +244,15 @@ pub(crate) async fn submit_template(
         .to_string())
 }
 
-/// The `veil __job-exec` children of process `parent`, by scanning `/proc/*/cmdline`.
+/// The `veil __job-exec` children of process `parent` that run a job, by scanning
+/// `/proc/*/cmdline` (a child started ahead of time and still waiting for its request has not
+/// taken the name `veil_gate::job::CHILD_RUNNING_NAME` yet, and is left out).
 pub(crate) fn job_children(parent: u32) -> Vec<u32> {
+    exec_children(parent, true)
+}
+
+/// The `veil __job-exec` children of process `parent`: those running a job only, or all.
+fn exec_children(parent: u32, running_only: bool) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -264,7 +271,9 @@ pub(crate) fn job_children(parent: u32) -> Vec<u32> {
         let is_child_command = cmdline
             .split(|b| *b == 0)
             .any(|arg| arg == veil_gate::job::CHILD_COMMAND.as_bytes());
-        if is_child_command && parent_of(pid) == Some(parent) {
+        let running = std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == veil_gate::job::CHILD_RUNNING_NAME);
+        if is_child_command && (running || !running_only) && parent_of(pid) == Some(parent) {
             found.push(pid);
         }
     }
@@ -289,9 +298,9 @@ pub(crate) fn is_running(pid: u32) -> bool {
     }
 }
 
-/// Kills (SIGKILL) the job children of process `parent`.
+/// Kills (SIGKILL) the job children of process `parent`, waiting ones too.
 pub(crate) fn kill_job_children(parent: u32) {
-    for pid in job_children(parent) {
+    for pid in exec_children(parent, false) {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
