@@ -899,6 +899,9 @@ async fn execute(
 /// Records the job's end, its meter record and audit entries in one transaction; a released
 /// job's product is published inside it, just before the commit (see `products`). If that
 /// transaction fails, the product is removed again and the job still ends `failed`.
+/// `claimed`: whether the job left `queued` in its reservation's transaction (a job refused
+/// before it ends from `queued`).
+#[allow(clippy::too_many_arguments)] // The job's whole ending, called from one place.
 fn finish(
     store: &mut Store,
     request: &JobRequest,
