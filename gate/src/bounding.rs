@@ -940,17 +940,7 @@ impl Fold {
         // Other key types: only the first row of each run of equal keys is row-encoded and
         // looked up; the rest of the run shares its id.
         let starts = run_starts(&columns, rows);
-        let unsupported = "group keys of an unsupported type";
-        let firsts = datafusion::arrow::array::UInt32Array::from(starts.clone());
-        let run_columns = columns
-            .iter()
-            .map(|column| datafusion::arrow::compute::take(column, &firsts, None))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| unsupported)?;
-        let keys = self
-            .converter
-            .convert_columns(&run_columns)
-            .map_err(|_| unsupported)?;
+        let keys = self.encode_rows(&columns, starts.clone())?;
         let mut groups = Vec::with_capacity(rows);
         for (run, start) in starts.iter().enumerate() {
             let end = starts.get(run + 1).map_or(rows, |next| *next as usize);
@@ -984,16 +974,7 @@ impl Fold {
                     *first = row as u32;
                 }
             }
-            let firsts = datafusion::arrow::array::UInt32Array::from(firsts);
-            let new_columns = columns
-                .iter()
-                .map(|column| datafusion::arrow::compute::take(column, &firsts, None))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| unsupported)?;
-            let keys = self
-                .converter
-                .convert_columns(&new_columns)
-                .map_err(|_| unsupported)?;
+            let keys = self.encode_rows(columns, firsts)?;
             for row in 0..keys.num_rows() {
                 let key = keys.row(row);
                 self.group_hashes.push(self.hasher.hash(key.data()));
@@ -1003,6 +984,24 @@ impl Fold {
         ids.into_iter()
             .map(|id| u32::try_from(id).map_err(|_| "more groups than the fold can number"))
             .collect()
+    }
+
+    /// The row encodings of the group keys of `rows` (indices into `columns`).
+    fn encode_rows(
+        &self,
+        columns: &[ArrayRef],
+        rows: Vec<u32>,
+    ) -> Result<datafusion::arrow::row::Rows, &'static str> {
+        let unsupported = "group keys of an unsupported type";
+        let rows = datafusion::arrow::array::UInt32Array::from(rows);
+        let taken = columns
+            .iter()
+            .map(|column| datafusion::arrow::compute::take(column, &rows, None))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unsupported)?;
+        self.converter
+            .convert_columns(&taken)
+            .map_err(|_| unsupported)
     }
 
     fn group_id(&mut self, key: &[u8]) -> u32 {
