@@ -496,6 +496,25 @@ pub fn end_unfinished(store: &mut Store, job_id: &JobId, reason: &str) -> Result
 }
 
 /// The meter record, its audit entry and its ledger posting, inside the caller's transaction.
+/// The audit entry of a job that started: its checks ran, whether or not it was claimed.
+fn record_started(
+    tx: &WriteTx<'_>,
+    request: &JobRequest,
+    template: &Template,
+    job_id: &JobId,
+) -> Result<()> {
+    audit::append(
+        tx,
+        &request.operator,
+        job_id.as_str(),
+        audit::Event::JobStarted {
+            template: &template.id,
+            params: &request.params,
+        },
+    )?;
+    Ok(())
+}
+
 fn record_meter(tx: &WriteTx<'_>, meter: &MeterRecord, job_id: &JobId) -> Result<()> {
     metering::record(tx, meter)?;
     let meter_seq = audit::append(
@@ -695,15 +714,7 @@ async fn execute(
         if changed != 1 {
             return Ok(None);
         }
-        audit::append(
-            tx,
-            &request.operator,
-            job_id.as_str(),
-            audit::Event::JobStarted {
-                template: &template.id,
-                params: &request.params,
-            },
-        )?;
+        record_started(tx, request, template, job_id)?;
         let earlier: Option<(String, String, Option<String>)> = tx
             .query_row(
                 "SELECT id, state, product_id FROM jobs
@@ -1037,15 +1048,7 @@ fn finish(
         if !claimed && !matches!(decision, Decision::Cancelled) {
             // Refused or failed before its claim: the job did start (its checks ran), so its
             // trail reads as every started job's does.
-            audit::append(
-                tx,
-                &request.operator,
-                job_id.as_str(),
-                audit::Event::JobStarted {
-                    template: &template.id,
-                    params: &request.params,
-                },
-            )?;
+            record_started(tx, request, template, job_id)?;
         }
         if let Decision::Released {
             product_id,
