@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! (cd examples/wasm && cargo build --release --target wasm32-unknown-unknown)
-//! cargo run --release -p veil-sandbox --no-default-features --example bench_wasm_units -- \
+//! cargo run --release -p veil-gate --example bench_wasm_units -- \
 //!     examples/wasm/target/wasm32-unknown-unknown/release/pension_eligibility.wasm [UNITS]
 //! ```
 //!
@@ -15,6 +15,10 @@
 //! 2. **End-to-end throughput** of the pension-eligibility mapper over every unit — encode the
 //!    unit's rows, run the mapper on a fresh instance, parse its output — against the same Rust
 //!    function compiled natively doing the same decode/map/encode/parse work.
+//!
+//! A release build of `veil-gate` compiles DataFusion; where a release build of the examples
+//! crate exists already, `bench_wasm_job` (in `examples/`) measures the same mapper through a
+//! whole job, with its mapping stage timed alone.
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! WASM jobs: the mapping stage between the input SQL and the release gate.
 //!
 //! ```text
-//! input SQL (sandbox, grant's tables) ──► rows hash-partitioned by privacy unit
+//! input SQL (sandbox, grant's tables) ──► rows grouped by privacy unit (hash → partition)
 //!   ──► per partition: rows sorted by unit; per unit, a fresh mapper instance
 //!       (crate::sandbox::wasm) gets that unit's rows and returns its output rows
 //!   ──► output checked against the declared schema, values clamped to bounds, text to key
@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::sandbox::wasm::{Mapper, UnitFailure, WasmLimits};
+use crate::sandbox::wasm::{DEADLINE_TICKS_MIN, Mapper, UNIT_WALL_US_MIN, UnitFailure, WasmLimits};
 use crate::sandbox::{ExecStats, FoldError, Sandbox, SandboxError};
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
@@ -36,7 +36,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::{self, SortOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::common::Column;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Partitioning};
+use datafusion::logical_expr::LogicalPlan;
 use veil_sdk::columnar::{BatchView, BatchWriter, Kind};
 
 use crate::analysis::{self, Tables};
@@ -234,9 +234,9 @@ pub fn mapped_dataset(input: &InputAnalysis, spec: &WasmSpec, sources: &[Dataset
 /// deadline, in percent. The rest is for the input query, the host's per-row work and the
 /// release.
 pub const MAPPING_WALL_SHARE_PERCENT: u64 = 75;
-/// Shortest deadline a unit's call is given, in milliseconds (two ticks of the epoch clock, so
-/// a unit always gets at least one full millisecond).
-pub const UNIT_WALL_MS_MIN: u64 = 2;
+/// Shortest time a unit may hold its thread, deadline and the tick that notices it together,
+/// in microseconds: [`UNIT_WALL_US_MIN`] plus one tick of the epoch clock at its fastest.
+pub const UNIT_SLOT_US_MIN: u64 = UNIT_WALL_US_MIN + UNIT_WALL_US_MIN / DEADLINE_TICKS_MIN;
 
 /// The per-unit limits of a job whose input tables hold `rows_bound` rows in all (their
 /// registered sizes, an upper bound on the number of units).
@@ -245,32 +245,37 @@ pub const UNIT_WALL_MS_MIN: u64 = 2;
 /// one unit only would otherwise turn that unit's presence into a time-out. So the unit's
 /// deadline is derived from data-independent figures — `rows_bound` units, all in one
 /// partition (hashing may put them there), each running to its deadline, must still fit in
-/// [`MAPPING_WALL_SHARE_PERCENT`] of the wall limit. A unit that hits its deadline contributes
-/// the fallback, which changes that unit's rows only. A job whose tables are too large for
-/// even [`UNIT_WALL_MS_MIN`] per unit is refused before its budget is reserved.
+/// [`MAPPING_WALL_SHARE_PERCENT`] of the wall limit. Each unit gets an equal slot of that share;
+/// the host notices a passed deadline at the next tick of its epoch clock, which ticks at least
+/// [`DEADLINE_TICKS_MIN`] times per deadline, so the deadline is the slot less one such tick.
+/// A unit that hits its deadline contributes the fallback, which changes that unit's rows only.
+/// A job whose tables are too large for even [`UNIT_SLOT_US_MIN`] per unit is refused before
+/// its budget is reserved.
 pub fn unit_limits(approval: &Terms, rows_bound: u64) -> Result<WasmLimits, Refusal> {
+    const US_PER_MS: u64 = 1_000;
     let mut limits = approval.wasm_limits();
     let wall_ms = approval.limits().wall_ms;
-    let budget_ms = wall_ms / 100 * MAPPING_WALL_SHARE_PERCENT;
-    let per_unit_ms = budget_ms / rows_bound.max(1);
-    if per_unit_ms < UNIT_WALL_MS_MIN {
+    let budget_us = wall_ms.saturating_mul(US_PER_MS) / 100 * MAPPING_WALL_SHARE_PERCENT;
+    let slot_us = budget_us / rows_bound.max(1);
+    if slot_us < UNIT_SLOT_US_MIN {
         let needed_seconds = rows_bound
-            .saturating_mul(UNIT_WALL_MS_MIN)
+            .saturating_mul(UNIT_SLOT_US_MIN)
             .saturating_mul(100)
             .div_ceil(MAPPING_WALL_SHARE_PERCENT)
-            .div_ceil(1000);
+            .div_ceil(US_PER_MS * 1000);
         return Err(Refusal::one(
             Rule::ResourcesLimit,
             format!(
                 "the mapper's input tables hold {rows_bound} rows; mapping that many units at \
-                 {UNIT_WALL_MS_MIN} ms each does not fit in {MAPPING_WALL_SHARE_PERCENT}% of \
+                 {UNIT_SLOT_US_MIN} µs each does not fit in {MAPPING_WALL_SHARE_PERCENT}% of \
                  the approved wall limit of {} s; ask the bureau to approve --wall-seconds \
                  {needed_seconds} or more",
                 wall_ms / 1000
             ),
         ));
     }
-    limits.unit_wall_ms = limits.unit_wall_ms.min(per_unit_ms);
+    let deadline_us = slot_us / (DEADLINE_TICKS_MIN + 1) * DEADLINE_TICKS_MIN;
+    limits.unit_wall_us = limits.unit_wall_us.min(deadline_us);
     Ok(limits)
 }
 
@@ -317,14 +322,11 @@ pub(crate) async fn map_units(
     let started = Instant::now();
     let wall_ms = sandbox.limits().wall_ms;
     let no_stats = ExecStats::default();
-    // All rows of a unit land in one partition.
-    let plan = LogicalPlanBuilder::from(plan)
-        .repartition(Partitioning::Hash(
-            vec![Expr::Column(input.unit.clone())],
-            sandbox.partitions(),
-        ))
-        .and_then(LogicalPlanBuilder::build)
-        .map_err(|_| (MapError::Internal("planning the mapper's input"), no_stats))?;
+    // The rows come out in whatever partitions the plan has; `partition_by_unit` below puts
+    // each unit's rows together. (A hash repartition in the plan is not enough: DataFusion's
+    // optimizer drops one that no operator above needs, and then a unit whose rows straddle
+    // two byte ranges of a file came out in two partitions and was mapped twice, on part of
+    // its rows each time.)
     let (collected, stats) = sandbox
         .execute_folded(
             plan,
@@ -346,39 +348,17 @@ pub(crate) async fn map_units(
 
     let remaining_ms = wall_ms.saturating_sub(started.elapsed().as_millis() as u64);
     let deadline = Instant::now() + std::time::Duration::from_millis(remaining_ms);
-    let unit_index = input.unit_index;
-    let unit_is_integer = input.unit_is_integer;
+    let input = input.clone();
     let spec = spec.clone();
+    let partitions = sandbox.partitions();
     let outcome = tokio::task::spawn_blocking(move || {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = collected
-                .into_iter()
-                .map(|partition| {
-                    let mapper = mapper.clone();
-                    let spec = &spec;
-                    let schema = schema.clone();
-                    scope.spawn(move || {
-                        map_partition(
-                            partition,
-                            unit_index,
-                            unit_is_integer,
-                            &mapper,
-                            spec,
-                            &limits,
-                            schema,
-                            deadline,
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or(Err(MapError::Internal("a mapping thread failed")))
-                })
-                .collect::<Result<Vec<_>, MapError>>()
-        })
+        // The rows stay reserved until every unit is mapped.
+        let (parts, _reservations): (Vec<_>, Vec<_>) = collected
+            .into_iter()
+            .map(|c| (c.batches, c.reservation))
+            .unzip();
+        let grouped = partition_by_unit(parts, &input, partitions)?;
+        map_partitions(grouped, &input, &mapper, &spec, &limits, &schema, deadline)
     })
     .await
     .map_err(|_| (MapError::Internal("the mapping task failed"), stats))?;
@@ -414,12 +394,149 @@ pub(crate) async fn map_units(
     })
 }
 
+/// Puts every unit's rows in one partition: row `r` goes to partition `hash(unit) mod
+/// partitions`, whichever input partition it came in. Each input partition is split on a thread
+/// of its own. Rows without a unit go to the first partition (the mapping skips them).
+///
+/// Which partition a unit lands in changes only which thread maps it, never its output.
+pub fn partition_by_unit(
+    parts: Vec<Vec<RecordBatch>>,
+    input: &InputAnalysis,
+    partitions: usize,
+) -> Result<Vec<Vec<RecordBatch>>, MapError> {
+    let partitions = partitions.max(1);
+    let split = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|batches| {
+                scope.spawn(move || -> Result<Vec<Vec<RecordBatch>>, MapError> {
+                    let mut out = vec![Vec::new(); partitions];
+                    for batch in batches {
+                        let targets = unit_partitions(batch.column(input.unit_index), partitions)?;
+                        for (target, rows) in targets.into_iter().enumerate() {
+                            if rows.is_empty() {
+                                continue;
+                            }
+                            let rows = datafusion::arrow::array::UInt32Array::from(rows);
+                            out[target].push(compute::take_record_batch(&batch, &rows).map_err(
+                                |_| MapError::Internal("putting each unit's rows together"),
+                            )?);
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or(Err(MapError::Internal("a grouping thread failed")))
+            })
+            .collect::<Result<Vec<_>, MapError>>()
+    })?;
+    let mut grouped = vec![Vec::new(); partitions];
+    for part in split {
+        for (target, batches) in part.into_iter().enumerate() {
+            grouped[target].extend(batches);
+        }
+    }
+    Ok(grouped)
+}
+
+/// For each partition, the rows of `unit` that go to it (see [`partition_by_unit`]).
+fn unit_partitions(unit: &ArrayRef, partitions: usize) -> Result<Vec<Vec<u32>>, MapError> {
+    /// A 64-bit mix (SplitMix64's finalizer): nearby ids land in different partitions.
+    fn mix(mut x: u64) -> u64 {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    /// FNV-1a over the bytes of a text unit.
+    fn fnv(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+    let fail = |_| MapError::Internal("putting each unit's rows together");
+    let mut rows = vec![Vec::new(); partitions];
+    let mut place = |row: usize, hash: Option<u64>| {
+        let target = hash.map_or(0, |h| (mix(h) % partitions as u64) as usize);
+        rows[target].push(row as u32);
+    };
+    if unit.data_type().is_integer() {
+        let ints = compute::cast(unit, &DataType::Int64).map_err(fail)?;
+        let ints = ints.as_primitive::<Int64Type>();
+        for row in 0..ints.len() {
+            place(row, ints.is_valid(row).then(|| ints.value(row) as u64));
+        }
+    } else {
+        let text = compute::cast(unit, &DataType::Utf8).map_err(fail)?;
+        let text = text.as_string::<i32>();
+        for row in 0..text.len() {
+            place(
+                row,
+                text.is_valid(row).then(|| fnv(text.value(row).as_bytes())),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Rows a partition must have for its thread to get a mapper of its own
+/// ([`Mapper::replica`]): below it, compiling the module again (tens of milliseconds) costs
+/// more than sharing one engine with the other threads.
+pub const REPLICA_ROWS_MIN: usize = 50_000;
+
+/// Maps every partition of `grouped` (see [`partition_by_unit`]) with [`map_partition`], one
+/// thread each. The first thread uses `mapper`; each other thread with at least
+/// [`REPLICA_ROWS_MIN`] rows uses a replica of it on an engine of its own, so the threads do
+/// not contend for one engine's pool of instances (where no replica can be made, it shares).
+pub fn map_partitions(
+    grouped: Vec<Vec<RecordBatch>>,
+    input: &InputAnalysis,
+    mapper: &Mapper,
+    spec: &WasmSpec,
+    limits: &WasmLimits,
+    schema: &SchemaRef,
+    deadline: Instant,
+) -> Result<Vec<MappedPartition>, MapError> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = grouped
+            .into_iter()
+            .enumerate()
+            .map(|(index, batches)| {
+                let schema = schema.clone();
+                scope.spawn(move || {
+                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    let replica = (index > 0 && rows >= REPLICA_ROWS_MIN)
+                        .then(|| mapper.replica().ok())
+                        .flatten();
+                    let mapper = replica.as_ref().unwrap_or(mapper);
+                    map_partition(batches, input, mapper, spec, limits, schema, deadline)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or(Err(MapError::Internal("a mapping thread failed")))
+            })
+            .collect::<Result<Vec<_>, MapError>>()
+    })
+}
+
 /// One partition's share of `mapped`.
-struct Part {
-    batch: RecordBatch,
-    fuel_used: u64,
-    units: u64,
-    fallbacks: u64,
+#[derive(Debug)]
+pub struct MappedPartition {
+    /// The partition's rows of `mapped`.
+    pub batch: RecordBatch,
+    /// Fuel its calls burned.
+    pub fuel_used: u64,
+    /// Units mapped, and how many of them fell back.
+    pub units: u64,
+    pub fallbacks: u64,
 }
 
 /// An input column as it travels in the payload.
@@ -468,17 +585,23 @@ enum ColumnBuilder {
     Text(StringBuilder),
 }
 
-#[allow(clippy::too_many_arguments)]
-fn map_partition(
-    collected: Collected,
-    unit_index: usize,
-    unit_is_integer: bool,
+/// Maps one partition of the input query's rows (every row of a unit is in the same
+/// partition): sorts them by unit, runs the mapper once per unit on a fresh instance, checks
+/// each output against the declared schema, and builds the partition's rows of `mapped`
+/// (`schema`, see [`mapped_schema`]). The job runs it on one thread per partition; it is
+/// public so that a benchmark can time the mapping stage apart from the input query.
+///
+/// Stops with [`MapError::TimedOut`] when `deadline` passes between two units.
+pub fn map_partition(
+    batches: Vec<RecordBatch>,
+    input: &InputAnalysis,
     mapper: &Mapper,
     spec: &WasmSpec,
     limits: &WasmLimits,
     schema: SchemaRef,
     deadline: Instant,
-) -> Result<Part, MapError> {
+) -> Result<MappedPartition, MapError> {
+    let (unit_index, unit_is_integer) = (input.unit_index, input.unit_is_integer);
     let mut builders = Builders {
         unit_int: Int64Builder::new(),
         unit_text: StringBuilder::new(),
@@ -492,16 +615,16 @@ fn map_partition(
             })
             .collect(),
     };
-    let mut part = Part {
+    let mut part = MappedPartition {
         batch: RecordBatch::new_empty(schema.clone()),
         fuel_used: 0,
         units: 0,
         fallbacks: 0,
     };
-    if let Some(first) = collected.batches.first() {
-        let input = compute::concat_batches(&first.schema(), &collected.batches)
+    if let Some(first) = batches.first() {
+        let input = compute::concat_batches(&first.schema(), &batches)
             .map_err(|_| MapError::Internal("gathering a partition's rows"))?;
-        drop(collected.batches);
+        drop(batches);
         // Rows of one unit next to each other; rows without a unit first, then skipped.
         let order = compute::sort_to_indices(
             input.column(unit_index),
@@ -679,10 +802,11 @@ fn checked_rows(bytes: &[u8], spec: &WasmSpec) -> Result<Vec<Vec<Cell>>, UnitFai
     for r in 0..n {
         let mut row = Vec::with_capacity(spec.output.len());
         for (declared, view) in spec.output.iter().zip(&views) {
-            let keyed = |text: String| match &declared.keys {
-                Some(keys) if keys.contains(&text) => Some(text),
-                Some(_) => None,
-                None => Some(text),
+            // Whether a value may be kept: any value, or one of the declared keys. Checked on
+            // the borrowed text, so only a kept value is copied.
+            let keyed = |text: &str| match &declared.keys {
+                Some(keys) => keys.iter().any(|k| k == text),
+                None => true,
             };
             let cell = match declared.kind {
                 OutputType::Integer => match (view.int64(r), declared.bounds) {
@@ -690,7 +814,8 @@ fn checked_rows(bytes: &[u8], spec: &WasmSpec) -> Result<Vec<Vec<Cell>>, UnitFai
                     (Some(v), Some([lo, hi])) => {
                         Cell::Int(v.clamp(lo.ceil() as i64, hi.floor() as i64))
                     }
-                    (Some(v), None) => keyed(v.to_string()).map_or(Cell::Null, |_| Cell::Int(v)),
+                    (Some(v), None) if keyed(&v.to_string()) => Cell::Int(v),
+                    (Some(_), None) => Cell::Null,
                 },
                 OutputType::Float => match (view.float64(r), declared.bounds) {
                     (Some(v), Some([lo, hi])) if !v.is_nan() => Cell::Float(v.clamp(lo, hi)),
@@ -698,8 +823,8 @@ fn checked_rows(bytes: &[u8], spec: &WasmSpec) -> Result<Vec<Vec<Cell>>, UnitFai
                 },
                 OutputType::Text => view
                     .utf8(r)
-                    .and_then(|t| keyed(t.to_string()))
-                    .map_or(Cell::Null, Cell::Text),
+                    .filter(|t| keyed(t))
+                    .map_or(Cell::Null, |t| Cell::Text(t.to_string())),
             };
             row.push(cell);
         }
@@ -763,6 +888,65 @@ mod tests {
             max_rows_per_unit: 2,
             fallback: Fallback::Default,
         }
+    }
+
+    #[test]
+    fn every_unit_lands_in_one_partition_whatever_partition_it_came_in() {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("person_id", DataType::Int64, true),
+            Field::new("city", DataType::Utf8, true),
+        ]));
+        let batch = |ids: &[Option<i64>]| {
+            let cities: Vec<&str> = ids.iter().map(|_| "Taiyuan").collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids.to_vec())),
+                    Arc::new(StringArray::from(cities)),
+                ],
+            )
+            .expect("batch")
+        };
+        // Units 1..=40 each have rows in both input partitions (as when a unit's rows straddle
+        // two byte ranges of a file); one row has no unit.
+        let ids: Vec<Option<i64>> = (1..=40).map(Some).collect();
+        let mut with_null = ids.clone();
+        with_null.push(None);
+        let parts = vec![vec![batch(&ids)], vec![batch(&with_null), batch(&ids)]];
+        let input = InputAnalysis {
+            unit: Column::new_unqualified("person_id"),
+            unit_index: 0,
+            unit_kind: "person".into(),
+            unit_is_integer: true,
+            tables: vec![],
+        };
+        let grouped = partition_by_unit(parts, &input, 3).expect("grouped");
+        assert_eq!(grouped.len(), 3);
+        let mut seen = BTreeMap::new();
+        let mut rows = 0;
+        for (index, batches) in grouped.iter().enumerate() {
+            for b in batches {
+                let units = b.column(0).as_primitive::<Int64Type>();
+                for row in 0..b.num_rows() {
+                    rows += 1;
+                    if units.is_valid(row) {
+                        let first = *seen.entry(units.value(row)).or_insert(index);
+                        assert_eq!(
+                            first,
+                            index,
+                            "unit {} is in two partitions",
+                            units.value(row)
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(rows, 121, "no row is lost or doubled");
+        assert_eq!(seen.len(), 40);
+        // The units spread over more than one partition.
+        let used: std::collections::BTreeSet<_> = seen.values().collect();
+        assert!(used.len() > 1);
     }
 
     #[test]

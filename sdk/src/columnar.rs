@@ -23,6 +23,8 @@ use std::fmt;
 
 /// The first four bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"VCB1";
+/// Bytes of a batch before its first column: the magic, the column count and the row count.
+pub const HEADER_BYTES: usize = 12;
 /// Most columns one batch may hold.
 pub const COLUMNS_MAX: usize = 256;
 /// Longest column name, in bytes.
@@ -97,7 +99,7 @@ impl BatchWriter {
     /// Like [`BatchWriter::new`], reserving room for `bytes` bytes of output up front (a
     /// caller that knows the batch's size saves the buffer's regrowth).
     pub fn with_capacity(n_rows: usize, bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes.max(12));
+        let mut buf = Vec::with_capacity(bytes.max(HEADER_BYTES));
         buf.extend_from_slice(&MAGIC);
         buf.extend_from_slice(&0u32.to_le_bytes());
         buf.extend_from_slice(&(n_rows as u32).to_le_bytes());
@@ -106,6 +108,12 @@ impl BatchWriter {
             n_rows,
             n_columns: 0,
         }
+    }
+
+    /// Bytes a column named `name` of `n_rows` rows takes before its values: its header and
+    /// its validity bitmap (for sizing a buffer with [`BatchWriter::with_capacity`]).
+    pub fn column_bytes(name: &str, n_rows: usize) -> usize {
+        2 + name.len().min(NAME_BYTES_MAX) + 1 + n_rows.div_ceil(8)
     }
 
     fn header(&mut self, name: &str, kind: Kind) {
@@ -224,6 +232,9 @@ pub struct ColumnView<'a> {
     values: &'a [u8],
     /// Utf8 only: the offsets; `values` is then the string bytes.
     offsets: &'a [u8],
+    /// Utf8 only: the string bytes, checked as UTF-8 (and every offset as a character
+    /// boundary) once, when the batch was parsed.
+    text: &'a str,
 }
 
 impl<'a> ColumnView<'a> {
@@ -289,9 +300,9 @@ impl<'a> ColumnView<'a> {
         if self.kind != Kind::Utf8 || !self.is_valid(row) {
             return None;
         }
-        let bytes = &self.values[self.offset(row)..self.offset(row + 1)];
-        // Checked whole at parse time; this cannot fail.
-        std::str::from_utf8(bytes).ok()
+        // The text and its offsets were checked at parse time, so this slice is on character
+        // boundaries; `get` checks again (two comparisons) instead of re-reading the bytes.
+        self.text.get(self.offset(row)..self.offset(row + 1))
     }
 }
 
@@ -352,10 +363,11 @@ impl<'a> BatchView<'a> {
             let kind = Kind::of_code(cursor.take(1, "a column kind is cut off")?[0])
                 .ok_or(FormatError("a column kind is unknown"))?;
             let validity = cursor.take(n_rows.div_ceil(8), "a validity bitmap is cut off")?;
-            let (offsets, values) = match kind {
+            let (values, offsets, text) = match kind {
                 Kind::Int64 | Kind::Float64 => {
                     let len = n_rows.checked_mul(8).ok_or(FormatError("too many rows"))?;
-                    (&[][..], cursor.take(len, "a column's values are cut off")?)
+                    let values = cursor.take(len, "a column's values are cut off")?;
+                    (values, &[][..], "")
                 }
                 Kind::Utf8 => {
                     let len = n_rows
@@ -382,7 +394,7 @@ impl<'a> BatchView<'a> {
                             return Err(FormatError("a text offset splits a character"));
                         }
                     }
-                    (offsets, text.as_bytes())
+                    (text.as_bytes(), offsets, text)
                 }
             };
             columns.push(ColumnView {
@@ -392,6 +404,7 @@ impl<'a> BatchView<'a> {
                 validity,
                 values,
                 offsets,
+                text,
             });
         }
         if cursor.at != bytes.len() {

@@ -139,44 +139,65 @@ impl Output {
 
     /// The output as a columnar batch (see [`crate::columnar`]): what `veil_map` hands the
     /// host, and what a native test of a mapper can parse back.
+    ///
+    /// The batch's size is known before the first byte is written, so it is written into one
+    /// buffer of exactly that size, straight from the rows (no per-column copies): a mapper
+    /// runs once per unit, and this is a good part of what it does.
     pub fn encode(&self) -> Vec<u8> {
-        let mut writer = BatchWriter::new(self.rows.len());
+        let n_rows = self.rows.len();
+        let bytes: usize = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(index, (name, kind))| {
+                let values = match kind {
+                    OutputKind::Int64 | OutputKind::Float64 => 8 * n_rows,
+                    OutputKind::Utf8 => {
+                        let text: usize = self
+                            .rows
+                            .iter()
+                            .map(|r| match r.get(index) {
+                                Some(Value::Text(v)) => v.len(),
+                                _ => 0,
+                            })
+                            .sum();
+                        4 * (n_rows + 1) + text
+                    }
+                };
+                BatchWriter::column_bytes(name, n_rows) + values
+            })
+            .sum();
+        let mut writer = BatchWriter::with_capacity(n_rows, crate::columnar::HEADER_BYTES + bytes);
         for (index, (name, kind)) in self.columns.iter().enumerate() {
-            let cell = |row: &Vec<Value>| row.get(index).cloned().unwrap_or(Value::Null);
+            let rows = self.rows.iter();
             match kind {
                 OutputKind::Int64 => {
-                    let values: Vec<Option<i64>> = self
-                        .rows
-                        .iter()
-                        .map(|r| match cell(r) {
-                            Value::Int(v) => Some(v),
+                    writer.int64_iter(
+                        name,
+                        rows.map(|r| match r.get(index) {
+                            Some(Value::Int(v)) => Some(*v),
                             _ => None,
-                        })
-                        .collect();
-                    writer.int64(name, &values);
+                        }),
+                    );
                 }
                 OutputKind::Float64 => {
-                    let values: Vec<Option<f64>> = self
-                        .rows
-                        .iter()
-                        .map(|r| match cell(r) {
-                            Value::Float(v) => Some(v),
-                            Value::Int(v) => Some(v as f64),
+                    writer.float64_iter(
+                        name,
+                        rows.map(|r| match r.get(index) {
+                            Some(Value::Float(v)) => Some(*v),
+                            Some(Value::Int(v)) => Some(*v as f64),
                             _ => None,
-                        })
-                        .collect();
-                    writer.float64(name, &values);
+                        }),
+                    );
                 }
                 OutputKind::Utf8 => {
-                    let values: Vec<Option<String>> = self
-                        .rows
-                        .iter()
-                        .map(|r| match cell(r) {
-                            Value::Text(v) => Some(v),
+                    writer.utf8_iter(
+                        name,
+                        rows.map(|r| match r.get(index) {
+                            Some(Value::Text(v)) => Some(v.as_str()),
                             _ => None,
-                        })
-                        .collect();
-                    writer.utf8(name, &values);
+                        }),
+                    );
                 }
             }
         }
@@ -204,10 +225,201 @@ pub fn log(message: &str) {
 
 /// The body of the exported `veil_alloc`: room for `len` input bytes, which the host then
 /// writes the unit's input batch into. The buffer is leaked on purpose: the instance lives for
-/// one call, and [`map`] reads it in place.
+/// one call, and [`map`] reads it in place. It is not zeroed first: the host overwrites every
+/// byte of it before `veil_map` runs.
 pub fn alloc(len: u32) -> u32 {
-    let buffer = vec![0u8; len as usize].leak();
-    buffer.as_mut_ptr() as usize as u32
+    let mut buffer = Vec::<u8>::with_capacity(len as usize);
+    let ptr = buffer.as_mut_ptr();
+    std::mem::forget(buffer);
+    ptr as usize as u32
+}
+
+/// Alignment of every block [`UnitAllocator`] hands out from its arena, in bytes. Blocks that
+/// ask for more are aligned to what they ask for.
+#[cfg(target_arch = "wasm32")]
+const ARENA_ALIGN_BYTES: usize = 8;
+/// Bytes in a WebAssembly page.
+#[cfg(target_arch = "wasm32")]
+const WASM_PAGE_BYTES: usize = 64 * 1024;
+
+/// The global allocator [`veil_mapper!`](crate::veil_mapper) installs in a mapper module:
+/// it serves a unit's allocations from the free end of the memory the module starts with,
+/// so a typical unit never grows its memory.
+///
+/// # Why
+///
+/// Every unit runs on a fresh instance. Rust's default allocator on `wasm32` asks for a new
+/// page with `memory.grow` on its first allocation, whatever room is left in the module's
+/// initial memory; the host must then make that page accessible and, before the next unit,
+/// inaccessible again (two `mprotect` calls, each flushing the TLBs of every core) and
+/// wipe it. That cost more than the mapper itself. This allocator first hands out the bytes
+/// between the linker's `__heap_base` and the end of the initial memory — about 30 KiB with
+/// the examples' 32 KiB stack, plenty for one person's rows — by bumping a pointer, and only
+/// when they run out does it fall back to the standard allocator, which grows memory as
+/// before. So nothing changes for a large unit but speed, and a small one touches a few pages
+/// and makes no system call. (The host rewrites the whole initial memory after every unit, so
+/// a mapper with a smaller stack — `-C link-arg=-zstack-size=32768`, see
+/// `examples/wasm/.cargo/config.toml` — also resets faster than one with Rust's 1 MiB.)
+///
+/// Blocks in the arena are not reused, except that freeing or growing the most recent block
+/// gives back or extends it in place (a growing `Vec`, a `String` being built). The instance
+/// ends with the unit, so nothing leaks beyond it, and its state — three words in the
+/// module's data — starts over with every fresh instance.
+///
+/// On other targets (a mapper compiled natively for a test) it is the system allocator.
+#[derive(Debug)]
+// Natively every call goes to the system allocator and the arena's fields stay unread.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub struct UnitAllocator {
+    /// Next free byte of the arena; 0 until the first allocation finds the arena.
+    next: std::sync::atomic::AtomicUsize,
+    /// One past the arena's last byte.
+    end: std::sync::atomic::AtomicUsize,
+    /// Start of the most recent block, which may still be freed or grown in place.
+    last: std::sync::atomic::AtomicUsize,
+}
+
+impl UnitAllocator {
+    /// An allocator that has not handed out anything yet.
+    pub const fn new() -> Self {
+        use std::sync::atomic::AtomicUsize;
+        Self {
+            next: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
+            last: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl Default for UnitAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl UnitAllocator {
+    /// Finds the arena on first use: from `__heap_base`, which the linker places after the
+    /// stack and the static data, to the end of the memory the module started with. No other
+    /// code grows memory before this runs (the standard allocator is only reached through this
+    /// one), so the memory's current size is its initial size.
+    fn arena(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let next = self.next.load(Relaxed);
+        if next != 0 {
+            return (next, self.end.load(Relaxed));
+        }
+        unsafe extern "C" {
+            static __heap_base: u8;
+        }
+        // Only the symbol's address is taken (which needs no `unsafe`); the byte itself is
+        // never read.
+        let start = (&raw const __heap_base) as usize;
+        let end = core::arch::wasm32::memory_size(0) * WASM_PAGE_BYTES;
+        // An address of 0 is reserved for "not started"; a module linked so that its heap
+        // starts at 0 simply has no arena.
+        let start = start.max(ARENA_ALIGN_BYTES);
+        self.next.store(start, Relaxed);
+        self.end.store(end.max(start), Relaxed);
+        (start, end.max(start))
+    }
+
+    /// A block from the arena, or `None` when it does not fit.
+    fn bump(&self, layout: std::alloc::Layout) -> Option<*mut u8> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (next, end) = self.arena();
+        let align = layout.align().max(ARENA_ALIGN_BYTES);
+        let start = next.checked_add(align - 1)? & !(align - 1);
+        let stop = start.checked_add(layout.size())?;
+        if stop > end {
+            return None;
+        }
+        self.next.store(stop, Relaxed);
+        self.last.store(start, Relaxed);
+        Some(start as *mut u8)
+    }
+
+    fn in_arena(&self, ptr: *mut u8) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let addr = ptr as usize;
+        self.next.load(Relaxed) != 0 && addr < self.end.load(Relaxed)
+    }
+}
+
+// SAFETY: arena blocks are disjoint (the bump pointer only moves past a block while it is
+// live; it moves back over a block only when that block, the most recent, is freed), aligned
+// as asked, inside the module's initial memory and above its stack and data; every other block
+// comes from and returns to `System`. A `wasm32` mapper has one thread (the host refuses shared
+// memory), so the relaxed loads and stores never race.
+#[cfg(target_arch = "wasm32")]
+unsafe impl std::alloc::GlobalAlloc for UnitAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        match self.bump(layout) {
+            Some(ptr) => ptr,
+            // SAFETY: the caller's contract for `layout` is passed on unchanged.
+            None => unsafe { std::alloc::System.alloc(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.in_arena(ptr) {
+            // SAFETY: a block outside the arena came from `System.alloc` with this layout.
+            return unsafe { std::alloc::System.dealloc(ptr, layout) };
+        }
+        if self.last.load(Relaxed) == ptr as usize {
+            self.next.store(ptr as usize, Relaxed);
+            self.last.store(usize::MAX, Relaxed);
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.in_arena(ptr) {
+            // SAFETY: a block outside the arena came from `System.alloc` with this layout.
+            return unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        }
+        let addr = ptr as usize;
+        if self.last.load(Relaxed) == addr
+            && let Some(stop) = addr.checked_add(new_size)
+            && stop <= self.end.load(Relaxed)
+        {
+            self.next.store(stop, Relaxed);
+            return ptr;
+        }
+        // SAFETY: `new_size` with the old alignment is a valid layout (the caller's
+        // contract); the new block is distinct from the old one, which holds at least
+        // `min(old, new)` initialized bytes, and is freed once copied.
+        unsafe {
+            let new_layout =
+                std::alloc::Layout::from_size_align_unchecked(new_size, layout.align());
+            let new = self.alloc(new_layout);
+            if !new.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            new
+        }
+    }
+}
+
+// SAFETY: natively, every call goes to `System` unchanged.
+#[cfg(not(target_arch = "wasm32"))]
+unsafe impl std::alloc::GlobalAlloc for UnitAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
 }
 
 /// The body of the exported `veil_map`: reads the input batch the host wrote at `ptr`, runs
@@ -244,6 +456,12 @@ pub unsafe fn map(ptr: u32, len: u32, mapper: fn(&Rows) -> Output) -> u64 {
 #[macro_export]
 macro_rules! veil_mapper {
     ($mapper:path) => {
+        /// The unit's allocator: the free end of the initial memory first, so a small unit
+        /// never grows its memory (see `veil_sdk::guest::UnitAllocator`).
+        #[global_allocator]
+        static VEIL_UNIT_ALLOCATOR: $crate::guest::UnitAllocator =
+            $crate::guest::UnitAllocator::new();
+
         /// The host ABI's allocator: room for `len` input bytes.
         #[unsafe(no_mangle)]
         pub extern "C" fn veil_alloc(len: u32) -> u32 {

@@ -219,8 +219,9 @@ async fn one_looping_unit_cannot_time_out_a_job_with_a_tight_wall_limit() {
     }
     assert_eq!(seen, [1, 1]);
 
-    // The same template on ten times the rows cannot give every unit 2 ms within 750 ms.
-    let mut large = Fixture::new(3_000);
+    // The same template on many more rows cannot give every unit its shortest slot (150 µs:
+    // a 100 µs deadline and the 50 µs tick that notices it) within 750 ms.
+    let mut large = Fixture::new(40_000);
     let (spec, module) = template(PROBE_TEMPLATE);
     let id = approved(
         &mut large,

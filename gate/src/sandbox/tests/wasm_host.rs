@@ -60,7 +60,7 @@ fn a_loop_with_fuel_to_spare_meets_the_deadline() {
     let looping = guest("", "(loop $l (br $l)) (i64.const 0)");
     let limits = WasmLimits {
         fuel_per_unit: u64::MAX / 4,
-        unit_wall_ms: 50,
+        unit_wall_us: 50_000,
         ..WasmLimits::default()
     };
     let started = std::time::Instant::now();
@@ -247,6 +247,110 @@ fn a_guest_cannot_keep_state_from_one_unit_to_the_next() {
         let out = mapper.run_unit(&input(), &limits).output.expect("output");
         assert_eq!(out.len(), 2, "calls + memory cell is 2 on a fresh instance");
     }
+}
+
+/// A guest that looks for the previous unit's input anywhere in its memory. Every unit's only
+/// input is a secret word marked with `0x7EC2E7` in its top bytes. The guest grows its memory
+/// to 3 MiB (past the part of a pooled slot the host keeps resident between units, 2 MiB),
+/// counts the marked words outside its own input, then writes its own secret over all the rest
+/// of its memory. It answers with as many bytes as words it found. With a secret whose low byte
+/// is 0 it writes first and counts after: the control, which must find its own words.
+const SNOOP: &str = r#"(module
+    (memory (export "memory") 2)
+    (func (export "veil_alloc") (param i32) (result i32) (i32.const 1024))
+    (func $outside (param $at i32) (param $ptr i32) (param $len i32) (result i32)
+        (i32.or (i32.le_u (i32.add (local.get $at) (i32.const 8)) (local.get $ptr))
+                (i32.ge_u (local.get $at) (i32.add (local.get $ptr) (local.get $len)))))
+    (func $count (param $ptr i32) (param $len i32) (result i32)
+        (local $at i32) (local $found i32)
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $at) (i32.mul (memory.size) (i32.const 65536))))
+            (if (i32.and (call $outside (local.get $at) (local.get $ptr) (local.get $len))
+                         (i64.eq (i64.shr_u (i64.load (local.get $at)) (i64.const 40))
+                                 (i64.const 0x7EC2E7)))
+                (then (local.set $found (i32.add (local.get $found) (i32.const 1)))))
+            (local.set $at (i32.add (local.get $at) (i32.const 8)))
+            (br $next)))
+        (local.get $found))
+    (func $spray (param $ptr i32) (param $len i32) (param $secret i64)
+        (local $at i32)
+        (block $done (loop $next
+            (br_if $done (i32.ge_u (local.get $at) (i32.mul (memory.size) (i32.const 65536))))
+            (if (call $outside (local.get $at) (local.get $ptr) (local.get $len))
+                (then (i64.store (local.get $at) (local.get $secret))))
+            (local.set $at (i32.add (local.get $at) (i32.const 8)))
+            (br $next))))
+    (func (export "veil_map") (param $ptr i32) (param $len i32) (result i64)
+        (local $at i32) (local $secret i64) (local $found i32)
+        (drop (memory.grow (i32.sub (i32.const 48) (memory.size))))
+        ;; The secret: the marked word in the input (at any byte offset).
+        (local.set $at (local.get $ptr))
+        (block $done (loop $next
+            (br_if $done (i32.gt_u (i32.add (local.get $at) (i32.const 8))
+                                   (i32.add (local.get $ptr) (local.get $len))))
+            (local.set $secret (i64.load (local.get $at)))
+            (br_if $done (i64.eq (i64.shr_u (local.get $secret) (i64.const 40))
+                                 (i64.const 0x7EC2E7)))
+            (local.set $at (i32.add (local.get $at) (i32.const 1)))
+            (br $next)))
+        (if (i64.eqz (i64.and (local.get $secret) (i64.const 0xff)))
+            (then (call $spray (local.get $ptr) (local.get $len) (local.get $secret))
+                  (local.set $found (call $count (local.get $ptr) (local.get $len))))
+            (else (local.set $found (call $count (local.get $ptr) (local.get $len)))
+                  (call $spray (local.get $ptr) (local.get $len) (local.get $secret))))
+        ;; Output: `found` bytes from address 1 (a zero answer would mean "no output").
+        (i64.or (i64.const 0x1_0000_0000) (i64.extend_i32_u (local.get $found)))))"#;
+
+#[test]
+fn a_unit_finds_nothing_of_the_previous_units_memory() {
+    let engine = WasmEngine::global().expect("engine");
+    // Two passes over 3 MiB take more than the default fuel.
+    let limits = WasmLimits {
+        fuel_per_unit: 200_000_000,
+        ..WasmLimits::default()
+    };
+    let snoop = wat::parse_str(SNOOP).expect("test guest is valid WAT");
+    let mapper = engine.compile(&snoop, &limits).expect("accepted");
+    let secret = |k: i64| {
+        let mut writer = BatchWriter::new(1);
+        writer.int64("person_id", &[Some(0x7EC2_E700_0000_0000 + k)]);
+        writer.finish()
+    };
+    // The control: a unit that writes its secret everywhere and then looks finds it, so the
+    // search below can see what a previous unit left.
+    let control = mapper
+        .run_unit(&secret(0x100), &limits)
+        .output
+        .expect("output");
+    assert!(
+        control.len() > 1000,
+        "the control found {} words",
+        control.len()
+    );
+    // Units one after another (the pool gives the same slot back each time): none finds a word
+    // the unit before it wrote, in the first 2 MiB (reset in place) or above (released).
+    for k in 1..=20 {
+        let found = mapper.run_unit(&secret(k), &limits).output.expect("output");
+        assert_eq!(found.len(), 0, "unit {k} found a previous unit's secret");
+    }
+}
+
+#[test]
+fn a_replica_maps_like_its_original_on_an_engine_of_its_own() {
+    let engine = WasmEngine::global().expect("engine");
+    let limits = WasmLimits::default();
+    let mapper = engine.compile(&guest("", ECHO), &limits).expect("accepted");
+    let replica = mapper.replica().expect("replica");
+    let (a, b) = (
+        mapper.run_unit(&input(), &limits),
+        replica.run_unit(&input(), &limits),
+    );
+    assert_eq!(a.output, b.output);
+    assert_eq!(a.fuel, b.fuel);
+    assert_eq!(
+        replica.run_unit(&input(), &WasmLimits::default()).output,
+        Ok(input())
+    );
 }
 
 #[test]
