@@ -399,7 +399,7 @@ pub(crate) async fn map_units(
 /// of its own. Rows without a unit go to the first partition (the mapping skips them).
 ///
 /// Which partition a unit lands in changes only which thread maps it, never its output.
-pub fn partition_by_unit(
+pub(crate) fn partition_by_unit(
     parts: Vec<Vec<RecordBatch>>,
     input: &InputAnalysis,
     partitions: usize,
@@ -492,7 +492,7 @@ pub const REPLICA_ROWS_MIN: usize = 50_000;
 /// thread each. The first thread uses `mapper`; each other thread with at least
 /// [`REPLICA_ROWS_MIN`] rows uses a replica of it on an engine of its own, so the threads do
 /// not contend for one engine's pool of instances (where no replica can be made, it shares).
-pub fn map_partitions(
+pub(crate) fn map_partitions(
     grouped: Vec<Vec<RecordBatch>>,
     input: &InputAnalysis,
     mapper: &Mapper,
@@ -592,7 +592,7 @@ enum ColumnBuilder {
 /// public so that a benchmark can time the mapping stage apart from the input query.
 ///
 /// Stops with [`MapError::TimedOut`] when `deadline` passes between two units.
-pub fn map_partition(
+pub(crate) fn map_partition(
     batches: Vec<RecordBatch>,
     input: &InputAnalysis,
     mapper: &Mapper,
