@@ -3,7 +3,10 @@
 //! On a 10,000-row social-insurance table, one operator submits a small SQL job through
 //! `veil_sdk::client::Client` and waits for it to be released, over real HTTP on 127.0.0.1:
 //!
-//! 1. latency: `JOBS` jobs one after another, submit → released, p50 / p99 / max;
+//! 1. latency: `JOBS` jobs one after another, submit → released, p50 / p99 / max, with
+//!    `GAP_MS` milliseconds between one job's release and the next submission (0: back to back,
+//!    when each job also pays for starting the next one's child process; a pause as short as
+//!    a person's or a scheduler's lets that child be ready before the job arrives);
 //! 2. throughput: `CLIENTS` concurrent clients submitting and waiting, jobs per second.
 //!
 //! Every job has a different parameter, so none reuses another's product: each runs the
@@ -11,7 +14,7 @@
 //! audit). The server runs in this process with the default worker count.
 //!
 //! ```text
-//! cargo run --release -p veil-examples --example bench_http -- [JOBS] [CLIENTS] [JOBS_PER_CLIENT]
+//! cargo run --release -p veil-examples --example bench_http -- [JOBS] [CLIENTS] [JOBS_PER_CLIENT] [GAP_MS]
 //! ```
 
 use std::sync::Arc;
@@ -46,6 +49,7 @@ async fn run() {
     let jobs = next(1_000);
     let clients = next(32);
     let per_client = next(20);
+    let gap = Duration::from_millis(next(0) as u64);
 
     let dir = tempfile::tempdir().expect("temporary folder");
     let raw = dir.path().join("raw");
@@ -148,11 +152,14 @@ async fn run() {
     let mut latencies = Vec::with_capacity(jobs);
     for born in 0..jobs {
         latencies.push(run(client.clone(), born).await);
+        tokio::time::sleep(gap).await;
     }
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     println!(
-        "latency over {jobs} sequential jobs ({ROWS} rows): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "latency over {jobs} sequential jobs ({ROWS} rows, {} ms apart): \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        gap.as_millis(),
         pick(0.50).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
         pick(1.0).as_secs_f64() * 1e3,
