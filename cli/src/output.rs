@@ -1,6 +1,7 @@
 //! How the command line prints for people: tables, JSON, meter records and pre-flight answers,
 //! shared by the local commands, `veil client` and the demo.
 
+use unicode_width::UnicodeWidthStr;
 use veil_runtime::error::{Error, Result};
 use veil_runtime::metering;
 
@@ -67,20 +68,21 @@ pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", format_table(headers, rows));
 }
 
-/// Formats an aligned text table.
+/// Formats an aligned text table. Columns are aligned by display width, so a cell of Chinese
+/// text (two columns per character on a terminal) lines up with Latin text.
 pub(crate) fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(cell.width());
             }
         }
     }
     let line = |cells: Vec<&str>| -> String {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            let pad = widths[i].saturating_sub(cell.chars().count());
+            let pad = widths[i].saturating_sub(cell.width());
             out.push_str(cell);
             if i + 1 < cells.len() {
                 out.push_str(&" ".repeat(pad + 2));
@@ -127,6 +129,10 @@ pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
     if let Some(grant) = &answer.grant_id {
         println!("  grant:      {grant}");
     }
+    // A refused job would not run: it costs nothing, so no cost is shown.
+    if !answer.passes {
+        return;
+    }
     println!(
         "  cost:       ε {} δ {}, {}",
         answer.epsilon,
@@ -141,4 +147,31 @@ pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
         answer.epsilon_per_period,
         answer.epsilon_remaining_after
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Chinese cell takes two terminal columns per character: the next column starts at the
+    /// same display position on every line.
+    #[test]
+    fn tables_align_by_display_width() {
+        let table = format_table(
+            &["city", "persons"],
+            &[
+                vec!["太原".into(), "12".into()],
+                vec!["Datong".into(), "7".into()],
+            ],
+        );
+        let starts: Vec<usize> = table
+            .lines()
+            .filter(|line| !line.starts_with('─'))
+            .map(|line| {
+                let at = line.rfind("  ").expect("two columns") + 2;
+                line[..at].width()
+            })
+            .collect();
+        assert_eq!(starts, [8, 8, 8], "{table}");
+    }
 }

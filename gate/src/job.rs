@@ -529,6 +529,17 @@ fn read_frame(input: &mut impl Read) -> Option<Vec<u8>> {
     (body.len() as u64 == len).then_some(body)
 }
 
+/// Nanoseconds in a millisecond.
+const NS_PER_MS: u64 = 1_000_000;
+
+/// CPU time this process has used so far, all threads, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    (now.tv_sec.max(0) as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec.max(0) as u64)
+}
+
 /// The child's whole life: fixed limits, request, the job's limits, execution, reply.
 fn child_main(warm: bool) -> i32 {
     // Nothing the child does may be printed: a panic message could quote a value.
@@ -548,6 +559,9 @@ fn child_main(warm: bool) -> i32 {
     let Ok(request) = serde_json::from_slice::<ChildRequest>(&json) else {
         return 4;
     };
+    // The meter's CPU time is the whole process's from here to the reply (every thread:
+    // Parquet decoding, the fold, the mapper, OpenDP), not the warm-up's before it.
+    let cpu_started = process_cpu_ns();
     // The job's own limits, before the rest of the input is read and before any table is
     // opened: everything the job allocates counts against them.
     let (memory_bytes, cpu_seconds) = child_limits(&request.request.terms);
@@ -569,7 +583,13 @@ fn child_main(warm: bool) -> i32 {
         return 5;
     };
     let module = (!module.is_empty()).then_some(module.as_slice());
-    let (reply, rows) = runtime.block_on(execute(request, module));
+    let (mut reply, rows) = runtime.block_on(execute(request, module));
+    let cpu_ms = process_cpu_ns().saturating_sub(cpu_started) / NS_PER_MS;
+    match &mut reply {
+        ChildReply::Released { stats, .. } | ChildReply::Failed { stats, .. } => {
+            stats.cpu_ms = cpu_ms;
+        }
+    }
     let mut output = Vec::new();
     let Ok(json) = serde_json::to_vec(&reply) else {
         return 6;

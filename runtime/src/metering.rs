@@ -1,7 +1,8 @@
 //! Metering: one record per job, whatever its end (released, rejected, failed).
 //!
-//! CPU, rows and bytes scanned and peak memory come from DataFusion's own execution metrics
-//! and the sandbox's memory pool (`veil_gate::sandbox::ExecStats`), not from estimates. Because the
+//! Rows and bytes scanned and peak memory come from DataFusion's own execution metrics and the
+//! sandbox's memory pool (`veil_gate::sandbox::ExecStats`), CPU time from the job's child
+//! process's CPU clock (all its threads), not from estimates. Because the
 //! sandbox turns Parquet pruning off, rows and bytes scanned depend on the tables read, never
 //! on values inside them. Wall and CPU time do depend on the data; they are kept for the
 //! bureau's billing and capacity planning.

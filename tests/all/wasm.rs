@@ -188,6 +188,46 @@ async fn a_unit_that_loops_or_traps_does_not_change_what_the_operator_sees() {
     assert_eq!(fallbacks(&b.job_id), 0);
 }
 
+/// The bureau's meter counts the job process's whole CPU time — the mapper's, the Parquet
+/// decoding's and the fold's too — not only DataFusion's operators (which would leave a
+/// looping unit's time out entirely).
+#[tokio::test]
+async fn the_meter_counts_the_cpu_time_of_the_whole_job() {
+    let mut fixture = Fixture::new(3_000);
+    let (spec, module) = template(PROBE_TEMPLATE);
+    let looping = approved(
+        &mut fixture,
+        spec,
+        module,
+        ApprovalRequest {
+            // Fuel enough that the looping unit runs to its deadline: 75% of the wall limit
+            // over 3,000 rows is a slot of 300 ms.
+            wasm_fuel_per_unit: 10_000_000_000,
+            wall_seconds: 1_200,
+            ..approval(1, 1)
+        },
+    );
+    let outcome = run(
+        &mut fixture,
+        &looping,
+        &[("loop_unit", "7"), ("trap_unit", "0")],
+    )
+    .await;
+    assert!(
+        matches!(outcome, JobOutcome::Released { .. }),
+        "{outcome:?}"
+    );
+    let meter = metering::list(fixture.store.conn()).expect("meter");
+    let last = meter.last().expect("a record");
+    // The unit loops for most of 300 ms of wall time; even sharing two cores with the rest of
+    // the test suite its thread gets a fifth of one.
+    assert!(
+        last.cpu_ms >= 60,
+        "a unit looping for 300 ms shows only {} ms of CPU",
+        last.cpu_ms
+    );
+}
+
 /// With a tight wall limit, one unit that loops must not turn into the job's time-out: the
 /// unit's deadline is cut so that every unit looping to it still fits, and a job whose tables
 /// are too large for that is refused before ε is reserved, naming the approval to change.

@@ -83,7 +83,9 @@ pub struct ExecStats {
     pub rows_scanned: u64,
     /// Bytes the Parquet readers fetched from the domain store.
     pub bytes_scanned: u64,
-    /// CPU time spent in the plan's operators, summed over partitions, in milliseconds.
+    /// CPU time spent in the plan's operators, summed over partitions, in milliseconds. A job's
+    /// child process replaces it with its whole CPU time (see `job::child_main`), which also
+    /// counts Parquet decoding, the bounding fold and a mapper.
     pub cpu_ms: u64,
     /// Highest memory reserved by the query at any moment, in bytes.
     pub peak_memory_bytes: u64,
