@@ -143,20 +143,53 @@ fn bounds(period: &Period) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
     period.bounds().map_err(|e| Error::invalid(e.to_string()))
 }
 
-/// A file-name-safe, unique name for a party's statement files (without extension).
+/// Characters of a party's name kept in its statement files' names.
+const FILE_STEM_NAME_CHARS: usize = 40;
+
+/// A file-name-safe, unique name for a party's statement files (without extension): the role,
+/// the name with its letters and digits in any script kept (`provider-山西省人社厅-…`) and
+/// everything else (separators, spaces, dots) turned into `_`, and a digest of the whole
+/// party, which keeps two names that read alike apart.
 pub fn file_stem(party: &Account) -> String {
+    stem(party, char::is_alphanumeric)
+}
+
+/// How statement files were named before names kept their Chinese characters: ASCII letters
+/// and digits only. Stores settled then still hold such files; readers look for both.
+fn ascii_file_stem(party: &Account) -> String {
+    stem(party, |c| c.is_ascii_alphanumeric())
+}
+
+/// The names a party's settled statement files may have, the current one first.
+pub fn file_stems(party: &Account) -> [String; 2] {
+    [file_stem(party), ascii_file_stem(party)]
+}
+
+fn stem(party: &Account, keep: impl Fn(char) -> bool) -> String {
     match party {
         Account::Platform => "platform".to_string(),
         Account::Operator(name) | Account::Provider(name) | Account::Buyer(name) => {
             let slug: String = name
                 .chars()
-                .take(40)
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .take(FILE_STEM_NAME_CHARS)
+                .map(|c| if keep(c) { c } else { '_' })
                 .collect();
-            // The digest keeps two names that slug alike apart.
             let digest = blake3::hash(party.as_text().as_bytes()).to_hex();
             format!("{}-{slug}-{}", party.role(), &digest.as_str()[..12])
         }
+    }
+}
+
+/// The settled statement file of `party` with `extension` in `dir`, under whichever of its
+/// names (see [`file_stems`]) exists; the current name if neither does.
+pub fn existing_file(dir: &Path, party: &Account, extension: &str) -> PathBuf {
+    let [current, ascii] = file_stems(party);
+    let current = dir.join(format!("{current}.{extension}"));
+    let ascii = dir.join(format!("{ascii}.{extension}"));
+    if !current.exists() && ascii.exists() {
+        ascii
+    } else {
+        current
     }
 }
 
@@ -395,10 +428,7 @@ pub fn settle(store: &mut Store, period: &str, actor: &str) -> Result<Settlement
 pub fn statement(store: &Store, period: &str, party: &str) -> Result<Statement> {
     parse_period(period)?;
     let account = Account::parse(party)?;
-    let path = store
-        .statements_dir()
-        .join(period)
-        .join(format!("{}.json", file_stem(&account)));
+    let path = existing_file(&store.statements_dir().join(period), &account, "json");
     read_statement(&path).ok_or(Error::NotFound {
         kind: "settled statement",
         id: format!("{party} for {period}"),
@@ -494,8 +524,40 @@ mod tests {
         assert!(a.starts_with("operator-a_b-"));
         assert!(!a.contains('/'));
         assert_eq!(file_stem(&Account::Platform), "platform");
-        let chinese = file_stem(&Account::Provider("山西省人社厅".into()));
-        assert!(chinese.is_ascii());
+        // A Chinese name stays readable; the name before it kept ASCII only.
+        let party = Account::Provider("山西省人社厅 (太原)".into());
+        let chinese = file_stem(&party);
+        assert!(
+            chinese.starts_with("provider-山西省人社厅__太原_-"),
+            "{chinese}"
+        );
+        let [_, ascii] = file_stems(&party);
+        assert!(
+            ascii.is_ascii() && ascii.starts_with(&format!("provider-{}-", "_".repeat(11))),
+            "{ascii}"
+        );
+    }
+
+    /// A store settled before names kept Chinese characters still finds its files.
+    #[test]
+    fn statements_settled_under_ascii_names_are_still_found() {
+        let dir = tempfile::tempdir().expect("dir");
+        let party = Account::Operator("晋数科技".into());
+        let [current, ascii] = file_stems(&party);
+        assert_eq!(
+            existing_file(dir.path(), &party, "csv"),
+            dir.path().join(format!("{current}.csv"))
+        );
+        std::fs::write(dir.path().join(format!("{ascii}.csv")), "x").expect("write");
+        assert_eq!(
+            existing_file(dir.path(), &party, "csv"),
+            dir.path().join(format!("{ascii}.csv"))
+        );
+        std::fs::write(dir.path().join(format!("{current}.csv")), "x").expect("write");
+        assert_eq!(
+            existing_file(dir.path(), &party, "csv"),
+            dir.path().join(format!("{current}.csv"))
+        );
     }
 
     #[test]

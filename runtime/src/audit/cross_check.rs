@@ -515,11 +515,15 @@ impl Context<'_> {
                         ),
                     )));
                 };
-                let stem = settlement::file_stem(&account);
                 for (extension, digest) in [("csv", "csv_blake3"), ("json", "json_blake3")] {
-                    let name = format!("{stem}.{extension}");
+                    // Stores settled before names kept Chinese characters hold ASCII names.
+                    let path = settlement::existing_file(&folder, &account, extension);
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let id = format!("statements/{period}/{name}");
-                    let what = match blake3_of(&folder.join(&name)) {
+                    let what = match blake3_of(&path) {
                         Ok(actual) if statement[digest].as_str() == Some(&actual) => {
                             checked += 1;
                             names.insert(name);
