@@ -313,7 +313,7 @@ async fn run_command(
                 json_out(&purchases)?;
             } else {
                 print_table(
-                    &["purchase", "product", "price", "at"],
+                    &["purchase", "product", "price", "at", "recalled"],
                     &purchases
                         .iter()
                         .map(|p| {
@@ -322,6 +322,9 @@ async fn run_command(
                                 p.product_id.clone(),
                                 Fen(p.price_fen).to_string(),
                                 p.at.clone(),
+                                p.recalled.as_ref().map_or("-".to_string(), |r| {
+                                    format!("RECALLED {}: {}", r.at, r.reason)
+                                }),
                             ]
                         })
                         .collect::<Vec<_>>(),

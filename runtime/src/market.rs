@@ -63,6 +63,15 @@ pub struct Purchase {
     pub audit_seq: i64,
     /// The ledger posting of the sale.
     pub posting_id: Option<i64>,
+    /// The bureau's recall of the product, if it was recalled after the sale.
+    pub recalled: Option<RecallNotice>,
+}
+
+/// What a buyer is told of a product recalled after they bought it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecallNotice {
+    pub reason: String,
+    pub at: String,
 }
 
 /// One recorded download.
@@ -205,9 +214,10 @@ pub fn offers(conn: &Connection) -> Result<Vec<Listing>> {
 }
 
 const PURCHASE_COLUMNS: &str = "u.id, u.product_id, u.buyer, p.operator, u.price_fen,
-    u.provider_bp, u.platform_bp, u.operator_bp, u.at, u.audit_seq, lp.id";
+    u.provider_bp, u.platform_bp, u.operator_bp, u.at, u.audit_seq, lp.id, r.reason, r.at";
 const PURCHASE_FROM: &str = "purchases u JOIN products p ON p.id = u.product_id
-    LEFT JOIN ledger_postings lp ON lp.source_kind = 'purchase' AND lp.source_id = u.id";
+    LEFT JOIN ledger_postings lp ON lp.source_kind = 'purchase' AND lp.source_id = u.id
+    LEFT JOIN recalls r ON r.product_id = u.product_id";
 
 fn row_to_purchase(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purchase> {
     Ok(Purchase {
@@ -224,6 +234,10 @@ fn row_to_purchase(row: &rusqlite::Row<'_>) -> rusqlite::Result<Purchase> {
         at: row.get(8)?,
         audit_seq: row.get(9)?,
         posting_id: row.get(10)?,
+        recalled: match (row.get(11)?, row.get(12)?) {
+            (Some(reason), Some(at)) => Some(RecallNotice { reason, at }),
+            _ => None,
+        },
     })
 }
 
@@ -333,6 +347,8 @@ pub fn purchase(store: &mut Store, buyer: &str, product_id: &ProductId) -> Resul
             at: now.clone(),
             audit_seq: seq,
             posting_id,
+            // A recalled product cannot be bought (see `refuse_recalled`).
+            recalled: None,
         })
     })
 }

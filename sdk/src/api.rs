@@ -591,6 +591,20 @@ pub struct PurchaseView {
     pub at: String,
     /// False when an earlier purchase of the same product was returned (nothing charged).
     pub new: bool,
+    /// Set when the bureau recalled the product after it was bought: it can no longer be
+    /// downloaded, and the buyer should stop using it.
+    #[serde(default)]
+    pub recalled: Option<RecallNoticeView>,
+}
+
+/// Why and when the bureau recalled a product a buyer holds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecallNoticeView {
+    /// The bureau's reason, as it gave it.
+    pub reason: String,
+    /// When it was recalled, RFC 3339 in UTC.
+    pub at: String,
 }
 
 /// `POST /v1/products/{id}/recall` (bureau) answers with the buyers to tell.

@@ -1015,6 +1015,10 @@ fn purchase_view(p: &market::Purchase, new: bool) -> PurchaseView {
         price_fen: p.price.0,
         at: p.at.clone(),
         new,
+        recalled: p.recalled.as_ref().map(|r| RecallNoticeView {
+            reason: r.reason.clone(),
+            at: r.at.clone(),
+        }),
     }
 }
 

@@ -558,6 +558,10 @@ async fn a_buyer_buys_and_verifies_a_product_and_the_bureau_settles_the_month() 
         .await
         .expect("recall");
     assert_eq!(recall.buyers, vec!["buyer-1".to_string()]);
+    // The buyer's own list of purchases says so, with the bureau's reason.
+    let purchases = buyer.purchases().await.expect("purchases");
+    let notice = purchases[0].recalled.as_ref().expect("marked recalled");
+    assert_eq!(notice.reason, "a defect in the source data");
     assert!(matches!(
         buyer
             .download_product(&product, &fixture.dir.path().join("late"), |_, _| {})
