@@ -757,6 +757,7 @@ async fn job_get(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
     /// How long to hold the request while the job has not ended, in milliseconds (at most
     /// 60000; default 30000).
@@ -1205,6 +1206,7 @@ fn parse_range(text: &str, len: u64) -> Option<(u64, u64)> {
 // --- Money ---
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatementQuery {
     /// The bureau names the party: `operator:<name>`, `provider:<name>` or `platform`.
     /// Operators and providers always get their own.
