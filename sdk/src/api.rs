@@ -302,12 +302,51 @@ pub struct SubmitJob {
     /// Template id (or a unique prefix of it, or its name).
     pub template: String,
     /// A value for every parameter the template declares, by name, written as text (an
-    /// integer parameter as its decimal digits).
-    #[serde(default)]
+    /// integer parameter as its decimal digits); a JSON number is accepted too, as its text.
+    #[serde(default, deserialize_with = "params_as_text")]
     pub params: BTreeMap<String, String>,
     /// The grant to run under; may be omitted when exactly one grant fits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+}
+
+/// Reads template parameters whose values are JSON strings or numbers, each as its text, so
+/// that `{"year": 2024}` and `{"year": "2024"}` bind alike (the template's declared type then
+/// checks the text).
+fn params_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    /// One parameter's value, as text.
+    struct Text(String);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl serde::de::Visitor<'_> for Visitor {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a parameter value as a string or a number")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+            }
+            deserializer.deserialize_any(Visitor)
+        }
+    }
+
+    let values = BTreeMap::<String, Text>::deserialize(deserializer)?;
+    Ok(values.into_iter().map(|(k, Text(v))| (k, v)).collect())
 }
 
 /// A job and where it stands.
@@ -626,4 +665,30 @@ pub struct RecallView {
 pub struct Settle {
     /// `YYYY-MM`, in the bureau's time zone.
     pub period: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client sends as `POST /v1/jobs`: an integer parameter may be a JSON number.
+    #[test]
+    fn parameters_may_be_json_numbers_or_text() {
+        let job: SubmitJob =
+            serde_json::from_str(r#"{"template": "t", "params": {"year": 2024, "city": "太原", "rate": 0.5, "floor": -3}}"#)
+                .expect("parses");
+        assert_eq!(job.params["year"], "2024");
+        assert_eq!(job.params["city"], "太原");
+        assert_eq!(job.params["rate"], "0.5");
+        assert_eq!(job.params["floor"], "-3");
+        let error =
+            serde_json::from_str::<SubmitJob>(r#"{"template": "t", "params": {"year": [2024]}}"#)
+                .expect_err("a list is not a value");
+        assert!(
+            error
+                .to_string()
+                .contains("a parameter value as a string or a number"),
+            "{error}"
+        );
+    }
 }
