@@ -6,7 +6,7 @@
 //! job's audit entry.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use veil_sdk::api::{ErrorBody, ErrorKind, Violation};
 
@@ -144,4 +144,77 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Longest text of axum's own rejection that is kept in the JSON error replacing it, in bytes.
+const REJECTION_TEXT_BYTES_MAX: usize = 4 * 1024;
+
+/// Answers a path that is no route with the documented JSON error.
+pub async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::Domain(Error::NotFound {
+        kind: "route",
+        id: format!("{method} {}", uri.path()),
+        hint: "; GET /v1/openapi.json lists every route",
+    })
+}
+
+/// Makes every error response the documented JSON body (`{kind, message, violations}` with
+/// the status its kind fixes), including axum's own rejections, which are plain text: a body
+/// that is not JSON or lacks `Content-Type: application/json`, a body too large, a query
+/// string or path parameter of the wrong type, a method a route does not take. Their text
+/// describes the client's own request, never stored data, so it is kept in the message.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let bytes = axum::body::to_bytes(response.into_body(), REJECTION_TEXT_BYTES_MAX)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = match status {
+        StatusCode::NOT_FOUND => {
+            "no such route; GET /v1/openapi.json lists every route".to_string()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => match allow.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(methods) => format!("this route does not take that method; it takes {methods}"),
+            None => "this route does not take that method; GET /v1/openapi.json lists the \
+                     methods of every route"
+                .to_string(),
+        },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            format!("send the body as JSON with `Content-Type: application/json` ({text})")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the body is larger than the {} MiB a request may carry",
+            crate::REQUEST_BYTES_MAX / (1024 * 1024)
+        ),
+        _ if text.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_string(),
+        _ => text,
+    };
+    let kind = match status {
+        StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::UNAUTHORIZED => return ApiError::Unauthorized.into_response(),
+        _ if status.is_server_error() => {
+            eprintln!("veil serve: {status} from the HTTP layer: {message}");
+            let detail = format!("serving a request ({status})");
+            return ApiError::Domain(Error::Internal(detail)).into_response();
+        }
+        _ => ErrorKind::Invalid,
+    };
+    let status = StatusCode::from_u16(kind.status()).unwrap_or(status);
+    let body = ErrorBody {
+        kind,
+        message,
+        violations: Vec::new(),
+    };
+    (status, Json(body)).into_response()
 }

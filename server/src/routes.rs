@@ -130,7 +130,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/usage", get(provider_usage));
     Router::new()
         .nest(API_PREFIX, api)
+        .fallback(crate::error::unknown_route)
         .layer(DefaultBodyLimit::max(crate::REQUEST_BYTES_MAX))
+        // Outermost: axum's own plain-text rejections become the documented JSON errors.
+        .layer(axum::middleware::map_response(crate::error::json_errors))
         .with_state(state)
 }
 

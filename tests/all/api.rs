@@ -651,3 +651,114 @@ async fn http_approval_requires_epsilon_and_the_gates_static_checks() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["state"], "approved");
 }
+
+/// Sends one raw request: any content type, any body.
+async fn raw(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    key: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (StatusCode, Option<String>, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {key}"));
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_vec())).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+        .await
+        .expect("body");
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, content_type, json)
+}
+
+/// Every error a client can provoke — malformed JSON, a wrong content type, a field of the
+/// wrong type, a bad query string, an unknown route, a wrong method — answers with the
+/// documented JSON body and the status its kind fixes, and says what to change.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_http_error_is_the_documented_json() {
+    let mut fixture = Fixture::new(200);
+    let key = principals::add(&mut fixture.store, Role::Operator, OPERATOR)
+        .expect("principal")
+        .1
+        .expose()
+        .to_string();
+    let root = fixture.store_path();
+    let app = veil_server::app(Arc::new(AppState {
+        stores: Arc::new(StorePool::new(&root).expect("pool")),
+        workers: Workers::start(&root, 1, veil_server::workers::QUEUE_JOBS_DEFAULT)
+            .expect("workers"),
+    }));
+    let json = Some("application/json");
+    let cases: [(&str, &str, Option<&str>, &[u8], u16, &str, &str); 6] = [
+        (
+            "POST",
+            "/v1/jobs",
+            json,
+            b"{not json",
+            400,
+            "invalid",
+            "JSON",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            Some("text/plain"),
+            b"{}",
+            400,
+            "invalid",
+            "Content-Type: application/json",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            json,
+            br#"{"template": 5}"#,
+            400,
+            "invalid",
+            "template",
+        ),
+        (
+            "GET",
+            "/v1/jobs/job-1/wait?timeout_ms=soon",
+            None,
+            b"",
+            400,
+            "invalid",
+            "timeout_ms",
+        ),
+        (
+            "GET",
+            "/v1/no-such-route",
+            None,
+            b"",
+            404,
+            "not_found",
+            "openapi.json",
+        ),
+        ("DELETE", "/v1/jobs", None, b"", 400, "invalid", "method"),
+    ];
+    for (method, path, content_type, body, status, kind, names) in cases {
+        let (got, content, answer) = raw(&app, method, path, &key, content_type, body).await;
+        let case = format!("{method} {path}: {got} {content:?} {answer}");
+        assert_eq!(got.as_u16(), status, "{case}");
+        assert_eq!(content.as_deref(), Some("application/json"), "{case}");
+        assert_eq!(answer["kind"], kind, "{case}");
+        let message = answer["message"].as_str().unwrap_or("");
+        assert!(message.contains(names), "{case}");
+    }
+}
