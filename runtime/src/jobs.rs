@@ -1446,6 +1446,34 @@ pub fn list(store: &Store) -> Result<Vec<Job>> {
 /// statement and shape rules, an identical earlier job, and the budget — with what the run
 /// would cost. Nothing is stored: the budget check runs the real reservation inside a
 /// transaction that is rolled back.
+/// What a job's checks refuse, besides its approval, for a template not yet approved: its
+/// parameters, the operator's grant, and for a SQL template the statement policy and the plan
+/// over the grant's tables. Approval terms (ε, k, limits) are not known yet, so the noise plan,
+/// the memory check and the budget are not checked; nor is a WASM template's mapper.
+async fn unapproved_violations(
+    store: &Store,
+    template: &Template,
+    request: &JobRequest,
+) -> Result<Vec<veil_gate::rules::Violation>> {
+    let bound = match template.spec.bind(&request.params) {
+        Ok(bound) => bound,
+        Err(refusal) => return Ok(refusal.violations),
+    };
+    let grant = match choose_grant(store, &request.operator, request.grant.as_deref())? {
+        Ok(grant) => grant,
+        Err(refusal) => return Ok(refusal.violations),
+    };
+    if template.spec.wasm.is_some() {
+        return Ok(Vec::new());
+    }
+    let tables = grant_tables(store, &grant)?;
+    match exec::prepare_sql(&store.data_dir(), &template.spec, None, &bound, &tables).await {
+        Ok(Ok(_)) => Ok(Vec::new()),
+        Ok(Err(refusal)) => Ok(refusal.violations),
+        Err(failure) => Err(Error::internal(format!("checking the job: {failure}"))),
+    }
+}
+
 pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::api::DryRun> {
     let template = templates::get(store, &request.template)?;
     let period = Period::of(clock::now());
@@ -1474,7 +1502,14 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
             .collect();
         Ok(answer)
     };
-    if let Some(refusal) = template_refusal(&template, &request.operator) {
+    if let Some(mut refusal) = template_refusal(&template, &request.operator) {
+        // A template still waiting for approval: say, too, what else a job would meet, so the
+        // operator can fix it before the bureau looks.
+        if template.operator == request.operator && template.state == TemplateState::Submitted {
+            refusal
+                .violations
+                .extend(unapproved_violations(store, &template, request).await?);
+        }
         return refuse(answer, &refusal);
     }
     let Some(approval) = template.approval.clone() else {

@@ -270,6 +270,27 @@ fn the_whole_flow_through_the_command_line() {
         "{unapproved}"
     );
     let unapproved_job = job_id(&unapproved);
+    // Its pre-flight says so, and also what else a job would meet: here a year outside the
+    // template's allowed list.
+    let checked = veil([
+        "job",
+        "check",
+        "--data-dir",
+        d,
+        "--operator",
+        OPERATOR,
+        "--template",
+        &other,
+        "--param",
+        "year=1999",
+    ]);
+    assert!(
+        checked.stdout.contains("template.not_approved")
+            && checked.stdout.contains("statement.parameters")
+            && checked.stdout.contains("1999"),
+        "{checked}"
+    );
+    assert!(!checked.stdout.contains("cost:"), "{checked}");
 
     // A template that would send raw rows out is refused at submission.
     let raw_rows = submit(&example("templates/raw_incomes.toml"));
