@@ -704,7 +704,17 @@ async fn every_http_error_is_the_documented_json() {
             .expect("workers"),
     }));
     let json = Some("application/json");
-    let cases: [(&str, &str, Option<&str>, &[u8], u16, &str, &str); 6] = [
+    // Method, path, content type, body; then the status, kind and a word the message names.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a [u8],
+        u16,
+        &'a str,
+        &'a str,
+    );
+    let cases: [Case; 6] = [
         (
             "POST",
             "/v1/jobs",
