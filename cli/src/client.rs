@@ -21,12 +21,16 @@ pub(crate) const WAIT_SECONDS_DEFAULT: u64 = 600;
 
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
-    /// The server, e.g. http://127.0.0.1:8080.
+    /// The server, e.g. http://127.0.0.1:8080 (else VEIL_URL, else url in the --profile file).
     #[arg(long, env = "VEIL_URL")]
-    pub url: String,
-    /// Your API key (from `veil principal add`).
+    pub url: Option<String>,
+    /// Your API key from `veil principal add` (else VEIL_TOKEN, else the --profile file's
+    /// token_file).
     #[arg(long, env = "VEIL_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// A TOML client profile: `url` and `token_file` (see the README).
+    #[arg(long, env = "VEIL_PROFILE")]
+    pub profile: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -171,7 +175,8 @@ fn client_error(error: ClientError) -> Error {
 
 /// Runs one client command; returns the exit code.
 pub(crate) async fn run(args: ClientArgs) -> Result<i32> {
-    let client = Client::new(&args.url, &args.token).map_err(client_error)?;
+    let (url, token) = crate::profile::connection(args.url, args.token, args.profile.as_deref())?;
+    let client = Client::new(&url, &token).map_err(client_error)?;
     let json = args.json;
     run_command(&client, json, args.command)
         .await
@@ -349,7 +354,15 @@ async fn template(
 ) -> std::result::Result<i32, ClientError> {
     let template = match command {
         ClientTemplate::Submit { file } => client.submit_template_file(&file).await?,
-        ClientTemplate::Show { id } => client.template(&id).await?,
+        ClientTemplate::Show { id } => {
+            let template = client.template(&id).await?;
+            if json {
+                json_out(&template)?;
+            } else {
+                print!("{}", template_text(&template));
+            }
+            return Ok(0);
+        }
         ClientTemplate::List => {
             let templates = client.templates().await?;
             if json {
@@ -388,6 +401,75 @@ async fn template(
         }
     }
     Ok(0)
+}
+
+/// A template as `veil client template show` prints it: what the operator submitted (the SQL,
+/// its parameters, a WASM template's mapper), where it stands, and the terms the bureau pinned.
+fn template_text(t: &veil_sdk::api::TemplateView) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "template `{}` {}", t.spec.name, t.id);
+    let _ = writeln!(out, "  operator:   {}", t.operator);
+    let _ = writeln!(out, "  state:      {}", t.state);
+    let _ = writeln!(out, "  submitted:  {}", t.submitted_at);
+    if let Some(at) = &t.decided_at {
+        let _ = writeln!(out, "  decided:    {at}");
+    }
+    if let Some(reasons) = &t.reasons {
+        let _ = writeln!(out, "  reasons:    {reasons}");
+    }
+    match &t.approval {
+        Some(a) => {
+            let _ = writeln!(
+                out,
+                "  approval:   ε {} δ {} k {} max groups {} max rows {} price {}",
+                a.epsilon,
+                a.delta,
+                a.k,
+                a.max_groups,
+                a.max_rows,
+                Fen(a.price_per_run_fen)
+            );
+            let _ = writeln!(
+                out,
+                "  limits:     memory {} MiB, wall {} s",
+                a.memory_mib, a.wall_seconds
+            );
+            if t.spec.wasm.is_some() {
+                let _ = writeln!(
+                    out,
+                    "  per unit:   fuel {}, memory {} MiB",
+                    a.wasm_fuel_per_unit, a.wasm_memory_mib
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(out, "  approval:   none yet");
+        }
+    }
+    for p in &t.spec.params {
+        let kind = match p.kind {
+            veil_sdk::template::ParamType::Integer => "integer",
+            veil_sdk::template::ParamType::Text => "text",
+        };
+        let allowed = p
+            .allowed
+            .as_ref()
+            .map_or(String::new(), |a| format!(", one of {}", a.join(", ")));
+        let _ = writeln!(out, "  param:      :{} ({kind}{allowed})", p.name);
+    }
+    if let Some(wasm) = &t.spec.wasm {
+        let _ = writeln!(out, "  mapper:     module {}", wasm.module_blake3);
+        let _ = writeln!(out, "  input sql:  {}", wasm.input_sql.trim());
+        for o in &wasm.output {
+            let _ = writeln!(out, "  output:     {} ({:?})", o.name, o.kind);
+        }
+    }
+    let _ = writeln!(out, "  sql:");
+    for line in t.spec.sql.trim().lines() {
+        let _ = writeln!(out, "    {line}");
+    }
+    out
 }
 
 async fn job(

@@ -85,8 +85,16 @@ pub(crate) async fn run(
         ),
     )?;
 
-    let summary = demo_data::write_demo_data(rows, &raw_dir, demo_data::DEMO_SEED)
-        .map_err(|e| Error::internal(format!("generating demo data: {e}")))?;
+    // A large --rows takes a while: a progress line on stderr, when it is a terminal.
+    let mut meter = crate::progress::Meter::stderr();
+    let written = demo_data::write_demo_data_with_progress(
+        rows,
+        &raw_dir,
+        demo_data::DEMO_SEED,
+        &mut |rows, bytes| meter.show("generating demo data", rows, bytes, false),
+    );
+    meter.finish();
+    let summary = written.map_err(|e| Error::internal(format!("generating demo data: {e}")))?;
     say(
         out,
         format!(

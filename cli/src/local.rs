@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::demo;
 use crate::output::{print_dry_run, print_json, print_meter, print_table};
+use crate::progress::Meter;
 use crate::terms::{ApprovalTerms, GrantTerms, JobArgs};
 use veil_gate::rules::Refusal;
 use veil_runtime::error::{Error, Result};
@@ -102,22 +103,38 @@ pub(crate) enum Command {
     Audit(AuditCommand),
     /// Print the platform's public key (what buyers pin to verify products).
     PlatformKey(StoreArg),
-    /// (bureau) Serve the HTTP API for every role over this store.
+    /// (bureau) Serve the HTTP API for every role over this store. Each setting is taken from
+    /// its flag, else its environment variable, else the --config file, else its default.
     Serve {
-        #[command(flatten)]
-        store: StoreArg,
-        /// Address to listen on; keep it on loopback behind the bureau's TLS proxy.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Jobs that run at the same time.
-        #[arg(long, default_value_t = veil_server::workers::WORKERS_DEFAULT)]
-        workers: usize,
-        /// Jobs queued or running at once; more submissions get 429 until one ends.
-        #[arg(long, default_value_t = veil_server::workers::QUEUE_JOBS_DEFAULT)]
-        queue: usize,
-        /// Seconds between sweeps that remove files the store does not know (crash debris).
-        #[arg(long, default_value_t = veil_runtime::sweep::SWEEP_INTERVAL_SECONDS)]
-        sweep_seconds: u64,
+        /// The domain store folder (created by `veil init`).
+        #[arg(long, env = "VEIL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// A TOML file with any of these settings (data_dir, listen, workers, queue,
+        /// sweep_seconds, grace_seconds, log_format).
+        #[arg(long, env = "VEIL_CONFIG")]
+        config: Option<PathBuf>,
+        /// host:port to listen on [default: 127.0.0.1:8080]; keep it on loopback behind the
+        /// bureau's TLS proxy (any other address is warned about).
+        #[arg(long, env = "VEIL_LISTEN")]
+        listen: Option<String>,
+        /// Jobs that run at the same time [default: 2].
+        #[arg(long, env = "VEIL_WORKERS")]
+        workers: Option<usize>,
+        /// Jobs queued or running at once; more submissions get 429 until one ends [default: 256].
+        #[arg(long, env = "VEIL_QUEUE")]
+        queue: Option<usize>,
+        /// Seconds between sweeps that remove files the store does not know (crash debris)
+        /// [default: 300].
+        #[arg(long, env = "VEIL_SWEEP_SECONDS")]
+        sweep_seconds: Option<u64>,
+        /// On SIGTERM or Ctrl-C, seconds running jobs get to end before they are cancelled
+        /// [default: 60].
+        #[arg(long, env = "VEIL_GRACE_SECONDS")]
+        grace_seconds: Option<u64>,
+        /// The log on standard error: `text` for people, `json` for one JSON object per line
+        /// [default: text].
+        #[arg(long, env = "VEIL_LOG_FORMAT", value_parser = veil_server::LogFormat::NAMES)]
+        log_format: Option<String>,
     },
     /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
     Client(crate::client::ClientArgs),
@@ -125,7 +142,9 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DatasetCommand {
-    /// Register a Parquet or CSV file with its policy (TOML).
+    /// Register a Parquet or CSV file with its policy (TOML). The data's quality is checked
+    /// first: rows without a privacy unit and values outside a key set are refused unless
+    /// --accept-quality-issues is given; `veil dataset show` prints the report.
     Register {
         #[command(flatten)]
         store: StoreArg,
@@ -136,6 +155,17 @@ pub(crate) enum DatasetCommand {
         file: PathBuf,
         #[arg(long)]
         policy: PathBuf,
+        /// A CSV file's text encoding: utf-8 (the default), gbk, gb18030, or any WHATWG label;
+        /// a byte-order mark in the file wins.
+        #[arg(long)]
+        encoding: Option<String>,
+        /// A CSV file's field delimiter: one ASCII character, or `tab` [default: ,].
+        #[arg(long)]
+        delimiter: Option<String>,
+        /// Register even with rows that name no privacy unit or values outside a key set,
+        /// knowingly; the quality report records it.
+        #[arg(long)]
+        accept_quality_issues: bool,
     },
     /// List registered datasets.
     List(StoreArg),
@@ -418,8 +448,13 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
             if rows == 0 {
                 return Err(Error::invalid("--rows must be at least 1"));
             }
-            let summary = demo_data::write_demo_data(rows, &out, seed)
-                .map_err(|e| Error::invalid(e.to_string()))?;
+            let mut meter = Meter::stderr();
+            let written =
+                demo_data::write_demo_data_with_progress(rows, &out, seed, &mut |rows, bytes| {
+                    meter.show("generating demo data", rows, bytes, false)
+                });
+            meter.finish();
+            let summary = written.map_err(|e| Error::invalid(e.to_string()))?;
             println!(
                 "wrote {} social-insurance records of {} persons and {} enterprises:",
                 summary.social_insurance_rows, summary.persons, summary.enterprises
@@ -435,20 +470,32 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
         Command::Principal(command) => principal(command),
         Command::Job(command) => job(command).await,
         Command::Serve {
-            store,
+            data_dir,
+            config,
             listen,
             workers,
             queue,
             sweep_seconds,
+            grace_seconds,
+            log_format,
         } => {
-            veil_server::serve(veil_server::ServeConfig {
-                data_dir: store.data_dir,
+            // Flags and environment variables (clap has merged them) over the file.
+            let given = veil_server::config::ServeSettings {
+                data_dir,
                 listen,
                 workers,
                 queue,
                 sweep_seconds,
-            })
-            .await?;
+                grace_seconds,
+                log_format: log_format
+                    .as_deref()
+                    .and_then(veil_server::LogFormat::parse),
+            };
+            let file = match &config {
+                Some(path) => veil_server::config::ServeSettings::from_file(path)?,
+                None => Default::default(),
+            };
+            veil_server::serve(given.or(file).resolve()?).await?;
             Ok(0)
         }
         Command::Client(args) => crate::client::run(args).await,
@@ -604,14 +651,57 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             name,
             file,
             policy,
+            encoding,
+            delimiter,
+            accept_quality_issues,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let policy = catalog::Policy::parse(&read_text(&policy, "policy")?)?;
-            let dataset = catalog::register(&mut store, &name, &file, policy)?;
+            let csv = catalog::CsvOptions::parse(encoding.as_deref(), delimiter.as_deref())?;
+            let mut meter = Meter::stderr();
+            let mut progress = |p: catalog::Progress| match p.stage {
+                catalog::Stage::Reading => meter.show("reading", p.rows, p.bytes, false),
+                catalog::Stage::Checking => {
+                    let what = format!("checking the data quality of {} rows", p.rows);
+                    meter.show(&what, 0, 0, false);
+                }
+            };
+            let registered = catalog::register_with(
+                &mut store,
+                &name,
+                &file,
+                policy,
+                catalog::RegisterOptions {
+                    csv,
+                    accept_quality_issues,
+                    progress: Some(&mut progress),
+                },
+            );
+            meter.finish();
+            let dataset = registered?;
             println!(
                 "registered dataset `{}` ({}): {} rows, BLAKE3 {}",
                 dataset.name, dataset.id, dataset.rows, dataset.content_blake3
             );
+            if let Some(report) = catalog::quality_report(&store, &dataset.id)? {
+                let findings: Vec<String> = report
+                    .blocking()
+                    .into_iter()
+                    .chain(report.notes())
+                    .collect();
+                if report.issues_accepted {
+                    println!("data quality: registered with these issues accepted:");
+                } else if !findings.is_empty() {
+                    println!("data quality:");
+                }
+                for finding in &findings {
+                    println!("  - {finding}");
+                }
+                println!(
+                    "`veil dataset show {}` prints the whole quality report",
+                    dataset.name
+                );
+            }
             Ok(0)
         }
         DatasetCommand::List(store) => {
@@ -670,6 +760,11 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
                 })
                 .collect();
             print_table(&["column", "role", "bounds", "public keys"], &rows);
+            // The report holds in-domain values; this is the bureau's local command.
+            match catalog::quality_report(&store, &d.id)? {
+                Some(report) => print!("\n{report}"),
+                None => println!("\nno data-quality report: registered before Veil made them"),
+            }
             Ok(0)
         }
     }

@@ -9,6 +9,8 @@ mod client;
 mod demo;
 mod local;
 mod output;
+mod profile;
+mod progress;
 mod terms;
 #[cfg(test)]
 mod tests;

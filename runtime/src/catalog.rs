@@ -6,6 +6,13 @@
 //! column must have a role, and a policy that does not fit the file is refused with one line
 //! per problem, naming the column and the fix.
 //!
+//! Then the values: registration computes a data-quality report over every row
+//! ([`crate::quality`]) and stores it with the dataset, for the bureau only. A row without a
+//! privacy unit, or a value outside a key set, refuses the registration unless the bureau
+//! accepts them knowingly ([`RegisterOptions::accept_quality_issues`]). A CSV file is decoded
+//! from the encoding the bureau names and split at the delimiter it names ([`CsvOptions`]);
+//! a row that cannot be read is refused naming its line and column (`csv_input.rs`).
+//!
 //! Policy file format (see also `examples/policies/`):
 //!
 //! ```toml
@@ -26,21 +33,23 @@
 //! ```
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek};
+use std::io::{BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use datafusion::arrow::csv::ReaderBuilder as CsvReaderBuilder;
-use datafusion::arrow::csv::reader::Format as CsvFormat;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rusqlite::{OptionalExtension, params};
 
+pub use crate::csv_input::CsvOptions;
 use crate::error::{Error, Result};
 use crate::ids::DatasetId;
+use crate::quality::QualityReport;
 use crate::store::{Store, query_parsed_rows};
-use crate::{audit, clock, files};
+use crate::{audit, clock, csv_input, files, quality};
 pub use veil_gate::policy::*;
 
 /// Longest dataset (table) name, in bytes.
@@ -49,10 +58,59 @@ pub const DATASET_NAME_BYTES_MAX: usize = 63;
 const CSV_BATCH_ROWS: usize = 65_536;
 /// Rows read to infer a CSV file's column types.
 const CSV_INFER_ROWS: usize = 10_000;
+/// Bytes copied at a time when a Parquet file is copied in (and progress reported).
+const COPY_CHUNK_BYTES: usize = 1 << 20;
 
 /// The schema of a dataset's stored Parquet file (read from its footer).
 pub fn schema_of(dataset: &Dataset, store: &Store) -> Result<SchemaRef> {
-    SourceFormat::Parquet.schema(&store.data_dir().join(&dataset.file))
+    SourceFormat::Parquet.schema(
+        &store.data_dir().join(&dataset.file),
+        &CsvOptions::default(),
+    )
+}
+
+/// How a dataset is registered, beyond its name, file and policy. The default reads CSV as
+/// UTF-8 with commas, refuses data with blocking quality issues, and reports no progress.
+#[derive(Default)]
+pub struct RegisterOptions<'a> {
+    /// How a CSV file is read (its encoding and delimiter); a Parquet file given a choice
+    /// here is refused, since its text is always UTF-8.
+    pub csv: CsvOptions,
+    /// Register even when the quality report finds rows without a privacy unit or values
+    /// outside a key set ([`QualityReport::blocking`]). Default `false`: such data is
+    /// refused, because a product would silently leave those rows out or leave them without
+    /// a contribution bound. With `true` the report records that the bureau accepted them.
+    pub accept_quality_issues: bool,
+    /// Called now and then while the file is read and checked; default none.
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+}
+
+/// How far a registration has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: Stage,
+    /// Rows converted so far (CSV), or the file's rows (checking); 0 while a Parquet file is
+    /// copied.
+    pub rows: u64,
+    /// Bytes of the source file read so far, or the stored file's bytes (checking).
+    pub bytes: u64,
+}
+
+/// A stage of registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the source file into the domain as Parquet.
+    Reading,
+    /// Computing the data-quality report over the stored file.
+    Checking,
+}
+
+impl RegisterOptions<'_> {
+    fn report(&mut self, stage: Stage, rows: u64, bytes: u64) {
+        if let Some(progress) = self.progress.as_mut() {
+            progress(Progress { stage, rows, bytes });
+        }
+    }
 }
 
 /// A plain SQL identifier of at most `max` bytes: lower-case letters, digits and `_`, not
@@ -80,9 +138,22 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// Registers a dataset: checks the policy against the file, copies the data into the domain
-/// store as Parquet, and records it with an audit entry. Nothing is kept if any step fails.
+/// Registers a dataset with the default [`RegisterOptions`].
 pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) -> Result<Dataset> {
+    register_with(store, name, source, policy, RegisterOptions::default())
+}
+
+/// Registers a dataset: checks the policy against the file, copies the data into the domain
+/// store as Parquet, computes its data-quality report (refusing blocking issues unless
+/// `options` accepts them), and records both with an audit entry. Nothing is kept if any
+/// step fails.
+pub fn register_with(
+    store: &mut Store,
+    name: &str,
+    source: &Path,
+    policy: Policy,
+    mut options: RegisterOptions<'_>,
+) -> Result<Dataset> {
     check_name(name)?;
     if find(store, name)?.is_some() {
         return Err(Error::invalid(format!(
@@ -90,7 +161,13 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
         )));
     }
     let format = SourceFormat::of(source)?;
-    let schema = format.schema(source)?;
+    if matches!(format, SourceFormat::Parquet) && options.csv.chosen() {
+        return Err(Error::invalid(format!(
+            "{} is a Parquet file: --encoding and --delimiter apply to CSV files only (Parquet text is always UTF-8); leave them out",
+            source.display()
+        )));
+    }
+    let schema = format.schema(source, &options.csv)?;
     let problems = policy.check(&schema);
     if !problems.is_empty() {
         return Err(Error::Policy(problems));
@@ -101,15 +178,19 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
     let dir = store.data_dir().join(id.as_str());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
     let target = dir.join("data.parquet");
-    let copied = format.copy_into(source, &target).inspect_err(|_| {
+    let checked = copy_and_check(
+        name,
+        &format,
+        source,
+        &target,
+        &schema,
+        &policy,
+        &mut options,
+    );
+    let (copied, mut report) = checked.inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;
-    // Only now is the row count known (a CSV file is counted while it is converted).
-    let problems = policy.check_sums(&schema, copied.rows);
-    if !problems.is_empty() {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(Error::Policy(problems));
-    }
+    report.issues_accepted = !report.blocking().is_empty();
 
     let dataset = Dataset {
         id: id.clone(),
@@ -123,6 +204,8 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
     };
     let policy_json = serde_json::to_string(&dataset.policy)
         .map_err(|e| Error::internal(format!("encoding a policy: {e}")))?;
+    let report_json = serde_json::to_string(&report)
+        .map_err(|e| Error::internal(format!("encoding a quality report: {e}")))?;
     let result = store.write(|tx| {
         tx.execute(
             "INSERT INTO datasets (id, name, policy_json, file, rows, bytes, content_blake3, registered_at)
@@ -137,6 +220,10 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
                 dataset.content_blake3,
                 dataset.registered_at
             ],
+        )?;
+        tx.execute(
+            "INSERT INTO dataset_quality (dataset_id, report_json, computed_at) VALUES (?1, ?2, ?3)",
+            params![dataset.id.as_str(), report_json, dataset.registered_at],
         )?;
         audit::append(
             tx,
@@ -158,6 +245,58 @@ pub fn register(store: &mut Store, name: &str, source: &Path, policy: Policy) ->
         return Err(error);
     }
     Ok(dataset)
+}
+
+/// The file copied in, its sums checked against the policy, and its quality report, which
+/// refuses blocking issues unless `options` accepts them. The caller removes the folder on
+/// an error.
+fn copy_and_check(
+    name: &str,
+    format: &SourceFormat,
+    source: &Path,
+    target: &Path,
+    schema: &SchemaRef,
+    policy: &Policy,
+    options: &mut RegisterOptions<'_>,
+) -> Result<(Copied, QualityReport)> {
+    let copied = format.copy_into(source, target, schema, options)?;
+    // Only now is the row count known (a CSV file is counted while it is converted).
+    let problems = policy.check_sums(schema, copied.rows);
+    if !problems.is_empty() {
+        return Err(Error::Policy(problems));
+    }
+    options.report(Stage::Checking, copied.rows, copied.bytes);
+    let report = quality::compute(target, policy, &mut || {
+        options.report(Stage::Checking, copied.rows, copied.bytes)
+    })?;
+    let blocking = report.blocking();
+    if !blocking.is_empty() && !options.accept_quality_issues {
+        let lines: Vec<String> = blocking.iter().map(|p| format!("  - {p}")).collect();
+        return Err(Error::invalid(format!(
+            "`{name}` was not registered: its data has problems the bureau must decide on\n{}\nCorrect the data or the policy and register again, or register with --accept-quality-issues to accept them knowingly (the report is kept with the dataset; `veil dataset show {name}` prints it)",
+            lines.join("\n")
+        )));
+    }
+    Ok((copied, report))
+}
+
+/// The data-quality report computed when the dataset was registered, or `None` for a
+/// dataset registered before reports existed. It holds values from inside the domain: it is
+/// for the bureau, and no operator- or buyer-facing view may include it.
+pub fn quality_report(store: &Store, id: &DatasetId) -> Result<Option<QualityReport>> {
+    let json: Option<String> = store
+        .conn()
+        .query_row(
+            "SELECT report_json FROM dataset_quality WHERE dataset_id = ?1",
+            [id.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    json.map(|json| {
+        serde_json::from_str(&json)
+            .map_err(|e| Error::internal(format!("reading a stored quality report: {e}")))
+    })
+    .transpose()
 }
 
 /// Looks a dataset up by name or id.
@@ -291,7 +430,9 @@ impl SourceFormat {
         }
     }
 
-    fn schema(&self, path: &Path) -> Result<SchemaRef> {
+    /// The file's schema: a Parquet file's footer, or a CSV file's header with the types of
+    /// its first [`CSV_INFER_ROWS`] rows.
+    fn schema(&self, path: &Path, csv: &CsvOptions) -> Result<SchemaRef> {
         let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         match self {
             Self::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
@@ -300,22 +441,33 @@ impl SourceFormat {
                     Error::invalid(format!("{} is not a valid Parquet file", path.display()))
                 }),
             Self::Csv => {
-                let (schema, _) = CsvFormat::default()
-                    .with_header(true)
-                    .infer_schema(BufReader::new(file), Some(CSV_INFER_ROWS))
-                    .map_err(|_| {
-                        Error::invalid(format!(
-                            "{} is not a CSV file with a header row",
-                            path.display()
-                        ))
-                    })?;
+                let empty = file
+                    .metadata()
+                    .map_err(|e| Error::io("reading", path, e))?
+                    .len()
+                    == 0;
+                let inferred = if empty {
+                    Ok((datafusion::arrow::datatypes::Schema::empty(), 0))
+                } else {
+                    csv.arrow_format()
+                        .infer_schema(csv.decode(file), Some(CSV_INFER_ROWS))
+                };
+                let (schema, records) =
+                    inferred.map_err(|error| csv_input::diagnose(path, csv, None, 0, &error))?;
+                csv_input::check_header(path, &schema, records)?;
                 Ok(Arc::new(schema))
             }
         }
     }
 
     /// Copies (Parquet) or converts (CSV) the source into `target`, atomically.
-    fn copy_into(&self, source: &Path, target: &Path) -> Result<Copied> {
+    fn copy_into(
+        &self,
+        source: &Path,
+        target: &Path,
+        schema: &SchemaRef,
+        options: &mut RegisterOptions<'_>,
+    ) -> Result<Copied> {
         let dir = target
             .parent()
             .ok_or_else(|| Error::internal("placing a dataset file"))?;
@@ -324,37 +476,52 @@ impl SourceFormat {
             Self::Parquet => {
                 let mut input = File::open(source).map_err(|e| Error::io("opening", source, e))?;
                 let mut output = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-                std::io::copy(&mut input, &mut output)
-                    .and_then(|_| output.sync_all())
-                    .map_err(|e| Error::io("copying into", &tmp, e))?;
+                let mut buffer = vec![0u8; COPY_CHUNK_BYTES];
+                let mut copied = 0u64;
+                loop {
+                    let n = input
+                        .read(&mut buffer)
+                        .map_err(|e| Error::io("reading", source, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    output
+                        .write_all(&buffer[..n])
+                        .map_err(|e| Error::io("copying into", &tmp, e))?;
+                    copied += n as u64;
+                    options.report(Stage::Reading, 0, copied);
+                }
+                output
+                    .sync_all()
+                    .map_err(|e| Error::io("syncing", &tmp, e))?;
             }
             Self::Csv => {
-                let schema = self.schema(source)?;
+                let csv = options.csv;
                 let file = File::open(source).map_err(|e| Error::io("opening", source, e))?;
+                let decoding = csv.decode(file);
+                let bytes_read = decoding.bytes_read();
                 let reader = CsvReaderBuilder::new(schema.clone())
                     .with_header(true)
+                    .with_delimiter(csv.delimiter())
                     .with_batch_size(CSV_BATCH_ROWS)
-                    .build(BufReader::new(file))
-                    .map_err(|_| {
-                        Error::invalid(format!("{} cannot be read as CSV", source.display()))
-                    })?;
+                    .build(BufReader::new(decoding))
+                    .map_err(|error| csv_input::diagnose(source, &csv, Some(schema), 0, &error))?;
                 let output = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-                let mut writer = ArrowWriter::try_new(output, schema, None)
+                let mut writer = ArrowWriter::try_new(output, schema.clone(), None)
                     .map_err(|e| Error::internal(format!("starting a Parquet file: {e}")))?;
+                let mut rows = 0u64;
                 for (index, batch) in reader.enumerate() {
-                    // The CSV reader's message may quote the offending value, which belongs
-                    // to the provider; only the batch position is reported.
-                    let batch = batch.map_err(|_| {
-                        Error::invalid(format!(
-                            "{}: a value in rows {}..{} does not fit its column's inferred type; fix the file or quote the column",
-                            source.display(),
-                            index * CSV_BATCH_ROWS + 1,
-                            (index + 1) * CSV_BATCH_ROWS
-                        ))
+                    // Arrow's message counts records, not lines, and knows no column names:
+                    // the file is read again from this batch on to say where the bad row is.
+                    let batch = batch.map_err(|error| {
+                        let from = (index * CSV_BATCH_ROWS) as u64;
+                        csv_input::diagnose(source, &csv, Some(schema), from, &error)
                     })?;
                     writer
                         .write(&batch)
                         .map_err(|e| Error::internal(format!("writing Parquet: {e}")))?;
+                    rows += batch.num_rows() as u64;
+                    options.report(Stage::Reading, rows, bytes_read.load(Ordering::Relaxed));
                 }
                 let output = writer
                     .into_inner()
@@ -468,6 +635,72 @@ role = "public"
         assert_eq!(hash_file(&stored)?.1, dataset.content_blake3);
         assert_eq!(get(&store, "people")?.id, dataset.id);
         assert_eq!(list(&store)?.len(), 1);
+        let report = quality_report(&store, &dataset.id)?.expect("a stored report");
+        assert_eq!((report.rows, report.issues_accepted), (3, false));
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_values_outside_a_key_set_unless_accepted_and_keeps_the_report() -> Result<()> {
+        let (_dir, mut store, csv) = setup();
+        let typo = COLUMNS.replace(r#"["Taiyuan", "Datong"]"#, r#"["Taiyaun", "Datong"]"#);
+        let refused = register(&mut store, "people", &csv, Policy::parse(&policy(&typo))?)
+            .expect_err("a value outside the key set");
+        assert_eq!(refused.exit_code(), 2);
+        assert!(
+            refused
+                .to_string()
+                .contains("`Taiyuan` × 2 (nearest key `Taiyaun`)"),
+            "{refused}"
+        );
+        // Nothing of the refused registration was kept.
+        assert!(list(&store)?.is_empty());
+        assert_eq!(
+            std::fs::read_dir(store.data_dir()).expect("data").count(),
+            0
+        );
+
+        let accepted = RegisterOptions {
+            accept_quality_issues: true,
+            ..RegisterOptions::default()
+        };
+        let dataset = register_with(
+            &mut store,
+            "people",
+            &csv,
+            Policy::parse(&policy(&typo))?,
+            accepted,
+        )?;
+        let report = quality_report(&store, &dataset.id)?.expect("a stored report");
+        assert!(report.issues_accepted);
+        assert_eq!(report.key_sets[0].rows_outside, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn reads_a_gbk_file_split_at_its_delimiter() -> Result<()> {
+        let (dir, mut store, _) = setup();
+        let (gbk, _, _) =
+            encoding_rs::GBK.encode("person_id|city|income|note\n1|太原|5000|甲\n2|大同|7000|乙\n");
+        let file = dir.path().join("people.csv");
+        std::fs::write(&file, &gbk).expect("csv");
+        let chinese = COLUMNS.replace(r#"["Taiyuan", "Datong"]"#, r#"["太原", "大同"]"#);
+        let options = RegisterOptions {
+            csv: CsvOptions::parse(Some("gbk"), Some("|"))?,
+            ..RegisterOptions::default()
+        };
+        // With the keys in the set, nothing is outside: every value decoded to itself.
+        let dataset = register_with(
+            &mut store,
+            "people",
+            &file,
+            Policy::parse(&policy(&chinese))?,
+            options,
+        )?;
+        assert_eq!(dataset.rows, 2);
+        let report = quality_report(&store, &dataset.id)?.expect("a stored report");
+        assert_eq!(report.key_sets[0].rows_outside, 0);
+        assert!(report.key_sets[0].keys_without_rows.is_empty());
         Ok(())
     }
 

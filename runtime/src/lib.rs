@@ -28,6 +28,7 @@ pub mod budget;
 pub mod catalog;
 
 pub mod compile;
+mod csv_input;
 pub mod error;
 pub mod files;
 pub mod grants;
@@ -39,6 +40,7 @@ pub mod metering;
 pub mod prices;
 pub mod principals;
 pub mod products;
+pub mod quality;
 pub mod settlement;
 pub mod space;
 pub mod store;

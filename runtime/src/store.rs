@@ -48,8 +48,9 @@ const KEY_FILE: &str = "keys/platform.ed25519";
 /// tables (price book, ledger, market, recalls, downloads), version 5 keyed audit hashes and
 /// the checkpoint log (no table changes: the old chain is carried over by
 /// `audit::carry_over`), version 6 the refusals of WASM modules remembered by hash
-/// (`compile`); older stores are upgraded on open.
-const SCHEMA_VERSION: i64 = 6;
+/// (`compile`), version 7 the datasets' data-quality reports (`dataset_quality`, a new table:
+/// datasets registered earlier have none); older stores are upgraded on open.
+const SCHEMA_VERSION: i64 = 7;
 /// The first version whose audit entries are keyed.
 const KEYED_AUDIT_VERSION: i64 = 5;
 
@@ -74,6 +75,13 @@ CREATE TABLE IF NOT EXISTS datasets (
     bytes INTEGER NOT NULL,
     content_blake3 TEXT NOT NULL,
     registered_at TEXT NOT NULL
+);
+-- The data-quality report computed at registration (see quality.rs), one per dataset,
+-- written in the registration's transaction. It holds in-domain values: the bureau's only.
+CREATE TABLE IF NOT EXISTS dataset_quality (
+    dataset_id TEXT PRIMARY KEY REFERENCES datasets (id),
+    report_json TEXT NOT NULL,
+    computed_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,

@@ -33,7 +33,28 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .stores
             .with(move |store| principals::authenticate(store, &key))
             .await?;
-        principal.map(Caller).ok_or(ApiError::Unauthorized)
+        let principal = principal.ok_or(ApiError::Unauthorized)?;
+        if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+            slot.fill(&principal);
+        }
+        Ok(Caller(principal))
+    }
+}
+
+/// Where the access log learns who made a request: its middleware puts an empty slot in the
+/// request and [`Caller`] fills it with the principal's id and role once the key checks out.
+/// The key itself never goes in.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Arc<std::sync::OnceLock<(String, Role)>>);
+
+impl CallerSlot {
+    fn fill(&self, principal: &Principal) {
+        let _ = self.0.set((principal.id.clone(), principal.role));
+    }
+
+    /// The caller's principal id and role, once its key was checked.
+    pub fn get(&self) -> Option<&(String, Role)> {
+        self.0.get()
     }
 }
 

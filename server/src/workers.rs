@@ -28,9 +28,21 @@
 //! A monitor thread does the server's housekeeping on its own store connection: each tick it
 //! writes the ballast back once there is room again and retries the failure records kept in
 //! memory; every `--sweep-seconds` it runs `veil_runtime::sweep::sweep`.
+//!
+//! **Stopping.** [`Workers::drain`] (on SIGTERM or Ctrl-C) lets no queued job start: a worker
+//! that takes one leaves it `queued` in the store, where `jobs::recover` finds it at the next
+//! start — it is *re-queued*, having reserved nothing and read nothing. Jobs already running
+//! get a grace period to end on their own; one still running after it is cancelled (it ends
+//! `cancelled`, and ε it reserved stays spent, as for every cancelled job). A job is never
+//! re-queued once running: it may have reserved ε and read data, and a second run would spend
+//! again.
+//!
+//! The workers keep the server's [`Metrics`] for the queue and the jobs, and write a log line
+//! when a job starts and when it ends (see [`crate::access_log`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,9 +51,13 @@ use tokio_util::sync::CancellationToken;
 
 use veil_runtime::error::{Error, Result};
 use veil_runtime::ids::JobId;
-use veil_runtime::jobs;
+use veil_runtime::jobs::{self, JobOutcome, JobState};
+use veil_runtime::metering::EndState;
 use veil_runtime::store::Store;
 use veil_runtime::{space, sweep};
+
+use crate::access_log::Log;
+use crate::metrics::Metrics;
 
 /// Jobs queued or running at once unless `veil serve --queue` says otherwise; more
 /// submissions are refused with 429 until one ends.
@@ -64,6 +80,15 @@ const JOB_RUNTIME_SHUTDOWN_MS: u64 = 1_000;
 pub const MONITOR_TICK_MS: u64 = 1_000;
 /// Longest interval between sweeps a server may be given, in seconds (a day).
 pub const SWEEP_SECONDS_MAX: u64 = 86_400;
+/// How long a stopping server lets running jobs end on their own unless `veil serve
+/// --grace-seconds` says otherwise, in seconds: well inside the 90 s a service manager such
+/// as systemd waits after SIGTERM before it kills.
+pub const GRACE_SECONDS_DEFAULT: u64 = 60;
+/// Longest grace period a server may be given, in seconds: an approval's longest wall time.
+pub const GRACE_SECONDS_MAX: u64 = 3_600;
+/// How long a stopping server waits, after cancelling the jobs its grace period did not see
+/// end, for their ends to be recorded, in milliseconds.
+pub const CANCEL_WAIT_MS: u64 = 10_000;
 
 /// What a job is told when the platform failed while running it and no other reason could
 /// be recorded.
@@ -85,11 +110,54 @@ pub struct Workers {
     unrecorded: Mutex<Vec<(JobId, &'static str)>>,
     /// The runtime the jobs run on (see the module docs); `None` only once dropped.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The counters `GET /metrics` shows.
+    metrics: Arc<Metrics>,
+    /// Where job lines and notices go; `None`: no job lines (a router used in process).
+    log: Option<Log>,
+    /// Set by [`Workers::drain`], under the `jobs` lock: no queued job starts any more.
+    draining: AtomicBool,
+    /// What happened to the jobs since the drain began.
+    drained: Mutex<Drained>,
 }
 
 struct Slot {
     _permit: OwnedSemaphorePermit,
     cancel: CancellationToken,
+    /// A worker took the job and runs it.
+    running: bool,
+}
+
+/// What stopping the workers did with the jobs they held (see [`Workers::drain`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Jobs that ended on their own while the server stopped (released, rejected or failed).
+    pub finished: usize,
+    /// Jobs left `queued` in the store, never started: the next start runs them.
+    pub requeued: usize,
+    /// Jobs that ended `cancelled` while the server stopped: still running when the grace
+    /// period ended, or cancelled by their operator meanwhile.
+    pub cancelled: usize,
+    /// Jobs whose end was not recorded even after they were cancelled: the next start ends
+    /// them `failed` (see `jobs::recover`).
+    pub unended: usize,
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} job(s) finished, {} re-queued (they run at the next start), {} cancelled",
+            self.finished, self.requeued, self.cancelled
+        )?;
+        if self.unended > 0 {
+            write!(
+                f,
+                ", {} still running (they end `failed` at the next start)",
+                self.unended
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Workers {
@@ -124,6 +192,18 @@ impl Workers {
         capacity: usize,
         sweep_every: Duration,
     ) -> Result<Arc<Self>> {
+        Self::start_logged(root, count, capacity, sweep_every, None)
+    }
+
+    /// [`Workers::start_with`], writing a line to `log` when a job starts and ends (`veil
+    /// serve` does; a router used in process has no log).
+    pub fn start_logged(
+        root: &Path,
+        count: usize,
+        capacity: usize,
+        sweep_every: Duration,
+        log: Option<Log>,
+    ) -> Result<Arc<Self>> {
         if !(1..=WORKERS_MAX).contains(&count) {
             return Err(Error::invalid(format!(
                 "--workers must be between 1 and {WORKERS_MAX}"
@@ -157,14 +237,18 @@ impl Workers {
             root: root.to_path_buf(),
             unrecorded: Mutex::new(Vec::new()),
             runtime: Some(runtime),
+            metrics: Metrics::new(),
+            log,
+            draining: AtomicBool::new(false),
+            drained: Mutex::new(Drained::default()),
         });
         let mut store = Store::open(root)?;
         let waiting = jobs::recover(&mut store)?;
         if !space::ensure(root) {
-            eprintln!(
-                "veil serve: the store's disk has no room for the {} MiB ballast; jobs are refused until space is freed",
+            workers.notice(&format!(
+                "the store's disk has no room for the {} MiB ballast; jobs are refused until space is freed",
                 space::BALLAST_BYTES / (1024 * 1024)
-            );
+            ));
         }
         let weak = Arc::downgrade(&workers);
         std::thread::Builder::new()
@@ -216,6 +300,16 @@ impl Workers {
         self.capacity
     }
 
+    /// The counters `GET /metrics` shows.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Writes a notice to the server's log (text unless the log is JSON).
+    pub fn notice(&self, message: &str) {
+        self.log.unwrap_or_default().notice(message);
+    }
+
     /// A place in the queue, or `None` when it is full.
     pub fn reserve(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.slots).try_acquire_owned().ok()
@@ -226,6 +320,7 @@ impl Workers {
         let slot = Slot {
             _permit: permit,
             cancel: CancellationToken::new(),
+            running: false,
         };
         self.jobs
             .lock()
@@ -233,7 +328,114 @@ impl Workers {
             .insert(job.clone(), slot);
         self.sender.send(job).map_err(|_| {
             Error::Resources("the job workers have stopped; restart the server".into())
-        })
+        })?;
+        self.metrics.job_queued();
+        Ok(())
+    }
+
+    /// Stops the workers for a server that is stopping, and says what became of the jobs:
+    /// from now on no queued job starts (each stays `queued` in the store for the next start),
+    /// jobs running get `grace` to end on their own, and those still running after it are
+    /// cancelled and given [`CANCEL_WAIT_MS`] for their end to be recorded.
+    pub async fn drain(&self, grace: Duration) -> Drained {
+        let mut ended = self.subscribe();
+        if let Ok(_jobs) = self.jobs.lock() {
+            // Under the lock a worker takes a job with: from here on none starts.
+            self.draining.store(true, Ordering::SeqCst);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running_jobs().next().is_some() {
+            if tokio::time::timeout_at(deadline, ended.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let overdue: Vec<JobId> = self.running_jobs().collect();
+        if !overdue.is_empty() {
+            self.notice(&format!(
+                "{} job(s) still running after the {} s grace period; cancelling them",
+                overdue.len(),
+                grace.as_secs()
+            ));
+            for job in &overdue {
+                self.cancel(job);
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(CANCEL_WAIT_MS);
+            while self.running_jobs().next().is_some() {
+                if tokio::time::timeout_at(deadline, ended.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        let Ok(jobs) = self.jobs.lock() else {
+            return Drained::default();
+        };
+        let mut drained = self.drained.lock().map(|d| *d).unwrap_or_default();
+        // A job still in the map either waits in the channel (it stays queued in the store)
+        // or still runs (its end was not recorded in time).
+        drained.unended = jobs.values().filter(|slot| slot.running).count();
+        drained.requeued += jobs.len() - drained.unended;
+        drained
+    }
+
+    /// The jobs a worker is running now.
+    fn running_jobs(&self) -> impl Iterator<Item = JobId> {
+        let running: Vec<JobId> = self
+            .jobs
+            .lock()
+            .map(|jobs| {
+                jobs.iter()
+                    .filter(|(_, slot)| slot.running)
+                    .map(|(job, _)| job.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        running.into_iter()
+    }
+
+    /// A worker takes `job` off the queue: true when it is to run it, false when the server is
+    /// stopping (then the job stays as the store has it — `queued` for the next start, or
+    /// ended already if it was cancelled while it waited).
+    fn take(&self, job: &JobId, queued: bool) -> bool {
+        let Ok(mut jobs) = self.jobs.lock() else {
+            return false;
+        };
+        if self.draining.load(Ordering::SeqCst) {
+            jobs.remove(job);
+            self.metrics.job_taken(false);
+            if queued && let Ok(mut drained) = self.drained.lock() {
+                drained.requeued += 1;
+            }
+            return false;
+        }
+        if let Some(slot) = jobs.get_mut(job) {
+            slot.running = true;
+        }
+        self.metrics.job_taken(true);
+        true
+    }
+
+    /// A job a worker took ended in `state`: counted, logged, and its place in the queue freed.
+    fn finish(&self, job: &JobId, template: &str, state: EndState, ran: Option<Duration>) {
+        self.metrics.job_ended(state, ran);
+        if let Some(log) = self.log {
+            log.job_ended(job.as_str(), template, state, ran);
+        }
+        if self.draining.load(Ordering::SeqCst)
+            && let Ok(mut drained) = self.drained.lock()
+        {
+            if state == EndState::Cancelled {
+                drained.cancelled += 1;
+            } else {
+                drained.finished += 1;
+            }
+        }
+        self.release(job);
     }
 
     /// Fires the cancellation token of a job queued or running here.
@@ -268,7 +470,9 @@ impl Workers {
     /// Ends `job` `failed` with `reason`, or keeps it for the monitor to retry.
     fn end_failed(&self, store: &mut Store, job: &JobId, reason: &'static str) {
         if let Err(error) = jobs::end_unfinished(store, job, reason) {
-            eprintln!("veil serve: job {job}: recording its failure: {error}; retrying");
+            self.notice(&format!(
+                "job {job}: recording its failure: {error}; retrying"
+            ));
             if let Ok(mut unrecorded) = self.unrecorded.lock() {
                 unrecorded.push((job.clone(), reason));
             }
@@ -333,7 +537,7 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
         if workers.storage_full() {
             let folders: Vec<&Path> = folders.iter().map(PathBuf::as_path).collect();
             if space::restore(&root, &folders) {
-                eprintln!("veil serve: the store's disk has room again; taking jobs");
+                workers.notice("the store's disk has room again; taking jobs");
             }
         }
         workers.retry_unrecorded(&mut store);
@@ -341,12 +545,12 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
             last_sweep = Instant::now();
             let grace = Duration::from_secs(sweep::TEMP_GRACE_SECONDS);
             match sweep::sweep(&mut store, grace) {
-                Ok(swept) if !swept.removed.is_empty() => eprintln!(
-                    "veil serve: swept {} leftover file(s) or folder(s) the store does not know",
+                Ok(swept) if !swept.removed.is_empty() => workers.notice(&format!(
+                    "swept {} leftover file(s) or folder(s) the store does not know",
                     swept.removed.len()
-                ),
+                )),
                 Ok(_) => {}
-                Err(error) => eprintln!("veil serve: sweeping the store: {error}"),
+                Err(error) => workers.notice(&format!("sweeping the store: {error}")),
             }
         }
     }
@@ -373,26 +577,52 @@ async fn work(
         let Some(workers) = weak.upgrade() else {
             return;
         };
+        // The template id names the job in the log; a job that is no longer queued (cancelled
+        // while it waited) does not start, and `run_queued` only reports its end.
+        let (template, queued) = match jobs::get(&store, job.as_str()) {
+            Ok(stored) => (stored.template_id, stored.state == JobState::Queued),
+            Err(_) => (String::new(), true),
+        };
+        if !workers.take(&job, queued) {
+            continue;
+        }
         if workers.storage_full() {
             // Nothing runs while the disk is full: the job ends at once, having reserved no ε.
             workers.end_failed(&mut store, &job, jobs::STORAGE_FULL_REASON);
-            workers.release(&job);
+            workers.finish(&job, &template, EndState::Failed, None);
             continue;
         }
-        let cancel = workers.token(&job);
-        if let Err(error) = jobs::run_queued(&mut store, &job, Some(cancel), Some(&mut spare)).await
-        {
-            // The job is recorded as ended by run_queued where it can be; this is what is
-            // left: a platform problem for the server's log (in the domain), and a job that
-            // must still end.
-            eprintln!("veil serve: job {job}: {error}");
-            let reason = if error.is_storage_full() {
-                jobs::STORAGE_FULL_REASON
-            } else {
-                PLATFORM_FAILED_REASON
-            };
-            workers.end_failed(&mut store, &job, reason);
+        if queued && let Some(log) = workers.log {
+            log.job_started(job.as_str(), &template);
         }
-        workers.release(&job);
+        let started = Instant::now();
+        let cancel = workers.token(&job);
+        let state = match jobs::run_queued(&mut store, &job, Some(cancel), Some(&mut spare)).await {
+            Ok(outcome) => end_state(&outcome),
+            Err(error) => {
+                // The job is recorded as ended by run_queued where it can be; this is what is
+                // left: a platform problem for the server's log (in the domain), and a job
+                // that must still end.
+                workers.notice(&format!("job {job}: {error}"));
+                let reason = if error.is_storage_full() {
+                    jobs::STORAGE_FULL_REASON
+                } else {
+                    PLATFORM_FAILED_REASON
+                };
+                workers.end_failed(&mut store, &job, reason);
+                EndState::Failed
+            }
+        };
+        workers.finish(&job, &template, state, queued.then(|| started.elapsed()));
+    }
+}
+
+/// How a job ended, without what it released or why it was refused.
+fn end_state(outcome: &JobOutcome) -> EndState {
+    match outcome {
+        JobOutcome::Released { .. } => EndState::Released,
+        JobOutcome::Rejected { .. } => EndState::Rejected,
+        JobOutcome::Failed { .. } => EndState::Failed,
+        JobOutcome::Cancelled { .. } => EndState::Cancelled,
     }
 }

@@ -341,6 +341,18 @@ pub fn write_demo_data(
     out_dir: &Path,
     seed: u64,
 ) -> Result<DemoDataSummary, DemoDataError> {
+    write_demo_data_with_progress(rows, out_dir, seed, &mut |_, _| {})
+}
+
+/// [`write_demo_data`], calling `progress(rows, bytes)` after each batch of social-insurance
+/// records with the records and the Parquet bytes written so far (the row group being encoded
+/// counted at the writer's estimate).
+pub fn write_demo_data_with_progress(
+    rows: u64,
+    out_dir: &Path,
+    seed: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<DemoDataSummary, DemoDataError> {
     fs::create_dir_all(out_dir).map_err(|source| DemoDataError::Io {
         path: out_dir.to_path_buf(),
         source,
@@ -388,6 +400,8 @@ pub fn write_demo_data(
             social_batch.push(record_id, person_id, &person, year, income, months);
             if social_batch.len() == BATCH_ROWS {
                 social.write(social_batch.finish())?;
+                let bytes = social.writer.bytes_written() + social.writer.in_progress_size();
+                progress(written, bytes as u64);
             }
         }
 

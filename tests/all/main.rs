@@ -14,6 +14,7 @@ mod money;
 mod neighbouring;
 mod neighbours;
 mod redaction;
+mod registration;
 mod serve;
 mod statistics;
 mod submit;

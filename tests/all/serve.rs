@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use veil_runtime::principals::{self, Role};
@@ -34,9 +35,24 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("veil serve starts");
+        // The server's notices and errors reach the test's output; its line per request and
+        // per job would bury them, so they are left out here (the tests of the log read it).
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let routine = line
+                    .split(' ')
+                    .nth(3)
+                    .is_some_and(|w| w == "request" || w == "job");
+                if !routine {
+                    eprintln!("{line}");
+                }
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -633,5 +649,803 @@ async fn a_wasm_template_is_submitted_through_the_sdk_and_released() {
             .err()
             .is_some_and(|e| e.violations().iter().any(|v| v.rule == "wasm.module")),
         "{refused:?}"
+    );
+}
+
+// --- Running the server as a service: its log, `/metrics`, its address, stopping, settings ---
+
+/// A `veil serve` started with `args` whose standard error — its log — is collected; killed
+/// when dropped unless it has exited.
+struct Service {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Service {
+    /// Starts `veil serve args…` with no `VEIL_*` setting from the test's environment but
+    /// `env`, and waits for its address.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(veil_bin());
+        command.arg("serve").args(args);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("VEIL_") && name != "VEIL_CLOCK" {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("veil serve starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("veil serve prints its address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|url| url.starts_with("http://"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "veil serve printed no address: {line:?}\n{}",
+                    log.lock().expect("log")
+                )
+            })
+            .to_string();
+        Self { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// The log once a line containing `needle` is in it (or a panic after `seconds`).
+    fn log_with(&self, needle: &str, seconds: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{needle}` in the server's log after {seconds} s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `seconds`) for the server to exit; its exit code.
+    fn terminate(&mut self, seconds: u64) -> Option<i32> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting") {
+                // The log's last lines are read by then or very soon after.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "veil serve still runs {seconds} s after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The principal id of the principal named `name`.
+fn principal_id(fixture: &Fixture, name: &str) -> String {
+    principals::list(&fixture.store)
+        .expect("principals")
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(|p| p.id)
+        .expect("the principal exists")
+}
+
+/// The value of the sample of `family` whose labels include `labels` (a histogram: its count).
+fn sample(
+    exposition: &openmetrics_parser::MetricsExposition<
+        openmetrics_parser::PrometheusType,
+        openmetrics_parser::PrometheusValue,
+    >,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    use openmetrics_parser::PrometheusValue;
+    let family = exposition
+        .families
+        .get(family)
+        .unwrap_or_else(|| panic!("no family {family}"));
+    family
+        .iter_samples()
+        .find(|s| {
+            let set = s.get_labelset().expect("labels");
+            labels
+                .iter()
+                .all(|(name, value)| set.get_label_value(name) == Some(*value))
+        })
+        .map(|s| match &s.value {
+            PrometheusValue::Counter(c) => c.value.as_f64(),
+            PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => n.as_f64(),
+            PrometheusValue::Histogram(h) => h.count.unwrap_or(0) as f64,
+            PrometheusValue::Summary(s) => s.count.unwrap_or(0) as f64,
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_names_route_templates_and_principals_and_metrics_count_the_requests() {
+    let mut fixture = Fixture::new(3_000);
+    let keys = add_principals(&mut fixture);
+    let operator_id = principal_id(&fixture, OPERATOR);
+    let bureau_id = principal_id(&fixture, "bureau");
+    let store = fixture.store_path();
+    let server = Service::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--data-dir",
+            store.to_str().expect("path"),
+        ],
+        &[],
+    );
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
+    let http = reqwest::Client::new();
+
+    let template = operator
+        .submit_template(&persons_by_city(true))
+        .await
+        .expect("submitted");
+    bureau
+        .approve_template(
+            &template.id,
+            &ApproveTemplate {
+                epsilon: Some(0.5),
+                k: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+    // A parameter value that appears nowhere else: the log must not carry it.
+    const BORN: &str = "1931";
+    let submitted = operator
+        .submit_job(
+            &SubmitJob {
+                template: template.id.clone(),
+                params: [("born".to_string(), BORN.to_string())].into(),
+                grant: None,
+            },
+            None,
+        )
+        .await
+        .expect("queued");
+    let job_id = submitted.job.id.clone();
+    let job = operator
+        .wait_job(&job_id, Duration::from_secs(60))
+        .await
+        .expect("ended");
+    assert_eq!(job.state, "released", "{job:?}");
+    // Three requests of one route, one with a query string; a path no route matches.
+    for query in ["", "", "?verbose=secret-in-query"] {
+        let answer = http
+            .get(format!("{}/v1/jobs/{job_id}{query}", server.url))
+            .bearer_auth(&keys.operator)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), 200);
+    }
+    let missing = http
+        .get(format!("{}/v1/no-such-route-secret", server.url))
+        .bearer_auth(&keys.operator)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(missing.status(), 404);
+
+    // The metrics are the bureau's: an operator's key is refused, naming who may read them.
+    let refused = http
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(&keys.operator)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 403);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("bureau"), "{body}");
+    let scraped = http
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(&keys.bureau)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        scraped.headers()
+    );
+    let text = scraped.text().await.expect("body");
+    let metrics = openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"));
+    let requests = |method, route, status| {
+        sample(
+            &metrics,
+            "veil_http_requests_total",
+            &[("method", method), ("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("GET", "/v1/jobs/{id}", "200"), 3.0, "{text}");
+    assert_eq!(requests("POST", "/v1/jobs", "202"), 1.0, "{text}");
+    assert_eq!(requests("POST", "/v1/templates", "201"), 1.0, "{text}");
+    assert_eq!(requests("GET", "unmatched", "404"), 1.0, "{text}");
+    assert_eq!(requests("GET", "/metrics", "403"), 1.0, "{text}");
+    assert_eq!(
+        sample(&metrics, "veil_jobs_ended_total", &[("state", "released")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, "veil_jobs_ended_total", &[("state", "rejected")]),
+        0.0
+    );
+    assert_eq!(
+        sample(&metrics, "veil_job_duration_seconds", &[]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&metrics, "veil_jobs_queued", &[]), 0.0);
+    assert_eq!(sample(&metrics, "veil_jobs_running", &[]), 0.0);
+    assert_eq!(sample(&metrics, "veil_job_queue_capacity", &[]), 256.0);
+    // Nothing in them names a job, a template, a concrete path or a value.
+    for absent in [
+        job_id.as_str(),
+        template.id.as_str(),
+        BORN,
+        "secret",
+        OPERATOR,
+    ] {
+        assert!(!text.contains(absent), "`{absent}` in the metrics:\n{text}");
+    }
+
+    // The log: route templates, statuses and principal ids, one line per request.
+    let log = server.log_with("request GET /metrics 200", 10);
+    let line_of = |needle: &str| -> String {
+        log.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with `{needle}` in the log:\n{log}"))
+            .to_string()
+    };
+    let submit = line_of("request POST /v1/jobs 202");
+    assert!(
+        submit.ends_with(&format!("principal={operator_id} role=operator")),
+        "{submit}"
+    );
+    assert!(
+        line_of("request POST /v1/templates/{id}/approve 200")
+            .contains(&format!("principal={bureau_id} role=bureau")),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("request GET /v1/jobs/{id} 200").count(),
+        3,
+        "{log}"
+    );
+    // No route, no key check: the line says no principal rather than reading the key itself.
+    assert!(
+        line_of("request GET unmatched 404").ends_with("principal=-"),
+        "{log}"
+    );
+    assert!(
+        line_of("request GET /metrics 403").contains("role=operator"),
+        "{log}"
+    );
+    // The job's start and end, by job and template id.
+    let started = line_of("job started");
+    assert!(
+        started.contains(&format!("job={job_id} template={}", template.id)),
+        "{started}"
+    );
+    let ended = line_of("job ended");
+    assert!(
+        ended.contains(&format!("job={job_id} template={}", template.id))
+            && ended.contains("state=released"),
+        "{ended}"
+    );
+    // Never a concrete path, a query, a parameter, a body or a key.
+    for line in log.lines().filter(|l| l.contains(" request ")) {
+        let route = line.split(' ').nth(5).expect("a route");
+        assert!(
+            route == "unmatched" || !route.contains(job_id.as_str()),
+            "{line}"
+        );
+    }
+    for absent in [
+        "secret",
+        "verbose",
+        "born",
+        "Bearer",
+        keys.operator.as_str(),
+        keys.bureau.as_str(),
+    ] {
+        assert!(!log.contains(absent), "`{absent}` in the log:\n{log}");
+    }
+    for token in log.split_whitespace() {
+        assert!(
+            !token.contains(BORN) || token.ends_with("ms"),
+            "the parameter's value in the log: {token}\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listening_beyond_loopback_is_warned_about_and_a_host_name_is_resolved() {
+    let fixture = Fixture::new(100);
+    let store = fixture.store_path();
+    let store = store.to_str().expect("path");
+
+    let open = Service::start(&["--listen", "0.0.0.0:0", "--data-dir", store], &[]);
+    assert!(open.url.starts_with("http://0.0.0.0:"), "{}", open.url);
+    let log = open.log_with("not a loopback address", 10);
+    assert!(log.contains("warning: listening on 0.0.0.0:"), "{log}");
+    assert!(
+        log.contains("127.0.0.1"),
+        "the warning says what to do instead: {log}"
+    );
+    drop(open);
+
+    let local = Service::start(&["--listen", "localhost:0", "--data-dir", store], &[]);
+    assert!(
+        local.url.starts_with("http://127.0.0.1:") || local.url.starts_with("http://[::1]:"),
+        "{}",
+        local.url
+    );
+    let health = reqwest::get(format!("{}/v1/health", local.url))
+        .await
+        .expect("answer");
+    assert_eq!(health.status(), 200);
+    assert!(
+        !local.log().contains("loopback"),
+        "no warning on loopback: {}",
+        local.log()
+    );
+
+    // An address that is not host:port is refused, saying what to give.
+    let refused = Command::new(veil_bin())
+        .args(["serve", "--listen", "localhost", "--data-dir", store])
+        .output()
+        .expect("veil serve runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("host:port"), "{stderr}");
+}
+
+/// A mapper that loops until its fuel runs out, for every unit: a job over it runs for as long
+/// as the units' fuel lasts, long enough to stop the server while it runs.
+const LOOPING_MAPPER: &str = r#"(module
+    (memory (export "memory") 1)
+    (func (export "veil_alloc") (param i32) (result i32) (i32.const 8192))
+    (func (export "veil_map") (param i32 i32) (result i64)
+        (loop $forever (br $forever))
+        (i64.const 0)))"#;
+
+/// Fuel per unit of the looping mapper: a job over the 3,000-row fixture runs a few seconds.
+const LOOP_FUEL_PER_UNIT: u64 = 4_000_000;
+
+/// Submits and approves a WASM template over [`LOOPING_MAPPER`] with a parameter `born`, so
+/// that each value is another job; returns its id.
+async fn looping_template(operator: &Client, bureau: &Client) -> String {
+    use veil_sdk::template::{Fallback, OutputSpec, OutputType, WasmSpec};
+    let module = wat::parse_str(LOOPING_MAPPER).expect("wat");
+    operator
+        .upload_module(module.clone())
+        .await
+        .expect("the module is accepted");
+    let spec = TemplateSpec {
+        name: "looper".into(),
+        sql: "SELECT COUNT(DISTINCT person_id) AS persons, SUM(one) AS ones FROM mapped".into(),
+        params: vec![ParamSpec {
+            name: "born".into(),
+            kind: ParamType::Integer,
+            allowed: None,
+        }],
+        wasm: Some(WasmSpec {
+            module_blake3: blake3::hash(&module).to_hex().to_string(),
+            input_sql: "SELECT person_id FROM social_insurance WHERE birth_year < :born".into(),
+            output: vec![OutputSpec {
+                name: "one".into(),
+                kind: OutputType::Integer,
+                bounds: Some([0.0, 1.0]),
+                keys: None,
+                default: Some(serde_json::json!(1)),
+            }],
+            max_rows_per_unit: 1,
+            fallback: Fallback::Default,
+        }),
+    };
+    let template = operator.submit_template(&spec).await.expect("submitted");
+    bureau
+        .approve_template(
+            &template.id,
+            &ApproveTemplate {
+                epsilon: Some(0.5),
+                k: Some(5),
+                max_groups: Some(1),
+                max_rows: Some(1),
+                wasm_fuel_per_unit: Some(LOOP_FUEL_PER_UNIT),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+    template.id
+}
+
+/// Submits a job of `template` with `born`; returns its id once a worker runs it (waiting for
+/// that only when `until_running`).
+async fn submit_looper(
+    operator: &Client,
+    template: &str,
+    born: &str,
+    until_running: bool,
+) -> String {
+    let submitted = operator
+        .submit_job(
+            &SubmitJob {
+                template: template.to_string(),
+                params: [("born".to_string(), born.to_string())].into(),
+                grant: None,
+            },
+            None,
+        )
+        .await
+        .expect("queued");
+    let id = submitted.job.id;
+    if !until_running {
+        return id;
+    }
+    loop {
+        let job = operator.job(&id).await.expect("job");
+        match job.state.as_str() {
+            "running" => return id,
+            "queued" => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("the job ended ({other}) before it was seen running: {job:?}"),
+        }
+    }
+}
+
+/// A job's state as the store holds it.
+fn stored_state(fixture: &Fixture, job: &str) -> String {
+    veil_runtime::jobs::get(&fixture.store, job)
+        .expect("the job")
+        .state
+        .as_str()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_running_job_finish_re_queues_a_waiting_one_and_says_so() {
+    let mut fixture = Fixture::new(3_000);
+    let keys = add_principals(&mut fixture);
+    let store = fixture.store_path();
+    let store = store.to_str().expect("path").to_string();
+    let mut server = Service::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--data-dir",
+            &store,
+        ],
+        &[],
+    );
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
+    let template = looping_template(&operator, &bureau).await;
+
+    // One worker: the first job runs, the second waits behind it when the signal comes.
+    let running = submit_looper(&operator, &template, "2100", true).await;
+    let waiting = submit_looper(&operator, &template, "2101", false).await;
+    let code = server.terminate(120);
+    let log = server.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(
+        log.contains(
+            "stopped: 1 job(s) finished, 1 re-queued (they run at the next start), 0 cancelled"
+        ),
+        "{log}"
+    );
+    assert_eq!(stored_state(&fixture, &running), "released");
+    assert_eq!(stored_state(&fixture, &waiting), "queued");
+
+    // The next start runs the re-queued job. With a one-second grace period, a job still
+    // running when the server is stopped is cancelled, and the server says so.
+    let mut server = Service::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--grace-seconds",
+            "1",
+            "--data-dir",
+            &store,
+        ],
+        &[],
+    );
+    let operator = Client::new(&server.url, &keys.operator).expect("client");
+    let job = operator
+        .wait_job(&waiting, Duration::from_secs(120))
+        .await
+        .expect("ended");
+    assert_eq!(job.state, "released", "{job:?}");
+    let overdue = submit_looper(&operator, &template, "2102", true).await;
+    let code = server.terminate(60);
+    let log = server.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("1 job(s) still running after the 1 s grace period; cancelling them"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "stopped: 0 job(s) finished, 0 re-queued (they run at the next start), 1 cancelled"
+        ),
+        "{log}"
+    );
+    assert_eq!(stored_state(&fixture, &overdue), "cancelled");
+}
+
+/// `veil_job_queue_capacity` as the bureau scrapes it.
+async fn queue_capacity(url: &str, bureau_key: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(bureau_key)
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("body");
+    let metrics = openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"));
+    sample(&metrics, "veil_job_queue_capacity", &[])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_sets_the_server_and_the_environment_and_flags_override_it() {
+    let mut fixture = Fixture::new(100);
+    let keys = add_principals(&mut fixture);
+    let bureau_id = principal_id(&fixture, "bureau");
+    // The store folder is named relative to the file, which is elsewhere than the test's
+    // working folder.
+    let config = fixture.dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"store\"\nlisten = \"127.0.0.1:0\"\nqueue = 7\nlog_format = \"json\"\n",
+    )
+    .expect("config file");
+    let config = config.to_str().expect("path");
+
+    let server = Service::start(&["--config", config], &[]);
+    assert_eq!(queue_capacity(&server.url, &keys.bureau).await, 7.0);
+    let log = server.log_with("\"event\":\"request\"", 10);
+    for line in log.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        if entry["event"] == "request" {
+            assert_eq!(entry["method"], "GET", "{line}");
+            assert_eq!(entry["route"], "/metrics", "{line}");
+            assert_eq!(entry["status"], 200, "{line}");
+            assert_eq!(entry["principal"], bureau_id.as_str(), "{line}");
+            assert_eq!(entry["role"], "bureau", "{line}");
+            assert!(entry["duration_ms"].is_u64(), "{line}");
+        }
+    }
+    drop(server);
+
+    // An environment variable overrides the file; a flag overrides both.
+    let server = Service::start(
+        &["--config", config],
+        &[("VEIL_QUEUE", "5"), ("VEIL_LOG_FORMAT", "text")],
+    );
+    assert_eq!(queue_capacity(&server.url, &keys.bureau).await, 5.0);
+    let log = server.log_with("request GET /metrics 200", 10);
+    assert!(!log.contains("\"event\""), "{log}");
+    drop(server);
+    let server = Service::start(
+        &["--config", config, "--queue", "3"],
+        &[("VEIL_QUEUE", "5")],
+    );
+    assert_eq!(queue_capacity(&server.url, &keys.bureau).await, 3.0);
+    drop(server);
+
+    // A misspelt key is refused by name, with the keys there are.
+    std::fs::write(fixture.dir.path().join("bad.toml"), "worker = 3\n").expect("file");
+    let refused = Command::new(veil_bin())
+        .args(["serve", "--config"])
+        .arg(fixture.dir.path().join("bad.toml"))
+        .output()
+        .expect("veil serve runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown field `worker`"), "{stderr}");
+    assert!(stderr.contains("workers"), "{stderr}");
+}
+
+/// Runs `veil client args…` with only the `VEIL_*` variables in `env`.
+fn client_with(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(veil_bin());
+    command.arg("client").args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VEIL_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .envs(env.iter().copied())
+        .output()
+        .expect("veil client runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_client_profile_names_the_server_and_a_key_file_and_the_environment_overrides_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixture = Fixture::new(100);
+    let keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 1);
+    let dir = fixture.dir.path().join("profiles");
+    std::fs::create_dir_all(&dir).expect("folder");
+    let key_file = dir.join("operator.key");
+    std::fs::write(&key_file, format!("{}\n", keys.operator)).expect("key file");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let profile = dir.join("operator.toml");
+    std::fs::write(
+        &profile,
+        format!("url = \"{}\"\ntoken_file = \"operator.key\"\n", server.url),
+    )
+    .expect("profile");
+    let profile = profile.to_str().expect("path");
+
+    // The profile alone: its server, the key in its token file (found next to the profile).
+    let (code, out, err) = client_with(&["--profile", profile, "whoami"], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(OPERATOR), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+    // The environment overrides it: another key.
+    let (code, out, err) = client_with(
+        &["whoami"],
+        &[("VEIL_PROFILE", profile), ("VEIL_TOKEN", &keys.bureau)],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("bureau "), "{out}");
+    // And a flag overrides the environment: a server where none listens is not reached.
+    let (code, _, err) = client_with(
+        &["--url", "http://127.0.0.1:9", "whoami"],
+        &[("VEIL_PROFILE", profile), ("VEIL_URL", &server.url)],
+    );
+    assert_ne!(code, Some(0), "{err}");
+
+    // A key file others may read is warned about.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, err) = client_with(&["--profile", profile, "whoami"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
+    // With no server named anywhere, the message lists every place one may come from.
+    let (code, _, err) = client_with(&["whoami"], &[("VEIL_TOKEN", &keys.operator)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--url") && err.contains("VEIL_URL") && err.contains("--profile"),
+        "{err}"
+    );
+}
+
+/// `veil client template show` prints what an operator's engineer needs to write a job: the
+/// SQL, each parameter with its type and allowed values, the state, and once approved the
+/// bureau's terms.
+#[test]
+fn the_client_shows_a_templates_sql_parameters_state_and_terms() {
+    let mut fixture = Fixture::new(100);
+    let keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 1);
+    let template = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/templates/income_by_city_gender.toml");
+    let operator = [
+        ("VEIL_URL", server.url.as_str()),
+        ("VEIL_TOKEN", &keys.operator),
+    ];
+    let bureau = [
+        ("VEIL_URL", server.url.as_str()),
+        ("VEIL_TOKEN", &keys.bureau),
+    ];
+    let (code, _, err) = client_with(
+        &["template", "submit", template.to_str().expect("path")],
+        &operator,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, listed, err) = client_with(&["--json", "template", "list"], &operator);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    let id = listed[0]["id"].as_str().expect("an id").to_string();
+
+    let (code, shown, err) = client_with(&["template", "show", &id], &operator);
+    assert_eq!(code, Some(0), "{err}");
+    for expected in [
+        "template `income_by_city_gender`",
+        "state:      submitted",
+        "approval:   none yet",
+        "param:      :year (integer, one of 2023, 2024, 2025)",
+        "WHERE year = :year",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in:\n{shown}");
+    }
+
+    let (code, _, err) = client_with(
+        &[
+            "template",
+            "approve",
+            &id,
+            "--epsilon",
+            "1",
+            "--k",
+            "5",
+            "--price-fen",
+            "500",
+        ],
+        &bureau,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, shown, err) = client_with(&["template", "show", &id], &operator);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(shown.contains("state:      approved"), "{shown}");
+    assert!(
+        shown.contains("approval:   ε 1 δ") && shown.contains("k 5") && shown.contains("price"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("limits:     memory 1024 MiB, wall 300 s"),
+        "{shown}"
     );
 }

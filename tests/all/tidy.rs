@@ -503,7 +503,13 @@ fn the_front_ends_modules_import_one_another_without_cycles() {
 const CONTEXTS: &[(&[&str], &[&str])] = &[
     (
         &["catalog.rs", "grants.rs", "principals.rs"],
-        &["datasets", "grants", "grant_requests", "principals"],
+        &[
+            "datasets",
+            "dataset_quality",
+            "grants",
+            "grant_requests",
+            "principals",
+        ],
     ),
     (
         &["templates.rs", "compile.rs"],
