@@ -2,21 +2,32 @@
 //!
 //! It makes a store in a temporary folder (or `--keep DIR`), generates the Shanxi demo data,
 //! and then plays the bureau, an operator and a buyer in turn, using the same library calls
-//! the CLI uses. The policy and template files it uses are the ones in `examples/`, compiled
-//! in so the demo needs no paths.
+//! the CLI uses: registration, a grant, templates (one refused), jobs (one out of budget), the
+//! meter, offline verification, a sale — the buyer buys and downloads through `veil serve`
+//! with the SDK, as a real buyer would — and the month's settlement with its statements. The
+//! policy and template files it uses are the ones in `examples/`, compiled in so the demo
+//! needs no paths.
+//!
+//! The story takes place last month (the demo pins its own clock there, see
+//! [`story_instant`]), so that at its end the bureau can close that month: a period is
+//! settled only once it has ended.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::Days;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 
+use veil_runtime::budget::Period;
 use veil_runtime::error::{Error, Result};
 use veil_runtime::grants::{Disposition, GrantRequest};
+use veil_runtime::ids::{Fen, ProductId};
 use veil_runtime::jobs::{JobOutcome, JobRequest};
+use veil_runtime::principals::{self, Role};
 use veil_runtime::store::Store;
 use veil_runtime::templates::{ApprovalRequest, SpecRules, TemplateSpec};
-use veil_runtime::{audit, catalog, clock, grants, jobs, metering, templates};
+use veil_runtime::{audit, catalog, clock, grants, jobs, market, metering, settlement, templates};
 use veil_testkit::demo_data;
 
 const SOCIAL_INSURANCE_POLICY: &str = include_str!("../../examples/policies/social_insurance.toml");
@@ -32,6 +43,12 @@ use veil_testkit::{CREDIT_MODULE, PENSION_MODULE};
 
 /// The operator of the story.
 pub(crate) const DEMO_OPERATOR: &str = "jinyun-data-operations";
+/// The buyer of the story.
+const DEMO_BUYER: &str = "taiyuan-urban-planning-institute";
+/// The price the bureau lists the first product at, in fen (¥120.00).
+const DEMO_SALE_PRICE_FEN: i64 = 12_000;
+/// Days before the start of the current month the story takes place (mid last month).
+const STORY_DAYS_BEFORE_THIS_MONTH: u64 = 15;
 /// Product rows shown in the story.
 const PREVIEW_ROWS: usize = 6;
 
@@ -60,6 +77,31 @@ pub(crate) async fn run(
             "--rows must be at least 1000 for the story to release anything",
         ));
     }
+    let story = story_instant()?;
+    clock::pin(Some(story));
+    let told = tell(rows, keep, out, story).await;
+    clock::pin(None);
+    told
+}
+
+/// An instant in the middle of last month, bureau time: when the story happens.
+fn story_instant() -> Result<chrono::DateTime<chrono::Utc>> {
+    let (this_month, _) = Period::of(clock::now())
+        .bounds()
+        .map_err(|e| Error::internal(format!("the current period: {e}")))?;
+    this_month
+        .checked_sub_days(Days::new(STORY_DAYS_BEFORE_THIS_MONTH))
+        .ok_or_else(|| Error::internal("the current period starts before any date"))
+}
+
+/// The story itself, told with the clock pinned at `story`.
+async fn tell(
+    rows: u64,
+    keep: Option<&Path>,
+    out: &mut dyn Write,
+    story: chrono::DateTime<chrono::Utc>,
+) -> Result<DemoSummary> {
+    let period = Period::of(story);
     let temp;
     let root = match keep {
         Some(dir) => dir.to_path_buf(),
@@ -77,11 +119,11 @@ pub(crate) async fn run(
         "━━ Veil demo: raw data does not leave the domain; usable but invisible ━━",
     )?;
     let mut store = Store::init(&store_dir)?;
+    let d = store_dir.display().to_string();
     say(
         out,
         format!(
-            "\n[bureau] created a domain store in {}",
-            store_dir.display()
+            "\nThe story takes place in {period} (the demo sets its clock there), so the bureau can close the month at the end.\n[bureau] created a domain store in {d}"
         ),
     )?;
 
@@ -287,7 +329,7 @@ pub(crate) async fn run(
         say(
             out,
             format!(
-                "\n[operator] veil job run --template {}{}",
+                "\n[operator] veil job run --data-dir {d} --operator {DEMO_OPERATOR} --template {}{}",
                 template.spec.name,
                 param.map_or(String::new(), |(name, value)| format!(
                     " --param {name}={value}"
@@ -330,7 +372,7 @@ pub(crate) async fn run(
                             dir.display()
                         ),
                     )?;
-                    product_dirs.push(dir.clone());
+                    product_dirs.push((product_id.clone(), dir.clone()));
                 }
                 if let Some(batch) = rows {
                     let preview = batch.slice(0, batch.num_rows().min(PREVIEW_ROWS));
@@ -356,22 +398,22 @@ pub(crate) async fn run(
         }
     }
 
-    say(out, "\n[bureau] veil meter list")?;
+    say(out, format!("\n[bureau] veil meter list --data-dir {d}"))?;
     let records = metering::list(store.conn())?;
     let table = crate::output::meter_table(&records);
     say(out, table.trim_end())?;
 
     let public = store.signing_key().verifying_key();
     let mut verified_products = 0;
-    for dir in &product_dirs {
+    for (_, dir) in &product_dirs {
         let verified = veil_sdk::manifest::verify_product_dir(dir, Some(&public))
             .map_err(|e| Error::internal(format!("verifying a demo product: {e}")))?;
         verified_products += 1;
         say(
             out,
             format!(
-                "\n[buyer] veil product verify {} → signature and digests OK (sources: {}; ε {}; {} groups released)",
-                dir.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+                "\n[operator] veil product verify {} --data-dir {d} → signature and digests OK (sources: {}; ε {}; {} groups released)",
+                dir.display(),
                 verified
                     .manifest
                     .sources
@@ -381,6 +423,38 @@ pub(crate) async fn run(
                     .join(", "),
                 verified.manifest.privacy.epsilon,
                 verified.manifest.privacy.groups_released
+            ),
+        )?;
+    }
+
+    let Some((first, _)) = product_dirs.first() else {
+        return Err(Error::internal("the demo released no product to sell"));
+    };
+    sell_and_buy(&mut store, &store_dir, &root, first.as_str(), out).await?;
+
+    // The month is over (the clock runs again): the bureau closes it.
+    clock::pin(None);
+    let settled = settlement::settle(&mut store, period.as_str(), "bureau")?;
+    say(
+        out,
+        format!(
+            "\n[bureau] a month later: veil settle --period {period} --data-dir {d} → {} statements in {}",
+            settled.statements.len(),
+            settled.dir.display()
+        ),
+    )?;
+    for statement in &settled.statements {
+        say(
+            out,
+            format!(
+                "  {:<55} net {:>12}  {}",
+                statement.party,
+                statement.net.to_string(),
+                statement
+                    .csv
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
             ),
         )?;
     }
@@ -402,10 +476,13 @@ pub(crate) async fn run(
         say(
             out,
             format!(
-                "\nThe store is kept in {}; try `veil meter list --data-dir {}`.",
-                store_dir.display(),
-                store_dir.display()
+                "\nThe store is kept in {d}; try `veil meter list --data-dir {d}` or `veil serve --data-dir {d}`."
             ),
+        )?;
+    } else {
+        say(
+            out,
+            "\nThe store was in a temporary folder and is gone; `veil demo --keep DIR` keeps it, to try the commands above on it.",
         )?;
     }
     Ok(DemoSummary {
@@ -414,6 +491,108 @@ pub(crate) async fn run(
         audit_entries: verified.entries,
         products_verified: verified_products,
     })
+}
+
+/// The market step: the bureau lists `product`, and a buyer finds it among the offers, buys
+/// it, downloads it and verifies it offline — through `veil serve` on 127.0.0.1 and the SDK,
+/// as a buyer's program would.
+async fn sell_and_buy(
+    store: &mut Store,
+    store_dir: &Path,
+    root: &Path,
+    product: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let d = store_dir.display();
+    let listing = market::list_for_sale(
+        store,
+        Role::Bureau,
+        "bureau",
+        &ProductId::new(product),
+        Fen(DEMO_SALE_PRICE_FEN),
+    )?;
+    say(
+        out,
+        format!(
+            "\n[bureau] veil product sell {product} --price-fen {} --data-dir {d} → offered at {}",
+            DEMO_SALE_PRICE_FEN, listing.price
+        ),
+    )?;
+    let (_, key) = principals::add(store, Role::Buyer, DEMO_BUYER)?;
+    say(
+        out,
+        format!(
+            "[bureau] veil principal add --role buyer --name {DEMO_BUYER} --data-dir {d} → a key, shown once"
+        ),
+    )?;
+
+    let state = Arc::new(veil_server::AppState {
+        stores: Arc::new(veil_server::StorePool::new(store_dir)?),
+        workers: veil_server::Workers::start(
+            store_dir,
+            1,
+            veil_server::workers::QUEUE_JOBS_DEFAULT,
+        )?,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::internal(format!("listening on 127.0.0.1 for the demo: {e}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("the demo server's address: {e}")))?;
+    let server = tokio::spawn(axum::serve(listener, veil_server::app(state)).into_future());
+    let url = format!("http://{address}");
+    say(
+        out,
+        format!("\n[bureau] veil serve --data-dir {d} --listen {address}"),
+    )?;
+    let bought = buy(&url, key.expose(), product, &root.join("buyer-downloads")).await;
+    server.abort();
+    let (purchase, files, sources) =
+        bought.map_err(|e| Error::internal(format!("the demo's buyer: {e}")))?;
+    say(
+        out,
+        format!(
+            "[buyer] veil client offers → {product}\n[buyer] veil client product buy {product} → purchase {} for {}\n[buyer] veil client product download {product} --out ./p → {files} files, signature and digests verified offline against the platform key (sources: {sources})",
+            purchase.id,
+            Fen(purchase.price_fen)
+        ),
+    )?;
+    Ok(())
+}
+
+/// The buyer's side of the sale, over HTTP with the SDK: the purchase, the number of files
+/// downloaded and the sources the verified manifest names.
+async fn buy(
+    url: &str,
+    key: &str,
+    product: &str,
+    downloads: &Path,
+) -> std::result::Result<(veil_sdk::api::PurchaseView, usize, String), String> {
+    let buyer = veil_sdk::client::Client::new(url, key).map_err(|e| e.to_string())?;
+    let offers = buyer.offers().await.map_err(|e| e.to_string())?;
+    if !offers.iter().any(|o| o.id == product) {
+        return Err(format!("{product} is not among the offers"));
+    }
+    let purchase = buyer.purchase(product).await.map_err(|e| e.to_string())?;
+    let dir: PathBuf = downloads.join(product);
+    buyer
+        .download_product(product, &dir, |_, _| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = buyer.platform_key().await.map_err(|e| e.to_string())?;
+    let public =
+        veil_runtime::keys::parse_public(&key.public_key_hex).map_err(|e| e.to_string())?;
+    let verified =
+        veil_sdk::manifest::verify_product_dir(&dir, Some(&public)).map_err(|e| e.to_string())?;
+    let sources = verified
+        .manifest
+        .sources
+        .iter()
+        .map(|s| format!("{} acquired {}", s.name, s.acquired_on))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((purchase, verified.manifest.files.len(), sources))
 }
 
 /// The wall limit the demo's bureau approves for a WASM template over `rows` records: a unit's

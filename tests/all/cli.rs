@@ -336,6 +336,18 @@ fn the_demo_tells_the_whole_story_on_small_data() {
         "rejected",
         "budget.exhausted",
         "audit verify",
+        // Every command it prints is complete.
+        "veil job run --data-dir ",
+        "--operator jinyun-data-operations",
+        // The sale, through `veil serve` and the SDK, and the buyer's offline verification.
+        "veil product sell prod-",
+        "veil client product buy prod-",
+        "signature and digests verified offline against the platform key",
+        // The month closed, with its statements.
+        "veil settle --period ",
+        "platform.csv",
+        // How to keep the store.
+        "veil demo --keep DIR",
     ] {
         assert!(
             demo.stdout.contains(expected),
