@@ -31,7 +31,7 @@ pub(crate) struct ClientArgs {
     /// A TOML client profile: `url` and `token_file` (see the README).
     #[arg(long, env = "VEIL_PROFILE")]
     pub profile: Option<PathBuf>,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -44,6 +44,9 @@ pub(crate) enum ClientCommand {
     Whoami,
     /// Datasets you may see.
     Datasets,
+    /// One dataset: its schema, or (bureau) its data-quality report.
+    #[command(subcommand)]
+    Dataset(ClientDataset),
     /// Your grants.
     Grants,
     /// Apply for a grant (operator): the same terms `veil grant create` takes.
@@ -66,13 +69,45 @@ pub(crate) enum ClientCommand {
     Product(ClientProduct),
     /// Products offered for sale.
     Offers,
+    /// One offer: its listing card and signed manifest, readable before buying.
+    #[command(subcommand)]
+    Offer(ClientOffer),
     /// Your purchases (buyer).
     Purchases,
+    #[command(flatten)]
+    Actions(crate::client_actions::Actions),
     /// Your settlement statement for a month (the bureau names --party), as JSON.
     Statement {
         period: String,
         #[arg(long)]
         party: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientDataset {
+    /// The schema a template's SQL reads: columns with types, roles, bounds and public key
+    /// sets, the privacy unit, the acquisition date (bureau; provider: its own; operator: with
+    /// a grant in its term). No value from the data.
+    Show {
+        /// The dataset's id or name.
+        id: String,
+    },
+    /// (bureau) The data-quality report registration stored; it holds in-domain values.
+    Quality {
+        /// The dataset's id or name.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientOffer {
+    /// The listing card of a product on offer — template, purpose, columns and types,
+    /// sources with acquisition dates, ε/δ, k, rows, release date, price — from its signed
+    /// manifest, whose signature is checked against the platform key first.
+    Show {
+        /// The product's id.
+        id: String,
     },
 }
 
@@ -92,6 +127,8 @@ pub(crate) enum ClientTemplate {
         #[command(flatten)]
         terms: ApprovalTerms,
     },
+    #[command(flatten)]
+    Decision(crate::client_actions::TemplateDecision),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +171,7 @@ pub(crate) enum ClientProduct {
     /// Offer a product for sale (its operator, or the bureau).
     Sell {
         id: String,
+        /// Price in fen.
         #[arg(long)]
         price_fen: i64,
     },
@@ -147,9 +185,31 @@ pub(crate) enum ClientProduct {
         #[arg(long)]
         out: PathBuf,
     },
+    #[command(flatten)]
+    Recall(crate::client_actions::ProductRecall),
 }
 
-fn client_error(error: ClientError) -> Error {
+/// The exit code of a failed client command: the same codes the local commands use (the
+/// README's table), so a script handles both alike. A refusal is 3; a server that cannot be
+/// reached is 7 and an answer this client cannot read 1, neither a resource limit.
+pub(crate) fn exit_code(error: &ClientError) -> i32 {
+    match error {
+        ClientError::Refused { .. } => 3,
+        ClientError::Busy { .. } | ClientError::Timeout(_) => 4,
+        ClientError::StorageFull(_) => 6,
+        ClientError::Transport(_) => 7,
+        ClientError::Server { .. } => 1,
+        ClientError::Unauthorized(_)
+        | ClientError::Forbidden(_)
+        | ClientError::NotFound(_)
+        | ClientError::Invalid(_)
+        | ClientError::Conflict(_)
+        | ClientError::Local(_) => 2,
+    }
+}
+
+/// A failed client command's message: a refusal lists every rule that refused.
+fn error_text(error: &ClientError) -> String {
     match error {
         ClientError::Refused {
             message,
@@ -157,30 +217,29 @@ fn client_error(error: ClientError) -> Error {
         } => {
             let mut text = message.trim_end().to_string();
             if !violations.is_empty() && !text.contains('[') {
-                for v in &violations {
+                for v in violations {
                     text.push_str(&format!("\n  - [{}] {}", v.rule, v.message));
                 }
             }
-            Error::invalid(text)
+            text
         }
-        ClientError::Busy { .. } | ClientError::Timeout(_) => Error::Resources(error.to_string()),
-        ClientError::StorageFull(message) => Error::StorageFull(message),
-        ClientError::Server { .. } | ClientError::Transport(_) => {
-            Error::Resources(error.to_string())
-        }
-        ClientError::NotFound(message) => Error::invalid(message),
-        other => Error::invalid(other.to_string()),
+        other => other.to_string(),
     }
 }
 
-/// Runs one client command; returns the exit code.
+/// Runs one client command; returns the exit code. Its errors are printed here, on standard
+/// error, with the code [`exit_code`] gives them.
 pub(crate) async fn run(args: ClientArgs) -> Result<i32> {
     let (url, token) = crate::profile::connection(args.url, args.token, args.profile.as_deref())?;
-    let client = Client::new(&url, &token).map_err(client_error)?;
+    let client = Client::new(&url, &token).map_err(|e| Error::invalid(e.to_string()))?;
     let json = args.json;
-    run_command(&client, json, args.command)
-        .await
-        .map_err(client_error)
+    match run_command(&client, json, args.command).await {
+        Ok(code) => Ok(code),
+        Err(error) => {
+            eprintln!("error: {}", error_text(&error));
+            Ok(exit_code(&error))
+        }
+    }
 }
 
 async fn run_command(
@@ -219,6 +278,8 @@ async fn run_command(
                 );
             }
         }
+        ClientCommand::Dataset(command) => return dataset(client, json, command).await,
+        ClientCommand::Offer(ClientOffer::Show { id }) => return offer(client, json, &id).await,
         ClientCommand::Grants => {
             let grants = client.grants().await?;
             if json {
@@ -336,6 +397,9 @@ async fn run_command(
                 );
             }
         }
+        ClientCommand::Actions(command) => {
+            return crate::client_actions::run(client, json, command).await;
+        }
         ClientCommand::Statement { period, party } => {
             let statement = match party {
                 Some(party) => client.statement_of(&period, &party).await?,
@@ -347,12 +411,174 @@ async fn run_command(
     Ok(0)
 }
 
+/// Most keys of a public key set `veil client dataset show` prints in its table (`--json`
+/// lists every key).
+const KEYS_SHOWN_MAX: usize = 12;
+
+async fn dataset(
+    client: &Client,
+    json: bool,
+    command: ClientDataset,
+) -> std::result::Result<i32, ClientError> {
+    match command {
+        ClientDataset::Show { id } => {
+            let schema = client.dataset(&id).await?;
+            if json {
+                json_out(&schema)?;
+            } else {
+                print!("{}", dataset_text(&schema));
+                print_table(
+                    &["column", "type", "role", "bounds", "public keys"],
+                    &schema
+                        .columns
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.name.clone(),
+                                c.data_type.clone(),
+                                c.role.clone(),
+                                c.bounds.as_ref().map_or(String::new(), |b| {
+                                    b.iter().map(f64::to_string).collect::<Vec<_>>().join(" – ")
+                                }),
+                                c.keys.as_ref().map_or(String::new(), |k| keys_text(k)),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        ClientDataset::Quality { id } => {
+            let report = client.dataset_quality(&id).await?;
+            if json {
+                json_out(&report)?;
+            } else {
+                // The same text as the bureau's local `veil dataset show`.
+                let report: veil_runtime::quality::QualityReport =
+                    serde_json::from_value(report).map_err(|e| ClientError::Server {
+                        status: 200,
+                        message: format!("unreadable quality report: {e}"),
+                    })?;
+                print!("{report}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The head of `veil client dataset show`: everything but the column table.
+fn dataset_text(d: &veil_sdk::api::DatasetSchema) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "dataset `{}` {}", d.name, d.id);
+    let _ = writeln!(out, "  provider:        {}", d.provider);
+    let _ = writeln!(
+        out,
+        "  classification:  level {}, sharing {}",
+        d.classification_level, d.sharing
+    );
+    let _ = writeln!(out, "  acquired on:     {}", d.acquired_on);
+    let _ = writeln!(
+        out,
+        "  privacy unit:    {} ({})",
+        d.privacy_unit, d.unit_kind
+    );
+    if let Some(epsilon) = d.epsilon_per_month {
+        let _ = writeln!(out, "  dataset budget:  ε {epsilon} per month");
+    }
+    let _ = writeln!(out, "  rows:            {}", d.rows);
+    let _ = writeln!(out, "  registered at:   {}", d.registered_at);
+    out
+}
+
+/// A public key set for a table cell: every key when there are few, else the first ones.
+fn keys_text(keys: &[String]) -> String {
+    if keys.len() <= KEYS_SHOWN_MAX {
+        return keys.join(", ");
+    }
+    format!(
+        "{}, … ({} keys; --json lists all)",
+        keys[..KEYS_SHOWN_MAX].join(", "),
+        keys.len()
+    )
+}
+
+/// `veil client offer show`: the card's manifest is checked against the platform key before
+/// anything is printed, and every figure shown but the price and the column types is read
+/// from that verified manifest rather than from the card's summary fields.
+async fn offer(client: &Client, json: bool, id: &str) -> std::result::Result<i32, ClientError> {
+    let card = client.offer(id).await?;
+    let key = client.platform_key().await?;
+    let public = veil_runtime::keys::parse_public(&key.public_key_hex)
+        .map_err(|e| ClientError::Local(e.to_string()))?;
+    veil_sdk::manifest::verify_signature(&card.manifest, Some(&public)).map_err(|e| {
+        ClientError::Local(format!(
+            "the offer's manifest does not verify with the platform key: {e}"
+        ))
+    })?;
+    if json {
+        json_out(&card)?;
+        return Ok(0);
+    }
+    print!("{}", offer_text(&card, &key.public_key_hex));
+    print_table(
+        &["column", "type", "kind"],
+        &card
+            .manifest
+            .manifest
+            .columns
+            .iter()
+            .map(|c| {
+                let data_type = card
+                    .columns
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .map_or(String::new(), |t| t.data_type.clone());
+                vec![c.name.clone(), data_type, c.kind.clone()]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(0)
+}
+
+/// The head of `veil client offer show`: everything but the column table.
+fn offer_text(card: &veil_sdk::api::OfferCard, platform_key: &str) -> String {
+    use std::fmt::Write as _;
+    let m = &card.manifest.manifest;
+    let mut out = String::new();
+    let _ = writeln!(out, "offer {}: {}", m.product_id, Fen(card.price_fen));
+    let _ = writeln!(out, "  template:   {} ({})", m.template_name, m.template_id);
+    let _ = writeln!(out, "  purpose:    {}", m.purpose);
+    let _ = writeln!(out, "  operator:   {}", m.operator);
+    let _ = writeln!(out, "  released:   {}", m.created_at);
+    let _ = writeln!(out, "  rows:       {}", m.rows);
+    let _ = writeln!(
+        out,
+        "  privacy:    ε {} δ {} k {}, {}",
+        m.privacy.epsilon, m.privacy.delta, m.privacy.k, m.privacy.mechanism
+    );
+    for s in &m.sources {
+        let _ = writeln!(
+            out,
+            "  source:     {} ({}) from {}, acquired {}",
+            s.name, s.dataset_id, s.provider, s.acquired_on
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  manifest:   signature verified with the platform key {platform_key}"
+    );
+    out
+}
+
 async fn template(
     client: &Client,
     json: bool,
     command: ClientTemplate,
 ) -> std::result::Result<i32, ClientError> {
     let template = match command {
+        ClientTemplate::Decision(command) => {
+            return crate::client_actions::template(client, json, command).await;
+        }
         ClientTemplate::Submit { file } => client.submit_template_file(&file).await?,
         ClientTemplate::Show { id } => {
             let template = client.template(&id).await?;
@@ -589,6 +815,9 @@ async fn product(
     command: ClientProduct,
 ) -> std::result::Result<i32, ClientError> {
     match command {
+        ClientProduct::Recall(command) => {
+            return crate::client_actions::recall(client, json, command).await;
+        }
         ClientProduct::List => {
             let products = client.products().await?;
             print_products(json, &products)?;
@@ -629,8 +858,14 @@ async fn product(
             eprintln!();
             let public = veil_runtime::keys::parse_public(&key.public_key_hex)
                 .map_err(|e| ClientError::Local(e.to_string()))?;
-            let verified = veil_sdk::manifest::verify_product_dir(&out, Some(&public))
-                .map_err(|e| ClientError::Local(format!("the download does not verify: {e}")))?;
+            let verified = match veil_sdk::manifest::verify_product_dir(&out, Some(&public)) {
+                Ok(verified) => verified,
+                Err(e) => {
+                    // Exit 5, as `veil product verify` does for a product that does not verify.
+                    eprintln!("error: the download does not verify: {e}");
+                    return Ok(5);
+                }
+            };
             if json {
                 json_out(&serde_json::json!({
                     "product_id": id,

@@ -38,6 +38,17 @@ pub(crate) struct StoreArg {
     pub data_dir: PathBuf,
 }
 
+/// The flags of a command that prints a list or an object: the store, and `--json` for
+/// scripts (valid JSON on standard output; errors still go to standard error).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ViewArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the whole flow on generated data in a temporary store and tell the story.
@@ -94,7 +105,7 @@ pub(crate) enum Command {
         /// The month to settle, YYYY-MM in bureau time; it must have ended.
         #[arg(long)]
         period: String,
-        /// Print the settlement as JSON.
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -102,7 +113,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Print the platform's public key (what buyers pin to verify products).
-    PlatformKey(StoreArg),
+    PlatformKey(ViewArgs),
     /// (bureau) Serve the HTTP API for every role over this store. Each setting is taken from
     /// its flag, else its environment variable, else the --config file, else its default.
     Serve {
@@ -168,12 +179,15 @@ pub(crate) enum DatasetCommand {
         accept_quality_issues: bool,
     },
     /// List registered datasets.
-    List(StoreArg),
+    List(ViewArgs),
     /// Show one dataset and its policy.
     Show {
         #[command(flatten)]
         store: StoreArg,
         name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -187,9 +201,12 @@ pub(crate) enum GrantCommand {
         operator: String,
         #[command(flatten)]
         terms: GrantTerms,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List grants with their budget spent this month.
-    List(StoreArg),
+    List(ViewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,15 +221,32 @@ pub(crate) enum PrincipalCommand {
         /// The organisation's name (an operator's name is the `--operator` of its jobs).
         #[arg(long)]
         name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List principals (never their keys).
-    List(StoreArg),
+    List(ViewArgs),
     /// Revoke a principal's key.
     Revoke {
         #[command(flatten)]
         store: StoreArg,
         /// Principal id or name.
         id: String,
+    },
+    /// Give a principal a new API key, printed once: the old key stops working at once, and
+    /// the identity stays (its grants, templates, jobs and purchases stay its own). A revoked
+    /// principal is active again with the new key.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Principal id or name.
+        id: String,
+        #[command(flatten)]
+        expiry: crate::terms::KeyExpiry,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -257,28 +291,40 @@ pub(crate) enum TemplateCommand {
         id: String,
         #[command(flatten)]
         terms: ApprovalTerms,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Reject a submitted template.
     Reject {
         #[command(flatten)]
         store: StoreArg,
         id: String,
+        #[command(flatten)]
+        reason: crate::terms::ReasonArg,
+        /// Print JSON instead of text.
         #[arg(long)]
-        reason: String,
+        json: bool,
     },
     /// Revoke an approved template.
     Revoke {
         #[command(flatten)]
         store: StoreArg,
         id: String,
+        #[command(flatten)]
+        reason: crate::terms::ReasonArg,
+        /// Print JSON instead of text.
         #[arg(long)]
-        reason: String,
+        json: bool,
     },
-    List(StoreArg),
+    List(ViewArgs),
     Show {
         #[command(flatten)]
         store: StoreArg,
         id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -302,6 +348,7 @@ pub(crate) enum JobCommand {
         operator: String,
         #[command(flatten)]
         job: JobArgs,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -309,8 +356,11 @@ pub(crate) enum JobCommand {
         #[command(flatten)]
         store: StoreArg,
         id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    List(StoreArg),
+    List(ViewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,7 +375,7 @@ pub(crate) enum ProductCommand {
         #[arg(long, env = "VEIL_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
-    List(StoreArg),
+    List(ViewArgs),
     /// (operator of the product, or bureau) List a product for sale, or change its price.
     Sell {
         #[command(flatten)]
@@ -337,20 +387,26 @@ pub(crate) enum ProductCommand {
         /// Sell as this operator instead of as the bureau.
         #[arg(long)]
         operator: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// (bureau) Recall a product: no listing, purchase or download works afterwards.
     Recall {
         #[command(flatten)]
         store: StoreArg,
         id: String,
+        #[command(flatten)]
+        reason: crate::terms::ReasonArg,
+        /// Print JSON instead of text.
         #[arg(long)]
-        reason: String,
+        json: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum MeterCommand {
-    List(StoreArg),
+    List(ViewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,6 +415,7 @@ pub(crate) enum PriceCommand {
     Show {
         #[command(flatten)]
         store: StoreArg,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -390,6 +447,7 @@ pub(crate) enum LedgerCommand {
         /// Only this month (YYYY-MM, bureau time).
         #[arg(long)]
         period: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -500,9 +558,14 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Client(args) => crate::client::run(args).await,
         Command::Product(command) => product(command),
-        Command::Meter(MeterCommand::List(store)) => {
-            let store = Store::open(&store.data_dir)?;
-            print_meter(&metering::list(store.conn())?);
+        Command::Meter(MeterCommand::List(view)) => {
+            let store = Store::open(&view.store.data_dir)?;
+            let records = metering::list(store.conn())?;
+            if view.json {
+                print_json(&records)?;
+            } else {
+                print_meter(&records);
+            }
             Ok(0)
         }
         Command::Price(command) => price(command),
@@ -633,12 +696,18 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Command::PlatformKey(store) => {
-            let store = Store::open(&store.data_dir)?;
-            println!(
-                "{}",
-                hex::encode(store.signing_key().verifying_key().to_bytes())
-            );
+        Command::PlatformKey(view) => {
+            let store = Store::open(&view.store.data_dir)?;
+            let key = hex::encode(store.signing_key().verifying_key().to_bytes());
+            if view.json {
+                // The same object `GET /v1/platform/key` answers.
+                print_json(&veil_sdk::api::PlatformKey {
+                    algorithm: "ed25519".into(),
+                    public_key_hex: key,
+                })?;
+            } else {
+                println!("{key}");
+            }
             Ok(0)
         }
     }
@@ -704,9 +773,14 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        DatasetCommand::List(store) => {
-            let store = Store::open(&store.data_dir)?;
-            let rows: Vec<Vec<String>> = catalog::list(&store)?
+        DatasetCommand::List(view) => {
+            let store = Store::open(&view.store.data_dir)?;
+            let datasets = catalog::list(&store)?;
+            if view.json {
+                print_json(&datasets)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = datasets
                 .into_iter()
                 .map(|d| {
                     vec![
@@ -728,9 +802,15 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        DatasetCommand::Show { store, name } => {
+        DatasetCommand::Show { store, name, json } => {
             let store = Store::open(&store.data_dir)?;
             let d = catalog::get(&store, &name)?;
+            if json {
+                // The report holds in-domain values; this is the bureau's local command.
+                let quality = catalog::quality_report(&store, &d.id)?;
+                print_json(&serde_json::json!({ "dataset": d, "quality": quality }))?;
+                return Ok(0);
+            }
             println!("dataset `{}` ({})", d.name, d.id);
             println!("  provider:        {}", d.policy.provider);
             println!("  classification:  level {}", d.policy.classification_level);
@@ -776,9 +856,14 @@ fn grant(command: GrantCommand) -> Result<i32> {
             store,
             operator,
             terms,
+            json,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let grant = grants::create(&mut store, terms.request(operator))?;
+            if json {
+                print_json(&grant)?;
+                return Ok(0);
+            }
             println!(
                 "granted {} dataset(s) to `{}` as {} ({} to {}, ε {} per month)",
                 grant.datasets.len(),
@@ -790,13 +875,22 @@ fn grant(command: GrantCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        GrantCommand::List(store) => {
-            let store = Store::open(&store.data_dir)?;
+        GrantCommand::List(view) => {
+            let store = Store::open(&view.store.data_dir)?;
             let period = veil_runtime::budget::Period::of(veil_runtime::clock::now());
             let mut rows = Vec::new();
+            let mut objects = Vec::new();
             for g in grants::list(&store)? {
                 let spent =
                     veil_runtime::budget::spent_by_grant(store.conn(), g.id.as_str(), &period)?;
+                if view.json {
+                    objects.push(serde_json::json!({
+                        "grant": g,
+                        "period": period.to_string(),
+                        "epsilon_spent": spent.micro_epsilon.epsilon(),
+                    }));
+                    continue;
+                }
                 rows.push(vec![
                     g.id.to_string(),
                     g.operator,
@@ -810,6 +904,10 @@ fn grant(command: GrantCommand) -> Result<i32> {
                     format!("{}", g.pico_delta_per_month.delta()),
                     g.disposition.as_str().to_string(),
                 ]);
+            }
+            if view.json {
+                print_json(&objects)?;
+                return Ok(0);
             }
             print_table(
                 &[
@@ -828,12 +926,36 @@ fn grant(command: GrantCommand) -> Result<i32> {
     }
 }
 
+/// A principal with its new key, as `--json` prints it: the same object
+/// `POST /v1/principals/{name}/rotate` answers.
+fn key_object(
+    principal: veil_runtime::principals::Principal,
+    key: &veil_runtime::principals::ApiKey,
+) -> veil_sdk::api::RotatedKey {
+    veil_sdk::api::RotatedKey {
+        id: principal.id,
+        role: principal.role,
+        name: principal.name,
+        key: key.expose().to_string(),
+        key_expires_at: principal.key_expires_at,
+    }
+}
+
 fn principal(command: PrincipalCommand) -> Result<i32> {
     match command {
-        PrincipalCommand::Add { store, role, name } => {
+        PrincipalCommand::Add {
+            store,
+            role,
+            name,
+            json,
+        } => {
             let mut store = Store::open(&store.data_dir)?;
             let role = veil_runtime::principals::parse_role(&role)?;
             let (principal, key) = veil_runtime::principals::add(&mut store, role, &name)?;
+            if json {
+                print_json(&key_object(principal, &key))?;
+                return Ok(0);
+            }
             println!(
                 "added {} `{}`: {}",
                 principal.role.as_str(),
@@ -846,9 +968,14 @@ fn principal(command: PrincipalCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        PrincipalCommand::List(store) => {
-            let store = Store::open(&store.data_dir)?;
-            let rows: Vec<Vec<String>> = veil_runtime::principals::list(&store)?
+        PrincipalCommand::List(view) => {
+            let store = Store::open(&view.store.data_dir)?;
+            let principals = veil_runtime::principals::list(&store)?;
+            if view.json {
+                print_json(&principals)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = principals
                 .into_iter()
                 .map(|p| {
                     vec![
@@ -857,10 +984,42 @@ fn principal(command: PrincipalCommand) -> Result<i32> {
                         p.name,
                         p.created_at,
                         p.revoked_at.unwrap_or_else(|| "-".into()),
+                        p.key_expires_at.unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            print_table(&["id", "role", "name", "added", "revoked"], &rows);
+            print_table(
+                &["id", "role", "name", "added", "revoked", "key expires"],
+                &rows,
+            );
+            Ok(0)
+        }
+        PrincipalCommand::Rotate {
+            store,
+            id,
+            expiry,
+            json,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let (principal, key) =
+                veil_runtime::principals::rotate(&mut store, &id, expiry.expires_in_days)?;
+            if json {
+                print_json(&key_object(principal, &key))?;
+                return Ok(0);
+            }
+            println!(
+                "new API key for {} `{}` ({}); the old key no longer works",
+                principal.role.as_str(),
+                principal.name,
+                principal.id
+            );
+            if let Some(at) = &principal.key_expires_at {
+                println!("it expires at {at}");
+            }
+            println!(
+                "API key (shown once; only its hash is stored): {}",
+                key.expose()
+            );
             Ok(0)
         }
         PrincipalCommand::Revoke { store, id } => {
@@ -925,7 +1084,12 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        TemplateCommand::Approve { store, id, terms } => {
+        TemplateCommand::Approve {
+            store,
+            id,
+            terms,
+            json,
+        } => {
             let mut store = Store::open(&store.data_dir)?;
             let approval = terms.request();
             let template = match templates::approve_checked(&mut store, &id, approval.clone()).await
@@ -939,6 +1103,10 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                 }
                 approved => approved?,
             };
+            if json {
+                print_json(&template)?;
+                return Ok(0);
+            }
             println!(
                 "approved template `{}` {} (ε {}, δ {}, k {}, ≤{} groups and ≤{} rows per unit, {} per run)",
                 template.spec.name,
@@ -952,21 +1120,44 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        TemplateCommand::Reject { store, id, reason } => {
+        TemplateCommand::Reject {
+            store,
+            id,
+            reason,
+            json,
+        } => {
             let mut store = Store::open(&store.data_dir)?;
-            let template = templates::reject(&mut store, &id, &reason)?;
-            println!("rejected template {}", template.id);
+            let template = templates::reject(&mut store, &id, &reason.reason)?;
+            if json {
+                print_json(&template)?;
+            } else {
+                println!("rejected template {}", template.id);
+            }
             Ok(0)
         }
-        TemplateCommand::Revoke { store, id, reason } => {
+        TemplateCommand::Revoke {
+            store,
+            id,
+            reason,
+            json,
+        } => {
             let mut store = Store::open(&store.data_dir)?;
-            let template = templates::revoke(&mut store, &id, &reason)?;
-            println!("revoked template {}", template.id);
+            let template = templates::revoke(&mut store, &id, &reason.reason)?;
+            if json {
+                print_json(&template)?;
+            } else {
+                println!("revoked template {}", template.id);
+            }
             Ok(0)
         }
-        TemplateCommand::List(store) => {
-            let store = Store::open(&store.data_dir)?;
-            let rows: Vec<Vec<String>> = templates::list(&store)?
+        TemplateCommand::List(view) => {
+            let store = Store::open(&view.store.data_dir)?;
+            let templates = templates::list(&store)?;
+            if view.json {
+                print_json(&templates)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = templates
                 .into_iter()
                 .map(|t| {
                     vec![
@@ -986,9 +1177,13 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        TemplateCommand::Show { store, id } => {
+        TemplateCommand::Show { store, id, json } => {
             let store = Store::open(&store.data_dir)?;
             let t = templates::get(&store, &id)?;
+            if json {
+                print_json(&t)?;
+                return Ok(0);
+            }
             println!("template `{}` {}", t.spec.name, t.id);
             println!("  operator:  {}", t.operator);
             println!("  state:     {}", t.state.as_str());
@@ -1099,9 +1294,13 @@ async fn job(command: JobCommand) -> Result<i32> {
             }
             Ok(if answer.passes { 0 } else { 3 })
         }
-        JobCommand::Show { store, id } => {
+        JobCommand::Show { store, id, json } => {
             let store = Store::open(&store.data_dir)?;
             let j = jobs::get(&store, &id)?;
+            if json {
+                print_json(&j)?;
+                return Ok(0);
+            }
             println!("job {}", j.id);
             println!("  operator:  {}", j.operator);
             println!("  template:  {}", j.template_id);
@@ -1133,9 +1332,14 @@ async fn job(command: JobCommand) -> Result<i32> {
             println!("  finished:  {}", j.finished_at.unwrap_or_default());
             Ok(0)
         }
-        JobCommand::List(store) => {
-            let store = Store::open(&store.data_dir)?;
-            let rows: Vec<Vec<String>> = jobs::list(&store)?
+        JobCommand::List(view) => {
+            let store = Store::open(&view.store.data_dir)?;
+            let jobs = jobs::list(&store)?;
+            if view.json {
+                print_json(&jobs)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = jobs
                 .into_iter()
                 .map(|j| {
                     vec![
@@ -1210,6 +1414,14 @@ fn product(command: ProductCommand) -> Result<i32> {
             public_key,
             data_dir,
         } => {
+            // A folder that is not there is a wrong path (bad input, exit 2), not a product
+            // that fails to verify (exit 5).
+            if !dir.is_dir() {
+                return Err(Error::invalid(format!(
+                    "{} is not a folder; give the folder a product was downloaded into",
+                    dir.display()
+                )));
+            }
             let pinned = match (public_key, data_dir) {
                 (Some(hex), _) => Some(keys::parse_public(&hex)?),
                 (None, Some(data_dir)) => {
@@ -1272,6 +1484,7 @@ fn product(command: ProductCommand) -> Result<i32> {
             id,
             price_fen,
             operator,
+            json,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let (role, actor) = match &operator {
@@ -1285,15 +1498,28 @@ fn product(command: ProductCommand) -> Result<i32> {
                 &ProductId::new(id),
                 Fen(price_fen),
             )?;
+            if json {
+                print_json(&listing)?;
+                return Ok(0);
+            }
             println!(
                 "product {} is for sale at {} (listed by {})",
                 listing.product_id, listing.price, listing.listed_by
             );
             Ok(0)
         }
-        ProductCommand::Recall { store, id, reason } => {
+        ProductCommand::Recall {
+            store,
+            id,
+            reason,
+            json,
+        } => {
             let mut store = Store::open(&store.data_dir)?;
-            let recall = market::recall(&mut store, &ProductId::new(id), &reason)?;
+            let recall = market::recall(&mut store, &ProductId::new(id), &reason.reason)?;
+            if json {
+                print_json(&recall)?;
+                return Ok(0);
+            }
             println!(
                 "product {} is recalled: {}",
                 recall.product_id, recall.reason
@@ -1308,8 +1534,12 @@ fn product(command: ProductCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        ProductCommand::List(store) => {
-            let store = Store::open(&store.data_dir)?;
+        ProductCommand::List(view) => {
+            let store = Store::open(&view.store.data_dir)?;
+            if view.json {
+                print_json(&veil_runtime::products::list(store.conn())?)?;
+                return Ok(0);
+            }
             let mut statement = store.conn().prepare(
                 "SELECT id, job_id, operator, rows, bytes, created_at, dir FROM products ORDER BY created_at, rowid",
             )?;

@@ -6,6 +6,7 @@
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod client;
+mod client_actions;
 mod demo;
 mod local;
 mod output;

@@ -26,6 +26,24 @@ use veil_sdk::api::{ApproveTemplate, RequestGrant};
 /// requires δ above 0, so a grant with δ 0 would let no job run at all.
 pub(crate) const DELTA_PER_MONTH_DEFAULT: f64 = 1e-5;
 
+/// Why the bureau decides against something (a template's rejection or revocation, a
+/// product's recall, a grant request's rejection): the one flag every such command takes,
+/// locally and through `veil client`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ReasonArg {
+    /// Why, in words the other party reads.
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// A rotated key's validity, shared by `veil principal rotate` and its client twin.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KeyExpiry {
+    /// Days the new key works (1 to 3660); without it the key does not expire.
+    #[arg(long)]
+    pub expires_in_days: Option<u32>,
+}
+
 /// The bureau's approval of a template, as flags.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ApprovalTerms {

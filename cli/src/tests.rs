@@ -49,10 +49,7 @@ fn flags(path: &[&str], besides: &[&str]) -> Vec<(String, bool, Vec<String>)> {
 #[test]
 fn both_approve_commands_take_the_same_flags_with_the_same_defaults() {
     let local = flags(&["template", "approve"], &["data-dir"]);
-    let client = flags(
-        &["client", "template", "approve"],
-        &["url", "token", "json"],
-    );
+    let client = flags(&["client", "template", "approve"], CLIENT_ONLY);
     assert_eq!(local, client);
     let epsilon = local.iter().find(|(name, ..)| name == "epsilon");
     assert_eq!(
@@ -60,15 +57,128 @@ fn both_approve_commands_take_the_same_flags_with_the_same_defaults() {
         Some(&("epsilon".to_string(), true, Vec::new())),
         "--epsilon is required, with no default"
     );
-    assert_eq!(local.len(), 10, "{local:?}");
+    assert_eq!(local.len(), 11, "{local:?}");
 }
 
 #[test]
 fn both_grant_commands_take_the_same_flags_with_the_same_defaults() {
     let local = flags(&["grant", "create"], &["data-dir", "operator"]);
-    let client = flags(&["client", "request-grant"], &["url", "token", "json"]);
+    let client = flags(&["client", "request-grant"], CLIENT_ONLY);
     assert_eq!(local, client);
-    assert_eq!(local.len(), 7, "{local:?}");
+    assert_eq!(local.len(), 8, "{local:?}");
+}
+
+/// Flags only `veil client` has: where the server is and who calls it.
+const CLIENT_ONLY: &[&str] = &["url", "token", "profile"];
+
+/// Every local command and its `veil client` twin, with the flags only the local one has
+/// (the store, and who acts: over HTTP the key says who).
+const TWINS: &[(&[&str], &[&str], &[&str])] = &[
+    (&["dataset", "list"], &["client", "datasets"], &[]),
+    (&["dataset", "show"], &["client", "dataset", "show"], &[]),
+    (&["grant", "list"], &["client", "grants"], &[]),
+    (
+        &["principal", "rotate"],
+        &["client", "principal", "rotate"],
+        &[],
+    ),
+    (&["template", "list"], &["client", "template", "list"], &[]),
+    (&["template", "show"], &["client", "template", "show"], &[]),
+    (
+        &["template", "reject"],
+        &["client", "template", "reject"],
+        &[],
+    ),
+    (
+        &["template", "revoke"],
+        &["client", "template", "revoke"],
+        &[],
+    ),
+    (
+        &["job", "check"],
+        &["client", "job", "check"],
+        &["operator"],
+    ),
+    (&["job", "show"], &["client", "job", "show"], &[]),
+    (&["job", "list"], &["client", "job", "list"], &[]),
+    (&["meter", "list"], &["client", "meter"], &[]),
+    (&["product", "list"], &["client", "product", "list"], &[]),
+    (
+        &["product", "sell"],
+        &["client", "product", "sell"],
+        &["operator"],
+    ),
+    (
+        &["product", "recall"],
+        &["client", "product", "recall"],
+        &[],
+    ),
+    (&["settle"], &["client", "settle"], &[]),
+    (&["platform-key"], &["client", "platform-key"], &[]),
+];
+
+#[test]
+fn every_local_command_and_its_client_twin_take_the_same_flags() {
+    for (local_path, client_path, local_only) in TWINS {
+        let besides: Vec<&str> = ["data-dir"]
+            .iter()
+            .chain(local_only.iter())
+            .copied()
+            .collect();
+        let local = flags(local_path, &besides);
+        let client = flags(client_path, CLIENT_ONLY);
+        assert_eq!(local, client, "{local_path:?} and {client_path:?}");
+        // Each prints a list or an object, so each takes --json.
+        assert!(
+            local.iter().any(|(name, ..)| name == "json"),
+            "{local_path:?} has no --json"
+        );
+    }
+}
+
+/// Every command that prints a list or an object takes `--json`, locally and through the
+/// client; the ones that print neither (or always print JSON) are named here.
+#[test]
+fn every_command_that_prints_a_list_or_an_object_takes_json() {
+    const WITHOUT: &[&str] = &[
+        "demo",
+        "init",
+        "demo-data",
+        "serve",
+        "dataset register",
+        "principal revoke",
+        "template submit",
+        "job run",
+        "product verify",
+        "price set",
+        "audit verify",
+    ];
+    fn walk(command: &clap::Command, path: &mut Vec<String>, missing: &mut Vec<String>) {
+        let leaf = command.get_subcommands().next().is_none();
+        if leaf {
+            let name = path.join(" ");
+            let has_json = command
+                .get_arguments()
+                .any(|a| a.get_long() == Some("json"));
+            if !has_json && !WITHOUT.contains(&name.as_str()) {
+                missing.push(name);
+            }
+            return;
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            path.push(sub.get_name().to_string());
+            walk(sub, path, missing);
+            path.pop();
+        }
+    }
+    let mut command = Cli::command();
+    command.build();
+    let mut missing = Vec::new();
+    walk(&command, &mut Vec::new(), &mut missing);
+    assert!(missing.is_empty(), "without --json: {missing:?}");
 }
 
 #[test]

@@ -373,6 +373,23 @@ pub fn list(conn: &rusqlite::Connection) -> crate::Result<Vec<Product>> {
     )
 }
 
+/// The name and Arrow type of each column of the product in `dir`, read from the footer of
+/// its `result.parquet` (never a row): what a buyer is told before buying.
+pub fn result_columns(dir: &Path) -> crate::Result<Vec<(String, String)>> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let path = dir.join(RESULT_PARQUET);
+    let file = File::open(&path).map_err(|e| crate::Error::io("opening", &path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        crate::Error::internal(format!("reading the footer of {}: {e}", path.display()))
+    })?;
+    Ok(reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| (field.name().clone(), field.data_type().to_string()))
+        .collect())
+}
+
 fn write_parquet(
     dir: &Path,
     batches: &[RecordBatch],

@@ -49,8 +49,10 @@ const KEY_FILE: &str = "keys/platform.ed25519";
 /// the checkpoint log (no table changes: the old chain is carried over by
 /// `audit::carry_over`), version 6 the refusals of WASM modules remembered by hash
 /// (`compile`), version 7 the datasets' data-quality reports (`dataset_quality`, a new table:
-/// datasets registered earlier have none); older stores are upgraded on open.
-const SCHEMA_VERSION: i64 = 7;
+/// datasets registered earlier have none), version 8 the expiry of rotated API keys
+/// (`principal_key_expiry`, a new table: keys made earlier never expire); older stores are
+/// upgraded on open.
+const SCHEMA_VERSION: i64 = 8;
 /// The first version whose audit entries are keyed.
 const KEYED_AUDIT_VERSION: i64 = 5;
 
@@ -113,6 +115,12 @@ CREATE TABLE IF NOT EXISTS principals (
     key_hash TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL,
     revoked_at TEXT
+);
+-- When a principal's current key stops working (schema version 8). A key without a row here
+-- never expires; rotating the key replaces the row (`principals::rotate`).
+CREATE TABLE IF NOT EXISTS principal_key_expiry (
+    principal_id TEXT PRIMARY KEY REFERENCES principals(id),
+    expires_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS modules (
     blake3 TEXT PRIMARY KEY,

@@ -1221,13 +1221,18 @@ pub fn stored_approval(conn: &rusqlite::Connection, id: &str) -> Result<Option<S
         .flatten())
 }
 
-/// Finds a template by id (full hash, or a unique prefix of at least 8 digits) or by name.
+/// Fewest leading characters of a template id that may stand for it: shorter prefixes would
+/// too often name several templates.
+pub const ID_PREFIX_CHARS_MIN: usize = 8;
+
+/// Finds a template by id (full hash, or a unique prefix of at least
+/// [`ID_PREFIX_CHARS_MIN`] characters) or by name.
 pub fn find(store: &Store, key: &str) -> Result<Option<Template>> {
     let mut found = query_parsed_rows(
         store.conn(),
         &format!(
             "SELECT {COLUMNS} FROM templates
-         WHERE id = ?1 OR (length(?1) >= 8 AND id LIKE ?1 || '%') OR name = ?1
+         WHERE id = ?1 OR (length(?1) >= {ID_PREFIX_CHARS_MIN} AND id LIKE ?1 || '%') OR name = ?1
          ORDER BY submitted_at DESC"
         ),
         [key],
@@ -1259,12 +1264,23 @@ pub fn find(store: &Store, key: &str) -> Result<Option<Template>> {
 }
 
 pub fn get(store: &Store, key: &str) -> Result<Template> {
+    // A short run of hex digits was most likely meant as an id prefix: say how long one must be.
+    let short_prefix =
+        key.len() < ID_PREFIX_CHARS_MIN && key.chars().all(|c| c.is_ascii_hexdigit());
     find(store, key)?.ok_or_else(|| Error::NotFound {
         kind: "template",
         id: key.to_string(),
-        hint: "; `veil template list` shows the templates",
+        hint: if short_prefix {
+            SHORT_PREFIX_HINT
+        } else {
+            "; `veil template list` shows the templates"
+        },
     })
 }
+
+/// The hint for a key too short to be an id prefix; its number is [`ID_PREFIX_CHARS_MIN`]
+/// (a test checks that they agree).
+const SHORT_PREFIX_HINT: &str = "; an id prefix needs at least 8 characters (or give the template's name); `veil template list` shows the templates";
 
 pub fn list(store: &Store) -> Result<Vec<Template>> {
     query_parsed_rows(
@@ -1278,6 +1294,11 @@ pub fn list(store: &Store) -> Result<Vec<Template>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_short_prefix_hint_states_the_minimum() {
+        assert!(SHORT_PREFIX_HINT.contains(&format!("at least {ID_PREFIX_CHARS_MIN} characters")));
+    }
 
     fn spec(sql: &str) -> TemplateSpec {
         TemplateSpec {

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::{SignedManifest, SourceDataset};
 use crate::template::TemplateSpec;
 
 /// Prefix of every route.
@@ -186,6 +187,60 @@ pub struct DatasetView {
     pub rows: u64,
     /// When the dataset was registered, RFC 3339 in UTC.
     pub registered_at: String,
+}
+
+/// `GET /v1/datasets/{id}`: a dataset's schema as its policy publishes it — what a template's
+/// SQL may read and how the gate treats each column. For the bureau, the dataset's provider,
+/// and an operator holding a grant on it in its term. It holds no value from the data: bounds
+/// and key sets are the policy's, the types come from the stored file's footer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSchema {
+    /// The dataset's id (`ds-…`).
+    pub id: String,
+    /// The name a template's SQL reads it by, as a table.
+    pub name: String,
+    /// The organisation that provided the data, as its policy states it.
+    pub provider: String,
+    /// The data classification its policy states: 1 public, 2 internal, 3 sensitive, 4 core.
+    pub classification_level: u8,
+    /// Its sharing attribute: `unconditional`, `conditional` or `none` (never granted).
+    pub sharing: String,
+    /// The acquisition date, `YYYY-MM-DD`, which every product made from it prints.
+    pub acquired_on: String,
+    /// The column naming whom each row is about: the gate bounds each unit's contribution,
+    /// and SQL may name it only in `COUNT(DISTINCT …)` and in a join on the unit.
+    pub privacy_unit: String,
+    /// What a unit is (e.g. `person`); joins are allowed only between units of one kind.
+    pub unit_kind: String,
+    /// The dataset's own ε per calendar month across all grants, when its policy sets one.
+    pub epsilon_per_month: Option<f64>,
+    /// How many rows were registered (what the meter and the price count).
+    pub rows: u64,
+    /// When the dataset was registered, RFC 3339 in UTC.
+    pub registered_at: String,
+    /// Every column, in the file's order.
+    pub columns: Vec<DatasetColumn>,
+}
+
+/// One column of a dataset, as its policy publishes it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetColumn {
+    /// The column's name, as SQL reads it.
+    pub name: String,
+    /// Its type in the stored Parquet file, as DataFusion names it (`Int64`, `Float64`,
+    /// `Utf8`, `Date32`, …).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// `identifier` (never output, grouped by or filtered on), `quasi` (a group key, under
+    /// k-anonymity), `sensitive` (only inside noisy aggregates, with bounds) or `public`.
+    pub role: String,
+    /// `[lo, hi]`: values are clamped into it before any sum or average.
+    pub bounds: Option<Vec<f64>>,
+    /// The public key set: the group keys anyone may know exist; a product grouped by this
+    /// column has a row for every key.
+    pub keys: Option<Vec<String>>,
 }
 
 /// `POST /v1/modules` answers with the stored module's digest.
@@ -605,6 +660,61 @@ pub struct ProductView {
     pub recalled: bool,
 }
 
+/// `GET /v1/offers/{id}`: what anyone who may buy reads about a product on offer before
+/// buying it. Every figure is taken from the product's signed manifest, which comes whole in
+/// [`OfferCard::manifest`] so a buyer can check its signature against the platform key
+/// ([`crate::manifest::verify_signature`]); the manifest holds no value from inside the
+/// domain, only the release's metadata. The result files are not in it: they come with the
+/// purchase. A product that is not offered (never listed, or recalled) has no card.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferCard {
+    /// The product's id (`prod-…`).
+    pub product_id: String,
+    /// What a buyer pays, in fen.
+    pub price_fen: i64,
+    /// The name of the operator that made it.
+    pub operator: String,
+    /// The template the job ran (BLAKE3 of its spec).
+    pub template_id: String,
+    /// The template's name, as its operator gave it.
+    pub template_name: String,
+    /// The purpose of the grant the job ran under (a template has no purpose of its own).
+    pub purpose: String,
+    /// When it was released, RFC 3339 in UTC.
+    pub released_at: String,
+    /// Rows in the result.
+    pub rows: u64,
+    /// The ε the release spent, per privacy unit.
+    pub epsilon: f64,
+    /// The δ the release spent.
+    pub delta: f64,
+    /// The k of k-anonymity: distinct privacy units a released group needed.
+    pub k: u32,
+    /// The noise mechanism, e.g. `laplace (OpenDP make_laplace, discrete on integers)`.
+    pub mechanism: String,
+    /// The result's columns, in order.
+    pub columns: Vec<OfferColumn>,
+    /// Every dataset the product was computed from, with its provider and acquisition date.
+    pub sources: Vec<SourceDataset>,
+    /// The product's `manifest.json`, exactly as the platform signed it.
+    pub manifest: SignedManifest,
+}
+
+/// One column of an offered product's result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferColumn {
+    /// The column's name in the result files.
+    pub name: String,
+    /// What it is, as the manifest states it: `group key`, or a noisy measure and when it
+    /// is NULL.
+    pub kind: String,
+    /// Its type in `result.parquet`, as Arrow names it (`Int64`, `Float64`, `Utf8`, …).
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
 /// `POST /v1/products/{id}/listing` (its operator or the bureau): offer it for sale.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -665,6 +775,46 @@ pub struct RecallView {
 pub struct Settle {
     /// `YYYY-MM`, in the bureau's time zone.
     pub period: String,
+}
+
+/// `POST /v1/principals/{name}/rotate` (bureau): give a principal a new API key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Days the new key works (1 to 3660); omitted: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A principal's new API key, shown this once: only its hash is stored. The old key stopped
+/// working when this one was made; the principal's id, name and role, and so everything it
+/// owns, stay.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    /// The principal's id (`pr-…`), unchanged.
+    pub id: String,
+    /// Its role, unchanged.
+    pub role: Role,
+    /// Its name, unchanged.
+    pub name: String,
+    /// The new key: hand it to the principal over a safe channel.
+    pub key: String,
+    /// When the new key stops working (RFC 3339, UTC); absent: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_expires_at: Option<String>,
+}
+
+impl std::fmt::Debug for RotatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log through Debug.
+        f.debug_struct("RotatedKey")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("key_expires_at", &self.key_expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

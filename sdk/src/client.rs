@@ -202,6 +202,22 @@ impl Client {
         self.get("/datasets").await
     }
 
+    /// `GET /v1/datasets/{id}` (id or name): a dataset's schema as its policy publishes it —
+    /// columns with their types, roles, bounds and public key sets, the privacy unit, the
+    /// acquisition date. For the bureau, the dataset's provider, and an operator with a grant
+    /// on it in its term; anyone else gets [`ClientError::NotFound`] or
+    /// [`ClientError::Forbidden`].
+    pub async fn dataset(&self, id: &str) -> Result<DatasetSchema, ClientError> {
+        self.get(&format!("/datasets/{id}")).await
+    }
+
+    /// `GET /v1/datasets/{id}/quality` (bureau): the data-quality report registration stored
+    /// with the dataset, as JSON. It holds values from inside the domain, so no other role
+    /// may read it.
+    pub async fn dataset_quality(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&format!("/datasets/{id}/quality")).await
+    }
+
     // --- Operators: grants and templates ---
 
     /// `GET /v1/grants`: the caller's grants (the bureau: every grant).
@@ -391,6 +407,14 @@ impl Client {
         self.get("/offers").await
     }
 
+    /// `GET /v1/offers/{id}`: the listing card of a product on offer, readable before buying
+    /// — template, purpose, columns and types, sources with acquisition dates, ε/δ, k, rows,
+    /// release date, price — with the signed manifest itself; check it with
+    /// [`crate::manifest::verify_signature`] and the key from [`Client::platform_key`].
+    pub async fn offer(&self, id: &str) -> Result<OfferCard, ClientError> {
+        self.get(&format!("/offers/{id}")).await
+    }
+
     /// `POST /v1/products/{id}/purchase` (buyer): buys a product on offer. Buying it again
     /// returns the first purchase and charges nothing ([`PurchaseView::new`] is false).
     pub async fn purchase(&self, id: &str) -> Result<PurchaseView, ClientError> {
@@ -569,6 +593,41 @@ impl Client {
             &Reason {
                 reason: reason.into(),
             },
+        )
+        .await
+    }
+
+    /// `POST /v1/templates/{id}/revoke` (bureau): revokes an approved template, telling the
+    /// operator why; no job runs it afterwards.
+    pub async fn revoke_template(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<TemplateView, ClientError> {
+        self.post(
+            &format!("/templates/{id}/revoke"),
+            &Reason {
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    /// `GET /v1/grant-requests/{id}`: one grant request (the operator's own; the bureau any).
+    pub async fn grant_request(&self, id: &str) -> Result<GrantRequestView, ClientError> {
+        self.get(&format!("/grant-requests/{id}")).await
+    }
+
+    /// `POST /v1/principals/{name}/rotate` (bureau): gives a principal a new API key, shown
+    /// once; its old key stops working at once, and everything it owns stays its own.
+    pub async fn rotate_key(
+        &self,
+        principal: &str,
+        expires_in_days: Option<u32>,
+    ) -> Result<RotatedKey, ClientError> {
+        self.post(
+            &format!("/principals/{principal}/rotate"),
+            &RotateKey { expires_in_days },
         )
         .await
     }

@@ -70,6 +70,7 @@ pub const MANIFEST_BYTES_MAX: u64 = 16 * 1024 * 1024;
 const HASH_BUFFER_BYTES: usize = 64 * 1024;
 
 /// What the platform states about one released product.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -120,6 +121,7 @@ pub struct Manifest {
 /// (numbers in decimal). `keyed_from` is the first entry whose hash is keyed with the
 /// platform's secret; entries before it were written by a Veil that hashed without a key and
 /// were carried over when the store was upgraded. It is signed so that nobody can move it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuditCheckpoint {
@@ -167,6 +169,7 @@ impl AuditCheckpoint {
 }
 
 /// One in-domain dataset the product was computed from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDataset {
@@ -185,6 +188,7 @@ pub struct SourceDataset {
 }
 
 /// The privacy protection the release gate applied.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyRecord {
@@ -216,6 +220,7 @@ pub struct PrivacyRecord {
 }
 
 /// The noise added to one released column.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseScale {
@@ -232,6 +237,7 @@ pub struct NoiseScale {
 }
 
 /// One column of the released result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnDescription {
@@ -242,6 +248,7 @@ pub struct ColumnDescription {
 }
 
 /// The size and digest of one product file.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileDigest {
@@ -254,6 +261,7 @@ pub struct FileDigest {
 }
 
 /// The platform's signature over a manifest.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
@@ -266,6 +274,7 @@ pub struct Signature {
 }
 
 /// The content of `manifest.json`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SignedManifest {

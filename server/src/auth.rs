@@ -29,11 +29,19 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(|key| key.trim().to_string())
             .ok_or(ApiError::Unauthorized)?;
-        let principal = state
+        let checked = state
             .stores
-            .with(move |store| principals::authenticate(store, &key))
+            .with(move |store| principals::check_key(store, &key))
             .await?;
-        let principal = principal.ok_or(ApiError::Unauthorized)?;
+        let principal = match checked {
+            principals::KeyCheck::Valid(principal) => principal,
+            principals::KeyCheck::Unknown => return Err(ApiError::Unauthorized),
+            principals::KeyCheck::Expired(principal) => {
+                return Err(ApiError::KeyExpired(principals::expired_message(
+                    &principal,
+                )));
+            }
+        };
         if let Some(slot) = parts.extensions.get::<CallerSlot>() {
             slot.fill(&principal);
         }

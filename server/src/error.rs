@@ -26,6 +26,9 @@ pub enum ApiError {
     Domain(Error),
     /// No key, or an unknown or revoked one.
     Unauthorized,
+    /// A principal's key past its expiry: 401 like [`ApiError::Unauthorized`], with a message
+    /// saying what to do.
+    KeyExpired(String),
     /// The job queue is full.
     Busy(String),
     /// The store's disk is full, so nothing is taken (see `veil_runtime::space`). Unlike a write that
@@ -56,13 +59,41 @@ impl From<Refusal> for ApiError {
     }
 }
 
+/// The domain's messages name the local commands that help (`veil template list`); a client
+/// of the HTTP API has the `veil client` twins instead. Each pair: the local text, the text an
+/// HTTP client reads.
+const CLIENT_COMMANDS: [(&str, &str); 6] = [
+    ("`veil template list`", "`veil client template list`"),
+    ("`veil job list`", "`veil client job list`"),
+    ("`veil grant list`", "`veil client grants`"),
+    ("`veil dataset list`", "`veil client datasets`"),
+    (
+        "(veil settle --period)",
+        "(`veil client settle --period`, the bureau)",
+    ),
+    (
+        "`veil principal list`",
+        "the bureau's `veil principal list`",
+    ),
+];
+
+/// A message as an HTTP client reads it: local commands replaced by their client twins.
+pub fn for_http(message: String) -> String {
+    if !message.contains("veil ") {
+        return message;
+    }
+    CLIENT_COMMANDS
+        .iter()
+        .fold(message, |text, (local, client)| text.replace(local, client))
+}
+
 pub fn violations(refusal: &Refusal) -> Vec<Violation> {
     refusal
         .violations
         .iter()
         .map(|v| Violation {
             rule: v.rule.code().to_string(),
-            message: v.message.clone(),
+            message: for_http(v.message.clone()),
         })
         .collect()
 }
@@ -72,9 +103,10 @@ impl IntoResponse for ApiError {
         let (kind, message, rules) = match self {
             Self::Unauthorized => (
                 ErrorKind::Unauthorized,
-                "send `Authorization: Bearer <key>` with a key from `veil principal add`".into(),
+                "send `Authorization: Bearer <key>` with your current API key; a key that was revoked or replaced by a rotation no longer works: ask the bureau for a new one".into(),
                 Vec::new(),
             ),
+            Self::KeyExpired(message) => (ErrorKind::Unauthorized, message, Vec::new()),
             Self::Busy(message) => (ErrorKind::Busy, message, Vec::new()),
             Self::StorageFull => (
                 ErrorKind::StorageFull,
@@ -117,6 +149,7 @@ impl IntoResponse for ApiError {
                 }
             },
         };
+        let message = for_http(message);
         let status =
             StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (
@@ -217,4 +250,21 @@ pub async fn json_errors(response: Response) -> Response {
         violations: Vec::new(),
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_client_is_told_the_client_commands() {
+        let message =
+            Error::not_found("job", "j-1").to_string() + "; `veil job list` shows the jobs";
+        let told = for_http(message);
+        assert!(
+            told.ends_with("`veil client job list` shows the jobs"),
+            "{told}"
+        );
+        assert!(!told.contains("`veil job"), "{told}");
+    }
 }

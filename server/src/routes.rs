@@ -4,7 +4,10 @@
 //! |---|---|---|
 //! | `GET /v1/health` | anyone, no key | — |
 //! | `GET /v1/openapi.json`, `/v1/me`, `/v1/platform/key` | all | — |
+//! | `POST /v1/principals/{name}/rotate` | bureau | — |
 //! | `GET /v1/datasets` | bureau, provider, operator | provider: own; operator: granted |
+//! | `GET /v1/datasets/{id}` (id or name) | bureau, provider, operator | provider: own; operator: granted, grant in its term |
+//! | `GET /v1/datasets/{id}/quality` | bureau | — |
 //! | `GET /v1/grants` | bureau, operator | operator: own |
 //! | `POST /v1/grant-requests` | operator | — |
 //! | `GET /v1/grant-requests[/{id}]` | bureau, operator | operator: own |
@@ -18,7 +21,7 @@
 //! | `GET /v1/products[/{id}]` | bureau, operator, buyer | operator: own; buyer: offered or bought |
 //! | `GET /v1/products/{id}/files/{name}` | bureau, operator, buyer | operator: own; buyer: bought |
 //! | `POST /v1/products/{id}/listing` | bureau, operator | operator: own |
-//! | `GET /v1/offers` | all but provider | — |
+//! | `GET /v1/offers`, `GET /v1/offers/{id}` | all but provider | offered and not recalled |
 //! | `POST /v1/products/{id}/purchase` | buyer | — |
 //! | `GET /v1/purchases` | bureau, buyer | buyer: own |
 //! | `POST /v1/products/{id}/recall` | bureau | — |
@@ -48,7 +51,7 @@ use veil_runtime::grants::{self, Application, Grant};
 use veil_runtime::ids::{Fen, JobId, ProductId};
 use veil_runtime::jobs::{self, Job, JobRequest};
 use veil_runtime::metering::{self, MeterRecord};
-use veil_runtime::principals::Role;
+use veil_runtime::principals::{self, Role};
 use veil_runtime::templates::{self, ApprovalRequest, Template};
 use veil_runtime::{market, products, settlement};
 
@@ -63,13 +66,13 @@ type AppState_ = State<Arc<AppState>>;
         description = "Authorized operation of public data: raw data does not leave the domain. Every route but /v1/health takes `Authorization: Bearer <key>`."
     ),
     paths(
-        health, openapi, me, platform_key, datasets, grants_list, grant_request_create,
+        health, openapi, me, platform_key, datasets, dataset_get, dataset_quality, grants_list, grant_request_create,
         grant_requests_list, grant_request_get, grant_request_approve, grant_request_reject,
         module_upload, template_submit, templates_list, template_get, template_approve,
         template_reject, template_revoke, job_submit, job_dry_run, jobs_list, job_get, job_wait,
-        job_cancel, meter_list, products_list, offers, product_get, product_file,
+        job_cancel, meter_list, products_list, offers, offer_get, product_get, product_file,
         product_list_for_sale, product_purchase, purchases_list, product_recall, statement_get,
-        settle, provider_usage
+        settle, provider_usage, principal_rotate
     ),
     modifiers(&BearerAuth),
     tags((name = "veil"))
@@ -96,7 +99,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/me", get(me))
         .route("/platform/key", get(platform_key))
+        .route("/principals/{name}/rotate", post(principal_rotate))
         .route("/datasets", get(datasets))
+        .route("/datasets/{id}", get(dataset_get))
+        .route("/datasets/{id}/quality", get(dataset_quality))
         .route("/grants", get(grants_list))
         .route(
             "/grant-requests",
@@ -119,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/meter", get(meter_list))
         .route("/products", get(products_list))
         .route("/offers", get(offers))
+        .route("/offers/{id}", get(offer_get))
         .route("/products/{id}", get(product_get))
         .route("/products/{id}/files/{name}", get(product_file))
         .route("/products/{id}/listing", post(product_list_for_sale))
@@ -149,6 +156,81 @@ fn dataset_view(d: &Dataset) -> DatasetView {
         privacy_unit: d.policy.privacy_unit.clone(),
         rows: d.rows,
         registered_at: d.registered_at.clone(),
+    }
+}
+
+/// A dataset's schema as its policy publishes it: the columns in the stored file's order, each
+/// with its type from the file's footer and its role, bounds and key set from the policy.
+fn dataset_schema(d: &Dataset, columns: &[(String, String)]) -> DatasetSchema {
+    DatasetSchema {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        provider: d.policy.provider.clone(),
+        classification_level: d.policy.classification_level,
+        sharing: serde_json::to_value(d.policy.sharing)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        acquired_on: d.policy.acquired_on.clone(),
+        privacy_unit: d.policy.privacy_unit.clone(),
+        unit_kind: d.policy.unit_kind.clone(),
+        epsilon_per_month: d.policy.budget.as_ref().map(|b| b.epsilon_per_month),
+        rows: d.rows,
+        registered_at: d.registered_at.clone(),
+        // Registration refuses a file with a column the policy gives no role, so every
+        // column has one; a column without would be left out rather than shown without rules.
+        columns: columns
+            .iter()
+            .filter_map(|(name, data_type)| {
+                let policy = d.policy.columns.get(name)?;
+                Some(DatasetColumn {
+                    name: name.clone(),
+                    data_type: data_type.clone(),
+                    role: policy.role.as_str().to_string(),
+                    bounds: policy.bounds.map(|b| b.to_vec()),
+                    keys: policy.keys.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The listing card of a product on offer, every figure taken from its signed manifest (and
+/// the column types from its Parquet footer).
+fn offer_card(
+    price: Fen,
+    signed: veil_sdk::manifest::SignedManifest,
+    types: &[(String, String)],
+) -> OfferCard {
+    let m = &signed.manifest;
+    OfferCard {
+        product_id: m.product_id.clone(),
+        price_fen: price.0,
+        operator: m.operator.clone(),
+        template_id: m.template_id.clone(),
+        template_name: m.template_name.clone(),
+        purpose: m.purpose.clone(),
+        released_at: m.created_at.clone(),
+        rows: m.rows,
+        epsilon: m.privacy.epsilon,
+        delta: m.privacy.delta,
+        k: m.privacy.k,
+        mechanism: m.privacy.mechanism.clone(),
+        columns: m
+            .columns
+            .iter()
+            .map(|c| OfferColumn {
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                data_type: types
+                    .iter()
+                    .find(|(name, _)| *name == c.name)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        sources: m.sources.clone(),
+        manifest: signed,
     }
 }
 
@@ -308,6 +390,33 @@ async fn platform_key(State(state): AppState_, _caller: Caller) -> Answer<Platfo
     }))
 }
 
+/// The bureau gives a principal a new key; see `veil_runtime::principals::rotate`.
+#[utoipa::path(post, path = "/v1/principals/{name}/rotate", tag = "veil", security(("bearer" = [])),
+    params(("name" = String, Path, description = "the principal's name or id")),
+    request_body = RotateKey,
+    responses((status = 200, body = RotatedKey, description = "the new key, shown once; the old key no longer works"),
+        (status = 403, body = ErrorBody, description = "not the bureau"),
+        (status = 404, body = ErrorBody, description = "no such principal")))]
+async fn principal_rotate(
+    State(state): AppState_,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<RotateKey>,
+) -> Answer<RotatedKey> {
+    caller.require("rotating a principal's key", &[Role::Bureau])?;
+    let (principal, key) = state
+        .stores
+        .with(move |store| principals::rotate(store, &name, body.expires_in_days))
+        .await?;
+    Ok(Json(RotatedKey {
+        id: principal.id,
+        role: principal.role,
+        name: principal.name,
+        key: key.expose().to_string(),
+        key_expires_at: principal.key_expires_at,
+    }))
+}
+
 // --- Datasets and grants ---
 
 #[utoipa::path(get, path = "/v1/datasets", tag = "veil", security(("bearer" = [])),
@@ -338,6 +447,88 @@ async fn datasets(State(state): AppState_, caller: Caller) -> Answer<Vec<Dataset
         })
         .await?;
     Ok(Json(views))
+}
+
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset's id (`ds-…`) or name")),
+    responses((status = 200, body = DatasetSchema),
+        (status = 404, body = ErrorBody, description = "no such dataset, or not one the caller may read: an operator needs a grant on it in its term, a provider must have provided it")))]
+async fn dataset_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<DatasetSchema> {
+    caller.require(
+        "reading a dataset's schema",
+        &[Role::Bureau, Role::Provider, Role::Operator],
+    )?;
+    let schema = state
+        .stores
+        .with({
+            let id = id.clone();
+            move |store| {
+                let Some(dataset) = catalog::find(store, &id)? else {
+                    return Ok(None);
+                };
+                // The schema serves writing SQL: an operator reads it while one of its grants
+                // covers the dataset today, as a job would need.
+                let today = veil_runtime::clock::today();
+                let visible = match caller.role() {
+                    Role::Bureau => true,
+                    Role::Provider => dataset.policy.provider == caller.name(),
+                    Role::Operator => grants::list(store)?.iter().any(|g| {
+                        g.operator == caller.name()
+                            && g.is_in_term(today)
+                            && g.datasets.contains(&dataset.id)
+                    }),
+                    Role::Buyer => false,
+                };
+                if !visible {
+                    return Ok(None);
+                }
+                let file = catalog::schema_of(&dataset, store)?;
+                let columns: Vec<(String, String)> = file
+                    .fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect();
+                Ok(Some(dataset_schema(&dataset, &columns)))
+            }
+        })
+        .await?;
+    // Another's dataset answers exactly like a missing one, so names cannot be probed.
+    schema.map(Json).ok_or(ApiError::Domain(Error::NotFound {
+        kind: "dataset",
+        id,
+        hint: "; `veil client datasets` lists the ones you may read",
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/datasets/{id}/quality", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset's id (`ds-…`) or name")),
+    responses((status = 200, description = "the data-quality report registration stored: nulls per column, values outside key sets with their counts and nearest keys, values outside bounds, rows without a unit, rows per unit. It holds in-domain values: the bureau's only"),
+        (status = 403, body = ErrorBody, description = "not the bureau"),
+        (status = 404, body = ErrorBody, description = "no such dataset, or one registered before reports existed")))]
+async fn dataset_quality(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<veil_runtime::quality::QualityReport> {
+    // The report quotes values from inside the domain: only the bureau, who owns the data,
+    // may read it.
+    caller.require("reading a dataset's quality report", &[Role::Bureau])?;
+    let report = state
+        .stores
+        .with(move |store| {
+            let dataset = catalog::get(store, &id)?;
+            catalog::quality_report(store, &dataset.id)?.ok_or(Error::NotFound {
+                kind: "quality report of dataset",
+                id: dataset.name,
+                hint: "; the dataset was registered before Veil made quality reports",
+            })
+        })
+        .await?;
+    Ok(Json(report))
 }
 
 #[utoipa::path(get, path = "/v1/grants", tag = "veil", security(("bearer" = [])),
@@ -969,6 +1160,56 @@ async fn offers(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductVi
         &[Role::Bureau, Role::Operator, Role::Buyer],
     )?;
     Ok(Json(visible_products(&state, &caller, true).await?))
+}
+
+#[utoipa::path(get, path = "/v1/offers/{id}", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the product's id (`prod-…`)")),
+    responses((status = 200, body = OfferCard, description = "the listing card, readable before buying, with the signed manifest"),
+        (status = 404, body = ErrorBody, description = "no such product on offer: never listed, or recalled")))]
+async fn offer_get(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<OfferCard> {
+    caller.require(
+        "reading an offer",
+        &[Role::Bureau, Role::Operator, Role::Buyer],
+    )?;
+    let card = state
+        .stores
+        .with({
+            let id = id.clone();
+            move |store| {
+                let product_id = ProductId::new(&id);
+                let product = match products::get(store.conn(), &product_id) {
+                    Ok(product) => product,
+                    Err(Error::NotFound { .. }) => return Ok(None),
+                    Err(error) => return Err(error),
+                };
+                // A recalled product keeps its listing row but is no longer offered.
+                let Some(listing) = market::listing(store.conn(), &product_id)? else {
+                    return Ok(None);
+                };
+                if product.recalled {
+                    return Ok(None);
+                }
+                // The manifest states the release's metadata and no value from inside the
+                // domain (sdk/src/manifest.rs), so it may be read before buying; the result
+                // files come only with a purchase.
+                let dir = store.products_dir().join(&product.id);
+                let signed = veil_sdk::manifest::read_manifest(&dir).map_err(|e| {
+                    Error::internal(format!("reading product {}'s manifest: {e}", product.id))
+                })?;
+                let types = products::result_columns(&dir)?;
+                Ok(Some(offer_card(listing.price, signed, &types)))
+            }
+        })
+        .await?;
+    card.map(Json).ok_or(ApiError::Domain(Error::NotFound {
+        kind: "offer of product",
+        id,
+        hint: "; it is not for sale (never offered, or recalled): `veil client offers` lists what is",
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "veil", security(("bearer" = [])),

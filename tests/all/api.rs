@@ -206,6 +206,24 @@ async fn every_route_checks_role_and_ownership() {
             None,
             [200, 403, 200, 200, 200],
         ),
+        (
+            "GET",
+            "/v1/datasets/social_insurance".into(),
+            None,
+            [200, 403, 404, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/datasets/enterprise_registry".into(),
+            None,
+            [404, 403, 404, 200, 200],
+        ),
+        (
+            "GET",
+            "/v1/datasets/social_insurance/quality".into(),
+            None,
+            [403, 403, 403, 403, 200],
+        ),
         ("GET", "/v1/grants".into(), None, [403, 403, 200, 200, 200]),
         (
             "GET",
@@ -309,6 +327,18 @@ async fn every_route_checks_role_and_ownership() {
         ("GET", "/v1/offers".into(), None, [403, 200, 200, 200, 200]),
         (
             "GET",
+            format!("/v1/offers/{listed}"),
+            None,
+            [403, 200, 200, 200, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/offers/{unlisted}"),
+            None,
+            [403, 404, 404, 404, 404],
+        ),
+        (
+            "GET",
             format!("/v1/products/{listed}"),
             None,
             [403, 200, 404, 200, 200],
@@ -385,6 +415,12 @@ async fn every_route_checks_role_and_ownership() {
             format!("/v1/products/{listed}/files/result.csv"),
             None,
             [403, 409, 404, 409, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/offers/{listed}"),
+            None,
+            [403, 404, 404, 404, 404],
         ),
         (
             "POST",

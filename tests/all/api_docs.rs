@@ -88,10 +88,18 @@ impl Recorder {
             .expect("body");
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        // A rotated key is real for as long as the flow's store lives; the document shows its
+        // shape only, so no scanner mistakes it for a leaked secret.
+        let mut shown_json = json.clone();
+        if let Some(key) = shown_json.get_mut("key")
+            && key.as_str().is_some_and(|k| k.starts_with("veil_"))
+        {
+            *key = "veil_<64 hex digits, shown once>".into();
+        }
         let mut text = if json.is_null() {
             String::from_utf8_lossy(&bytes).into_owned()
         } else {
-            serde_json::to_string_pretty(&json).expect("json")
+            serde_json::to_string_pretty(&shown_json).expect("json")
         };
         if text.len() > SHOWN_BYTES_MAX {
             let mut cut = SHOWN_BYTES_MAX;
@@ -268,6 +276,24 @@ async fn every_route_has_a_recorded_example() {
         "GET",
         "/v1/datasets",
         o,
+        &[],
+        None,
+    )
+    .await;
+    r.call(
+        "A dataset's schema (operator: with a grant in its term)",
+        "GET",
+        "/v1/datasets/social_insurance",
+        o,
+        &[],
+        None,
+    )
+    .await;
+    r.call(
+        "A dataset's data-quality report (bureau only: it quotes in-domain values)",
+        "GET",
+        "/v1/datasets/social_insurance/quality",
+        b,
         &[],
         None,
     )
@@ -525,6 +551,15 @@ async fn every_route_has_a_recorded_example() {
     r.call("Offers (buyer)", "GET", "/v1/offers", y, &[], None)
         .await;
     r.call(
+        "An offer's listing card and signed manifest, before buying (buyer)",
+        "GET",
+        &format!("/v1/offers/{product}"),
+        y,
+        &[],
+        None,
+    )
+    .await;
+    r.call(
         "Buy (buyer)",
         "POST",
         &format!("/v1/products/{product}/purchase"),
@@ -635,6 +670,19 @@ async fn every_route_has_a_recorded_example() {
         Some(j!({ "reason": "gender alone serves no approved purpose" })),
     )
     .await;
+
+    r.doc.push_str("## Keys\n\n");
+    r.call(
+        "Rotate a principal's key (bureau): the old key stops working at once",
+        "POST",
+        "/v1/principals/buyer-1/rotate",
+        b,
+        &[],
+        Some(j!({ "expires_in_days": 90 })),
+    )
+    .await;
+    r.call("The replaced key", "GET", "/v1/me", y, &[], None)
+        .await;
 
     let text = format!(
         "# Veil HTTP API: an example for every route\n\nRecorded from a real flow by `tests/all/api_docs.rs` (`VEIL_BLESS=1 cargo test -p veil-runtime --test all api_docs` rewrites it). Ids, keys and times differ on every run. Every route takes `Authorization: Bearer <key>` but `GET /v1/health`; errors are `{{\"kind\", \"message\", \"violations\"}}` with the status `kind` fixes. The OpenAPI document (`GET /v1/openapi.json`) has every schema.\n\n{}",

@@ -465,8 +465,8 @@ fn a_version_3_store_is_upgraded_with_the_money_tables() {
         )
         .expect("version");
     // Upgraded to the current version (5 keyed the audit log, see tests/all/audit.rs; 6 added
-    // the remembered module refusals, 7 the datasets' quality reports).
-    assert_eq!(version, "7");
+    // the remembered module refusals, 7 the datasets' quality reports, 8 rotated keys' expiry).
+    assert_eq!(version, "8");
     price_book(&mut store);
     assert!(
         ledger::postings(store.conn(), None)

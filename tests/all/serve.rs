@@ -885,24 +885,34 @@ async fn the_log_names_route_templates_and_principals_and_metrics_count_the_requ
     assert_eq!(refused.status(), 403);
     let body = refused.text().await.expect("body");
     assert!(body.contains("bureau"), "{body}");
-    let scraped = http
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(&keys.bureau)
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(scraped.status(), 200);
-    assert!(
-        scraped.headers()["content-type"]
-            .to_str()
-            .expect("ascii")
-            .starts_with("text/plain; version=0.0.4"),
-        "{:?}",
-        scraped.headers()
-    );
-    let text = scraped.text().await.expect("body");
-    let metrics = openmetrics_parser::prometheus::parse_prometheus(&text)
-        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"));
+    // A waiter is woken as soon as the job's end is in the store; the worker counts the end a
+    // moment later. Scrape until it has (a few scrapes at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (text, metrics) = loop {
+        let scraped = http
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(&keys.bureau)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(scraped.status(), 200);
+        assert!(
+            scraped.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/plain; version=0.0.4"),
+            "{:?}",
+            scraped.headers()
+        );
+        let text = scraped.text().await.expect("body");
+        let metrics = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("not the Prometheus text format ({e}):\n{text}"));
+        let counted = sample(&metrics, "veil_jobs_ended_total", &[("state", "released")]) == 1.0;
+        if counted || std::time::Instant::now() > deadline {
+            break (text, metrics);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let requests = |method, route, status| {
         sample(
             &metrics,

@@ -132,6 +132,11 @@ pub enum Event<'a> {
         name: &'a str,
     },
     PrincipalRevoked,
+    /// The principal's key was replaced: the old key stopped working in the same transaction.
+    /// The new key is never recorded, only when it expires (none: it does not).
+    PrincipalKeyRotated {
+        key_expires_at: Option<&'a str>,
+    },
     PriceSet {
         version: i64,
         fee_per_million_rows_fen: i64,
@@ -215,6 +220,7 @@ impl Event<'_> {
             Self::MeterRecorded { .. } => Kind::MeterRecorded,
             Self::PrincipalAdded { .. } => Kind::PrincipalAdded,
             Self::PrincipalRevoked => Kind::PrincipalRevoked,
+            Self::PrincipalKeyRotated { .. } => Kind::PrincipalKeyRotated,
             Self::PriceSet { .. } => Kind::PriceSet,
             Self::ProductListed { .. } => Kind::ProductListed,
             Self::ProductPurchased { .. } => Kind::ProductPurchased,
@@ -349,6 +355,9 @@ impl Event<'_> {
             }),
             Self::PrincipalAdded { role, name } => json!({ "role": role.as_str(), "name": name }),
             Self::PrincipalRevoked => json!({}),
+            Self::PrincipalKeyRotated { key_expires_at } => {
+                json!({ "key_expires_at": key_expires_at })
+            }
             Self::PriceSet {
                 version,
                 fee_per_million_rows_fen,
@@ -451,6 +460,12 @@ mod tests {
             r#"{"name":"ops","role":"operator"}"#
         );
         assert_eq!(stored(Event::PrincipalRevoked), "{}");
+        assert_eq!(
+            stored(Event::PrincipalKeyRotated {
+                key_expires_at: Some("2026-12-31T00:00:00Z")
+            }),
+            r#"{"key_expires_at":"2026-12-31T00:00:00Z"}"#
+        );
         assert_eq!(stored(Event::ModuleStored { bytes: 42 }), r#"{"bytes":42}"#);
     }
 
