@@ -2,8 +2,8 @@
 //!
 //! | route | roles | sees |
 //! |---|---|---|
-//! | `GET /v1/health` | anyone, no key | — |
-//! | `GET /v1/openapi.json`, `/v1/me`, `/v1/platform/key` | all | — |
+//! | `GET /v1/health`, `GET /v1/openapi.json` | anyone, no key | — |
+//! | `GET /v1/me`, `/v1/platform/key` | all | — |
 //! | `POST /v1/principals/{name}/rotate` | bureau | — |
 //! | `GET /v1/datasets` | bureau, provider, operator | provider: own; operator: granted |
 //! | `GET /v1/datasets/{id}` (id or name) | bureau, provider, operator | provider: own; operator: granted, grant in its term |
@@ -353,6 +353,9 @@ fn job_request(caller: &Caller, body: SubmitJob) -> JobRequest {
 
 // --- Anyone ---
 
+/// Whether the server is up.
+///
+/// No key needed. Answers as long as the server runs; says nothing about the data.
 #[utoipa::path(get, path = "/v1/health", tag = "veil", responses((status = 200, body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health {
@@ -361,12 +364,18 @@ async fn health() -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "veil", security(("bearer" = [])),
+/// This OpenAPI document.
+///
+/// No key needed: it describes the routes and their types, never any data.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "veil",
     responses((status = 200, description = "this document")))]
-async fn openapi(_caller: Caller) -> Json<utoipa::openapi::OpenApi> {
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// Who the key belongs to.
+///
+/// The caller's principal: its id, name and role.
 #[utoipa::path(get, path = "/v1/me", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
 async fn me(caller: Caller) -> Json<Me> {
@@ -377,6 +386,10 @@ async fn me(caller: Caller) -> Json<Me> {
     })
 }
 
+/// The platform's public signing key.
+///
+/// Verifies every product's manifest and audit checkpoint offline (`veil product verify
+/// --public-key`).
 #[utoipa::path(get, path = "/v1/platform/key", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = PlatformKey)))]
 async fn platform_key(State(state): AppState_, _caller: Caller) -> Answer<PlatformKey> {
@@ -390,7 +403,11 @@ async fn platform_key(State(state): AppState_, _caller: Caller) -> Answer<Platfo
     }))
 }
 
-/// The bureau gives a principal a new key; see `veil_runtime::principals::rotate`.
+/// Rotate a principal's key (bureau).
+///
+/// Issues a new key, shown once, and revokes the old one at once; the principal keeps its id,
+/// name, grants and templates. An optional expiry in days (see
+/// `veil_runtime::principals::rotate`).
 #[utoipa::path(post, path = "/v1/principals/{name}/rotate", tag = "veil", security(("bearer" = [])),
     params(("name" = String, Path, description = "the principal's name or id")),
     request_body = RotateKey,
@@ -419,6 +436,9 @@ async fn principal_rotate(
 
 // --- Datasets and grants ---
 
+/// The datasets the caller may see.
+///
+/// Bureau: all; provider: its own; operator: those a grant gives it.
 #[utoipa::path(get, path = "/v1/datasets", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<DatasetView>)))]
 async fn datasets(State(state): AppState_, caller: Caller) -> Answer<Vec<DatasetView>> {
@@ -449,6 +469,11 @@ async fn datasets(State(state): AppState_, caller: Caller) -> Answer<Vec<Dataset
     Ok(Json(views))
 }
 
+/// A dataset's schema.
+///
+/// Columns with their roles, types, bounds and public key sets, the privacy unit and the
+/// acquisition date — what an operator needs to write a template. Bureau, the dataset's provider,
+/// or an operator whose grant covers it today.
 #[utoipa::path(get, path = "/v1/datasets/{id}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path, description = "the dataset's id (`ds-…`) or name")),
     responses((status = 200, body = DatasetSchema),
@@ -504,6 +529,10 @@ async fn dataset_get(
     }))
 }
 
+/// A dataset's registration quality report (bureau).
+///
+/// Values outside key sets, values beyond bounds, nulls, missing privacy units and rows per unit,
+/// as measured when the dataset was registered. The bureau only: it holds values from the data.
 #[utoipa::path(get, path = "/v1/datasets/{id}/quality", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path, description = "the dataset's id (`ds-…`) or name")),
     responses((status = 200, description = "the data-quality report registration stored: nulls per column, values outside key sets with their counts and nearest keys, values outside bounds, rows without a unit, rows per unit. It holds in-domain values: the bureau's only"),
@@ -531,6 +560,9 @@ async fn dataset_quality(
     Ok(Json(report))
 }
 
+/// Grants.
+///
+/// Bureau: all; operator: its own.
 #[utoipa::path(get, path = "/v1/grants", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<GrantView>)))]
 async fn grants_list(State(state): AppState_, caller: Caller) -> Answer<Vec<GrantView>> {
@@ -548,6 +580,9 @@ async fn grants_list(State(state): AppState_, caller: Caller) -> Answer<Vec<Gran
     Ok(Json(views))
 }
 
+/// Ask the bureau for a grant (operator).
+///
+/// Names the datasets, the purpose, the term and the monthly ε; the bureau approves or rejects it.
 #[utoipa::path(post, path = "/v1/grant-requests", tag = "veil", security(("bearer" = [])),
     request_body = RequestGrant, responses((status = 201, body = GrantRequestView)))]
 async fn grant_request_create(
@@ -578,6 +613,9 @@ async fn grant_request_create(
     Ok((StatusCode::CREATED, Json(application_view(&application))))
 }
 
+/// Grant requests.
+///
+/// Bureau: all; operator: its own.
 #[utoipa::path(get, path = "/v1/grant-requests", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<GrantRequestView>, description = "oldest first; `overdue` flags requests pending more than five working days")))]
 async fn grant_requests_list(
@@ -598,6 +636,9 @@ async fn grant_requests_list(
     Ok(Json(views))
 }
 
+/// One grant request.
+///
+/// Bureau, or the operator that made it.
 #[utoipa::path(get, path = "/v1/grant-requests/{id}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), responses((status = 200, body = GrantRequestView)))]
 async fn grant_request_get(
@@ -617,6 +658,9 @@ async fn grant_request_get(
     Ok(Json(application_view(&application)))
 }
 
+/// Approve a grant request (bureau).
+///
+/// Creates the grant, optionally with a smaller monthly ε than asked.
 #[utoipa::path(post, path = "/v1/grant-requests/{id}/approve", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = ApproveGrantRequest,
     responses((status = 200, body = GrantRequestView)))]
@@ -636,6 +680,9 @@ async fn grant_request_approve(
     Ok(Json(application_view(&application)))
 }
 
+/// Reject a grant request (bureau).
+///
+/// With a reason the operator reads.
 #[utoipa::path(post, path = "/v1/grant-requests/{id}/reject", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = Reason,
     responses((status = 200, body = GrantRequestView)))]
@@ -655,6 +702,10 @@ async fn grant_request_reject(
 
 // --- Templates ---
 
+/// Upload a WASM mapper module (operator).
+///
+/// The module is checked by the host before it is stored; a WASM template then names it by its
+/// BLAKE3 digest.
 #[utoipa::path(post, path = "/v1/modules", tag = "veil", security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses((status = 201, body = ModuleStored), (status = 422, body = ErrorBody)))]
@@ -672,6 +723,10 @@ async fn module_upload(
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
+/// Submit a template (operator).
+///
+/// SQL with `:named` parameters, or a WASM template; the gate's static rules run first and refuse
+/// what would leak.
 #[utoipa::path(post, path = "/v1/templates", tag = "veil", security(("bearer" = [])),
     request_body = SubmitTemplate,
     responses((status = 201, body = TemplateView), (status = 422, body = ErrorBody)))]
@@ -707,6 +762,9 @@ async fn template_submit(
     Ok((StatusCode::CREATED, Json(template_view(&template))))
 }
 
+/// Templates.
+///
+/// Bureau: all; operator: its own.
 #[utoipa::path(get, path = "/v1/templates", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<TemplateView>)))]
 async fn templates_list(State(state): AppState_, caller: Caller) -> Answer<Vec<TemplateView>> {
@@ -740,6 +798,9 @@ async fn owned_template(
     Ok(template)
 }
 
+/// One template.
+///
+/// Its SQL, parameters, state and, once approved, the bureau's terms. Id, unique prefix or name.
 #[utoipa::path(get, path = "/v1/templates/{id}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), responses((status = 200, body = TemplateView)))]
 async fn template_get(
@@ -753,6 +814,10 @@ async fn template_get(
     )))
 }
 
+/// Approve a template (bureau).
+///
+/// Pins ε, δ, k, the per-person limits, the price and the job's limits; the gate's checks run again
+/// first.
 #[utoipa::path(post, path = "/v1/templates/{id}/approve", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = ApproveTemplate,
     responses((status = 200, body = TemplateView)))]
@@ -795,6 +860,9 @@ async fn template_approve(
     Ok(Json(template_view(&template)))
 }
 
+/// Reject a template (bureau).
+///
+/// With a reason the operator reads.
 #[utoipa::path(post, path = "/v1/templates/{id}/reject", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = Reason,
     responses((status = 200, body = TemplateView)))]
@@ -812,6 +880,9 @@ async fn template_reject(
     Ok(Json(template_view(&template)))
 }
 
+/// Revoke an approved template (bureau).
+///
+/// No new job may run it; released products stay.
 #[utoipa::path(post, path = "/v1/templates/{id}/revoke", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = Reason,
     responses((status = 200, body = TemplateView)))]
@@ -831,6 +902,10 @@ async fn template_revoke(
 
 // --- Jobs ---
 
+/// Submit a job (operator).
+///
+/// Runs an approved template with parameter values under a grant; answers at once with the queued
+/// job. `Idempotency-Key` makes a retry safe.
 #[utoipa::path(post, path = "/v1/jobs", tag = "veil", security(("bearer" = [])),
     request_body = SubmitJob,
     params(("idempotency-key" = Option<String>, Header, description = "a retried submission with the same key returns the first job")),
@@ -890,6 +965,10 @@ async fn job_submit(
     ))
 }
 
+/// Pre-flight a job (operator).
+///
+/// Would it pass, under which grant, at what ε and price, and what would remain of the month's
+/// budget? Nothing runs and nothing is spent.
 #[utoipa::path(post, path = "/v1/jobs/dry-run", tag = "veil", security(("bearer" = [])),
     request_body = SubmitJob, responses((status = 200, body = DryRun)))]
 async fn job_dry_run(
@@ -910,6 +989,9 @@ async fn job_dry_run(
     Ok(Json(answer))
 }
 
+/// Jobs.
+///
+/// Bureau: all; operator: its own.
 #[utoipa::path(get, path = "/v1/jobs", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<JobView>)))]
 async fn jobs_list(State(state): AppState_, caller: Caller) -> Answer<Vec<JobView>> {
@@ -939,6 +1021,9 @@ async fn owned_job(state: &Arc<AppState>, caller: &Caller, id: &str) -> Result<J
     Ok(job)
 }
 
+/// One job.
+///
+/// Its state, and once ended its product or why it was refused.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), responses((status = 200, body = JobView)))]
 async fn job_get(
@@ -958,6 +1043,10 @@ struct WaitQuery {
     timeout_ms: Option<u64>,
 }
 
+/// Wait for a job to end.
+///
+/// Holds the request until the job ends or `timeout_ms` passes, then answers with the job as it
+/// stands.
 #[utoipa::path(get, path = "/v1/jobs/{id}/wait", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path), WaitQuery),
     responses((status = 200, body = JobView, description = "the job when it ended, or as it stands at the timeout")))]
@@ -984,6 +1073,10 @@ async fn job_wait(
     }
 }
 
+/// Cancel a job.
+///
+/// A queued job ends at once with nothing spent; a running one stops, and ε it reserved stays
+/// spent.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)),
     responses((status = 200, body = JobView, description = "the job as it stands; a running job ends `cancelled` shortly"),
@@ -1011,6 +1104,10 @@ async fn job_cancel(
     Ok(Json(job_view(&job)))
 }
 
+/// Meter records.
+///
+/// One per job. The operator's own omit wall time, CPU time and peak memory, which depend on the
+/// data; the bureau's have them.
 #[utoipa::path(get, path = "/v1/meter", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<MeterView>)))]
 async fn meter_list(State(state): AppState_, caller: Caller) -> Answer<Vec<MeterView>> {
@@ -1142,6 +1239,9 @@ async fn visible_products(
     Ok(products)
 }
 
+/// Products.
+///
+/// Bureau: all; operator: its own; buyer: those offered or bought.
 #[utoipa::path(get, path = "/v1/products", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProductView>, description = "operator: its own; buyer: offered or bought; bureau: all")))]
 async fn products_list(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
@@ -1152,6 +1252,9 @@ async fn products_list(State(state): AppState_, caller: Caller) -> Answer<Vec<Pr
     Ok(Json(visible_products(&state, &caller, false).await?))
 }
 
+/// Products offered for sale.
+///
+/// Listed and not recalled.
 #[utoipa::path(get, path = "/v1/offers", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<ProductView>, description = "products offered for sale, not recalled")))]
 async fn offers(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductView>> {
@@ -1162,6 +1265,10 @@ async fn offers(State(state): AppState_, caller: Caller) -> Answer<Vec<ProductVi
     Ok(Json(visible_products(&state, &caller, true).await?))
 }
 
+/// A listing card, before buying.
+///
+/// What the product is — template, purpose, columns, sources with acquisition dates, ε/δ, k, rows,
+/// release date, price — and its signed manifest, which holds no in-domain values.
 #[utoipa::path(get, path = "/v1/offers/{id}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path, description = "the product's id (`prod-…`)")),
     responses((status = 200, body = OfferCard, description = "the listing card, readable before buying, with the signed manifest"),
@@ -1212,6 +1319,9 @@ async fn offer_get(
     }))
 }
 
+/// One product.
+///
+/// Its manifest and files, for whoever may read it.
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), responses((status = 200, body = ProductView)))]
 async fn product_get(
@@ -1226,6 +1336,9 @@ async fn product_get(
     Ok(Json(readable_product(&state, &caller, &id).await?.view))
 }
 
+/// Offer a product for sale, or change its price.
+///
+/// The product's operator or the bureau; a recalled product cannot be listed.
 #[utoipa::path(post, path = "/v1/products/{id}/listing", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = ListForSale,
     responses((status = 200, body = ProductView)))]
@@ -1267,6 +1380,9 @@ fn purchase_view(p: &market::Purchase, new: bool) -> PurchaseView {
     }
 }
 
+/// Buy a product (buyer).
+///
+/// Charges the listed price once; buying it again returns the first purchase.
 #[utoipa::path(post, path = "/v1/products/{id}/purchase", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)),
     responses((status = 201, body = PurchaseView, description = "bought"),
@@ -1297,6 +1413,9 @@ async fn product_purchase(
     Ok((status, Json(purchase_view(&purchase, new))))
 }
 
+/// Purchases.
+///
+/// Bureau: all; buyer: its own, each marked if the product was recalled since.
 #[utoipa::path(get, path = "/v1/purchases", tag = "veil", security(("bearer" = [])),
     responses((status = 200, body = Vec<PurchaseView>)))]
 async fn purchases_list(State(state): AppState_, caller: Caller) -> Answer<Vec<PurchaseView>> {
@@ -1316,6 +1435,9 @@ async fn purchases_list(State(state): AppState_, caller: Caller) -> Answer<Vec<P
     ))
 }
 
+/// Recall a product (bureau).
+///
+/// It can no longer be listed, bought or downloaded; answers with the buyers to tell.
 #[utoipa::path(post, path = "/v1/products/{id}/recall", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path)), request_body = Reason,
     responses((status = 200, body = RecallView, description = "the buyers to tell")))]
@@ -1340,6 +1462,9 @@ async fn product_recall(
 /// Largest chunk a download stream reads at once, in bytes.
 const DOWNLOAD_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Download a product file.
+///
+/// Resumable with `Range`; the operator's own products, or a buyer's purchases.
 #[utoipa::path(get, path = "/v1/products/{id}/files/{name}", tag = "veil", security(("bearer" = [])),
     params(("id" = String, Path), ("name" = String, Path),
         ("range" = Option<String>, Header, description = "`bytes=N-` or `bytes=N-M` to resume")),
@@ -1457,6 +1582,9 @@ struct StatementQuery {
     party: Option<String>,
 }
 
+/// A settled month's statement.
+///
+/// Operators and providers get their own; the bureau names the party with `?party=`.
 #[utoipa::path(get, path = "/v1/statements/{period}", tag = "veil", security(("bearer" = [])),
     params(("period" = String, Path, description = "YYYY-MM"), StatementQuery),
     responses((status = 200, description = "the settled statement (JSON, with every line's ledger posting and line id)")))]
@@ -1484,6 +1612,9 @@ async fn statement_get(
     Ok(Json(statement))
 }
 
+/// Settle a closed month (bureau).
+///
+/// Writes each party's statement, once the month has ended; settled months are final.
 #[utoipa::path(post, path = "/v1/settlements", tag = "veil", security(("bearer" = [])),
     request_body = Settle,
     responses((status = 200, description = "the statements written, with their digests"),
@@ -1501,6 +1632,9 @@ async fn settle(
     Ok(Json(settled))
 }
 
+/// Usage of a provider's datasets (provider).
+///
+/// Jobs, ε spent and the provider's shares earned, per dataset.
 #[utoipa::path(get, path = "/v1/usage", tag = "veil", security(("bearer" = [])),
     responses((status = 200, description = "per dataset of the provider: jobs that read it, rows fees and sale shares earned")))]
 async fn provider_usage(

@@ -196,12 +196,6 @@ async fn every_route_checks_role_and_ownership() {
         ),
         (
             "GET",
-            "/v1/openapi.json".into(),
-            None,
-            [200, 200, 200, 200, 200],
-        ),
-        (
-            "GET",
             "/v1/datasets".into(),
             None,
             [200, 403, 200, 200, 200],
@@ -451,6 +445,10 @@ async fn every_route_checks_role_and_ownership() {
     }
     let (status, _) = call(&app, "GET", "/v1/health", None, None).await;
     assert_eq!(status, StatusCode::OK, "health needs no key");
+    for key in [None, Some("veil_0000"), Some(keys.of("buyer"))] {
+        let (status, _) = call(&app, "GET", "/v1/openapi.json", key, None).await;
+        assert_eq!(status, StatusCode::OK, "the OpenAPI document needs no key");
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
@@ -798,6 +796,11 @@ async fn every_http_error_is_the_documented_json() {
         ),
         ("DELETE", "/v1/jobs", None, b"", 400, "invalid", "method"),
     ];
+    // The OpenAPI document describes no data: it is served without a key, so a generator can
+    // fetch it.
+    let (status, doc) = call(&app, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(doc["paths"]["/v1/jobs"].is_object(), "{doc}");
     for (method, path, content_type, body, status, kind, names) in cases {
         let (got, content, answer) = raw(&app, method, path, &key, content_type, body).await;
         let case = format!("{method} {path}: {got} {content:?} {answer}");

@@ -158,6 +158,29 @@ fn documented_routes() -> Vec<String> {
     routes
 }
 
+/// Every operation has a summary and a description (from its handler's doc comment), so a
+/// generated client documents each method.
+#[test]
+fn every_operation_has_a_summary_and_a_description() {
+    let doc = ApiDoc::openapi();
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("DELETE", &item.delete),
+        ] {
+            let Some(op) = op else { continue };
+            let summary = op.summary.as_deref().unwrap_or("");
+            let description = op.description.as_deref().unwrap_or("");
+            assert!(
+                !summary.trim().is_empty() && !description.trim().is_empty(),
+                "{method} {path} lacks a summary or a description: {summary:?} / {description:?}"
+            );
+        }
+    }
+}
+
 /// A parameter declared `in: path` must be a `{name}` of its route: a generated client skips a
 /// route whose path parameters do not match its template (`timeout_ms` and `party` were once
 /// declared in the path although they are query parameters).
@@ -685,7 +708,7 @@ async fn every_route_has_a_recorded_example() {
         .await;
 
     let text = format!(
-        "# Veil HTTP API: an example for every route\n\nRecorded from a real flow by `tests/all/api_docs.rs` (`VEIL_BLESS=1 cargo test -p veil-runtime --test all api_docs` rewrites it). Ids, keys and times differ on every run. Every route takes `Authorization: Bearer <key>` but `GET /v1/health`; errors are `{{\"kind\", \"message\", \"violations\"}}` with the status `kind` fixes. The OpenAPI document (`GET /v1/openapi.json`) has every schema.\n\n{}",
+        "# Veil HTTP API: an example for every route\n\nRecorded from a real flow by `tests/all/api_docs.rs` (`VEIL_BLESS=1 cargo test -p veil-cli --test all api_docs` rewrites it). Ids, keys and times differ on every run. Every route takes `Authorization: Bearer <key>` but `GET /v1/health` and `GET /v1/openapi.json`; errors are `{{\"kind\", \"message\", \"violations\"}}` with the status `kind` fixes. The OpenAPI document (`GET /v1/openapi.json`) has every schema.\n\n{}",
         r.doc
     );
     std::fs::create_dir_all(doc_path.parent().expect("docs")).expect("docs folder");
