@@ -78,7 +78,9 @@ pub(crate) enum ClientCommand {
     Actions(crate::client_actions::Actions),
     /// Your settlement statement for a month (the bureau names --party), as JSON.
     Statement {
+        /// The month, YYYY-MM in bureau time.
         period: String,
+        /// (bureau) Whose statement: operator:<name>, provider:<name> or platform.
         #[arg(long)]
         party: Option<String>,
     },
@@ -115,14 +117,19 @@ pub(crate) enum ClientOffer {
 pub(crate) enum ClientTemplate {
     /// Submit a template file (a WASM template's module is uploaded first).
     Submit {
+        /// The template file (TOML); a WASM template's module is read from beside it.
         file: PathBuf,
     },
+    /// Show a template: its SQL, parameters, state and approval terms.
     Show {
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
     },
+    /// Your templates (the bureau: every operator's).
     List,
     /// (bureau) Approve a template: the same terms `veil template approve` takes.
     Approve {
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         #[command(flatten)]
         terms: ApprovalTerms,
@@ -140,6 +147,7 @@ pub(crate) enum ClientJob {
         /// Makes a retried submit safe: the same key returns the same job.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Wait for the job to end, and print how it ended.
         #[arg(long)]
         wait: bool,
     },
@@ -148,28 +156,40 @@ pub(crate) enum ClientJob {
         #[command(flatten)]
         job: JobArgs,
     },
+    /// Show a job: its state, and its product or why it was refused.
     Show {
+        /// Job id.
         id: String,
     },
+    /// Wait until a job ends, then show it.
     Wait {
+        /// Job id.
         id: String,
+        /// Longest wait, in seconds.
         #[arg(long, default_value_t = WAIT_SECONDS_DEFAULT)]
         timeout_seconds: u64,
     },
+    /// Cancel a job: a queued one spends nothing; a running one keeps its reserved ε spent.
     Cancel {
+        /// Job id.
         id: String,
     },
+    /// Your jobs (the bureau: every operator's).
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientProduct {
+    /// The products you may see (operator: yours; buyer: offered or bought; bureau: all).
     List,
+    /// A product's manifest and files.
     Show {
+        /// Product id.
         id: String,
     },
     /// Offer a product for sale (its operator, or the bureau).
     Sell {
+        /// Product id.
         id: String,
         /// Price in fen.
         #[arg(long)]
@@ -177,11 +197,14 @@ pub(crate) enum ClientProduct {
     },
     /// Buy a product (buyer).
     Buy {
+        /// Product id.
         id: String,
     },
     /// Download a product into a folder and verify it against the platform's key.
     Download {
+        /// Product id.
         id: String,
+        /// Folder to download into; the product is verified there.
         #[arg(long)]
         out: PathBuf,
     },

@@ -41,9 +41,13 @@ pub(crate) enum Actions {
 #[derive(Debug, Subcommand)]
 pub(crate) enum GrantRequestCommand {
     /// One grant request (yours; the bureau sees any).
-    Show { id: String },
+    Show {
+        /// Grant request id.
+        id: String,
+    },
     /// (bureau) Grant a pending request, optionally with less ε per month than asked for.
     Approve {
+        /// Grant request id.
         id: String,
         /// ε per month to grant instead of the amount asked for (at most that amount).
         #[arg(long)]
@@ -51,6 +55,7 @@ pub(crate) enum GrantRequestCommand {
     },
     /// (bureau) Reject a pending request, telling the operator why.
     Reject {
+        /// Grant request id.
         id: String,
         #[command(flatten)]
         reason: ReasonArg,
@@ -74,12 +79,14 @@ pub(crate) enum PrincipalCommand {
 pub(crate) enum TemplateDecision {
     /// (bureau) Reject a submitted template: the same as `veil template reject`.
     Reject {
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         #[command(flatten)]
         reason: ReasonArg,
     },
     /// (bureau) Revoke an approved template: the same as `veil template revoke`.
     Revoke {
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         #[command(flatten)]
         reason: ReasonArg,
@@ -92,6 +99,7 @@ pub(crate) enum ProductRecall {
     /// (bureau) Recall a product: no listing, purchase or download works afterwards. The same
     /// as `veil product recall`.
     Recall {
+        /// Product id.
         id: String,
         #[command(flatten)]
         reason: ReasonArg,

@@ -64,10 +64,13 @@ pub(crate) enum Command {
     Init(StoreArg),
     /// Write a deterministic synthetic Shanxi data set (Parquet).
     DemoData {
+        /// Social-insurance records to generate.
         #[arg(long)]
         rows: u64,
+        /// Folder to write the Parquet files into.
         #[arg(long)]
         out: PathBuf,
+        /// Seed of the generator: the same seed writes the same data.
         #[arg(long, default_value_t = demo_data::DEMO_SEED)]
         seed: u64,
     },
@@ -162,8 +165,11 @@ pub(crate) enum DatasetCommand {
         /// Table name operators use in SQL.
         #[arg(long)]
         name: String,
+        /// The provider's file: .parquet or .csv.
         #[arg(long)]
         file: PathBuf,
+        /// The dataset's policy (TOML): each column's role, bounds and key set, and the privacy
+        /// unit.
         #[arg(long)]
         policy: PathBuf,
         /// A CSV file's text encoding: utf-8 (the default), gbk, gb18030, or any WHATWG label;
@@ -184,6 +190,7 @@ pub(crate) enum DatasetCommand {
     Show {
         #[command(flatten)]
         store: StoreArg,
+        /// Dataset name.
         name: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -197,6 +204,7 @@ pub(crate) enum GrantCommand {
     Create {
         #[command(flatten)]
         store: StoreArg,
+        /// The operator the grant is for (its principal name).
         #[arg(long)]
         operator: String,
         #[command(flatten)]
@@ -257,6 +265,7 @@ pub(crate) enum TemplateCommand {
     Submit {
         #[command(flatten)]
         store: StoreArg,
+        /// The operator submitting the template (its principal name).
         #[arg(long)]
         operator: String,
         /// A template file (TOML).
@@ -288,6 +297,7 @@ pub(crate) enum TemplateCommand {
     Approve {
         #[command(flatten)]
         store: StoreArg,
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         #[command(flatten)]
         terms: ApprovalTerms,
@@ -299,6 +309,7 @@ pub(crate) enum TemplateCommand {
     Reject {
         #[command(flatten)]
         store: StoreArg,
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         #[command(flatten)]
         reason: crate::terms::ReasonArg,
@@ -310,6 +321,7 @@ pub(crate) enum TemplateCommand {
     Revoke {
         #[command(flatten)]
         store: StoreArg,
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         #[command(flatten)]
         reason: crate::terms::ReasonArg,
@@ -318,9 +330,11 @@ pub(crate) enum TemplateCommand {
         json: bool,
     },
     List(ViewArgs),
+    /// Show a template: its SQL, parameters, state and approval terms.
     Show {
         #[command(flatten)]
         store: StoreArg,
+        /// Template id, unique prefix (at least 8 characters) or name.
         id: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -334,6 +348,7 @@ pub(crate) enum JobCommand {
     Run {
         #[command(flatten)]
         store: StoreArg,
+        /// The operator running the job (its principal name).
         #[arg(long)]
         operator: String,
         #[command(flatten)]
@@ -344,6 +359,7 @@ pub(crate) enum JobCommand {
     Check {
         #[command(flatten)]
         store: StoreArg,
+        /// The operator who would run the job (its principal name).
         #[arg(long)]
         operator: String,
         #[command(flatten)]
@@ -352,9 +368,11 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show a job: its state, and its product or why it was refused.
     Show {
         #[command(flatten)]
         store: StoreArg,
+        /// Job id.
         id: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -367,6 +385,7 @@ pub(crate) enum JobCommand {
 pub(crate) enum ProductCommand {
     /// Verify a product folder offline: file digests and the platform signature.
     Verify {
+        /// The product folder: manifest.json and the files it lists.
         dir: PathBuf,
         /// The platform's public key (64 hex digits, from `veil platform-key`).
         #[arg(long)]
@@ -380,6 +399,7 @@ pub(crate) enum ProductCommand {
     Sell {
         #[command(flatten)]
         store: StoreArg,
+        /// Product id.
         id: String,
         /// Price in fen.
         #[arg(long)]
@@ -395,6 +415,7 @@ pub(crate) enum ProductCommand {
     Recall {
         #[command(flatten)]
         store: StoreArg,
+        /// Product id.
         id: String,
         #[command(flatten)]
         reason: crate::terms::ReasonArg,

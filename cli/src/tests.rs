@@ -285,3 +285,39 @@ fn a_bad_date_or_disposition_is_refused_naming_the_flag() {
         "{disposition}"
     );
 }
+
+/// Every command and every flag of `veil` (local and `veil client`) has help text, so
+/// `--help` explains each one.
+#[test]
+fn every_command_and_flag_has_help() {
+    fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for sub in command.get_subcommands() {
+            let here = format!("{path} {}", sub.get_name());
+            if sub.get_name() == "help" || sub.is_hide_set() {
+                continue;
+            }
+            if sub.get_about().is_none() {
+                missing.push(format!("{here}: no about"));
+            }
+            for arg in sub.get_arguments() {
+                if arg.is_hide_set() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{here} {}", arg.get_id()));
+                }
+            }
+            walk(sub, &here, missing);
+        }
+    }
+    let mut command = Cli::command();
+    command.build();
+    let mut missing = Vec::new();
+    walk(&command, "veil", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "{} without help:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
+}
