@@ -705,9 +705,10 @@ async fn grant_request_reject(
 /// Upload a WASM mapper module (operator).
 ///
 /// The module is checked by the host before it is stored; a WASM template then names it by its
-/// BLAKE3 digest.
+/// BLAKE3 digest. The body is the module's bytes, sent as `application/octet-stream` (the SDK
+/// sends `application/wasm`; any content type is taken).
 #[utoipa::path(post, path = "/v1/modules", tag = "veil", security(("bearer" = [])),
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = ModuleStored), (status = 422, body = ErrorBody)))]
 async fn module_upload(
     State(state): AppState_,
