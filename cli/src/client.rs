@@ -80,7 +80,7 @@ pub(crate) enum ClientCommand {
     Statement {
         /// The month, YYYY-MM in bureau time.
         period: String,
-        /// (bureau) Whose statement: operator:<name>, provider:<name> or platform.
+        /// (bureau) Whose statement: operator:NAME, provider:NAME or platform.
         #[arg(long)]
         party: Option<String>,
     },
