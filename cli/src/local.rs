@@ -183,6 +183,9 @@ pub(crate) enum DatasetCommand {
         /// knowingly; the quality report records it.
         #[arg(long)]
         accept_quality_issues: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List registered datasets.
     List(ViewArgs),
@@ -241,6 +244,9 @@ pub(crate) enum PrincipalCommand {
         store: StoreArg,
         /// Principal id or name.
         id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Give a principal a new API key, printed once: the old key stops working at once, and
     /// the identity stays (its grants, templates, jobs and purchases stay its own). A revoked
@@ -292,6 +298,9 @@ pub(crate) enum TemplateCommand {
         /// WASM template: what a failed unit contributes: none | default.
         #[arg(long, default_value = "none")]
         fallback: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Approve a submitted template, pinning its privacy parameters and price.
     Approve {
@@ -353,6 +362,9 @@ pub(crate) enum JobCommand {
         operator: String,
         #[command(flatten)]
         job: JobArgs,
+        /// Print the ended job as JSON instead of text (the exit code is the same).
+        #[arg(long)]
+        json: bool,
     },
     /// Pre-flight: would the job pass, what would it cost, what budget would remain? Reads
     /// no data row and spends nothing.
@@ -744,6 +756,7 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             encoding,
             delimiter,
             accept_quality_issues,
+            json,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let policy = catalog::Policy::parse(&read_text(&policy, "policy")?)?;
@@ -769,6 +782,11 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             );
             meter.finish();
             let dataset = registered?;
+            if json {
+                let quality = catalog::quality_report(&store, &dataset.id)?;
+                print_json(&serde_json::json!({ "dataset": dataset, "quality": quality }))?;
+                return Ok(0);
+            }
             println!(
                 "registered dataset `{}` ({}): {} rows, BLAKE3 {}",
                 dataset.name, dataset.id, dataset.rows, dataset.content_blake3
@@ -1043,10 +1061,14 @@ fn principal(command: PrincipalCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        PrincipalCommand::Revoke { store, id } => {
+        PrincipalCommand::Revoke { store, id, json } => {
             let mut store = Store::open(&store.data_dir)?;
             let id = veil_runtime::principals::get(&store, &id)?.id;
             let principal = veil_runtime::principals::revoke(&mut store, &id)?;
+            if json {
+                print_json(&principal)?;
+                return Ok(0);
+            }
             println!("revoked the key of `{}` ({})", principal.name, principal.id);
             Ok(0)
         }
@@ -1066,6 +1088,7 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             release_sql,
             max_rows_per_unit,
             fallback,
+            json,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let (spec, module) = match (file, wasm) {
@@ -1099,6 +1122,10 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                     }
                     Err(error) => return Err(error),
                 };
+            if json {
+                print_json(&template)?;
+                return Ok(0);
+            }
             println!(
                 "submitted template `{}`: {} (waiting for the bureau's approval)",
                 template.spec.name, template.id
@@ -1295,9 +1322,14 @@ async fn job(command: JobCommand) -> Result<i32> {
             store,
             operator,
             job,
+            json,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let outcome = jobs::run(&mut store, job.request(operator)).await?;
+            if json {
+                print_json(&jobs::get(&store, outcome_job_id(&outcome))?)?;
+                return Ok(outcome_code(&outcome));
+            }
             Ok(print_outcome(&outcome))
         }
         JobCommand::Check {
@@ -1383,6 +1415,26 @@ async fn job(command: JobCommand) -> Result<i32> {
 }
 
 /// Prints a job outcome and returns the exit code (0 released, 3 rejected, 1 failed).
+/// The id of the job that ended with `outcome`.
+fn outcome_job_id(outcome: &JobOutcome) -> &str {
+    match outcome {
+        JobOutcome::Released { job_id, .. }
+        | JobOutcome::Rejected { job_id, .. }
+        | JobOutcome::Failed { job_id, .. }
+        | JobOutcome::Cancelled { job_id } => job_id.as_str(),
+    }
+}
+
+/// The exit code of a job's end: 0 released, 3 refused, 6 for a full disk, 1 otherwise.
+fn outcome_code(outcome: &JobOutcome) -> i32 {
+    match outcome {
+        JobOutcome::Released { .. } => 0,
+        JobOutcome::Rejected { .. } => 3,
+        JobOutcome::Failed { reason, .. } if reason == veil_runtime::jobs::STORAGE_FULL_REASON => 6,
+        JobOutcome::Failed { .. } | JobOutcome::Cancelled { .. } => 1,
+    }
+}
+
 pub(crate) fn print_outcome(outcome: &JobOutcome) -> i32 {
     match outcome {
         JobOutcome::Released {
@@ -1400,25 +1452,14 @@ pub(crate) fn print_outcome(outcome: &JobOutcome) -> i32 {
                 println!("job {job_id} released product {product_id}");
             }
             println!("  files: {}", dir.display());
-            0
         }
         JobOutcome::Rejected { job_id, refusal } => {
             print_refusal(&format!("job {job_id} rejected"), refusal);
-            3
         }
-        JobOutcome::Failed { job_id, reason } => {
-            println!("job {job_id} failed: {reason}");
-            if reason == veil_runtime::jobs::STORAGE_FULL_REASON {
-                6
-            } else {
-                1
-            }
-        }
-        JobOutcome::Cancelled { job_id } => {
-            println!("job {job_id} was cancelled");
-            1
-        }
+        JobOutcome::Failed { job_id, reason } => println!("job {job_id} failed: {reason}"),
+        JobOutcome::Cancelled { job_id } => println!("job {job_id} was cancelled"),
     }
+    outcome_code(outcome)
 }
 
 fn print_refusal(heading: &str, refusal: &Refusal) {

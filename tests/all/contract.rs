@@ -343,6 +343,50 @@ async fn every_list_and_object_command_prints_json_locally_and_through_the_clien
         let value = json_of(veil(&all, &[]), &args.join(" "));
         assert!(!value.is_null(), "{args:?}");
     }
+    // Commands that change something print what they made.
+    let template_file = w.fixture.dir.path().join("by_gender.toml");
+    std::fs::write(
+        &template_file,
+        "name = \"by_gender\"\nsql = \"SELECT gender, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY gender\"\n",
+    )
+    .expect("template file");
+    let submitted = json_of(
+        veil(
+            &[
+                "template",
+                "submit",
+                "--data-dir",
+                store,
+                "--operator",
+                OPERATOR,
+                "--file",
+                template_file.to_str().expect("path"),
+                "--json",
+            ],
+            &[],
+        ),
+        "template submit",
+    );
+    assert_eq!(submitted["state"], "submitted", "{submitted}");
+    let ran = json_of(
+        veil(
+            &[
+                "job",
+                "run",
+                "--data-dir",
+                store,
+                "--operator",
+                OPERATOR,
+                "--template",
+                &w.approved,
+                "--json",
+            ],
+            &[],
+        ),
+        "job run",
+    );
+    assert_eq!(ran["state"], "released", "{ran}");
+    assert!(ran["product_id"].is_string(), "{ran}");
 
     let server = Server::start(&w.fixture.store_path(), 1);
     let (bureau, operator, buyer) = (&w.keys.bureau, &w.keys.operator, &w.keys.buyer);
