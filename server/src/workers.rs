@@ -326,10 +326,13 @@ impl Workers {
             .lock()
             .map_err(|_| Error::internal("queueing a job"))?
             .insert(job.clone(), slot);
+        // Counted before it is sent: a worker may take it at once, and the gauge must not go
+        // below zero then back up (it saturates at zero, so it would stay one too high).
+        self.metrics.job_queued();
         self.sender.send(job).map_err(|_| {
+            self.metrics.job_taken(false);
             Error::Resources("the job workers have stopped; restart the server".into())
         })?;
-        self.metrics.job_queued();
         Ok(())
     }
 
