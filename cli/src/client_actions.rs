@@ -202,18 +202,7 @@ pub(crate) async fn recall(client: &Client, json: bool, command: ProductRecall) 
         json_out(&recall)?;
         return Ok(0);
     }
-    println!(
-        "product {} is recalled: {}",
-        recall.product_id, recall.reason
-    );
-    if recall.buyers.is_empty() {
-        println!("nobody bought it");
-    } else {
-        println!("tell these buyers:");
-        for buyer in &recall.buyers {
-            println!("  {buyer}");
-        }
-    }
+    crate::output::print_recall(&recall.product_id, &recall.reason, &recall.buyers);
     Ok(0)
 }
 

@@ -1582,18 +1582,7 @@ fn product(command: ProductCommand) -> Result<i32> {
                 print_json(&recall)?;
                 return Ok(0);
             }
-            println!(
-                "product {} is recalled: {}",
-                recall.product_id, recall.reason
-            );
-            if recall.buyers.is_empty() {
-                println!("nobody bought it");
-            } else {
-                println!("tell these buyers:");
-                for buyer in &recall.buyers {
-                    println!("  {buyer}");
-                }
-            }
+            crate::output::print_recall(&recall.product_id, &recall.reason, &recall.buyers);
             Ok(0)
         }
         ProductCommand::List(view) => {

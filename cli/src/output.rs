@@ -110,6 +110,19 @@ pub(crate) fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Prints a recall for the bureau, with the buyers it must tell.
+pub(crate) fn print_recall(product_id: &str, reason: &str, buyers: &[String]) {
+    println!("product {product_id} is recalled: {reason}");
+    if buyers.is_empty() {
+        println!("nobody bought it");
+    } else {
+        println!("tell these buyers:");
+        for buyer in buyers {
+            println!("  {buyer}");
+        }
+    }
+}
+
 /// Prints a pre-flight answer for people.
 pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
     if answer.passes {
