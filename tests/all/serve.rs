@@ -466,21 +466,7 @@ async fn a_buyer_buys_and_verifies_a_product_and_the_bureau_settles_the_month() 
         )
         .await
         .expect("approved");
-    let submitted = operator
-        .submit_job(
-            &SubmitJob {
-                template: template.id.clone(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("queued");
-    let job = operator
-        .wait_job(&submitted.job.id, Duration::from_secs(120))
-        .await
-        .expect("ended");
-    let product = job.product_id.expect("released");
+    let product = released_product(&operator, &template.id).await;
 
     // Not for sale yet: the buyer cannot see it. Offered at ¥10.01: it can, and buys it once.
     assert!(matches!(
@@ -1458,4 +1444,24 @@ fn the_client_shows_a_templates_sql_parameters_state_and_terms() {
         shown.contains("limits:     memory 1024 MiB, wall 300 s"),
         "{shown}"
     );
+}
+
+/// Submits a job of `template` (no parameters) as `operator`, waits for it, and returns the
+/// product it released.
+pub(crate) async fn released_product(operator: &Client, template: &str) -> String {
+    let submitted = operator
+        .submit_job(
+            &SubmitJob {
+                template: template.to_string(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("queued");
+    let job = operator
+        .wait_job(&submitted.job.id, Duration::from_secs(120))
+        .await
+        .expect("ended");
+    job.product_id.expect("released")
 }

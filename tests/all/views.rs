@@ -4,15 +4,14 @@
 //! through `veil_sdk::client::Client` and the `veil client` commands.
 
 use std::process::Command;
-use std::time::Duration;
 
 use veil_runtime::catalog::{self, Policy, RegisterOptions};
 use veil_runtime::principals::{self, Role};
 use veil_runtime::templates::TemplateSpec;
-use veil_sdk::api::{ApproveTemplate, SubmitJob};
+use veil_sdk::api::ApproveTemplate;
 use veil_sdk::client::{Client, ClientError};
 
-use crate::serve::{Server, add_principals};
+use crate::serve::{Server, add_principals, released_product};
 use crate::support::{Fixture, SOCIAL_POLICY, veil_bin};
 
 const PROVIDER: &str = "Shanxi Provincial Department of Human Resources and Social Security";
@@ -291,21 +290,7 @@ async fn a_buyer_reads_the_listing_card_and_verifies_the_manifest_before_buying(
         )
         .await
         .expect("approved");
-    let submitted = operator
-        .submit_job(
-            &SubmitJob {
-                template: template.id.clone(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("queued");
-    let job = operator
-        .wait_job(&submitted.job.id, Duration::from_secs(120))
-        .await
-        .expect("ended");
-    let product = job.product_id.expect("released");
+    let product = released_product(&operator, &template.id).await;
 
     // Not offered: no card, for the buyer or its own operator.
     assert!(matches!(
