@@ -17,9 +17,10 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Column;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, JoinType, LogicalPlan, Operator};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
 
 use crate::allow::{self, Clause};
+use crate::disclosure::DisclosureRules;
 use crate::policy::{Dataset, Role};
 use crate::rules::{Refusal, Rule};
 
@@ -34,6 +35,8 @@ pub struct BaseColumn {
     pub bounds: Option<[f64; 2]>,
     pub keys: Option<Vec<String>>,
     pub integer: bool,
+    /// The column's statistical disclosure rules (p % rule, dominance), if its policy has any.
+    pub disclosure: Option<DisclosureRules>,
 }
 
 /// Where one output column of a plan node comes from.
@@ -67,6 +70,8 @@ pub struct GroupKey {
     pub name: String,
     /// The public key set, when the key is a plain column that has one.
     pub keys: Option<Vec<String>>,
+    /// The base columns the key is computed from (none for a constant).
+    pub bases: Vec<BaseColumn>,
 }
 
 /// An allowed aggregate.
@@ -82,6 +87,10 @@ pub enum MeasureKind {
         lo: f64,
         hi: f64,
         integer: bool,
+        /// The summed column's disclosure rules: each released cell is checked against them
+        /// on a noisy margin (`crate::disclosure`). The gate sums only a column passed
+        /// through, so these are that one column's rules.
+        disclosure: Option<DisclosureRules>,
     },
     /// AVG(column) over declared bounds: noisy SUM / noisy COUNT.
     Avg {
@@ -89,6 +98,14 @@ pub enum MeasureKind {
         lo: f64,
         hi: f64,
         integer: bool,
+        /// Whether the averaged expression can be NULL in the input's schema. When it cannot
+        /// and one unit adds at most one row to a group, its non-null count equals the
+        /// group's distinct-unit count, and the release divides by that draw instead of a
+        /// draw of its own.
+        nullable: bool,
+        /// The averaged column's disclosure rules, as for a sum: an average is its noisy sum
+        /// over a count, so a cell one contributor dominates is withheld the same way.
+        disclosure: Option<DisclosureRules>,
     },
 }
 
@@ -129,6 +146,12 @@ impl Analysis {
     /// The kind of privacy unit the query counts (e.g. "person").
     pub fn unit_kind(&self) -> &str {
         &self.unit_kind
+    }
+
+    /// The group keys, in the product's order, each with the base columns it is computed
+    /// from (what `runtime::contribution` estimates a unit's groups from).
+    pub fn group_keys(&self) -> &[GroupKey] {
+        &self.groups
     }
 
     /// True when every group key has a public key set, so the set of released groups can be
@@ -261,6 +284,7 @@ pub fn analyse(plan: &LogicalPlan, tables: &Tables) -> Result<Analysis, Refusal>
             expr: expr.clone(),
             name: aggregate.schema.field(index).name().to_string(),
             keys,
+            bases: origin.bases.clone(),
         });
     }
 
@@ -545,6 +569,7 @@ fn measure_kind(
                     lo,
                     hi,
                     integer: base.integer,
+                    disclosure: base.disclosure,
                 })
             } else {
                 Some(MeasureKind::Avg {
@@ -552,6 +577,8 @@ fn measure_kind(
                     lo,
                     hi,
                     integer: base.integer,
+                    nullable: expr.nullable(input.schema().as_ref()).unwrap_or(true),
+                    disclosure: base.disclosure,
                 })
             }
         }
@@ -660,8 +687,9 @@ pub fn lineage(
                             is_unit: field.name() == &dataset.policy.privacy_unit,
                             unit_kind: dataset.policy.unit_kind.clone(),
                             bounds: policy.and_then(|p| p.bounds),
-                            keys: policy.and_then(|p| p.keys.clone()),
+                            keys: policy.and_then(|p| p.key_set().map(|k| k.into_owned())),
                             integer: field.data_type().is_integer(),
+                            disclosure: policy.and_then(DisclosureRules::of),
                         }],
                         direct: true,
                         scale: 1,

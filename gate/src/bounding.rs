@@ -38,6 +38,40 @@
 //! whatever the partitioning — a choice that depends on that unit's rows alone, never on any
 //! other unit.
 //!
+//! # Counting the units the bounds cut
+//! A unit is *cut* when bounding changed what it adds: it has more than `max_groups` groups
+//! (the groups beyond its kept ones are dropped), or one of its kept slots is capped — it has
+//! more than `max_rows` rows there and a measure counts rows, or a measure has more than
+//! `max_rows` non-null values there. [`Bounded::truncated_units`] counts the cut units, and it
+//! is what one fold over all rows would count, whatever the partitioning:
+//!
+//! - *Within a fold*, `slot_for` flags a unit (in a spare bit of its table entry, [`CUT_BIT`])
+//!   when a group of it is turned away or evicts another. Both happen exactly when the unit
+//!   holds `max_groups` slots and a row of a group it has no slot for arrives; since a group
+//!   that left never comes back, the unit then has `max_groups` + 1 groups in that fold's
+//!   rows. Conversely, if it has more, the first row of its (`max_groups` + 1)-th group finds
+//!   (no flag yet, so nothing left) `max_groups` slots full. The flag is set before the choice
+//!   between turning away and evicting, so: *a fold flags a unit if and only if the unit has
+//!   more than `max_groups` groups among that fold's rows.*
+//! - *Across folds*, with `G`, `G_i`, `K_i` and `K` as above: if a fold flagged the unit,
+//!   `|G| ≥ |G_i| > max_groups`. If none did, every fold kept every group it saw
+//!   (`K_i = G_i`), so the merge holds `∪ K_i = G` and truncates exactly when
+//!   `|G| > max_groups`. Hence "some fold flagged it, or the merge truncates" is exactly
+//!   `|G| > max_groups` — for a unit only one fold saw, its flag alone.
+//! - The caps are judged on the unit's final slots, which are `K` with every row of the unit
+//!   counted (see above), as in one fold; the folds' partial counts are added before a cap
+//!   is compared, so a slot whose rows are split over folds is judged on its total.
+//! - Each cut unit is counted once: a unit several folds saw by its merge (in the
+//!   lowest-numbered fold that saw it), a unit one fold saw by that fold — in the walk over
+//!   its table if flagged, else in the walk over its slots at its first capped slot. A
+//!   unit's chain runs to ever higher slot indices (new slots are appended, then linked at
+//!   the chain's end; an eviction reuses a slot in place), so the walk passes an "already
+//!   counted" mark on along the chain before it reaches the unit's later slots.
+//!
+//! Whether a unit is cut depends on its own rows and the job's group hash alone, never on
+//! another unit, so adding or removing one unit moves the count by at most 1: a release of it
+//! has sensitivity 1.
+//!
 //! # Proof of the bounds
 //! Neighbouring datasets differ in all rows of one privacy unit `u`. After `finish`, `u` owns
 //! at most `max_groups` slots (each fold keeps at most that many, and a merge keeps the
@@ -75,6 +109,7 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use crate::analysis::{Analysis, MeasureKind};
+use crate::disclosure::{self, Largest};
 
 /// Name of the unit column in the gate's plan.
 const UNIT: &str = "__veil_unit";
@@ -118,11 +153,15 @@ pub(crate) struct GroupTotals {
     /// Distinct units behind the group after bounding (the true count k-anonymity checks).
     pub(crate) units: i64,
     pub(crate) totals: Vec<Total>,
+    /// Per measure with disclosure rules, in measure order, the group's largest per-unit
+    /// contributions (`disclosure::Largest`); empty when no measure has rules.
+    largest: Vec<Largest>,
 }
 
 impl GroupTotals {
-    fn empty(kinds: &[SlotKind]) -> Self {
+    fn empty(kinds: &[SlotKind], largest: &[Largest]) -> Self {
         Self {
+            largest: largest.to_vec(),
             units: 0,
             totals: kinds
                 .iter()
@@ -139,6 +178,9 @@ impl GroupTotals {
     /// Adds another share of the same group's totals (shares hold disjoint (unit, group) slots).
     fn merge(&mut self, other: &GroupTotals) {
         self.units += other.units;
+        for (mine, theirs) in self.largest.iter_mut().zip(&other.largest) {
+            mine.merge(theirs);
+        }
         for (mine, theirs) in self.totals.iter_mut().zip(&other.totals) {
             match (mine, theirs) {
                 (Total::Count(a), Total::Count(b)) => *a += b,
@@ -159,6 +201,17 @@ impl GroupTotals {
 /// A group key in Arrow's row format (order-preserving bytes); empty when there is no GROUP BY.
 pub(crate) type GroupKeyBytes = Box<[u8]>;
 
+impl GroupTotals {
+    /// The group's largest per-unit contributions to measure `measure`, largest first; empty
+    /// when the measure has no disclosure rules.
+    pub(crate) fn largest(&self, measure: usize) -> &[f64] {
+        self.largest
+            .iter()
+            .find(|l| l.measure() == measure)
+            .map_or(&[], |l| l.values())
+    }
+}
+
 /// Every group that has at least one unit after bounding, keyed by its row-encoded group key,
 /// plus the converter that decodes keys back into columns.
 pub(crate) struct Bounded {
@@ -166,6 +219,11 @@ pub(crate) struct Bounded {
     pub(crate) groups: HashMap<GroupKeyBytes, GroupTotals>,
     /// Group key types, in order.
     pub(crate) key_types: Vec<DataType>,
+    /// Units whose contributions the bounds cut: more groups than `max_groups`, or a kept
+    /// group where a cap on `max_rows` changed a total (see "Counting the units the bounds
+    /// cut" in the module docs). A true count, the same whatever the partitioning, released
+    /// only with noise (sensitivity 1).
+    pub(crate) truncated_units: i64,
 }
 
 /// Builds the gate's plan: the operator's input, projected to the unit, the group keys and the
@@ -186,12 +244,14 @@ pub(crate) fn stage_plan(analysis: &Analysis) -> datafusion::error::Result<Logic
                 lo,
                 hi,
                 integer,
+                ..
             }
             | MeasureKind::Avg {
                 value,
                 lo,
                 hi,
                 integer,
+                ..
             } => {
                 projected.push(clamp(value.clone(), *lo, *hi, *integer).alias(name));
             }
@@ -395,7 +455,8 @@ impl UnitKey for u128 {
 /// than two, and its home entry can be fetched ahead of time (see `touch`).
 struct UnitTable<K> {
     /// `K::WORDS` words per entry: the key, then its first slot plus one (0: an empty entry,
-    /// so a fresh table is zeroed memory; see [`written_zeroed_words`]).
+    /// so a fresh table is zeroed memory; see [`written_zeroed_words`]) with [`CUT_BIT`] set
+    /// once the fold turned one of the unit's groups away.
     words: Vec<u64>,
     /// 64 − log2(entries): a hash's top bits pick an entry's home.
     shift: u32,
@@ -415,6 +476,31 @@ fn written_zeroed_words(len: usize) -> Vec<u64> {
         *word = std::hint::black_box(0);
     }
     words
+}
+
+/// The bit of a unit table entry's slot word that says the fold turned away or evicted one of
+/// the unit's groups, i.e. the unit has more than `max_groups` groups in that fold. A slot
+/// index plus one needs at most 33 bits, so the top bit is free: the flag costs no memory,
+/// and reading a slot index with `as u32` drops it.
+const CUT_BIT: u64 = 1 << 63;
+
+/// What a fold's unit table holds for one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UnitEntry {
+    /// The unit's first slot.
+    first: u32,
+    /// Whether the fold turned away or evicted one of the unit's groups ([`CUT_BIT`]).
+    cut: bool,
+}
+
+impl UnitEntry {
+    fn of_word(word: u64) -> Self {
+        Self {
+            // `as u32` keeps the 32 bits of the index, without the flag.
+            first: (word - 1) as u32,
+            cut: word & CUT_BIT != 0,
+        }
+    }
 }
 
 impl<K> Default for UnitTable<K> {
@@ -452,9 +538,9 @@ impl<K: UnitKey> UnitTable<K> {
         key.hash().checked_shr(self.shift).unwrap_or(0) as usize
     }
 
-    /// The unit's first slot, if the table holds the unit.
+    /// The unit's entry, if the table holds the unit.
     #[inline]
-    fn get(&self, key: K) -> Option<u32> {
+    fn get(&self, key: K) -> Option<UnitEntry> {
         if self.len == 0 {
             return None;
         }
@@ -467,16 +553,17 @@ impl<K: UnitKey> UnitTable<K> {
                 return None;
             }
             if K::from_words(entry) == key {
-                return Some((first - 1) as u32);
+                return Some(UnitEntry::of_word(first));
             }
             at = (at + 1) & mask;
         }
     }
 
-    /// The unit's first slot if the table holds the unit; otherwise records `first` as the
-    /// new unit's first slot and returns `None`. One probe sequence either way.
+    /// The unit's first slot and the place of its slot word (for [`Self::mark_cut`]) if the
+    /// table holds the unit; otherwise records `first` as the new unit's first slot and
+    /// returns `None`. One probe sequence either way.
     #[inline]
-    fn get_or_insert(&mut self, key: K, first: u32) -> Option<u32> {
+    fn get_or_insert(&mut self, key: K, first: u32) -> Option<(u32, usize)> {
         if (self.len + 1) * 4 > self.entries() * 3 {
             self.grow();
         }
@@ -492,17 +579,30 @@ impl<K: UnitKey> UnitTable<K> {
                 return None;
             }
             if K::from_words(entry) == key {
-                return Some((known - 1) as u32);
+                // `as u32` drops the cut flag (see `CUT_BIT`).
+                return Some(((known - 1) as u32, at * K::WORDS + K::WORDS - 1));
             }
             at = (at + 1) & mask;
         }
     }
 
+    /// Flags the unit whose slot word is at `word` (from [`Self::get_or_insert`]) as cut: the
+    /// fold turned away or evicted one of its groups.
+    #[inline]
+    fn mark_cut(&mut self, word: usize) {
+        self.words[word] |= CUT_BIT;
+    }
+
     /// Doubles the table (a table sized from the input's row count rarely needs to).
     fn grow(&mut self) {
         let mut bigger = Self::for_units(self.entries());
-        for (key, first) in self.iter() {
-            bigger.get_or_insert(key, first);
+        for (key, entry) in self.iter() {
+            bigger.get_or_insert(key, entry.first);
+            if entry.cut
+                && let Some((_, word)) = bigger.get_or_insert(key, entry.first)
+            {
+                bigger.mark_cut(word);
+            }
         }
         *self = bigger;
     }
@@ -518,12 +618,17 @@ impl<K: UnitKey> UnitTable<K> {
             .unwrap_or(0)
     }
 
-    /// Every (unit, first slot), in table order.
-    fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
+    /// Every (unit, entry), in table order.
+    fn iter(&self) -> impl Iterator<Item = (K, UnitEntry)> + '_ {
         self.words
             .chunks_exact(K::WORDS)
             .filter(|entry| entry[K::WORDS - 1] != 0)
-            .map(|entry| (K::from_words(entry), (entry[K::WORDS - 1] - 1) as u32))
+            .map(|entry| {
+                (
+                    K::from_words(entry),
+                    UnitEntry::of_word(entry[K::WORDS - 1]),
+                )
+            })
     }
 
     fn bytes(&self) -> usize {
@@ -845,6 +950,9 @@ pub(crate) struct Fold {
     kinds: Vec<SlotKind>,
     /// The kinds of the measures that keep an accumulator, in order: a slot's accumulators.
     acc_kinds: Vec<SlotKind>,
+    /// An empty list of largest contributions per measure with disclosure rules, which every
+    /// group's totals start from (`disclosure::lists`); empty when no measure has rules.
+    largest: Vec<Largest>,
     converter: RowConverter,
     hasher: GroupHasher,
     group_ids: FastMap<GroupKeyBytes, u32>,
@@ -909,6 +1017,7 @@ impl Fold {
             n_groups: analysis.groups.len(),
             kinds,
             acc_kinds,
+            largest: disclosure::lists(analysis),
             converter,
             hasher,
             group_ids: FastMap::default(),
@@ -1052,7 +1161,8 @@ impl Fold {
     }
 
     /// The slot for (unit, group), making or reusing one, or `None` when the unit keeps
-    /// other groups.
+    /// other groups. A unit that has a group turned away or evicted here is flagged as cut
+    /// in its table entry (see "Counting the units the bounds cut" in the module docs).
     fn slot_for<K: UnitKey>(
         &mut self,
         units: &mut UnitTable<K>,
@@ -1060,7 +1170,7 @@ impl Fold {
         group: u32,
     ) -> Option<u32> {
         // One probe of the unit table whether the unit is new or known.
-        let Some(first) = units.get_or_insert(unit, self.slots.len() as u32) else {
+        let Some((first, word)) = units.get_or_insert(unit, self.slots.len() as u32) else {
             return Some(self.new_slot(group));
         };
         let mut count = 0usize;
@@ -1084,6 +1194,8 @@ impl Fold {
             self.slots[last as usize].next = slot;
             return Some(slot);
         }
+        // The unit has more than `max_groups` groups in this fold: one is dropped either way.
+        units.mark_cut(word);
         if self.rank(group) < self.rank(self.slots[worst as usize].group) {
             // Evict the largest-hash group: it can never come back (see the module docs).
             let stride = self.stride();
@@ -1278,6 +1390,9 @@ impl Fold {
 
 /// Adds one slot's capped contribution to its group's totals.
 fn add_slot(totals: &mut GroupTotals, kinds: &[SlotKind], max_rows: i64, rows: i64, accs: &[Acc]) {
+    if !totals.largest.is_empty() {
+        add_largest(&mut totals.largest, kinds, max_rows, accs);
+    }
     totals.units += 1;
     // The slot's accumulators belong to the accumulating measures, in order.
     let mut accs = accs.iter();
@@ -1291,25 +1406,54 @@ fn add_slot(totals: &mut GroupTotals, kinds: &[SlotKind], max_rows: i64, rows: i
             (SlotKind::Rows, Total::Count(t)) => *t += rows.min(max_rows),
             (SlotKind::NonNull, Total::Count(t)) => *t += acc.count.min(max_rows),
             (SlotKind::IntSum, Total::IntSum { sum, count }) => {
-                let s = i128::from(acc.sum);
-                // Scaling toward zero keeps |s'| ≤ max_rows · B (see the module proof).
-                let s = if acc.count > max_rows {
-                    s * i128::from(max_rows) / i128::from(acc.count)
-                } else {
-                    s
-                };
+                let s = capped_int(acc, max_rows);
                 *sum += s;
                 *count += acc.count.min(max_rows);
             }
             (SlotKind::FloatSum, Total::FloatSum { sum, count }) => {
-                let s = if acc.count > max_rows {
-                    acc.float() * (max_rows as f64 / acc.count as f64)
-                } else {
-                    acc.float()
-                };
+                let s = capped_float(acc, max_rows);
                 *sum += s;
                 *count += acc.count.min(max_rows);
             }
+            _ => {}
+        }
+    }
+}
+
+/// A slot's integer sum as it is kept: scaling toward zero keeps `|s'| ≤ max_rows · B` (see
+/// the module proof).
+fn capped_int(acc: Acc, max_rows: i64) -> i128 {
+    let s = i128::from(acc.sum);
+    if acc.count > max_rows {
+        s * i128::from(max_rows) / i128::from(acc.count)
+    } else {
+        s
+    }
+}
+
+/// A slot's float sum as it is kept (as if only `max_rows` average rows were).
+fn capped_float(acc: Acc, max_rows: i64) -> f64 {
+    if acc.count > max_rows {
+        acc.float() * (max_rows as f64 / acc.count as f64)
+    } else {
+        acc.float()
+    }
+}
+
+/// Records one slot's kept contribution to each measure with disclosure rules in its group's
+/// list of largest contributions. Called once per (unit, group) with the unit's final slot —
+/// from `fold_totals`, after a unit's slots were merged across folds — so the lists hold
+/// exactly the largest per-unit contributions, whatever the partitioning. Only groups of a
+/// release with ruled measures have lists, so other releases never come here.
+fn add_largest(largest: &mut [Largest], kinds: &[SlotKind], max_rows: i64, accs: &[Acc]) {
+    for list in largest {
+        let j = list.measure();
+        // The measure's accumulator: the slot holds one per accumulating measure, in order.
+        let at = kinds.iter().take(j).filter(|k| k.accumulates()).count();
+        let acc = accs.get(at).copied().unwrap_or_default();
+        match kinds.get(j) {
+            Some(SlotKind::IntSum) => list.push(capped_int(acc, max_rows) as f64),
+            Some(SlotKind::FloatSum) => list.push(capped_float(acc, max_rows)),
             _ => {}
         }
     }
@@ -1366,13 +1510,28 @@ struct MergedSlot {
     accs_at: usize,
 }
 
+/// A mark of a slot while its fold's totals are added up: the slot's unit was seen by other
+/// folds too, so the merge counts it, not the slot loop.
+const MERGED_AWAY: u8 = 1;
+/// A mark of a slot while its fold's totals are added up: the slot's unit is already counted
+/// as cut. The slot loop passes it on along the unit's chain.
+const UNIT_COUNTED: u8 = 2;
+
+/// Whether capping a kept (unit, group) slot changes a total: it has more than `max_rows` rows
+/// and a measure counts rows, or a measure has more than `max_rows` non-null values in it.
+fn slot_is_capped(counts_rows: bool, max_rows: i64, rows: i64, accs: &[Acc]) -> bool {
+    (counts_rows && rows > max_rows) || accs.iter().any(|acc| acc.count > max_rows)
+}
+
 /// The group totals of fold `i`'s units, by global group id: units no other fold saw straight
-/// from their slots, and units several folds saw merged once, by the lowest-numbered of them.
+/// from their slots, and units several folds saw merged once, by the lowest-numbered of them;
+/// and how many of those units the bounds cut (see "Counting the units the bounds cut" in
+/// the module docs), each counted by the same fold that counts its slots.
 fn fold_totals<K: UnitKey>(
     folds: &[Fold],
     i: usize,
     global: &GlobalGroups<'_>,
-) -> Vec<Option<GroupTotals>> {
+) -> (Vec<Option<GroupTotals>>, i64) {
     let fold = &folds[i];
     let kinds = &fold.kinds;
     let stride = fold.stride();
@@ -1380,40 +1539,50 @@ fn fold_totals<K: UnitKey>(
     let max_groups = fold.limits.max_groups as usize;
     let mut totals: Vec<Option<GroupTotals>> = vec![None; global.keys.len()];
     let mut add = |group: u32, rows: i64, accs: &[Acc]| {
-        let entry = totals[group as usize].get_or_insert_with(|| GroupTotals::empty(kinds));
+        let entry =
+            totals[group as usize].get_or_insert_with(|| GroupTotals::empty(kinds, &fold.largest));
         add_slot(entry, kinds, max_rows, rows, accs);
     };
-    // Slots of units that other folds saw too: counted by the merge, not one by one.
-    let mut merged_away = vec![false; fold.slots.len()];
-    let mut holders: Vec<(usize, u32)> = Vec::with_capacity(folds.len());
+    let counts_rows = kinds.contains(&SlotKind::Rows);
+    let mut cut_units = 0i64;
+    // Per slot, `MERGED_AWAY` and `UNIT_COUNTED`.
+    let mut marks = vec![0u8; fold.slots.len()];
+    let mut holders: Vec<(usize, UnitEntry)> = Vec::with_capacity(folds.len());
     let mut merged: Vec<MergedSlot> = Vec::new();
     let mut merged_accs: Vec<Acc> = Vec::new();
     // Every table has the same layout for the same size (a fixed hash, top bits first), so
     // walking this table in order probes the others in order too, not at random.
-    for (unit, first) in K::table(fold).iter() {
+    for (unit, entry) in K::table(fold).iter() {
         holders.clear();
         for (j, other) in folds.iter().enumerate() {
             if j != i
-                && let Some(other_first) = K::table(other).get(unit)
+                && let Some(theirs) = K::table(other).get(unit)
             {
-                holders.push((j, other_first));
+                holders.push((j, theirs));
             }
         }
         if holders.is_empty() {
+            // A unit only this fold saw: cut if the fold turned a group of it away; else if
+            // one of its slots is capped, which the slot loop below finds.
+            if entry.cut {
+                cut_units += 1;
+                marks[entry.first as usize] |= UNIT_COUNTED;
+            }
             continue;
         }
-        for slot in fold.chain(first) {
-            merged_away[slot as usize] = true;
+        // Slots of units that other folds saw too: counted by the merge, not one by one.
+        for slot in fold.chain(entry.first) {
+            marks[slot as usize] |= MERGED_AWAY;
         }
         if holders.iter().any(|(j, _)| *j < i) {
             continue;
         }
-        holders.push((i, first));
+        holders.push((i, entry));
         merged.clear();
         merged_accs.clear();
-        for (j, first) in &holders {
+        for (j, entry) in &holders {
             let holder = &folds[*j];
-            for at in holder.chain(*first) {
+            for at in holder.chain(entry.first) {
                 let slot = holder.slots[at as usize];
                 let group = global.of_fold[*j][slot.group as usize];
                 let into = match merged.iter().position(|m| m.group == group) {
@@ -1440,6 +1609,9 @@ fn fold_totals<K: UnitKey>(
                 }
             }
         }
+        // The unit is cut if a fold turned a group of it away, or the merge drops one (see
+        // "Counting the units the bounds cut" in the module docs).
+        let mut cut = holders.iter().any(|(_, entry)| entry.cut) || merged.len() > max_groups;
         // The unit's kept groups are the `max_groups` smallest-ranked among what the folds
         // kept (see "Merging folds" in the module docs).
         if merged.len() > max_groups {
@@ -1447,20 +1619,32 @@ fn fold_totals<K: UnitKey>(
             merged.truncate(max_groups);
         }
         for m in &merged {
-            add(m.group, m.rows, &merged_accs[m.accs_at..m.accs_at + stride]);
+            let accs = &merged_accs[m.accs_at..m.accs_at + stride];
+            cut = cut || slot_is_capped(counts_rows, max_rows, m.rows, accs);
+            add(m.group, m.rows, accs);
         }
+        cut_units += i64::from(cut);
     }
     for (index, slot) in fold.slots.iter().enumerate() {
-        if slot.rows == 0 || merged_away[index] {
-            continue;
+        let mut counted = marks[index] & UNIT_COUNTED != 0;
+        if slot.rows != 0 && marks[index] & MERGED_AWAY == 0 {
+            let accs = fold.accs_of(index as u32);
+            if !counted && slot_is_capped(counts_rows, max_rows, slot.rows, accs) {
+                cut_units += 1;
+                counted = true;
+            }
+            add(global.of_fold[i][slot.group as usize], slot.rows, accs);
         }
-        add(
-            global.of_fold[i][slot.group as usize],
-            slot.rows,
-            fold.accs_of(index as u32),
-        );
+        // A unit's chain runs to ever higher slots (a new slot is appended, then linked at
+        // the chain's end; an eviction reuses a slot in place), so a mark passed on to the
+        // next slot reaches each later slot of the unit before this loop does: the unit is
+        // counted once, however many of its slots are capped.
+        if counted && slot.next != NO_SLOT {
+            debug_assert!(slot.next as usize > index, "a unit's chain runs forward");
+            marks[slot.next as usize] |= UNIT_COUNTED;
+        }
     }
-    totals
+    (totals, cut_units)
 }
 
 /// Adds up the folds into the bounded groups. A unit seen by one fold only is counted from
@@ -1470,7 +1654,7 @@ pub(crate) fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bound
     let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
         .map_err(|_| "group keys of an unsupported type")?;
     let global = GlobalGroups::new(&folds);
-    let per_fold: Vec<Vec<Option<GroupTotals>>> = std::thread::scope(|scope| {
+    let per_fold: Vec<(Vec<Option<GroupTotals>>, i64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..folds.len())
             .map(|i| {
                 let (folds, global) = (&folds, &global);
@@ -1490,7 +1674,10 @@ pub(crate) fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bound
     })
     .map_err(|_| "adding up the folds")?;
     let mut totals: Vec<Option<GroupTotals>> = vec![None; global.keys.len()];
-    for fold in per_fold {
+    let mut truncated_units = 0i64;
+    for (fold, cut_units) in per_fold {
+        // Each unit is counted by one fold only: the one whose slots of it are added.
+        truncated_units += cut_units;
         for (sum, part) in totals.iter_mut().zip(fold) {
             match (sum.as_mut(), part) {
                 (Some(sum), Some(part)) => sum.merge(&part),
@@ -1516,6 +1703,7 @@ pub(crate) fn finish(folds: Vec<Fold>, key_types: Vec<DataType>) -> Result<Bound
         converter,
         groups,
         key_types,
+        truncated_units,
     })
 }
 
@@ -1588,6 +1776,7 @@ mod tests {
 
     use super::*;
     use crate::analysis::{GroupKey, Measure};
+    use crate::disclosure::{DisclosureRules, Dominance};
 
     /// One input row of the gate's plan: unit, group key, an integer and a float value.
     type Row = (Option<i64>, &'static str, Option<i64>, Option<f64>);
@@ -1607,12 +1796,22 @@ mod tests {
                 lo: 0.0,
                 hi: 100.0,
                 integer: true,
+                // The sum keeps its groups' three largest contributions (`disclosure`).
+                disclosure: Some(DisclosureRules {
+                    p_percent: Some(10.0),
+                    dominance: Some(Dominance {
+                        n: 3,
+                        k_percent: 75.0,
+                    }),
+                }),
             },
             MeasureKind::Avg {
                 value: col("f"),
                 lo: 0.0,
                 hi: 1.0,
                 integer: false,
+                nullable: true,
+                disclosure: None,
             },
         ];
         Analysis {
@@ -1623,6 +1822,7 @@ mod tests {
                 expr: col("g"),
                 name: "g".into(),
                 keys: None,
+                bases: Vec::new(),
             }],
             measures: measures
                 .into_iter()
@@ -1695,6 +1895,18 @@ mod tests {
         text_units: bool,
         interned: bool,
     ) -> HashMap<GroupKeyBytes, GroupTotals> {
+        bounded_all(shares, limits, hasher, batch_rows, text_units, interned).groups
+    }
+
+    /// [`bounded_by`], with everything `finish` says (the count of cut units too).
+    fn bounded_all(
+        shares: &[Vec<Row>],
+        limits: Limits,
+        hasher: &GroupHasher,
+        batch_rows: usize,
+        text_units: bool,
+        interned: bool,
+    ) -> Bounded {
         let analysis = analysis();
         let key_types = vec![DataType::Utf8];
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
@@ -1734,7 +1946,26 @@ mod tests {
                 <= state_bytes_max(&analysis, limits, &[rows], shares.len()) + first_sizes as u128,
             "{used} bytes of state for {rows} rows"
         );
-        finish(folds, key_types).unwrap().groups
+        finish(folds, key_types).unwrap()
+    }
+
+    /// The units the bounds cut, from the definition: more than `max_groups` groups, or a
+    /// group with more than `max_rows` rows (the test analysis counts rows, and a unit with at
+    /// most `max_groups` groups keeps them all, so no group choice is needed here).
+    fn cut_by_definition(rows: &[Row], limits: Limits) -> i64 {
+        let mut per_unit: HashMap<i64, HashMap<&str, u32>> = HashMap::new();
+        for (unit, group, _, _) in rows {
+            if let Some(unit) = unit {
+                *per_unit.entry(*unit).or_default().entry(group).or_default() += 1;
+            }
+        }
+        per_unit
+            .values()
+            .filter(|groups| {
+                groups.len() > limits.max_groups as usize
+                    || groups.values().any(|rows| *rows > limits.max_rows)
+            })
+            .count() as i64
     }
 
     /// The two results agree: the same groups, the same unit and row counts and integer sums,
@@ -1751,6 +1982,11 @@ mod tests {
         for key in keys {
             let (a, b) = (&merged[key], &single[key]);
             assert_eq!(a.units, b.units, "units of a group");
+            assert_eq!(
+                a.largest(2),
+                b.largest(2),
+                "largest contributions of a group"
+            );
             for (x, y) in a.totals.iter().zip(&b.totals) {
                 match (x, y) {
                     (
@@ -1809,6 +2045,38 @@ mod tests {
             // Unit 1 keeps exactly two groups; units 2 and 3 one each.
             let units: i64 = merged.values().map(|g| g.units).sum();
             assert_eq!(units, 4);
+        }
+    }
+
+    #[test]
+    fn a_group_keeps_its_largest_capped_contributions_whatever_the_split() {
+        let limits = Limits {
+            max_groups: 1,
+            max_rows: 2,
+        };
+        // In group "a": unit 1 adds 10 + 30 in two folds (one contribution of 40), unit 2
+        // three rows of 5 (capped to two rows' worth: 10), unit 3 adds 100, unit 4 adds 7.
+        let first: Vec<Row> = vec![
+            (Some(1), "a", Some(10), None),
+            (Some(2), "a", Some(5), None),
+            (Some(3), "a", Some(100), None),
+            (Some(2), "a", Some(5), None),
+        ];
+        let second: Vec<Row> = vec![
+            (Some(1), "a", Some(30), None),
+            (Some(2), "a", Some(5), None),
+            (Some(4), "a", Some(7), None),
+        ];
+        let all: Vec<Row> = first.iter().chain(&second).copied().collect();
+        let hasher = GroupHasher::new();
+        let merged = bounded(&[first, second], limits, &hasher, 2, false);
+        let single = bounded(std::slice::from_ref(&all), limits, &hasher, 3, false);
+        for groups in [&merged, &single] {
+            let a = groups.values().next().unwrap();
+            assert_eq!(a.largest(2), [100.0, 40.0, 10.0].as_slice());
+            assert_eq!(a.totals[2], Total::IntSum { sum: 157, count: 6 });
+            // Measures without rules keep no list.
+            assert!(a.largest(3).is_empty());
         }
     }
 
@@ -1880,17 +2148,146 @@ mod tests {
             }
             let hasher = GroupHasher::new();
             let batch_rows = rng.random_range(1..=50);
-            let merged = bounded(&shares, limits, &hasher, batch_rows, text_units);
-            let single = bounded(std::slice::from_ref(&rows), limits, &hasher, 64, text_units);
-            assert_same(&merged, &single);
+            let merged_all = bounded_all(&shares, limits, &hasher, batch_rows, text_units, true);
+            let single_all = bounded_all(
+                std::slice::from_ref(&rows),
+                limits,
+                &hasher,
+                64,
+                text_units,
+                true,
+            );
+            let (merged, single) = (&merged_all.groups, &single_all.groups);
+            assert_same(merged, single);
             // Group ids from the interner and from run-by-run row encodings agree.
-            let by_runs = bounded_by(&shares, limits, &hasher, batch_rows, text_units, false);
-            assert_same(&by_runs, &single);
+            let by_runs = bounded_all(&shares, limits, &hasher, batch_rows, text_units, false);
+            assert_same(&by_runs.groups, single);
+            // So do the counts of cut units, and they are the definition's.
+            let cut = cut_by_definition(&rows, limits);
+            assert_eq!(single_all.truncated_units, cut, "run {run}: one fold");
+            assert_eq!(
+                merged_all.truncated_units, cut,
+                "run {run}: {n_folds} folds"
+            );
+            assert_eq!(
+                by_runs.truncated_units, cut,
+                "run {run}: run-by-run group ids"
+            );
             // The bound itself: no unit is in more than `max_groups` groups.
             let units: i64 = merged.values().map(|g| g.units).sum();
             let distinct: std::collections::HashSet<i64> =
                 rows.iter().filter_map(|r| r.0).collect();
             assert!(units <= distinct.len() as i64 * i64::from(limits.max_groups));
         }
+    }
+
+    #[test]
+    fn counts_each_unit_the_bounds_cut_once_whatever_the_split() {
+        let limits = Limits {
+            max_groups: 2,
+            max_rows: 2,
+        };
+        let row = |unit: i64, group: &'static str| (Some(unit), group, Some(1), Some(0.5));
+        // Two shares, so that some units are split over folds.
+        let first: Vec<Row> = vec![
+            // Unit 1: three groups of one row — cut (groups).
+            row(1, "a"),
+            row(1, "b"),
+            // Unit 2: three rows in one group — cut (rows).
+            row(2, "a"),
+            row(2, "a"),
+            row(2, "a"),
+            // Unit 3: two groups of two rows — within both limits.
+            row(3, "a"),
+            row(3, "a"),
+            row(3, "b"),
+            row(3, "b"),
+            // Unit 4: one row.
+            row(4, "d"),
+            // Unit 5: four groups of three rows, two slots capped in any fold — cut, once.
+            row(5, "a"),
+            row(5, "b"),
+            row(5, "c"),
+            row(5, "d"),
+            row(5, "a"),
+            row(5, "b"),
+            row(5, "c"),
+            row(5, "d"),
+            // Unit 6: three rows in one group, two here and one in the other share; no fold
+            // sees more than two — cut once the shares are added.
+            row(6, "e"),
+            row(6, "e"),
+            // Unit 7: two groups here and one there; no fold sees more than two — cut by the
+            // merge.
+            row(7, "a"),
+            row(7, "b"),
+            // Unit 8: two groups of three rows, both slots capped — cut, once.
+            row(8, "f"),
+            row(8, "f"),
+            row(8, "f"),
+            row(8, "g"),
+            row(8, "g"),
+            // Rows without a unit belong to no one and are no cut unit.
+            (None, "a", Some(1), Some(0.5)),
+            (None, "a", Some(1), Some(0.5)),
+            (None, "a", Some(1), Some(0.5)),
+        ];
+        let second: Vec<Row> = vec![
+            row(1, "c"),
+            row(5, "a"),
+            row(5, "b"),
+            row(5, "c"),
+            row(5, "d"),
+            row(6, "e"),
+            row(7, "c"),
+            row(8, "g"),
+            row(4, "d"),
+        ];
+        let all: Vec<Row> = first.iter().chain(&second).copied().collect();
+        let cut = [1, 2, 5, 6, 7, 8].len() as i64;
+        assert_eq!(cut_by_definition(&all, limits), cut);
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        for run in 0..40 {
+            let text_units = run % 2 == 1;
+            let hasher = GroupHasher::new();
+            let single = bounded_all(
+                std::slice::from_ref(&all),
+                limits,
+                &hasher,
+                1 + run % 7,
+                text_units,
+                true,
+            );
+            assert_eq!(single.truncated_units, cut, "one fold");
+            let split = bounded_all(
+                &[first.clone(), second.clone()],
+                limits,
+                &hasher,
+                1 + run % 5,
+                text_units,
+                run % 3 != 0,
+            );
+            assert_eq!(split.truncated_units, cut, "the two shares");
+            // Rows dealt to 2–5 folds at random, in a random order.
+            let n_folds = rng.random_range(2..=5);
+            let mut shares: Vec<Vec<Row>> = vec![Vec::new(); n_folds];
+            let mut order = all.clone();
+            for at in (1..order.len()).rev() {
+                order.swap(at, rng.random_range(0..=at));
+            }
+            for row in order {
+                shares[rng.random_range(0..n_folds)].push(row);
+            }
+            let dealt = bounded_all(&shares, limits, &hasher, 3, text_units, true);
+            assert_eq!(dealt.truncated_units, cut, "{n_folds} folds");
+        }
+        // With limits that cut nobody, nobody is counted.
+        let loose = Limits {
+            max_groups: 4,
+            max_rows: 4,
+        };
+        let hasher = GroupHasher::new();
+        let none = bounded_all(&[first, second], loose, &hasher, 4, false, true);
+        assert_eq!(none.truncated_units, 0);
     }
 }

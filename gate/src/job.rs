@@ -165,6 +165,7 @@ enum ChildReply {
         groups_released: u64,
         groups_suppressed: Option<u64>,
         threshold: f64,
+        statement: Box<crate::release::Statement>,
         stats: Stats,
         wasm: Option<WasmUsage>,
     },
@@ -449,6 +450,7 @@ fn parse_reply(reply: ChildReply, rows: Option<&[u8]>) -> Result<Executed, Child
             groups_released,
             groups_suppressed,
             threshold,
+            statement,
             stats,
             wasm,
         } => {
@@ -467,6 +469,7 @@ fn parse_reply(reply: ChildReply, rows: Option<&[u8]>) -> Result<Executed, Child
                     groups_released,
                     groups_suppressed,
                     threshold,
+                    statement: *statement,
                     stats: stats_of(stats),
                 },
                 wasm,
@@ -702,6 +705,7 @@ async fn warm_up_job() -> Result<(), String> {
         wall_seconds: 10,
         wasm_fuel_per_unit: 0,
         wasm_memory_mib: 0,
+        mechanism: crate::terms::Mechanism::Laplace,
     };
     let dataset = Dataset {
         id: crate::ids::DatasetId::new("ds-warm-up"),
@@ -855,6 +859,7 @@ async fn execute(
                     groups_released: released.groups_released,
                     groups_suppressed: released.groups_suppressed,
                     threshold: released.threshold,
+                    statement: Box::new(released.statement),
                     stats: stats.into(),
                     wasm,
                 },
@@ -885,6 +890,7 @@ pub fn release_config(
         },
         units_hint,
         noise: noise_source(noise_seed),
+        mechanism: approval.mechanism,
     }
 }
 
@@ -1249,6 +1255,7 @@ mod tests {
             wall_seconds: 60,
             wasm_fuel_per_unit: 0,
             wasm_memory_mib: 0,
+            mechanism: crate::terms::Mechanism::Laplace,
         };
         let (memory, cpu) = child_limits(&terms);
         assert_eq!(memory, 512 * 1024 * 1024 + CHILD_MEMORY_OVERHEAD_BYTES);

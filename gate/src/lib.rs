@@ -93,11 +93,13 @@
 //! }
 //! ```
 
+pub mod accuracy;
 pub mod allow;
 pub mod analysis;
 pub(crate) mod bounding;
 pub mod budget;
 pub mod clock;
+pub mod disclosure;
 pub mod ids;
 pub mod job;
 pub mod mapping;
@@ -118,5 +120,6 @@ pub use terms::Terms;
 
 #[cfg(test)]
 mod tests {
+    mod accuracy;
     mod expressions;
 }

@@ -179,6 +179,9 @@ pub fn mapped_dataset(input: &InputAnalysis, spec: &WasmSpec, sources: &[Dataset
             role: Role::Identifier,
             bounds: None,
             keys: None,
+            key_range: None,
+            p_percent: None,
+            dominance: None,
         },
     );
     for column in &spec.output {
@@ -187,11 +190,17 @@ pub fn mapped_dataset(input: &InputAnalysis, spec: &WasmSpec, sources: &[Dataset
                 role: Role::Quasi,
                 bounds: None,
                 keys: Some(keys.clone()),
+                key_range: None,
+                p_percent: None,
+                dominance: None,
             },
             (None, bounds) => ColumnPolicy {
                 role: Role::Sensitive,
                 bounds,
                 keys: None,
+                key_range: None,
+                p_percent: None,
+                dominance: None,
             },
         };
         columns.insert(column.name.clone(), policy);

@@ -7,6 +7,21 @@
 //! on floats it samples a Laplace distribution on a fine lattice (OpenDP's `k`). Randomness
 //! is OpenDP's own secure source (OpenSSL).
 //!
+//! A template approved with the Gaussian mechanism (`Mechanism::Gaussian`) draws from OpenDP's
+//! `make_gaussian` instead (discrete Gaussian on integers), calibrated to L2 sensitivities and
+//! accounted in zero-concentrated DP: every draw gets a share ρ_i of the run's ρ, and ρ is the
+//! largest for which OpenDP's own conversion (`ConcentratedMeasure::convert`, the map
+//! `make_zCDP_to_approxDP` uses) gives at most the approved ε at the δ left for it
+//! ([`rho_for`]). Grants and the ledger keep counting ε: a Gaussian run spends exactly the
+//! approved (ε, δ), as OpenDP states the conversion.
+//!
+//! # Accuracy
+//! Every draw states its accuracy ([`Draw::half_width`]): the half-width `a` of the interval
+//! `[v − a, v + a]` that holds the true value with probability at least 1 − α, from OpenDP's
+//! accuracy functions (`discrete_laplacian_scale_to_accuracy`, `laplacian_scale_to_accuracy`,
+//! and the Gaussian pair). The noise distribution does not depend on the data, so neither does
+//! the interval's width: stating it costs no privacy.
+//!
 //! # The ε plan
 //! Which draws a release makes, with what sensitivity and what share of ε, depends only on the
 //! query and the approval, never on the data, so `plan` fixes it before the budget is
@@ -42,10 +57,19 @@
 
 use std::collections::HashMap;
 
+use opendp::accuracy::{
+    discrete_gaussian_scale_to_accuracy, discrete_laplacian_scale_to_accuracy,
+    gaussian_scale_to_accuracy, laplacian_scale_to_accuracy,
+};
+use opendp::combinators::ConcentratedMeasure;
 use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
-use opendp::measurements::{make_laplace, make_laplace_threshold};
-use opendp::measures::{Approximate, MaxDivergence};
-use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance};
+use opendp::measurements::{
+    make_gaussian, make_gaussian_threshold, make_laplace, make_laplace_threshold,
+};
+use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
+use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance, L2Distance};
+
+pub use crate::terms::Mechanism;
 
 /// Relative slack allowed between OpenDP's computed ε and the share asked for (OpenDP
 /// rounds its privacy map conservatively upwards).
@@ -73,6 +97,69 @@ pub enum NoiseError {
         "no existence threshold keeps OpenDP's δ within the approved δ = {delta}; approve a larger δ or a larger ε"
     )]
     NoThreshold { delta: f64 },
+    #[error(
+        "the Gaussian mechanism needs δ > 0 (its zero-concentrated DP converts to (ε, δ) only for a positive δ); approve δ > 0, e.g. --delta 1e-6, or the Laplace mechanism"
+    )]
+    GaussianWithoutDelta,
+    #[error(
+        "OpenDP's zCDP conversion finds no ρ that fits ε = {epsilon} at δ = {delta}; approve a larger ε or δ"
+    )]
+    NoRho { epsilon: f64, delta: f64 },
+}
+
+fn check_sensitivity(label: &str, sensitivity: f64) -> Result<(), NoiseError> {
+    if !(sensitivity.is_finite() && sensitivity > 0.0 && sensitivity <= SENSITIVITY_MAX) {
+        return Err(NoiseError::Sensitivity {
+            what: label.to_string(),
+            sensitivity,
+        });
+    }
+    Ok(())
+}
+
+/// How many halvings [`rho_for`] searches ρ with.
+const RHO_SEARCH_STEPS: u32 = 100;
+
+/// The largest ρ whose zero-concentrated DP OpenDP converts to at most `epsilon` at `delta`
+/// (the conversion `make_zCDP_to_approxDP` applies), found by bisection on OpenDP's own map.
+pub fn rho_for(epsilon: f64, delta: f64) -> Result<f64, NoiseError> {
+    if delta.is_nan() || delta <= 0.0 {
+        return Err(NoiseError::GaussianWithoutDelta);
+    }
+    let fits =
+        |rho: f64| -> Result<bool, NoiseError> { Ok(epsilon_of_rho(rho, delta)? <= epsilon) };
+    // ρ = ε²/4 never exceeds ε at any δ < 1 (ε(ρ, δ) ≥ ρ + 2√ρ·… > 2√ρ·√ln(1/δ) ≥ …); start
+    // from a ρ that fits and one that does not.
+    let mut low = 0.0;
+    let mut high = epsilon.max(1.0);
+    while fits(high)? {
+        high *= 2.0;
+        if !high.is_finite() {
+            return Err(NoiseError::NoRho { epsilon, delta });
+        }
+    }
+    for _ in 0..RHO_SEARCH_STEPS {
+        let middle = (low + high) / 2.0;
+        if middle <= low || middle >= high {
+            break;
+        }
+        if fits(middle)? {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    if low <= 0.0 {
+        return Err(NoiseError::NoRho { epsilon, delta });
+    }
+    Ok(low)
+}
+
+/// The ε at which OpenDP's conversion of `rho`-zCDP gives `delta`.
+pub fn epsilon_of_rho(rho: f64, delta: f64) -> Result<f64, NoiseError> {
+    ZeroConcentratedDivergence::convert(rho)
+        .and_then(|profile| profile.epsilon(delta))
+        .map_err(opendp)
 }
 
 fn opendp(error: opendp::error::Error) -> NoiseError {
@@ -107,23 +194,41 @@ type FloatMeasurement = opendp::core::Measurement<
     Vec<f64>,
 >;
 
+type IntegerGaussian = opendp::core::Measurement<
+    VectorDomain<AtomDomain<i64>>,
+    L2Distance<i64>,
+    ZeroConcentratedDivergence,
+    Vec<i64>,
+>;
+
+type FloatGaussian = opendp::core::Measurement<
+    VectorDomain<AtomDomain<f64>>,
+    L2Distance<f64>,
+    ZeroConcentratedDivergence,
+    Vec<f64>,
+>;
+
 /// One noisy draw: what it measures, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draw {
     /// What the manifest calls it (`distinct units`, `income (sum)`, …).
     pub label: String,
-    /// L1 sensitivity over the vector of groups.
+    /// Laplace (pure ε-DP, L1) or Gaussian (ρ-zCDP, L2).
+    pub mechanism: Mechanism,
+    /// Sensitivity over the vector of groups: L1 for Laplace, L2 for Gaussian.
     pub sensitivity: f64,
-    /// Its share of the run's ε.
+    /// Laplace: its share of the run's ε. Gaussian: 0 (see `rho`).
     pub epsilon: f64,
-    /// The Laplace scale `sensitivity / epsilon`.
+    /// Gaussian: its share of the run's ρ. Laplace: 0.
+    pub rho: f64,
+    /// Laplace: `sensitivity / epsilon`; Gaussian: σ = `sensitivity / √(2ρ)`.
     pub scale: f64,
-    /// Integer (discrete Laplace) or float.
+    /// Integer (discrete noise) or float.
     pub integer: bool,
 }
 
 impl Draw {
-    /// A draw with its scale, checked against OpenDP's privacy map.
+    /// A Laplace draw with its scale, checked against OpenDP's privacy map.
     pub fn new(
         label: impl Into<String>,
         sensitivity: f64,
@@ -131,35 +236,143 @@ impl Draw {
         integer: bool,
     ) -> Result<Self, NoiseError> {
         let label = label.into();
-        if !(sensitivity.is_finite() && sensitivity > 0.0 && sensitivity <= SENSITIVITY_MAX) {
-            return Err(NoiseError::Sensitivity {
-                what: label,
-                sensitivity,
-            });
-        }
+        check_sensitivity(&label, sensitivity)?;
         let draw = Self {
             scale: sensitivity / epsilon,
             label,
+            mechanism: Mechanism::Laplace,
             sensitivity,
             epsilon,
+            rho: 0.0,
             integer,
         };
-        if integer {
-            draw.integer_measurement()?;
-        } else {
-            draw.float_measurement()?;
-        }
+        draw.check_measurement()?;
         Ok(draw)
     }
 
+    /// A Gaussian draw of L2 `sensitivity` and share `rho` of the run's ρ, checked against
+    /// OpenDP's privacy map.
+    pub fn gaussian(
+        label: impl Into<String>,
+        sensitivity: f64,
+        rho: f64,
+        integer: bool,
+    ) -> Result<Self, NoiseError> {
+        let label = label.into();
+        check_sensitivity(&label, sensitivity)?;
+        let draw = Self {
+            scale: sensitivity / (2.0 * rho).sqrt(),
+            label,
+            mechanism: Mechanism::Gaussian,
+            sensitivity,
+            epsilon: 0.0,
+            rho,
+            integer,
+        };
+        draw.check_measurement()?;
+        Ok(draw)
+    }
+
+    /// A draw of `mechanism` with `share` of the run's ε (Laplace) or ρ (Gaussian).
+    pub fn of(
+        mechanism: Mechanism,
+        label: impl Into<String>,
+        sensitivity: f64,
+        share: f64,
+        integer: bool,
+    ) -> Result<Self, NoiseError> {
+        match mechanism {
+            Mechanism::Laplace => Self::new(label, sensitivity, share, integer),
+            Mechanism::Gaussian => Self::gaussian(label, sensitivity, share, integer),
+        }
+    }
+
+    /// Its share of the run's ε (Laplace) or ρ (Gaussian).
+    pub fn share(&self) -> f64 {
+        match self.mechanism {
+            Mechanism::Laplace => self.epsilon,
+            Mechanism::Gaussian => self.rho,
+        }
+    }
+
+    /// The mechanism's name, as the manifest states it.
+    pub fn mechanism_name(&self) -> &'static str {
+        match (self.mechanism, self.integer) {
+            (Mechanism::Laplace, true) => "discrete Laplace (OpenDP make_laplace)",
+            (Mechanism::Laplace, false) => "Laplace (OpenDP make_laplace)",
+            (Mechanism::Gaussian, true) => "discrete Gaussian (OpenDP make_gaussian)",
+            (Mechanism::Gaussian, false) => "Gaussian (OpenDP make_gaussian)",
+        }
+    }
+
+    /// The half-width `a` of this draw's interval at confidence 1 − `alpha`: the noise lies in
+    /// `[−a, a]` with probability at least 1 − `alpha`, as OpenDP's accuracy functions state.
+    /// On integers OpenDP's accuracy `t` bounds `P(|noise| ≥ t) ≤ α`, so the integer
+    /// half-width is `⌈t⌉ − 1`.
+    pub fn half_width(&self, alpha: f64) -> Result<f64, NoiseError> {
+        let accuracy = match (self.mechanism, self.integer) {
+            (Mechanism::Laplace, true) => discrete_laplacian_scale_to_accuracy(self.scale, alpha),
+            (Mechanism::Laplace, false) => laplacian_scale_to_accuracy(self.scale, alpha),
+            (Mechanism::Gaussian, true) => discrete_gaussian_scale_to_accuracy(self.scale, alpha),
+            (Mechanism::Gaussian, false) => gaussian_scale_to_accuracy(self.scale, alpha),
+        }
+        .map_err(opendp)?;
+        Ok(if self.integer {
+            (accuracy.ceil() - 1.0).max(0.0)
+        } else {
+            accuracy
+        })
+    }
+
+    fn check_measurement(&self) -> Result<(), NoiseError> {
+        match (self.mechanism, self.integer) {
+            (Mechanism::Laplace, true) => self.integer_measurement().map(drop),
+            (Mechanism::Laplace, false) => self.float_measurement().map(drop),
+            (Mechanism::Gaussian, true) => self.integer_gaussian().map(drop),
+            (Mechanism::Gaussian, false) => self.float_gaussian().map(drop),
+        }
+    }
+
     fn check(&self, spent: f64) -> Result<(), NoiseError> {
-        if spent > self.epsilon * (1.0 + EPSILON_SLACK) {
-            return Err(NoiseError::OverBudget {
-                spent,
-                share: self.epsilon,
-            });
+        let share = self.share();
+        if spent > share * (1.0 + EPSILON_SLACK) {
+            return Err(NoiseError::OverBudget { spent, share });
         }
         Ok(())
+    }
+
+    /// The integer L2 distance OpenDP's discrete Gaussian map takes: the sensitivity rounded
+    /// up, so the privacy map is evaluated at no less than the true L2 bound.
+    fn integer_sensitivity(&self) -> i64 {
+        self.sensitivity.ceil() as i64
+    }
+
+    fn integer_gaussian(&self) -> Result<IntegerGaussian, NoiseError> {
+        let measurement = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L2Distance::<i64>::default(),
+            self.scale,
+            None,
+        )
+        .map_err(opendp)?;
+        self.check(
+            measurement
+                .map(&self.integer_sensitivity())
+                .map_err(opendp)?,
+        )?;
+        Ok(measurement)
+    }
+
+    fn float_gaussian(&self) -> Result<FloatGaussian, NoiseError> {
+        let measurement = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+            L2Distance::<f64>::default(),
+            self.scale,
+            None,
+        )
+        .map_err(opendp)?;
+        self.check(measurement.map(&self.sensitivity).map_err(opendp)?)?;
+        Ok(measurement)
     }
 
     fn integer_measurement(&self) -> Result<IntegerMeasurement, NoiseError> {
@@ -172,7 +385,7 @@ impl Draw {
         .map_err(opendp)?;
         self.check(
             measurement
-                .map(&(self.sensitivity.ceil() as i64))
+                .map(&self.integer_sensitivity())
                 .map_err(opendp)?,
         )?;
         Ok(measurement)
@@ -203,7 +416,11 @@ impl Draw {
             return Ok(seeded::integers(seed, self, keys, &values));
         }
         let _ = (source, keys);
-        self.integer_measurement()?.invoke(&values).map_err(opendp)
+        match self.mechanism {
+            Mechanism::Laplace => self.integer_measurement()?.invoke(&values),
+            Mechanism::Gaussian => self.integer_gaussian()?.invoke(&values),
+        }
+        .map_err(opendp)
     }
 
     /// Adds this draw's noise to float values, one per group.
@@ -218,7 +435,11 @@ impl Draw {
             return Ok(seeded::floats(seed, self, keys, &values));
         }
         let _ = (source, keys);
-        self.float_measurement()?.invoke(&values).map_err(opendp)
+        match self.mechanism {
+            Mechanism::Laplace => self.float_measurement()?.invoke(&values),
+            Mechanism::Gaussian => self.float_gaussian()?.invoke(&values),
+        }
+        .map_err(opendp)
     }
 }
 
@@ -240,11 +461,23 @@ type ThresholdMeasurement = opendp::core::Measurement<
     HashMap<String, i64>,
 >;
 
+type GaussianThresholdMeasurement = opendp::core::Measurement<
+    MapDomain<AtomDomain<String>, AtomDomain<i64>>,
+    L0PInfDistance<2, AbsoluteDistance<i64>>,
+    Approximate<ZeroConcentratedDivergence>,
+    HashMap<String, i64>,
+>;
+
 impl Threshold {
-    /// The smallest τ ≥ k from `k + b · ln(max_groups / 2δ)` upwards whose OpenDP δ fits.
+    /// The smallest τ ≥ k, from a tail bound of the units draw's noise upwards, whose OpenDP δ
+    /// fits in `delta`.
     pub fn plan(units: &Draw, k: u32, max_groups: u32, delta: f64) -> Result<Self, NoiseError> {
-        let start =
-            f64::from(k) + units.scale * (f64::from(max_groups) / (2.0 * delta)).ln().max(0.0);
+        let tail = (f64::from(max_groups) / (2.0 * delta)).ln().max(0.0);
+        let start = f64::from(k)
+            + match units.mechanism {
+                Mechanism::Laplace => units.scale * tail,
+                Mechanism::Gaussian => units.scale * (2.0 * tail).sqrt(),
+            };
         let mut tau = start.ceil().max(f64::from(k)) as i64;
         for _ in 0..THRESHOLD_STEPS_MAX {
             let candidate = Self {
@@ -252,11 +485,8 @@ impl Threshold {
                 delta: 0.0,
                 max_groups,
             };
-            let (epsilon, spent_delta) = candidate
-                .measurement(units)?
-                .map(&(max_groups, i64::from(max_groups), 1))
-                .map_err(opendp)?;
-            units.check(epsilon)?;
+            let (share, spent_delta) = candidate.spent(units)?;
+            units.check(share)?;
             if spent_delta <= delta {
                 return Ok(Self {
                     tau,
@@ -264,14 +494,44 @@ impl Threshold {
                     max_groups,
                 });
             }
-            // Each step adds one noise scale: δ falls by about a factor e per step.
+            // Each step adds one noise scale: δ falls by about a factor e per step (Laplace),
+            // faster (Gaussian).
             tau = tau.saturating_add(units.scale.ceil().max(1.0) as i64);
         }
         Err(NoiseError::NoThreshold { delta })
     }
 
-    fn measurement(&self, units: &Draw) -> Result<ThresholdMeasurement, NoiseError> {
+    /// OpenDP's (ε or ρ, δ) for the thresholded release, at one unit's most: `max_groups`
+    /// groups, each moved by one.
+    fn spent(&self, units: &Draw) -> Result<(f64, f64), NoiseError> {
+        match units.mechanism {
+            Mechanism::Laplace => self
+                .laplace(units)?
+                .map(&(self.max_groups, i64::from(self.max_groups), 1))
+                .map_err(opendp),
+            Mechanism::Gaussian => self
+                .gaussian(units)?
+                .map(&(self.max_groups, units.integer_sensitivity(), 1))
+                .map_err(opendp),
+        }
+    }
+
+    fn laplace(&self, units: &Draw) -> Result<ThresholdMeasurement, NoiseError> {
         make_laplace_threshold::<_, _, Approximate<MaxDivergence>>(
+            MapDomain::new(
+                AtomDomain::<String>::default(),
+                AtomDomain::<i64>::default(),
+            ),
+            L0PInfDistance(AbsoluteDistance::<i64>::default()),
+            units.scale,
+            self.tau,
+            None,
+        )
+        .map_err(opendp)
+    }
+
+    fn gaussian(&self, units: &Draw) -> Result<GaussianThresholdMeasurement, NoiseError> {
+        make_gaussian_threshold::<_, _, Approximate<ZeroConcentratedDivergence>>(
             MapDomain::new(
                 AtomDomain::<String>::default(),
                 AtomDomain::<i64>::default(),
@@ -295,8 +555,12 @@ impl Threshold {
         if let Source::Seeded(seed) = source {
             return Ok(seeded::threshold(seed, units, self.tau, &counts));
         }
-        let _ = (source, self.max_groups);
-        self.measurement(units)?.invoke(&counts).map_err(opendp)
+        let _ = source;
+        match units.mechanism {
+            Mechanism::Laplace => self.laplace(units)?.invoke(&counts),
+            Mechanism::Gaussian => self.gaussian(units)?.invoke(&counts),
+        }
+        .map_err(opendp)
     }
 }
 
@@ -328,19 +592,32 @@ mod seeded {
         -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
     }
 
+    /// Normal(0, scale²) by Box–Muller from two uniforms.
+    fn gaussian(seed: u64, label: &str, key: &[u8], scale: f64) -> f64 {
+        let u1 = uniform(seed, label, key);
+        let u2 = uniform(seed, &format!("{label}#2"), key);
+        scale * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// The draw's noise for one group.
+    fn noise(seed: u64, draw: &Draw, key: &[u8]) -> f64 {
+        match draw.mechanism {
+            super::Mechanism::Laplace => laplace(seed, &draw.label, key, draw.scale),
+            super::Mechanism::Gaussian => gaussian(seed, &draw.label, key, draw.scale),
+        }
+    }
+
     pub(super) fn integers(seed: u64, draw: &Draw, keys: &[&[u8]], values: &[i64]) -> Vec<i64> {
         keys.iter()
             .zip(values)
-            .map(|(key, v)| {
-                v.saturating_add(laplace(seed, &draw.label, key, draw.scale).round() as i64)
-            })
+            .map(|(key, v)| v.saturating_add(noise(seed, draw, key).round() as i64))
             .collect()
     }
 
     pub(super) fn floats(seed: u64, draw: &Draw, keys: &[&[u8]], values: &[f64]) -> Vec<f64> {
         keys.iter()
             .zip(values)
-            .map(|(key, v)| v + laplace(seed, &draw.label, key, draw.scale))
+            .map(|(key, v)| v + noise(seed, draw, key))
             .collect()
     }
 
@@ -354,8 +631,8 @@ mod seeded {
             .iter()
             .filter_map(|(key, v)| {
                 let key_bytes = hex::decode(key).unwrap_or_default();
-                let noise = laplace(seed, &draw.label, &key_bytes, draw.scale).round() as i64;
-                let noisy = v.saturating_add(noise);
+                let drawn = noise(seed, draw, &key_bytes).round() as i64;
+                let noisy = v.saturating_add(drawn);
                 (noisy >= tau).then(|| (key.clone(), noisy))
             })
             .collect()

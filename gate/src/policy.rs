@@ -6,6 +6,7 @@
 //! against the table's size ([`Policy::check_sums`]) before a dataset is registered, so every
 //! sum the gate computes later is finite and cannot overflow.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
@@ -101,9 +102,54 @@ pub struct ColumnPolicy {
     /// `[lo, hi]`: values are clamped into it before any sum; required for summed columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounds: Option<[f64; 2]>,
-    /// A public key set: the group keys anyone may know exist (e.g. the 11 cities).
+    /// A public key set: the group keys anyone may know exist (e.g. the 11 cities). Read it
+    /// through [`ColumnPolicy::key_set`], which also covers `key_range`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
+    /// `[lo, hi]`, integer columns only: a public key set of every integer from `lo` to `hi`
+    /// (both included), for year-like columns whose keys are a run of numbers. Not together
+    /// with `keys`; at most [`KEY_SET_ENTRIES_MAX`] entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_range: Option<[i64; 2]>,
+    /// The p % rule on released sums of this column, `p` in percent (`0 < p ≤ 100`): a sum
+    /// cell is protected (NULL) when its second-largest contributor could estimate the
+    /// largest within `p` %. Magnitude columns only (bounds with `lo ≥ 0`); see
+    /// `crate::disclosure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_percent: Option<f64>,
+    /// The (n, k) dominance rule on released sums of this column, `[n, k]`: a sum cell is
+    /// protected when its `n` largest contributors (1 to 10) make up more than `k` %
+    /// (`0 < k < 100`) of it. Magnitude columns only; see `crate::disclosure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dominance: Option<[f64; 2]>,
+}
+
+impl ColumnPolicy {
+    /// The column's public key set, from `keys` or from `key_range`; `None` when it has none.
+    ///
+    /// Every reader of a key set goes through here, so a range is a key set like any other.
+    /// A range is spelled as the integers it holds, the way an integer column's `keys` are
+    /// written. [`Policy::check`] refuses a range that is reversed or longer than
+    /// [`KEY_SET_ENTRIES_MAX`]; should an unchecked policy reach this function anyway, a
+    /// reversed range is empty and a long one stops at that many entries, so what it allocates
+    /// stays bounded whatever the policy says.
+    pub fn key_set(&self) -> Option<Cow<'_, [String]>> {
+        match (&self.keys, self.key_range) {
+            (Some(keys), _) => Some(Cow::Borrowed(keys.as_slice())),
+            (None, Some([lo, hi])) => Some(Cow::Owned(
+                (lo..=hi)
+                    .take(KEY_SET_ENTRIES_MAX)
+                    .map(|key| key.to_string())
+                    .collect(),
+            )),
+            (None, None) => None,
+        }
+    }
+
+    /// True when the column has a public key set (`keys` or `key_range`).
+    pub fn has_key_set(&self) -> bool {
+        self.keys.is_some() || self.key_range.is_some()
+    }
 }
 
 /// An optional dataset-wide privacy budget.
@@ -232,10 +278,18 @@ impl Policy {
                     "sensitive numeric column `{name}` has no bounds; add bounds = [low, high] so sums over it have a known sensitivity"
                 ));
             }
-            if column.role == Role::Identifier && column.keys.is_some() {
+            if column.role == Role::Identifier && column.has_key_set() {
                 problems.push(format!(
-                    "identifier column `{name}` has a public key set; identifiers are never group keys, remove `keys`"
+                    "identifier column `{name}` has a public key set; identifiers are never group keys, remove `keys` and `key_range`"
                 ));
+            }
+            problems.extend(crate::disclosure::check_column(
+                name,
+                field.data_type(),
+                column,
+            ));
+            if let Some(range) = column.key_range {
+                problems.extend(check_key_range(name, field.data_type(), column, range));
             }
             if let Some(keys) = &column.keys {
                 if keys.is_empty() || keys.len() > KEY_SET_ENTRIES_MAX {
@@ -290,6 +344,60 @@ impl Policy {
         }
         problems
     }
+}
+
+/// The problems of a column's `key_range = [lo, hi]`, each saying what to write instead.
+fn check_key_range(
+    name: &str,
+    data_type: &DataType,
+    column: &ColumnPolicy,
+    [lo, hi]: [i64; 2],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if column.keys.is_some() {
+        problems.push(format!(
+            "column `{name}` has both `keys` and `key_range`; keep one: `key_range = [low, high]` for a run of integers, `keys` for any other set"
+        ));
+    }
+    if !data_type.is_integer() {
+        problems.push(format!(
+            "column `{name}` has a key range but type {data_type}; key ranges apply to integer columns only, list text keys with `keys = [...]`"
+        ));
+    }
+    // Counted in i128: `hi - lo + 1` overflows i64 for ranges near its ends.
+    let entries = i128::from(hi) - i128::from(lo) + 1;
+    if lo > hi {
+        problems.push(format!(
+            "column `{name}`: key_range [{lo}, {hi}] has low > high; write it as [low, high], e.g. [{hi}, {lo}]"
+        ));
+    } else if entries > KEY_SET_ENTRIES_MAX as i128 {
+        problems.push(format!(
+            "column `{name}`: key_range [{lo}, {hi}] holds {entries} keys; a key set may hold at most {KEY_SET_ENTRIES_MAX}, so narrow it to at most that many integers"
+        ));
+    }
+    if let Some((min, max)) = integer_range(data_type)
+        && (i128::from(lo) < min || i128::from(hi) > max)
+    {
+        problems.push(format!(
+            "column `{name}`: key_range [{lo}, {hi}] reaches beyond what its type {data_type} holds ({min} to {max}); keep both ends within that"
+        ));
+    }
+    problems
+}
+
+/// The smallest and largest value of an integer type; `None` for any other type.
+fn integer_range(data_type: &DataType) -> Option<(i128, i128)> {
+    Some(match data_type {
+        DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+        DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+        DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+        DataType::Int64 => (i64::MIN.into(), i64::MAX.into()),
+        DataType::UInt8 => (0, u8::MAX.into()),
+        DataType::UInt16 => (0, u16::MAX.into()),
+        DataType::UInt32 => (0, u32::MAX.into()),
+        DataType::UInt64 => (0, u64::MAX.into()),
+        _ => return None,
+    })
 }
 
 fn is_unit_type(data_type: &DataType) -> bool {

@@ -28,11 +28,17 @@ use std::collections::HashMap;
 use crate::sandbox::{ExecStats, FoldError, Sandbox, SandboxError};
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{Field, Schema};
-use veil_sdk::manifest::{ColumnDescription, NoiseScale};
+use serde::{Deserialize, Serialize};
+use veil_sdk::manifest::{
+    Accounting, ColumnAccuracy, ColumnDescription, ContributionsDropped, DisclosureReport,
+    NoiseScale,
+};
 
+use crate::accuracy::{self, ALPHA};
 use crate::analysis::{Analysis, MeasureKind, OutputColumn};
 use crate::bounding::{Bounded, Fold, GroupKeyBytes, Limits, Total};
-use crate::noise::{Draw, Threshold};
+use crate::disclosure::{self, DisclosurePlan};
+use crate::noise::{Draw, Mechanism, Threshold};
 use crate::rules::{Refusal, Rule};
 use crate::{bounding, noise};
 
@@ -49,6 +55,8 @@ pub struct ReleaseConfig {
     pub(crate) units_hint: usize,
     /// Where noise comes from: OpenDP (test builds may seed it, see `noise::Source`).
     pub(crate) noise: noise::Source,
+    /// Laplace or Gaussian noise, as approved.
+    pub(crate) mechanism: Mechanism,
 }
 
 /// What one measure's draws are, in the ε plan.
@@ -58,9 +66,22 @@ enum MeasureDraws {
     Units,
     /// COUNT(*) or COUNT(expr), or SUM: one draw.
     One(Draw),
-    /// AVG: a noisy sum and a noisy count.
-    Average { sum: Draw, count: Draw },
+    /// AVG: a noisy sum and a noisy count; `count` is `None` when the average divides by the
+    /// distinct-unit draw (see `MeasureKind::Avg::nullable`).
+    Average { sum: Draw, count: Option<Draw> },
 }
+
+/// The share of a run's ε (or ρ) spent on counting the units whose contributions the bounds
+/// cut: small, since the figure only has to say whether truncation is rare or common.
+const TRUNCATED_SHARE: f64 = 0.05;
+
+/// Headroom kept when a run's ε (or ρ) is split, so that the shares' floating-point sum never
+/// exceeds it.
+const SPLIT_HEADROOM: f64 = 1e-12;
+
+/// Suffixes of a measure's interval columns in the product.
+pub const CI_LOW_SUFFIX: &str = "_ci_low";
+pub const CI_HIGH_SUFFIX: &str = "_ci_high";
 
 /// The ε plan of one release: every noisy draw it will make, fixed from the query and the
 /// approval alone (see `noise`, "The ε plan"). Only [`plan_noise`] makes one.
@@ -70,11 +91,20 @@ pub struct NoisePlan {
     /// threshold are decided on it.
     units: Draw,
     measures: Vec<MeasureDraws>,
+    /// The count of units whose contributions the bounds cut (one number for the release).
+    truncated: Draw,
+    /// Per measure: the margin draw of its disclosure rules, for a SUM or AVG over a column
+    /// that has some (see `disclosure`).
+    disclosure: Vec<Option<DisclosurePlan>>,
     /// τ: a group is shown only if its noisy distinct-unit count reaches it (see `noise`).
     threshold: Threshold,
     /// Whether every group key has a public key set (then every key is a row, and a key
     /// below τ is marked rather than left out).
     public: bool,
+    /// Gaussian plans: how their ρ meets the approved (ε, δ).
+    accounting: Option<Accounting>,
+    /// What each output column is stated to be accurate to, before any row is read.
+    accuracy: Vec<ColumnAccuracy>,
 }
 
 impl NoisePlan {
@@ -85,9 +115,14 @@ impl NoisePlan {
             match measure {
                 MeasureDraws::Units => {}
                 MeasureDraws::One(draw) => draws.push(draw),
-                MeasureDraws::Average { sum, count } => draws.extend([sum, count]),
+                MeasureDraws::Average { sum, count } => {
+                    draws.push(sum);
+                    draws.extend(count);
+                }
             }
         }
+        draws.extend(self.disclosure.iter().flatten().map(|d| &d.draw));
+        draws.push(&self.truncated);
         draws
             .into_iter()
             .map(|d| NoiseScale {
@@ -95,6 +130,10 @@ impl NoisePlan {
                 epsilon: d.epsilon,
                 sensitivity: d.sensitivity,
                 scale: d.scale,
+                mechanism: Some(d.mechanism_name().to_string()),
+                rho: (d.mechanism == Mechanism::Gaussian).then_some(d.rho),
+                alpha: Some(ALPHA),
+                half_width: d.half_width(ALPHA).ok(),
             })
             .collect()
     }
@@ -102,6 +141,16 @@ impl NoisePlan {
     /// The threshold τ on the noisy distinct-unit count.
     pub fn threshold(&self) -> i64 {
         self.threshold.tau
+    }
+
+    /// Each output measure's stated accuracy at 95 %, with a warning where it is poor.
+    pub fn accuracy(&self) -> &[ColumnAccuracy] {
+        &self.accuracy
+    }
+
+    /// Gaussian plans: their ρ and how it converts to the approved (ε, δ).
+    pub fn accounting(&self) -> Option<&Accounting> {
+        self.accounting.as_ref()
     }
 }
 
@@ -157,9 +206,73 @@ pub fn check_memory(
     ))
 }
 
+/// One draw of the plan before its share is known: what it measures, its sensitivity, and
+/// how much its error weighs: the share of each output column's stated error it accounts
+/// for, summed over the columns it serves (see [`plan_noise`], "The split").
+struct Wanted {
+    label: String,
+    sensitivity: f64,
+    integer: bool,
+    weight: f64,
+}
+
+/// Where a measure's draws sit in the list of [`Wanted`] draws.
+enum Slots {
+    Units,
+    One(usize),
+    Average { sum: usize, count: Option<usize> },
+}
+
+/// Splits `total` (ε for Laplace, ρ for Gaussian) between draws of `weights` so that the sum
+/// of their weighted errors is smallest: a Laplace draw's error grows as `1/ε_i`, so
+/// minimising `Σ w_i/ε_i` under `Σ ε_i = ε` gives `ε_i ∝ √w_i`; a Gaussian draw's as
+/// `1/√ρ_i`, which gives `ρ_i ∝ w_i^(2/3)`. The split depends on the query and the approval
+/// only.
+fn split(weights: &[f64], total: f64, mechanism: Mechanism) -> Vec<f64> {
+    let power = match mechanism {
+        Mechanism::Laplace => 0.5,
+        Mechanism::Gaussian => 2.0 / 3.0,
+    };
+    let raw: Vec<f64> = weights
+        .iter()
+        .map(|w| w.max(f64::MIN_POSITIVE).powf(power))
+        .collect();
+    let sum: f64 = raw.iter().sum();
+    raw.iter()
+        .map(|r| total * (1.0 - SPLIT_HEADROOM) * r / sum)
+        .collect()
+}
+
 /// Fixes the ε plan of a release (see `noise`, "The ε plan") and has OpenDP check every
 /// measurement in it. Runs before the budget is reserved; a plan OpenDP refuses is a refusal
 /// that costs nothing.
+///
+/// # The split
+/// [`TRUNCATED_SHARE`] of the run goes to the count of truncated units; the rest is split
+/// between the distinct-unit count and the measures' draws to minimise the sum, over the
+/// output columns, of each column's stated error relative to what an even split of the draws
+/// would give it — so every column counts alike, whatever its unit, and a column's error
+/// under the split is smaller than under the even split wherever the plan can trade. A count
+/// or a sum is one draw, which carries its whole error (weight 1), and so are the distinct-unit
+/// count (which also decides which groups are shown) and a disclosure margin; an average's
+/// error `(a_s + H · a_c) / n` is carried by its sum and its count in proportion to their
+/// terms, `Δ_s : H · Δ_c`. An average whose count is the distinct-unit count (at most one row
+/// per unit and group, a value that cannot be NULL) draws no count of its own: the
+/// distinct-unit draw serves both, and weighs for both.
+///
+/// # Averages
+/// An average sums its values as offsets from the middle `m` of the bounds and releases
+/// `m + noisy offset sum / noisy count`. One unit's offset sum in a group is at most
+/// `max_rows · H`, `H` half the bounds' width, where a plain sum's is `max_rows · max(|lo|,
+/// |hi|)`: for bounds `[0, hi]`, half the noise for the same ε. (The offset sum is the bounded
+/// sum minus `m` times the bounded count, both per unit and group as the bounding capped
+/// them, so the argument of `bounding` holds for it row by row.)
+///
+/// # Gaussian
+/// Sensitivities are L2: one unit moves at most `max_groups` groups, each by at most its
+/// per-group bound, so `√max_groups` times that bound. The run's ρ is the largest that
+/// OpenDP's zCDP conversion turns into the approved ε at δ/2 (all of δ with public keys); the
+/// existence threshold keeps its own δ within the other half.
 pub fn plan_noise(analysis: &Analysis, config: &ReleaseConfig) -> Result<NoisePlan, Refusal> {
     let refuse = |e: noise::NoiseError| {
         Refusal::one(
@@ -167,83 +280,267 @@ pub fn plan_noise(analysis: &Analysis, config: &ReleaseConfig) -> Result<NoisePl
             format!("the approved privacy parameters cannot be applied to this query: {e}"),
         )
     };
-    let max_groups = f64::from(config.limits.max_groups);
-    let max_rows = f64::from(config.limits.max_rows);
-    let draws = 1 + analysis
-        .measures
-        .iter()
-        .map(|m| match m.kind {
-            MeasureKind::CountUnits => 0,
-            MeasureKind::CountRows { .. } | MeasureKind::Sum { .. } => 1,
-            MeasureKind::Avg { .. } => 2,
-        })
-        .sum::<usize>();
-    let share = config.epsilon / draws as f64;
-    if !(share.is_finite() && share > 0.0) {
+    if !(config.epsilon.is_finite() && config.epsilon > 0.0) {
         return Err(Refusal::one(
             Rule::PrivacyParameters,
             "the approved ε must be a positive number",
         ));
     }
-    let units = Draw::new("distinct units", max_groups, share, true).map_err(refuse)?;
-    let mut measures = Vec::with_capacity(analysis.measures.len());
+    check_interval_names(analysis)?;
+    let mechanism = config.mechanism;
+    let public = analysis.keys_are_public();
+    let max_groups = f64::from(config.limits.max_groups);
+    let max_rows = f64::from(config.limits.max_rows);
+    // One unit's reach over the vector of groups: L1 adds its groups, L2 adds their squares.
+    let groups_norm = match mechanism {
+        Mechanism::Laplace => max_groups,
+        Mechanism::Gaussian => max_groups.sqrt(),
+    };
+    let integer_sensitivity = |s: f64, integer: bool| if integer { s.ceil().max(1.0) } else { s };
+
+    let mut wanted = vec![Wanted {
+        label: "distinct units".into(),
+        sensitivity: integer_sensitivity(groups_norm, true),
+        integer: true,
+        weight: 1.0,
+    }];
+    let units_sensitivity = wanted[0].sensitivity;
+    let mut slots = Vec::with_capacity(analysis.measures.len());
+    let mut ruled = Vec::with_capacity(analysis.measures.len());
     for measure in &analysis.measures {
-        let rows = max_groups * max_rows;
-        measures.push(match &measure.kind {
-            MeasureKind::CountUnits => MeasureDraws::Units,
-            MeasureKind::CountRows { .. } => MeasureDraws::One(
-                Draw::new(measure.name.clone(), rows, share, true).map_err(refuse)?,
-            ),
+        // A ruled SUM or AVG draws its cells' disclosure margins too: a column of its own.
+        ruled.push(match (&measure.kind, disclosure::rules_of(&measure.kind)) {
+            (MeasureKind::Sum { hi, .. } | MeasureKind::Avg { hi, .. }, Some(rules)) => {
+                let sensitivity = disclosure::sensitivity(*hi, config.limits, mechanism);
+                wanted.push(Wanted {
+                    label: disclosure::label(&measure.name),
+                    sensitivity,
+                    integer: false,
+                    weight: 1.0,
+                });
+                Some((wanted.len() - 1, *rules))
+            }
+            _ => None,
+        });
+        let slot = match &measure.kind {
+            MeasureKind::CountUnits => Slots::Units,
+            MeasureKind::CountRows { .. } => {
+                wanted.push(Wanted {
+                    label: measure.name.clone(),
+                    sensitivity: integer_sensitivity(groups_norm * max_rows, true),
+                    integer: true,
+                    weight: 1.0,
+                });
+                Slots::One(wanted.len() - 1)
+            }
             MeasureKind::Sum {
                 lo, hi, integer, ..
             } => {
-                let sensitivity = rows * lo.abs().max(hi.abs());
-                let sensitivity = if *integer {
-                    sensitivity.ceil().max(1.0)
-                } else {
-                    sensitivity
-                };
-                MeasureDraws::One(
-                    Draw::new(
-                        format!("{} (sum)", measure.name),
-                        sensitivity,
-                        share,
-                        *integer,
-                    )
-                    .map_err(refuse)?,
-                )
+                let magnitude = lo.abs().max(hi.abs());
+                wanted.push(Wanted {
+                    label: format!("{} (sum)", measure.name),
+                    sensitivity: integer_sensitivity(groups_norm * max_rows * magnitude, *integer),
+                    integer: *integer,
+                    weight: 1.0,
+                });
+                Slots::One(wanted.len() - 1)
             }
             MeasureKind::Avg {
-                lo, hi, integer, ..
+                lo,
+                hi,
+                integer,
+                nullable,
+                ..
             } => {
-                let sensitivity = rows * lo.abs().max(hi.abs());
-                let sensitivity = if *integer {
-                    sensitivity.ceil().max(1.0)
+                let (_, half) = accuracy::midpoint(*lo, *hi, *integer);
+                // Offsets can all be 0 (lo = hi); a draw needs a positive sensitivity.
+                let sum_sensitivity = integer_sensitivity(
+                    (groups_norm * max_rows * half).max(f64::MIN_POSITIVE),
+                    *integer,
+                );
+                let shared = config.limits.max_rows == 1 && !nullable;
+                let count_sensitivity = if shared {
+                    units_sensitivity
                 } else {
-                    sensitivity
+                    integer_sensitivity(groups_norm * max_rows, true)
                 };
-                MeasureDraws::Average {
-                    sum: Draw::new(
-                        format!("{} (sum)", measure.name),
-                        sensitivity,
-                        share,
-                        *integer,
-                    )
-                    .map_err(refuse)?,
-                    count: Draw::new(format!("{} (count)", measure.name), rows, share, true)
-                        .map_err(refuse)?,
-                }
+                // The average's error, a_s + H · a_c, carried in proportion to its terms.
+                let count_term = half * count_sensitivity;
+                let sum_weight = sum_sensitivity / (sum_sensitivity + count_term);
+                wanted.push(Wanted {
+                    label: format!(
+                        "{} (sum of offsets from the bounds' midpoint)",
+                        measure.name
+                    ),
+                    sensitivity: sum_sensitivity,
+                    integer: *integer,
+                    weight: sum_weight,
+                });
+                let sum = wanted.len() - 1;
+                let count = if shared {
+                    wanted[0].weight += 1.0 - sum_weight;
+                    None
+                } else {
+                    wanted.push(Wanted {
+                        label: format!("{} (count)", measure.name),
+                        sensitivity: count_sensitivity,
+                        integer: true,
+                        weight: 1.0 - sum_weight,
+                    });
+                    Some(wanted.len() - 1)
+                };
+                Slots::Average { sum, count }
             }
-        });
+        };
+        slots.push(slot);
     }
-    let threshold = Threshold::plan(&units, config.k, config.limits.max_groups, config.delta)
+
+    // The run's total in the mechanism's own unit, and how it meets the approved (ε, δ).
+    let (total, threshold_delta, accounting) = match mechanism {
+        Mechanism::Laplace => (config.epsilon, config.delta, None),
+        Mechanism::Gaussian => {
+            let threshold_delta = if public { 0.0 } else { config.delta / 2.0 };
+            let conversion_delta = config.delta - threshold_delta;
+            let rho = noise::rho_for(config.epsilon, conversion_delta).map_err(refuse)?;
+            let epsilon = noise::epsilon_of_rho(rho, conversion_delta).map_err(refuse)?;
+            let accounting = Accounting {
+                measure: "zCDP".into(),
+                rho,
+                threshold_delta,
+                epsilon,
+                delta: config.delta,
+                conversion: format!(
+                    "OpenDP's ZeroConcentratedDivergence conversion (make_zCDP_to_approxDP): ρ = {rho} gives ε = {epsilon} at δ = {conversion_delta}; the existence threshold adds at most δ = {threshold_delta}"
+                ),
+            };
+            (rho, threshold_delta, Some(accounting))
+        }
+    };
+    let truncated = Draw::of(
+        mechanism,
+        "units with contributions dropped",
+        1.0,
+        total * TRUNCATED_SHARE,
+        true,
+    )
+    .map_err(refuse)?;
+    let weights: Vec<f64> = wanted.iter().map(|w| w.weight).collect();
+    let shares = split(&weights, total * (1.0 - TRUNCATED_SHARE), mechanism);
+    let draws: Vec<Draw> = wanted
+        .into_iter()
+        .zip(shares)
+        .map(|(w, share)| Draw::of(mechanism, w.label, w.sensitivity, share, w.integer))
+        .collect::<Result<_, _>>()
         .map_err(refuse)?;
+    let units = draws[0].clone();
+    let measures: Vec<MeasureDraws> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slots::Units => MeasureDraws::Units,
+            Slots::One(i) => MeasureDraws::One(draws[i].clone()),
+            Slots::Average { sum, count } => MeasureDraws::Average {
+                sum: draws[sum].clone(),
+                count: count.map(|i| draws[i].clone()),
+            },
+        })
+        .collect();
+    let disclosure = ruled
+        .into_iter()
+        .map(|ruled| {
+            ruled
+                .map(|(i, rules)| disclosure::plan(rules, draws[i].clone()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(refuse)?;
+    let threshold_budget = match mechanism {
+        Mechanism::Laplace => threshold_delta,
+        // Public keys draw no threshold; a nominal budget keeps τ (the marking line) defined.
+        Mechanism::Gaussian if public => config.delta,
+        Mechanism::Gaussian => threshold_delta,
+    };
+    let threshold = Threshold::plan(&units, config.k, config.limits.max_groups, threshold_budget)
+        .map_err(refuse)?;
+    let accuracy = stated_accuracy(analysis, config, &units, &measures).map_err(refuse)?;
     Ok(NoisePlan {
         units,
         measures,
+        truncated,
+        disclosure,
         threshold,
-        public: analysis.keys_are_public(),
+        public,
+        accounting,
+        accuracy,
     })
+}
+
+/// Refuses a query one of whose measure's interval columns would take a name the product
+/// already has.
+fn check_interval_names(analysis: &Analysis) -> Result<(), Refusal> {
+    let names: std::collections::HashSet<&str> = analysis
+        .measures
+        .iter()
+        .map(|m| m.name.as_str())
+        .chain(analysis.groups.iter().map(|g| g.name.as_str()))
+        .collect();
+    for measure in &analysis.measures {
+        for suffix in [CI_LOW_SUFFIX, CI_HIGH_SUFFIX] {
+            let interval = format!("{}{suffix}", measure.name);
+            if names.contains(interval.as_str()) {
+                return Err(Refusal::one(
+                    Rule::PrivacyParameters,
+                    format!(
+                        "the product gives `{}` its 95 % interval in `{interval}`, which is also the name of an output column; rename that column",
+                        measure.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each measure's accuracy at 95 %, from the plan's draws (see `accuracy`).
+fn stated_accuracy(
+    analysis: &Analysis,
+    config: &ReleaseConfig,
+    units: &Draw,
+    measures: &[MeasureDraws],
+) -> Result<Vec<ColumnAccuracy>, noise::NoiseError> {
+    let mut stated = Vec::with_capacity(measures.len());
+    for (measure, draws) in analysis.measures.iter().zip(measures) {
+        let (kind, error) = match (&measure.kind, draws) {
+            (MeasureKind::CountUnits, _) => (accuracy::Kind::Count, units.half_width(ALPHA)?),
+            (MeasureKind::CountRows { .. }, MeasureDraws::One(draw)) => {
+                (accuracy::Kind::Count, draw.half_width(ALPHA)?)
+            }
+            (MeasureKind::Sum { lo, hi, .. }, MeasureDraws::One(draw)) => (
+                accuracy::Kind::Sum { lo: *lo, hi: *hi },
+                draw.half_width(ALPHA)?,
+            ),
+            (MeasureKind::Avg { lo, hi, .. }, MeasureDraws::Average { sum, count }) => {
+                let a_s = sum.half_width(ALPHA / 2.0)?;
+                let a_c = count.as_ref().unwrap_or(units).half_width(ALPHA / 2.0)?;
+                (
+                    accuracy::Kind::Average { lo: *lo, hi: *hi },
+                    accuracy::average_error(a_s, a_c, *lo, *hi, f64::from(config.k.max(1))),
+                )
+            }
+            _ => {
+                return Err(noise::NoiseError::OpenDp(
+                    "a measure without its draw".into(),
+                ));
+            }
+        };
+        stated.push(accuracy::statement(
+            &measure.name,
+            kind,
+            error,
+            config.k,
+            config.epsilon,
+        ));
+    }
+    Ok(stated)
 }
 
 /// What the gate lets out.
@@ -260,8 +557,26 @@ pub struct Released {
     pub(crate) groups_suppressed: Option<u64>,
     /// τ, the threshold on the noisy distinct-unit count.
     pub(crate) threshold: f64,
+    /// What the manifest states about accuracy, accounting and post-processing.
+    pub(crate) statement: Statement,
     pub(crate) stats: ExecStats,
 }
+
+/// What a release states beyond its draws, for the manifest: none of it depends on the data
+/// except through noisy quantities.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Statement {
+    /// "laplace" or "gaussian", with the OpenDP constructors used.
+    pub mechanism: String,
+    pub accounting: Option<Accounting>,
+    pub accuracy: Vec<ColumnAccuracy>,
+    pub contributions_dropped: Option<ContributionsDropped>,
+    pub disclosure: Vec<DisclosureReport>,
+    pub post_processing: String,
+}
+
+/// What post-processing does to every release, in the manifest's words.
+pub const POST_PROCESSING: &str = "values rounded to two decimals (counts and integer sums are whole numbers); counts and the low ends of their intervals raised to 0; sums over columns without negative bounds raised to 0; averages kept inside their column's bounds, and so are their intervals. Post-processing costs no privacy and moves no true value out of its interval.";
 
 /// A `Released` body is read-only outside the kernel: the domain writes and signs exactly
 /// what the gate let out.
@@ -297,6 +612,12 @@ impl Released {
         self.threshold
     }
 
+    /// Accuracy, accounting, truncation, disclosure rules and post-processing, for the
+    /// manifest.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
     /// What the job's execution cost (for the meter; the domain charges registered sizes).
     pub fn stats(&self) -> ExecStats {
         self.stats
@@ -313,6 +634,7 @@ impl Released {
             noise_scales: Vec::new(),
             groups_suppressed: None,
             threshold: 0.0,
+            statement: Statement::default(),
             stats: ExecStats::default(),
         }
     }
@@ -357,7 +679,30 @@ pub(crate) async fn release(
         .map_err(|_| fail("drawing the noisy distinct-unit counts"))?;
     let columns = measure(analysis, plan, config.noise, &bounded, &selection)
         .map_err(|_| fail("drawing the noisy aggregates"))?;
-    assemble(analysis, plan, &bounded, selection, columns, stats).map_err(fail)
+    let dropped = truncated(plan, config.noise, &bounded)
+        .map_err(|_| fail("drawing the count of truncated units"))?;
+    let mut released =
+        assemble(analysis, plan, &bounded, selection, columns, stats).map_err(fail)?;
+    released.statement.contributions_dropped = Some(dropped);
+    Ok(released)
+}
+
+/// The noisy count of units whose contributions the bounds cut (sensitivity 1: one unit is
+/// cut or not), raised to 0.
+fn truncated(
+    plan: &NoisePlan,
+    source: noise::Source,
+    bounded: &Bounded,
+) -> Result<ContributionsDropped, noise::NoiseError> {
+    let noisy = plan.truncated.integers(
+        source,
+        &[b"units with contributions dropped".as_slice()],
+        vec![bounded.truncated_units],
+    )?;
+    Ok(ContributionsDropped {
+        units_noisy: noisy.first().copied().unwrap_or(0).max(0),
+        error: plan.truncated.half_width(ALPHA)?,
+    })
 }
 
 /// Step 3: every partition folds its rows into bounded slots per unit; `finish` merges the
@@ -483,14 +828,95 @@ enum Column {
     Float(Vec<f64>),
 }
 
-/// Step 5: the noisy value of every measure for every selected group.
+impl Column {
+    /// The column as an Arrow array, NULL where `valid` says no.
+    fn into_array(self, valid: impl Fn(usize) -> bool) -> ArrayRef {
+        match self {
+            Column::Int(values) => Arc::new(Int64Array::from_iter(
+                values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| valid(i).then_some(v)),
+            )),
+            Column::Float(values) => Arc::new(Float64Array::from_iter(
+                values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| valid(i).then_some(v)),
+            )),
+        }
+    }
+}
+
+/// One measure's noisy values and each value's 95 % interval (see `accuracy`).
+struct Measured {
+    values: Column,
+    low: Column,
+    high: Column,
+    /// Ruled measures: whether each cell's disclosure rules withhold it (see `disclosure`).
+    protected: Option<Vec<bool>>,
+}
+
+impl Measured {
+    /// Noisy counts, raised to 0, with intervals of half-width `half` (an integer).
+    fn counts(noisy: Vec<i64>, half: f64) -> Self {
+        let half = half as i64;
+        let values: Vec<i64> = noisy.into_iter().map(|v| v.max(0)).collect();
+        Self {
+            low: Column::Int(values.iter().map(|v| (v - half).max(0)).collect()),
+            high: Column::Int(values.iter().map(|v| v.saturating_add(half)).collect()),
+            values: Column::Int(values),
+            protected: None,
+        }
+    }
+
+    /// Noisy integer sums with intervals of half-width `half` (an integer); raised to 0 when
+    /// no value can be negative.
+    fn int_sums(noisy: Vec<i64>, half: f64, floor_at_zero: bool) -> Self {
+        let half = half as i64;
+        let floor = |v: i64| if floor_at_zero { v.max(0) } else { v };
+        let values: Vec<i64> = noisy.into_iter().map(floor).collect();
+        Self {
+            low: Column::Int(
+                values
+                    .iter()
+                    .map(|v| floor(v.saturating_sub(half)))
+                    .collect(),
+            ),
+            high: Column::Int(values.iter().map(|v| v.saturating_add(half)).collect()),
+            values: Column::Int(values),
+            protected: None,
+        }
+    }
+
+    /// Noisy float sums, rounded to cents, with intervals of half-width `half` (rounded
+    /// outwards); raised to 0 when no value can be negative.
+    fn float_sums(noisy: Vec<f64>, half: f64, floor_at_zero: bool) -> Self {
+        let floor = |v: f64| if floor_at_zero { v.max(0.0) } else { v };
+        let values: Vec<f64> = noisy.into_iter().map(|v| round_cents(floor(v))).collect();
+        Self {
+            // The rounding moved each value by up to half a cent: widen by as much.
+            low: Column::Float(
+                values
+                    .iter()
+                    .map(|v| floor(cents_down(v - half - 0.005)))
+                    .collect(),
+            ),
+            high: Column::Float(values.iter().map(|v| cents_up(v + half + 0.005)).collect()),
+            values: Column::Float(values),
+            protected: None,
+        }
+    }
+}
+
+/// Step 5: the noisy value of every measure for every selected group, with its interval.
 fn measure(
     analysis: &Analysis,
     plan: &NoisePlan,
     source: noise::Source,
     bounded: &Bounded,
     selection: &Selection,
-) -> Result<Vec<Column>, noise::NoiseError> {
+) -> Result<Vec<Measured>, noise::NoiseError> {
     let keys: Vec<&[u8]> = selection.keys.iter().map(|k| k.as_ref()).collect();
     let totals_of = |j: usize| -> Vec<Total> {
         selection
@@ -507,27 +933,25 @@ fn measure(
     let mut columns = Vec::with_capacity(analysis.measures.len());
     for (j, (measure, draws)) in analysis.measures.iter().zip(&plan.measures).enumerate() {
         let totals = totals_of(j);
-        let column = match (&measure.kind, draws) {
+        let measured = match (&measure.kind, draws) {
             (MeasureKind::CountUnits, _) => {
-                Column::Int(selection.units.iter().map(|v| (*v).max(0)).collect())
+                Measured::counts(selection.units.clone(), plan.units.half_width(ALPHA)?)
             }
-            (MeasureKind::CountRows { .. }, MeasureDraws::One(draw)) => Column::Int(
-                draw.integers(source, &keys, totals.iter().map(count_of).collect())?
-                    .into_iter()
-                    .map(|v| v.max(0))
-                    .collect(),
+            (MeasureKind::CountRows { .. }, MeasureDraws::One(draw)) => Measured::counts(
+                draw.integers(source, &keys, totals.iter().map(count_of).collect())?,
+                draw.half_width(ALPHA)?,
             ),
-            (MeasureKind::Sum { integer, .. }, MeasureDraws::One(draw)) => {
+            (MeasureKind::Sum { lo, integer, .. }, MeasureDraws::One(draw)) => {
+                let half = draw.half_width(ALPHA)?;
+                let floor_at_zero = *lo >= 0.0;
                 if *integer {
-                    Column::Int(draw.integers(
-                        source,
-                        &keys,
-                        totals.iter().map(int_sum_of).collect(),
-                    )?)
+                    let sums =
+                        draw.integers(source, &keys, totals.iter().map(int_sum_of).collect())?;
+                    Measured::int_sums(sums, half, floor_at_zero)
                 } else {
                     let sums =
                         draw.floats(source, &keys, totals.iter().map(float_sum_of).collect())?;
-                    Column::Float(sums.into_iter().map(round_cents).collect())
+                    Measured::float_sums(sums, half, floor_at_zero)
                 }
             }
             (
@@ -536,22 +960,56 @@ fn measure(
                 },
                 MeasureDraws::Average { sum, count },
             ) => {
+                // Offsets from the bounds' midpoint (see `plan_noise`, "Averages"): the bounded
+                // sum less the midpoint times the bounded count.
+                let (middle, _) = accuracy::midpoint(*lo, *hi, *integer);
                 let sums: Vec<f64> = if *integer {
-                    sum.integers(source, &keys, totals.iter().map(int_sum_of).collect())?
+                    let offsets = totals
+                        .iter()
+                        .map(|t| {
+                            int_sum_of(t)
+                                .saturating_sub((middle as i64).saturating_mul(count_of(t)))
+                        })
+                        .collect();
+                    sum.integers(source, &keys, offsets)?
                         .into_iter()
                         .map(|v| v as f64)
                         .collect()
                 } else {
-                    sum.floats(source, &keys, totals.iter().map(float_sum_of).collect())?
+                    let offsets = totals
+                        .iter()
+                        .map(|t| float_sum_of(t) - middle * count_of(t) as f64)
+                        .collect();
+                    sum.floats(source, &keys, offsets)?
                 };
-                let counts =
-                    count.integers(source, &keys, totals.iter().map(count_of).collect())?;
-                Column::Float(
-                    sums.iter()
-                        .zip(counts)
-                        .map(|(s, c)| round_cents((s / c.max(1) as f64).clamp(*lo, *hi)))
-                        .collect(),
-                )
+                // The count: its own draw, or the distinct-unit draw (see `plan_noise`).
+                let (counts, count_half) = match count {
+                    Some(count) => (
+                        count.integers(source, &keys, totals.iter().map(count_of).collect())?,
+                        count.half_width(ALPHA / 2.0)?,
+                    ),
+                    None => (selection.units.clone(), plan.units.half_width(ALPHA / 2.0)?),
+                };
+                let sum_half = sum.half_width(ALPHA / 2.0)?;
+                let mut values = Vec::with_capacity(sums.len());
+                let mut low = Vec::with_capacity(sums.len());
+                let mut high = Vec::with_capacity(sums.len());
+                for (s, c) in sums.iter().zip(&counts) {
+                    values.push(round_cents(
+                        (middle + s / (*c).max(1) as f64).clamp(*lo, *hi),
+                    ));
+                    let (l, h) = accuracy::average_interval(
+                        middle, *s, sum_half, *c as f64, count_half, *lo, *hi,
+                    );
+                    low.push(cents_down(l).max(*lo));
+                    high.push(cents_up(h).min(*hi));
+                }
+                Measured {
+                    values: Column::Float(values),
+                    low: Column::Float(low),
+                    high: Column::Float(high),
+                    protected: None,
+                }
             }
             _ => {
                 return Err(noise::NoiseError::OpenDp(
@@ -559,28 +1017,39 @@ fn measure(
                 ));
             }
         };
-        columns.push(column);
+        let mut measured = measured;
+        if let Some(Some(rules)) = plan.disclosure.get(j) {
+            measured.protected = Some(disclosure::protected_groups(
+                rules,
+                source,
+                bounded,
+                &selection.keys,
+                j,
+            )?);
+        }
+        columns.push(measured);
     }
     Ok(columns)
 }
 
-/// Assembles the product in the operator's column order. Marked cells (public keys whose
-/// noisy count was below k) keep their key and get NULL measures.
+/// Assembles the product in the operator's column order, each measure followed by its
+/// interval's low and high ends. Marked cells (public keys whose noisy count was below k)
+/// keep their key and get NULL measures and intervals.
 fn assemble(
     analysis: &Analysis,
     plan: &NoisePlan,
     bounded: &Bounded,
     selection: Selection,
-    columns: Vec<Column>,
+    columns: Vec<Measured>,
     stats: ExecStats,
 ) -> Result<Released, &'static str> {
     let keys: Vec<&GroupKeyBytes> = selection.keys.iter().collect();
     let key_columns = bounding::decode_keys(&bounded.converter, analysis.groups.len(), &keys)?;
-    let valid = |i: usize| !selection.marked[i];
     let mut fields = Vec::new();
+    let mut reports = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     let mut descriptions = Vec::new();
-    let mut columns: Vec<Option<Column>> = columns.into_iter().map(Some).collect();
+    let mut columns: Vec<Option<Measured>> = columns.into_iter().map(Some).collect();
     for output in &analysis.output {
         match *output {
             OutputColumn::Group(i) => {
@@ -598,45 +1067,71 @@ fn assemble(
             }
             OutputColumn::Measure(j) => {
                 let measure = &analysis.measures[j];
-                let column = columns
+                let measured = columns
                     .get_mut(j)
                     .and_then(Option::take)
                     .ok_or("placing an aggregate")?;
-                let array: ArrayRef = match column {
-                    Column::Int(values) => Arc::new(Int64Array::from_iter(
-                        values
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, v)| valid(i).then_some(v)),
-                    )),
-                    Column::Float(values) => Arc::new(Float64Array::from_iter(
-                        values
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, v)| valid(i).then_some(v)),
-                    )),
-                };
-                fields.push(Field::new(&measure.name, array.data_type().clone(), true));
-                arrays.push(array);
                 let kind = match measure.kind {
-                    MeasureKind::CountUnits => "noisy count of distinct units",
-                    MeasureKind::CountRows { .. } => "noisy count of rows",
+                    MeasureKind::CountUnits => "noisy count of distinct units (never below 0)",
+                    MeasureKind::CountRows { .. } => "noisy count of rows (never below 0)",
                     MeasureKind::Sum { .. } => "noisy sum (values clamped to the declared bounds)",
                     MeasureKind::Avg { .. } => {
-                        "noisy average (noisy sum / noisy count, clamped to the bounds)"
+                        "noisy average (noisy sum / noisy count, kept inside the bounds)"
                     }
                 };
-                let kind = if selection.public {
+                let mut kind = if selection.public {
                     format!(
                         "{kind}; NULL where the noisy count of distinct units was below the threshold"
                     )
                 } else {
                     kind.to_string()
                 };
-                descriptions.push(ColumnDescription {
-                    name: measure.name.clone(),
-                    kind,
-                });
+                let name = &measure.name;
+                // A cell is shown unless it is marked (below τ) or its rules withhold it.
+                let protected = measured.protected.clone();
+                let marked = selection.marked.clone();
+                let withheld = move |i: usize| protected.as_ref().is_some_and(|p| p[i]);
+                if let Some(Some(rules)) = plan.disclosure.get(j) {
+                    let described = rules.rules.describe();
+                    kind = format!("{kind}; NULL where the {described} withheld the cell");
+                    reports.push(DisclosureReport {
+                        column: name.clone(),
+                        rule: described,
+                        cells_protected: (0..marked.len())
+                            .filter(|i| !marked[*i] && withheld(*i))
+                            .count() as u64,
+                        decided_on: format!(
+                            "each cell's margin plus noise ({}, scale {}) below {}: a cell the rules call sensitive is withheld with probability at least {} %, and the decision depends on the data only through that noisy margin",
+                            rules.draw.mechanism_name(),
+                            rules.draw.scale,
+                            rules.threshold,
+                            (1.0 - disclosure::SENSITIVE_CELL_MISS_PROBABILITY) * 100.0
+                        ),
+                    });
+                }
+                let valid = move |i: usize| !marked[i] && !withheld(i);
+                for (column, suffix, what) in [
+                    (measured.values, "", kind),
+                    (
+                        measured.low,
+                        CI_LOW_SUFFIX,
+                        format!("low end of `{name}`'s 95 % interval"),
+                    ),
+                    (
+                        measured.high,
+                        CI_HIGH_SUFFIX,
+                        format!("high end of `{name}`'s 95 % interval"),
+                    ),
+                ] {
+                    let array = column.into_array(&valid);
+                    let column_name = format!("{name}{suffix}");
+                    fields.push(Field::new(&column_name, array.data_type().clone(), true));
+                    arrays.push(array);
+                    descriptions.push(ColumnDescription {
+                        name: column_name,
+                        kind: what,
+                    });
+                }
             }
         }
     }
@@ -650,6 +1145,22 @@ fn assemble(
         noise_scales: plan.scales(),
         groups_suppressed: selection.public.then_some(marked),
         threshold: plan.threshold() as f64,
+        statement: Statement {
+            mechanism: match plan.units.mechanism {
+                Mechanism::Laplace => {
+                    "laplace (OpenDP make_laplace / make_laplace_threshold; discrete on integers)"
+                }
+                Mechanism::Gaussian => {
+                    "gaussian (OpenDP make_gaussian / make_gaussian_threshold; discrete on integers), zCDP"
+                }
+            }
+            .into(),
+            accounting: plan.accounting.clone(),
+            accuracy: plan.accuracy.clone(),
+            contributions_dropped: None,
+            disclosure: reports,
+            post_processing: POST_PROCESSING.into(),
+        },
         stats,
     })
 }
@@ -658,6 +1169,16 @@ fn assemble(
 /// pretending to a precision the noise does not have.
 fn round_cents(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
+}
+
+/// Rounds down to two decimals: an interval's low end, widened rather than narrowed.
+fn cents_down(value: f64) -> f64 {
+    (value * 100.0).floor() / 100.0
+}
+
+/// Rounds up to two decimals: an interval's high end.
+fn cents_up(value: f64) -> f64 {
+    (value * 100.0).ceil() / 100.0
 }
 
 fn count_of(total: &Total) -> i64 {

@@ -144,6 +144,37 @@ impl fmt::Display for PicoDelta {
     }
 }
 
+/// Which noise a template's releases draw, chosen by the bureau at approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mechanism {
+    /// Laplace noise (discrete on integers), L1 sensitivities, pure ε-DP per draw.
+    #[default]
+    Laplace,
+    /// Gaussian noise (discrete on integers), L2 sensitivities, accounted in zero-concentrated
+    /// DP and converted to the approved (ε, δ) by OpenDP. Cheaper per group when one unit may
+    /// touch many groups (L2 grows with √max_groups, L1 with max_groups); needs δ > 0.
+    Gaussian,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Laplace => "laplace",
+            Self::Gaussian => "gaussian",
+        }
+    }
+
+    /// Reads `laplace` or `gaussian`, as a flag or an API field gives it.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "laplace" => Some(Self::Laplace),
+            "gaussian" => Some(Self::Gaussian),
+            _ => None,
+        }
+    }
+}
+
 /// One approved run's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {
@@ -165,6 +196,9 @@ pub struct Terms {
     pub wasm_fuel_per_unit: u64,
     /// WASM templates: linear memory one unit's instance may grow to, in MiB.
     pub wasm_memory_mib: u32,
+    /// The noise its releases draw (Laplace for approvals made before the choice existed).
+    #[serde(default)]
+    pub mechanism: Mechanism,
 }
 
 impl Terms {

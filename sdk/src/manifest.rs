@@ -189,7 +189,7 @@ pub struct SourceDataset {
 
 /// The privacy protection the release gate applied.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyRecord {
     /// The ε of the whole release, per privacy unit, as the bureau approved it; the draws in
@@ -217,23 +217,131 @@ pub struct PrivacyRecord {
     pub threshold: Option<f64>,
     /// Every noisy draw of the release: the distinct-unit count first, then each measure.
     pub noise_scales: Vec<NoiseScale>,
+    /// Zero-concentrated DP runs (the Gaussian mechanism): the ρ the draws split, and how it
+    /// converts to the approved (ε, δ). Absent for Laplace releases (pure ε per draw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounting: Option<Accounting>,
+    /// The accuracy stated before the run, per output column: what a buyer may expect of a
+    /// cell, from the noise scales alone (no data). Each cell's own interval is in the
+    /// `<column>_ci_low` / `<column>_ci_high` columns of the result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accuracy: Vec<ColumnAccuracy>,
+    /// How many privacy units lost contributions to the contribution bounds (a noisy count):
+    /// when it is not small, totals are truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contributions_dropped: Option<ContributionsDropped>,
+    /// Statistical disclosure rules applied to sums beyond k (p % rule, (n, k) dominance),
+    /// with the cells they protected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disclosure: Vec<DisclosureReport>,
+    /// What post-processing did to the noisy values (costs no privacy): rounding, averages
+    /// kept inside their bounds, counts kept non-negative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_processing: Option<String>,
+}
+
+/// How a zero-concentrated DP release meets its approved (ε, δ).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Accounting {
+    /// "zCDP".
+    pub measure: String,
+    /// ρ of the Gaussian draws, together (each draw's share is in its noise scale).
+    pub rho: f64,
+    /// δ of the existence threshold (OpenDP's thresholded Gaussian), 0 with public keys.
+    pub threshold_delta: f64,
+    /// The ε OpenDP's zCDP conversion gives for all draws together at the approved δ
+    /// (at most the approved ε).
+    pub epsilon: f64,
+    /// The approved δ.
+    pub delta: f64,
+    /// How the conversion was made.
+    pub conversion: String,
+}
+
+/// What the release states about one output column's accuracy, from the noise scales alone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnAccuracy {
+    /// The output column.
+    pub column: String,
+    /// "count", "sum" or "average".
+    pub kind: String,
+    /// The confidence of the interval, e.g. 0.95.
+    pub confidence: f64,
+    /// The interval's half-width: the released value is within ± this of the true (bounded)
+    /// value with the stated confidence. Counts and sums: in the column's unit, for every
+    /// cell. Averages: for the smallest group the release can show (`at_units`); larger
+    /// groups are more accurate.
+    pub error: f64,
+    /// Averages: the group size the error is stated at (k).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_units: Option<u64>,
+    /// The error as a share of what the column can span in the smallest group: the bounds'
+    /// width for averages, k × the width for sums, k for counts.
+    pub share: f64,
+    /// Set when the share is above what the platform calls usable, saying what to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// How many units the contribution bounds cut, as a noisy count.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContributionsDropped {
+    /// The noisy count of privacy units that had groups beyond `max_groups_per_unit` or rows
+    /// beyond `max_rows_per_group` dropped (never below 0).
+    pub units_noisy: i64,
+    /// Its 95 % interval's half-width.
+    pub error: f64,
+}
+
+/// One disclosure rule as applied to one sum column.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureReport {
+    /// The sum column.
+    pub column: String,
+    /// "p% rule (p = 10)" or "(n, k) dominance (n = 2, k = 85)".
+    pub rule: String,
+    /// Cells the rule protected: their sum (and interval) is NULL.
+    pub cells_protected: u64,
+    /// How the decision was made.
+    pub decided_on: String,
 }
 
 /// The noise added to one released column.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseScale {
     /// What the draw measures, e.g. `distinct units` or `income (sum)`.
     pub column: String,
     /// Its share of the release's ε.
     pub epsilon: f64,
-    /// Its L1 sensitivity over all groups: the most one privacy unit can change the true
-    /// values, given the contribution bounds.
+    /// Its sensitivity over all groups (L1 for Laplace, L2 for Gaussian): the most one
+    /// privacy unit can change the true values, given the contribution bounds.
     pub sensitivity: f64,
-    /// The scale of the Laplace noise added, `sensitivity / epsilon` (discrete Laplace on
-    /// integers).
+    /// The scale of the noise added: Laplace `sensitivity / epsilon` (discrete Laplace on
+    /// integers); Gaussian σ = `sensitivity / √(2ρ)`.
     pub scale: f64,
+    /// The mechanism, e.g. "discrete Laplace (OpenDP make_laplace)". Absent in manifests
+    /// made before it was stated (they are Laplace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<String>,
+    /// Gaussian draws: its share of the release's ρ (zero-concentrated DP); `epsilon` is then 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
+    /// The significance α of `half_width`, e.g. 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// The noise stays within ± this with probability 1 − α (OpenDP's accuracy functions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_width: Option<f64>,
 }
 
 /// One column of the released result.
@@ -812,7 +920,9 @@ mod tests {
                     epsilon: 1.0,
                     sensitivity: 1.0,
                     scale: 1.0,
+                    ..NoiseScale::default()
                 }],
+                ..PrivacyRecord::default()
             },
             columns: vec![
                 ColumnDescription {

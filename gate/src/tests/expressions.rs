@@ -112,6 +112,7 @@ async fn allowed_expressions_never_fail_while_they_run() {
         },
         units_hint: 0,
         noise: Source::OpenDp,
+        mechanism: crate::terms::Mechanism::Laplace,
     };
 
     let mut released = 0;
