@@ -133,6 +133,10 @@ pub(crate) enum ClientTemplate {
         id: String,
         #[command(flatten)]
         terms: ApprovalTerms,
+        /// Only state what these terms would give (each output column's error at 95 %,
+        /// grouping warnings), without approving.
+        #[arg(long)]
+        preview: bool,
     },
     #[command(flatten)]
     Decision(crate::client_actions::TemplateDecision),
@@ -634,8 +638,26 @@ async fn template(
             }
             return Ok(0);
         }
-        ClientTemplate::Approve { id, terms } => {
-            client.approve_template(&id, &terms.wire()).await?
+        ClientTemplate::Approve { id, terms, preview } => {
+            if preview {
+                let stated = client.preview_template(&id, &terms.wire()).await?;
+                if json {
+                    json_out(&stated)?;
+                } else {
+                    println!("approving with these terms would give:");
+                    crate::output::print_accuracy(&stated.accuracy, &stated.warnings);
+                }
+                return Ok(0);
+            }
+            let template = client.approve_template(&id, &terms.wire()).await?;
+            if !json {
+                // What the approved terms give each column; the approval stands either way.
+                match client.preview_template(&template.id, &terms.wire()).await {
+                    Ok(stated) => crate::output::print_accuracy(&stated.accuracy, &stated.warnings),
+                    Err(e) => eprintln!("(the accuracy statement could not be made: {e})"),
+                }
+            }
+            template
         }
     };
     if json {

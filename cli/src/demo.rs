@@ -61,6 +61,50 @@ pub(crate) struct DemoSummary {
     pub products_verified: usize,
 }
 
+/// The bureau's approval of a submitted SQL template, as the demo tells it: what the terms
+/// give each output column at 95 % confidence and any grouping warning (what `veil template
+/// approve` prints), then the approval.
+async fn approve_telling(
+    store: &mut Store,
+    out: &mut dyn Write,
+    id: &str,
+    request: ApprovalRequest,
+) -> Result<templates::Template> {
+    let preview = templates::preview(store, id, &request).await?;
+    let template = templates::approve(store, id, request.clone())?;
+    say(
+        out,
+        format!(
+            "\n[operator] submitted `{}`; [bureau] approved it as {} at ε {}; accuracy at 95 % (from the noise scales, no data read):",
+            template.spec.name,
+            &template.id.as_str()[..16],
+            request.epsilon
+        ),
+    )?;
+    for column in &preview.accuracy {
+        let at = column
+            .at_units
+            .map(|units| format!(" in a group of {units}"))
+            .unwrap_or_default();
+        say(
+            out,
+            format!(
+                "    {:<22} {:<8} ±{:.2}{at}",
+                column.column, column.kind, column.error
+            ),
+        )?;
+    }
+    for warning in preview
+        .accuracy
+        .iter()
+        .filter_map(|c| c.warning.as_ref())
+        .chain(&preview.warnings)
+    {
+        say(out, format!("    warning: {warning}"))?;
+    }
+    Ok(template)
+}
+
 fn say(out: &mut dyn Write, text: impl AsRef<str>) -> Result<()> {
     writeln!(out, "{}", text.as_ref())
         .map_err(|e| Error::internal(format!("printing the demo: {e}")))
@@ -216,8 +260,9 @@ async fn tell(
         DEMO_OPERATOR,
         TemplateSpec::parse(INCOME_TEMPLATE)?,
     )?;
-    let income = templates::approve(
+    let income = approve_telling(
         &mut store,
+        out,
         income.id.as_str(),
         ApprovalRequest {
             epsilon: 1.0,
@@ -228,14 +273,16 @@ async fn tell(
             price_per_run_fen: 5_000,
             ..ApprovalRequest::default()
         },
-    )?;
+    )
+    .await?;
     let firms = templates::submit(
         &mut store,
         DEMO_OPERATOR,
         TemplateSpec::parse(ENTERPRISE_TEMPLATE)?,
     )?;
-    let firms = templates::approve(
+    let firms = approve_telling(
         &mut store,
+        out,
         firms.id.as_str(),
         ApprovalRequest {
             epsilon: 0.5,
@@ -246,17 +293,8 @@ async fn tell(
             price_per_run_fen: 8_000,
             ..ApprovalRequest::default()
         },
-    )?;
-    for t in [&income, &firms] {
-        say(
-            out,
-            format!(
-                "\n[operator] submitted `{}`; [bureau] approved it as {}",
-                t.spec.name,
-                &t.id.as_str()[..16]
-            ),
-        )?;
-    }
+    )
+    .await?;
 
     // Two WASM templates: logic SQL cannot say, run once per privacy unit on a fresh
     // instance, with only their bounded output going through the gate.

@@ -310,6 +310,10 @@ pub(crate) enum TemplateCommand {
         id: String,
         #[command(flatten)]
         terms: ApprovalTerms,
+        /// Only state what these terms would give (each output column's error at 95 %,
+        /// grouping warnings), without approving.
+        #[arg(long)]
+        preview: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -872,9 +876,11 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
                         c.role.as_str().to_string(),
                         c.bounds
                             .map_or(String::new(), |[lo, hi]| format!("[{lo}, {hi}]")),
-                        c.keys
-                            .as_ref()
-                            .map_or(String::new(), |k| format!("{} keys", k.len())),
+                        match (c.key_range, c.key_set()) {
+                            (Some([lo, hi]), Some(k)) => format!("{lo} to {hi} ({} keys)", k.len()),
+                            (_, Some(k)) => format!("{} keys", k.len()),
+                            (_, None) => String::new(),
+                        },
                     ]
                 })
                 .collect();
@@ -1136,10 +1142,30 @@ async fn template(command: TemplateCommand) -> Result<i32> {
             store,
             id,
             terms,
+            preview,
             json,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let approval = terms.request();
+            if preview {
+                let stated = match templates::preview(&store, &id, &approval).await {
+                    Err(Error::Refused(refusal)) => {
+                        print_refusal(
+                            "the gate refuses this template; reject it instead",
+                            &refusal,
+                        );
+                        return Ok(3);
+                    }
+                    stated => stated?,
+                };
+                if json {
+                    print_json(&stated)?;
+                } else {
+                    println!("approving with these terms would give:");
+                    crate::output::print_accuracy(&stated.accuracy, &stated.warnings);
+                }
+                return Ok(0);
+            }
             let template = match templates::approve_checked(&mut store, &id, approval.clone()).await
             {
                 Err(Error::Refused(refusal)) => {
@@ -1166,6 +1192,11 @@ async fn template(command: TemplateCommand) -> Result<i32> {
                 approval.max_rows,
                 veil_runtime::ids::Fen(approval.price_per_run_fen)
             );
+            // What the approved terms give each column; the approval stands either way.
+            match templates::preview(&store, &id, &approval).await {
+                Ok(stated) => crate::output::print_accuracy(&stated.accuracy, &stated.warnings),
+                Err(e) => eprintln!("(the accuracy statement could not be made: {e})"),
+            }
             Ok(0)
         }
         TemplateCommand::Reject {

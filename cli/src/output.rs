@@ -160,6 +160,44 @@ pub(crate) fn print_dry_run(answer: &veil_sdk::api::DryRun) {
         answer.epsilon_per_period,
         answer.epsilon_remaining_after
     );
+    print_accuracy(&answer.accuracy, &answer.warnings);
+}
+
+/// Prints each output column's stated error at 95 % and the warnings, for people.
+pub(crate) fn print_accuracy(accuracy: &[veil_sdk::manifest::ColumnAccuracy], warnings: &[String]) {
+    if !accuracy.is_empty() {
+        println!("  accuracy at 95 % confidence (from the noise scales; no data read):");
+        for column in accuracy {
+            let at = column
+                .at_units
+                .map(|units| format!(" in a group of {units} units"))
+                .unwrap_or_default();
+            println!(
+                "    {:<24} {:<8} ±{}{at} ({:.1} % of its span)",
+                column.column,
+                column.kind,
+                show_error(column.error),
+                column.share * 100.0
+            );
+        }
+        for column in accuracy {
+            if let Some(warning) = &column.warning {
+                println!("  warning: {warning}");
+            }
+        }
+    }
+    for warning in warnings {
+        println!("  warning: {warning}");
+    }
+}
+
+/// An error figure without false precision.
+fn show_error(value: f64) -> String {
+    if value >= 100.0 || value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use clap::Args;
 
 use veil_runtime::grants::{Disposition, GrantRequest};
 use veil_runtime::jobs::JobRequest;
-use veil_runtime::templates::ApprovalRequest;
+use veil_runtime::templates::{ApprovalRequest, Mechanism};
 use veil_sdk::api::{ApproveTemplate, RequestGrant};
 
 /// δ a grant gives per month unless told otherwise: ten runs at the default δ per run
@@ -77,6 +77,10 @@ pub(crate) struct ApprovalTerms {
     /// WASM templates: memory one unit's instance may use, in MiB.
     #[arg(long, default_value_t = ApprovalRequest::default().wasm_memory_mib)]
     pub wasm_memory_mib: u32,
+    /// The noise: `laplace` (pure ε-DP per draw) or `gaussian` (zero-concentrated DP,
+    /// converted to this ε and δ by OpenDP; better when one unit touches many groups).
+    #[arg(long, default_value = "laplace", value_parser = ["laplace", "gaussian"])]
+    pub mechanism: String,
 }
 
 impl ApprovalTerms {
@@ -93,6 +97,8 @@ impl ApprovalTerms {
             wall_seconds: self.wall_seconds,
             wasm_fuel_per_unit: self.wasm_fuel_per_unit,
             wasm_memory_mib: self.wasm_memory_mib,
+            // clap allows only the two names.
+            mechanism: Mechanism::parse(&self.mechanism).unwrap_or_default(),
         }
     }
 
@@ -110,6 +116,7 @@ impl ApprovalTerms {
             wall_seconds,
             wasm_fuel_per_unit,
             wasm_memory_mib,
+            mechanism,
         } = self.request();
         ApproveTemplate {
             epsilon: Some(epsilon),
@@ -122,6 +129,7 @@ impl ApprovalTerms {
             wall_seconds: Some(wall_seconds),
             wasm_fuel_per_unit: Some(wasm_fuel_per_unit),
             wasm_memory_mib: Some(wasm_memory_mib),
+            mechanism: Some(mechanism.as_str().to_string()),
         }
     }
 }

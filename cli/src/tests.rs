@@ -57,7 +57,7 @@ fn both_approve_commands_take_the_same_flags_with_the_same_defaults() {
         Some(&("epsilon".to_string(), true, Vec::new())),
         "--epsilon is required, with no default"
     );
-    assert_eq!(local.len(), 11, "{local:?}");
+    assert_eq!(local.len(), 13, "{local:?}");
 }
 
 #[test]

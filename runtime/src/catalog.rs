@@ -30,6 +30,9 @@
 //! [columns.monthly_income]
 //! role = "sensitive"
 //! bounds = [0, 100000]          # required for sensitive numeric columns
+//! [columns.year]
+//! role = "public"
+//! key_range = [2019, 2025]      # optional, integer columns: every integer in it is a public key
 //! ```
 
 use std::fs::File;
@@ -734,6 +737,72 @@ role = "public"
         );
         let found = problems(&COLUMNS.replace("bounds = [0, 100000]", "bounds = [100, 5]"));
         assert!(found.iter().any(|p| p.contains("lo > hi")), "{found:?}");
+    }
+
+    #[test]
+    fn a_key_range_is_a_key_set_and_a_bad_one_is_refused_saying_what_to_write() -> Result<()> {
+        // Accepted: every integer of the range is a key; the report counts those no row has.
+        let ranged = COLUMNS.replace(
+            "bounds = [0, 100000]",
+            "bounds = [0, 100000]\nkey_range = [4000, 7000]",
+        );
+        let (_dir, mut store, csv) = setup();
+        let dataset = register(&mut store, "people", &csv, Policy::parse(&policy(&ranged))?)?;
+        let report = quality_report(&store, &dataset.id)?.expect("a stored report");
+        let income = report
+            .key_sets
+            .iter()
+            .find(|check| check.column == "income")
+            .expect("the range is checked as a key set");
+        assert_eq!(
+            income.rows_outside, 0,
+            "4000, 5000 and 7000 lie in the range"
+        );
+        assert_eq!(income.keys_without_rows_count, 3001 - 3);
+
+        let refused = |range: &str, keys: bool| {
+            let mut columns = COLUMNS.replace(
+                "bounds = [0, 100000]",
+                &format!("bounds = [0, 100000]\nkey_range = {range}"),
+            );
+            if keys {
+                columns = columns.replace(
+                    "bounds = [0, 100000]",
+                    "bounds = [0, 100000]\nkeys = [\"4000\"]",
+                );
+            }
+            problems(&columns)
+        };
+        let found = refused("[2025, 2019]", false);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("low > high") && p.contains("[2019, 2025]")),
+            "{found:?}"
+        );
+        let found = refused("[0, 10000]", false);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("10001 keys") && p.contains("at most 10000")),
+            "{found:?}"
+        );
+        let found = refused("[4000, 4001]", true);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("both `keys` and `key_range`")),
+            "{found:?}"
+        );
+        let text = COLUMNS.replace("keys = [\"Taiyuan\", \"Datong\"]", "key_range = [1, 2]");
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("`city`") && p.contains("integer columns only")),
+            "{found:?}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -862,17 +862,25 @@ async fn execute(
                 content_blake3: d.content_blake3.clone(),
             })
             .collect(),
-        privacy: PrivacyRecord {
-            epsilon: approval.epsilon(),
-            delta: approval.delta(),
-            mechanism: "laplace (OpenDP make_laplace; discrete on integers)".into(),
-            k: approval.k,
-            max_groups_per_unit: approval.max_groups,
-            max_rows_per_group: approval.max_rows,
-            groups_released: released.groups_released(),
-            groups_suppressed: released.groups_suppressed(),
-            threshold: Some(released.threshold()),
-            noise_scales: released.noise_scales().to_vec(),
+        privacy: {
+            let statement = released.statement().clone();
+            PrivacyRecord {
+                epsilon: approval.epsilon(),
+                delta: approval.delta(),
+                mechanism: statement.mechanism,
+                k: approval.k,
+                max_groups_per_unit: approval.max_groups,
+                max_rows_per_group: approval.max_rows,
+                groups_released: released.groups_released(),
+                groups_suppressed: released.groups_suppressed(),
+                threshold: Some(released.threshold()),
+                noise_scales: released.noise_scales().to_vec(),
+                accounting: statement.accounting,
+                accuracy: statement.accuracy,
+                contributions_dropped: statement.contributions_dropped,
+                disclosure: statement.disclosure,
+                post_processing: Some(statement.post_processing),
+            }
         },
         columns: released.columns().to_vec(),
         rows: 0,
@@ -1490,6 +1498,8 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         epsilon_per_period: 0.0,
         epsilon_spent: 0.0,
         epsilon_remaining_after: 0.0,
+        accuracy: Vec::new(),
+        warnings: Vec::new(),
     };
     let refuse = |mut answer: veil_sdk::api::DryRun, refusal: &Refusal| {
         answer.violations = refusal
@@ -1558,16 +1568,26 @@ pub async fn dry_run(store: &Store, request: &JobRequest) -> Result<veil_sdk::ap
         .filter_map(|name| tables.get(name).cloned())
         .collect();
     let config = exec::release_config(&approval.terms(), 0, None);
-    if let Err(refusal) = gate::plan_noise(prepared.release_analysis(), &config).and_then(|_| {
+    let plan = gate::plan_noise(prepared.release_analysis(), &config).and_then(|plan| {
         check_memory(
             prepared.release_analysis(),
             &config,
             &used,
             &approval.terms(),
         )
-    }) {
-        return refuse(answer, &refusal);
+        .map(|()| plan)
+    });
+    match plan {
+        Ok(plan) => answer.accuracy = plan.accuracy().to_vec(),
+        Err(refusal) => return refuse(answer, &refusal),
     }
+    answer.warnings = crate::contribution::max_groups_warnings(
+        store,
+        &tables,
+        prepared.release_analysis(),
+        approval.max_groups,
+        crate::contribution::Audience::Operator,
+    )?;
     answer.rows_scanned = used.iter().map(|d| d.rows).sum();
     let fingerprint = fingerprint(&template, &request.params, &grant, &used);
     let earlier: Option<String> = store

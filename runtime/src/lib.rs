@@ -28,6 +28,7 @@ pub mod budget;
 pub mod catalog;
 
 pub mod compile;
+pub mod contribution;
 mod csv_input;
 pub mod error;
 pub mod files;

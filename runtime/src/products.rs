@@ -605,7 +605,9 @@ mod tests {
                         epsilon: 1.0,
                         sensitivity: 1.0,
                         scale: 1.0,
+                        ..NoiseScale::default()
                     }],
+                    ..PrivacyRecord::default()
                 },
                 columns: vec![
                     ColumnDescription {

@@ -11,7 +11,10 @@
 //! - per bounded column: how many values lie below and above the bounds (every sum clamps them);
 //! - nulls per column;
 //! - rows without a privacy unit (null, or text that is empty or blank), and rows per unit
-//!   (min, median, 99th percentile, max — what `--max-rows` at approval is chosen against).
+//!   (min, median, 99th percentile, max — what `--max-rows` at approval is chosen against);
+//! - per column that can be a group key (role quasi or public, text or integer): how many
+//!   distinct values one unit has in it (a null is one value, as it is one group), with the
+//!   same four figures — what `--max-groups` is chosen against (`crate::contribution`).
 //!
 //! [`QualityReport::blocking`] names what refuses a registration unless the bureau accepts it
 //! knowingly: a row without a unit, and values outside a key set.
@@ -22,8 +25,10 @@
 //!
 //! **Memory.** Everything is computed by DataFusion over the Parquet file, streamed: one
 //! aggregate pass for nulls, bounds and blank units, one group-by per keyed column (state:
-//! its distinct values) and one group-by over the units (state: one count per unit) whose
-//! result is reduced to a histogram of counts. No column's values are collected.
+//! its distinct values), one group-by over the units (state: one count per unit) whose
+//! result is reduced to a histogram of counts, and per groupable column one group-by over
+//! (unit, value) pairs (state: one entry per distinct pair, at most one per row) reduced the
+//! same way. No column's values are collected.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -34,14 +39,14 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
 use datafusion::prelude::{
     DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext, btrim, cast, col, ident,
     lit,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use veil_gate::policy::Policy;
+use veil_gate::policy::{Policy, Role};
 
 use crate::csv_input::shown;
 use crate::error::{Error, Result};
@@ -75,6 +80,11 @@ pub struct QualityReport {
     pub bounds: Vec<BoundsCheck>,
     /// The privacy unit column.
     pub unit: UnitCheck,
+    /// Distinct values per unit in every column that can be a group key (role quasi or
+    /// public, text or integer type, not the unit itself), in the file's order. Empty in a
+    /// report stored before Veil computed it.
+    #[serde(default)]
+    pub values_per_unit: Vec<ValuesPerUnit>,
     /// True when the bureau registered the data with its blocking issues, knowingly
     /// (`--accept-quality-issues`).
     pub issues_accepted: bool,
@@ -153,7 +163,26 @@ pub struct RowsPerUnit {
     pub max: u64,
 }
 
+/// How many distinct values one unit has in a column that can be a group key, over the units
+/// that have rows (a null is one value: it makes a group of its own). A product grouped by
+/// the column puts a unit in that many groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValuesPerUnit {
+    pub column: String,
+    pub min: u64,
+    /// The lower median.
+    pub median: u64,
+    /// 99% of the units have at most this many values.
+    pub p99: u64,
+    pub max: u64,
+}
+
 impl QualityReport {
+    /// The distinct values per unit of `column`, if the report has them.
+    pub fn values_per_unit(&self, column: &str) -> Option<&ValuesPerUnit> {
+        self.values_per_unit.iter().find(|v| v.column == column)
+    }
+
     /// What refuses the registration unless the bureau accepts it: one line per problem,
     /// naming the column, the values (the most frequent), their counts and the nearest keys.
     pub fn blocking(&self) -> Vec<String> {
@@ -258,6 +287,23 @@ impl fmt::Display for QualityReport {
                 r.min, r.median, r.p99, r.max
             )?,
             None => writeln!(f)?,
+        }
+        if !self.values_per_unit.is_empty() {
+            writeln!(
+                f,
+                "  distinct values per unit, in columns that can be group keys (min / median / 99th percentile / max; `--max-groups` is chosen against them):"
+            )?;
+            for v in &self.values_per_unit {
+                writeln!(
+                    f,
+                    "    `{}`: {} / {} / {} / {}",
+                    shown(&v.column),
+                    v.min,
+                    v.median,
+                    v.p99,
+                    v.max
+                )?;
+            }
         }
         for check in &self.key_sets {
             if check.rows_outside == 0 {
@@ -469,12 +515,25 @@ async fn compute_async(file: &Path, policy: &Policy, threads: usize) -> Result<Q
 
     let mut key_sets = Vec::new();
     for (name, data_type) in &columns {
-        if let Some(keys) = policy.column(name).and_then(|c| c.keys.as_ref()) {
-            key_sets.push(check_key_set(&table, name, data_type, keys).await?);
+        if let Some(keys) = policy.column(name).and_then(|c| c.key_set()) {
+            key_sets.push(check_key_set(&table, name, data_type, &keys).await?);
         }
     }
 
-    let (units, rows_per_unit) = rows_per_unit(&table, &policy.privacy_unit, unit_is_text).await?;
+    // The columns a product can be grouped by, but the unit's own (one value per unit).
+    let groupable: Vec<(String, bool)> = columns
+        .iter()
+        .filter(|(name, data_type)| {
+            *name != policy.privacy_unit
+                && (is_text(data_type) || data_type.is_integer())
+                && policy
+                    .column(name)
+                    .is_some_and(|c| matches!(c.role, Role::Quasi | Role::Public))
+        })
+        .map(|(name, data_type)| (name.clone(), data_type.is_integer()))
+        .collect();
+    let (units, rows_per_unit, values_per_unit) =
+        per_unit(&table, &policy.privacy_unit, unit_is_text, &groupable).await?;
     Ok(QualityReport {
         rows,
         nulls,
@@ -487,6 +546,7 @@ async fn compute_async(file: &Path, policy: &Policy, threads: usize) -> Result<Q
             units,
             rows_per_unit,
         },
+        values_per_unit,
         issues_accepted: false,
     })
 }
@@ -644,24 +704,158 @@ async fn check_key_set(
     })
 }
 
-/// Distinct units and rows per unit, over the rows that name one. The group-by's state is
-/// one count per unit; its result is folded at once into a histogram (rows → units), which
-/// has as many entries as there are distinct counts.
-async fn rows_per_unit(
-    table: &DataFrame,
-    unit: &str,
-    unit_is_text: bool,
-) -> Result<(u64, Option<RowsPerUnit>)> {
+/// The rows of `table` that name a unit (not null, and for a text unit not empty or blank).
+fn named_rows(table: &DataFrame, unit: &str, unit_is_text: bool) -> Result<DataFrame> {
     let mut named = ident(unit).is_not_null();
     if unit_is_text {
         named = named.and(Expr::Not(Box::new(blank(unit))));
     }
-    let histogram_frame = table
-        .clone()
-        .filter(named)
+    table.clone().filter(named).map_err(df_error)
+}
+
+/// Distinct units, rows per unit and, per column of `groupable` (name, integer type),
+/// distinct values per unit, over the rows that name a unit (a null is one value, as it is
+/// one group).
+///
+/// Two group-bys do it in the common case. One over the units counts each unit's rows and,
+/// per integer column, its distinct values (DataFusion's grouped `COUNT(DISTINCT)`: one hash
+/// set of (unit, value) for all units) and non-null values; its result is grouped again by
+/// those figures, so only their distinct combinations come back, and they are folded into
+/// one histogram (count → units) per figure. The other is over (unit, every text column):
+/// when each unit has one combination, each text column has one value per unit, and with a
+/// single text column the combinations are its values. Grouping columns are mostly one
+/// value per unit (a city, a gender), so only when some unit has several combinations of
+/// several text columns does each of them get a group-by of its own over (unit, value).
+async fn per_unit(
+    table: &DataFrame,
+    unit: &str,
+    unit_is_text: bool,
+    groupable: &[(String, bool)],
+) -> Result<(u64, Option<RowsPerUnit>, Vec<ValuesPerUnit>)> {
+    const ROWS: &str = "__veil_rows";
+    let integers: Vec<&str> = groupable
+        .iter()
+        .filter(|(_, integer)| *integer)
+        .map(|(column, _)| column.as_str())
+        .collect();
+    let texts: Vec<&str> = groupable
+        .iter()
+        .filter(|(_, integer)| !*integer)
+        .map(|(column, _)| column.as_str())
+        .collect();
+    let name = |what: &str, i: usize| format!("__veil_{what}_{i}");
+    let mut aggregates = vec![count(lit(1)).alias(ROWS)];
+    for (i, column) in integers.iter().enumerate() {
+        aggregates.push(count(ident(*column)).alias(name("filled", i)));
+        aggregates.push(count_distinct(ident(*column)).alias(name("distinct", i)));
+    }
+    let mut figures = vec![col(ROWS)];
+    for i in 0..integers.len() {
+        // Plus 1 when the unit has a null in the column: a group of its own.
+        let null = cast(col(name("filled", i)).lt(col(ROWS)), DataType::Int64);
+        figures.push((col(name("distinct", i)) + null).alias(name("values", i)));
+    }
+    let frame = named_rows(table, unit, unit_is_text)?
+        .aggregate(vec![ident(unit)], aggregates)
+        .map_err(df_error)?
+        .aggregate(figures, vec![count(lit(1)).alias("__veil_units")])
+        .map_err(df_error)?;
+    // Histograms count → units: rows per unit, then one per integer column.
+    let mut histograms: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); 1 + integers.len()];
+    for_each_batch(frame, |batch| {
+        let figures = (0..batch.num_columns())
+            .map(|c| {
+                batch
+                    .column(c)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or_else(unexpected_types)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let Some((units, figures)) = figures.split_last() else {
+            return Err(unexpected_types());
+        };
+        for row in 0..batch.num_rows() {
+            let units = units.value(row).max(0) as u64;
+            for (histogram, figure) in histograms.iter_mut().zip(figures) {
+                *histogram
+                    .entry(figure.value(row).max(0) as u64)
+                    .or_default() += units;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let mut histograms = histograms.into_iter();
+    let (units, rows_per_unit) = summarize(&histograms.next().unwrap_or_default());
+    let mut by_column: HashMap<&str, BTreeMap<u64, u64>> =
+        integers.iter().copied().zip(histograms).collect();
+
+    if !texts.is_empty() {
+        let mut keys = vec![ident(unit)];
+        keys.extend(texts.iter().map(|column| ident(*column)));
+        let frame = named_rows(table, unit, unit_is_text)?
+            .aggregate(keys, vec![])
+            .map_err(df_error)?
+            .aggregate(vec![ident(unit)], vec![count(lit(1)).alias("n")])
+            .map_err(df_error)?;
+        let combinations = histogram(frame).await?;
+        if texts.len() == 1 || combinations.keys().all(|n| *n == 1) {
+            // One text column: its values are the combinations. Several, and one combination
+            // per unit: each has one value per unit.
+            for column in &texts {
+                by_column.insert(column, combinations.clone());
+            }
+        } else {
+            for column in &texts {
+                by_column.insert(
+                    column,
+                    pairs_per_unit(table, unit, unit_is_text, column).await?,
+                );
+            }
+        }
+    }
+
+    let mut values_per_unit = Vec::with_capacity(groupable.len());
+    for (column, _) in groupable {
+        let histogram = by_column.remove(column.as_str()).unwrap_or_default();
+        // A file whose every row lacks a unit has no unit to count values of.
+        let spread = summarize(&histogram).1.unwrap_or(RowsPerUnit {
+            min: 0,
+            median: 0,
+            p99: 0,
+            max: 0,
+        });
+        values_per_unit.push(ValuesPerUnit {
+            column: column.clone(),
+            min: spread.min,
+            median: spread.median,
+            p99: spread.p99,
+            max: spread.max,
+        });
+    }
+    Ok((units, rows_per_unit, values_per_unit))
+}
+
+/// The histogram (distinct values → units) of `column`, over the rows that name a unit: the
+/// distinct (unit, value) pairs — a null value is one, as in a GROUP BY — counted per unit.
+async fn pairs_per_unit(
+    table: &DataFrame,
+    unit: &str,
+    unit_is_text: bool,
+    column: &str,
+) -> Result<BTreeMap<u64, u64>> {
+    let frame = named_rows(table, unit, unit_is_text)?
+        .aggregate(vec![ident(unit), ident(column)], vec![])
         .map_err(df_error)?
         .aggregate(vec![ident(unit)], vec![count(lit(1)).alias("n")])
-        .map_err(df_error)?
+        .map_err(df_error)?;
+    histogram(frame).await
+}
+
+/// Runs `per_unit` (one row per unit, its count in column `n`) and folds its counts into a
+/// histogram count → units, grouped by DataFusion so only distinct counts come back.
+async fn histogram(per_unit: DataFrame) -> Result<BTreeMap<u64, u64>> {
+    let histogram_frame = per_unit
         .aggregate(vec![col("n")], vec![count(lit(1)).alias("units")])
         .map_err(df_error)?;
     let mut histogram: BTreeMap<u64, u64> = BTreeMap::new();
@@ -680,7 +874,7 @@ async fn rows_per_unit(
         Ok(())
     })
     .await?;
-    Ok(summarize(&histogram))
+    Ok(histogram)
 }
 
 /// Units and rows per unit from a histogram rows → units.
@@ -986,6 +1180,137 @@ bounds = [0, 10000]
             })
         );
         assert_eq!(summarize(&BTreeMap::new()), (0, None));
+    }
+
+    #[test]
+    fn counts_distinct_values_per_unit_in_groupable_columns_a_null_as_one() {
+        let report = report_of(
+            vec![
+                Some("1"),
+                Some("1"),
+                Some("1"),
+                Some("2"),
+                Some("3"),
+                Some("3"),
+                Some("4"),
+                None,
+            ],
+            vec![
+                Some("Datong"),
+                Some("Datong"),
+                Some("Taiyaun"),
+                Some("Datong"),
+                None,
+                Some("Datong"),
+                Some("Taiyaun"),
+                Some("Jinzhong"),
+            ],
+            vec![Some(1.0); 8],
+            POLICY,
+        );
+        // Units 1 and 3 have two values each (a null is one), units 2 and 4 one; the row
+        // without a unit counts for no one. The identifier and the sensitive column have none.
+        assert_eq!(
+            report.values_per_unit,
+            vec![ValuesPerUnit {
+                column: "city".into(),
+                min: 1,
+                median: 1,
+                p99: 2,
+                max: 2,
+            }]
+        );
+        assert_eq!(report.values_per_unit("city").map(|v| v.p99), Some(2));
+        assert_eq!(report.values_per_unit("income"), None);
+        let shown = report.to_string();
+        assert!(shown.contains("`city`: 1 / 1 / 2 / 2"), "{shown}");
+    }
+
+    #[test]
+    fn counts_distinct_integers_per_unit_and_a_null_as_one_more_value() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let path = dir.path().join("data.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("person_id", DataType::Int64, true),
+            Field::new("year", DataType::Int64, true),
+            Field::new("city", DataType::Utf8, true),
+            Field::new("district", DataType::Utf8, true),
+        ]));
+        // Person 1: years 2023, 2024, 2024 and a null (three values); person 2: one year;
+        // person 3: years 2023 and 2025. Each person has one city, person 3 also a null.
+        // Person 1 has two districts, so (city, district) pairs are not one per person and
+        // each text column is counted on its own.
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![1, 1, 1, 1, 2, 3, 3])),
+            Arc::new(Int64Array::from(vec![
+                Some(2023),
+                Some(2024),
+                Some(2024),
+                None,
+                Some(2025),
+                Some(2023),
+                Some(2025),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("Datong"),
+                Some("Datong"),
+                Some("Datong"),
+                Some("Datong"),
+                Some("Taiyaun"),
+                Some("Jinzhong"),
+                None,
+            ])),
+            Arc::new(StringArray::from(vec!["a", "a", "b", "b", "c", "d", "d"])),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("batch");
+        let mut writer =
+            ArrowWriter::try_new(std::fs::File::create(&path).expect("file"), schema, None)
+                .expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let policy = POLICY.replace(
+            "[columns.income]\nrole = \"sensitive\"\nbounds = [0, 10000]\n",
+            "[columns.year]\nrole = \"public\"\n[columns.district]\nrole = \"quasi\"\n",
+        );
+        let report =
+            compute(&path, &Policy::parse(&policy).expect("policy"), &mut || {}).expect("report");
+        let spread = |v: &ValuesPerUnit| (v.column.clone(), v.min, v.median, v.p99, v.max);
+        let found: Vec<_> = report.values_per_unit.iter().map(spread).collect();
+        assert_eq!(
+            found,
+            [
+                ("year".to_string(), 1, 2, 3, 3),
+                ("city".to_string(), 1, 1, 2, 2),
+                ("district".to_string(), 1, 1, 2, 2),
+            ]
+        );
+        assert_eq!(
+            report.unit.rows_per_unit,
+            Some(RowsPerUnit {
+                min: 1,
+                median: 2,
+                p99: 4,
+                max: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_report_stored_before_values_per_unit_still_loads() {
+        let report = report_of(
+            vec![Some("1")],
+            vec![Some("Datong")],
+            vec![Some(1.0)],
+            POLICY,
+        );
+        let mut json = serde_json::to_value(&report).expect("json");
+        json.as_object_mut()
+            .expect("an object")
+            .remove("values_per_unit")
+            .expect("the field is stored");
+        let back: QualityReport = serde_json::from_value(json).expect("parse");
+        assert!(back.values_per_unit.is_empty());
+        assert!(!back.to_string().contains("distinct values per unit"));
     }
 
     #[test]

@@ -441,6 +441,9 @@ pub struct Approval {
     /// WASM templates: linear memory one unit's instance may grow to, in MiB.
     #[serde(default = "default_wasm_memory_mib")]
     pub wasm_memory_mib: u32,
+    /// The noise its releases draw; approvals made before the choice existed are Laplace.
+    #[serde(default)]
+    pub mechanism: veil_gate::terms::Mechanism,
 }
 
 fn default_wasm_fuel() -> u64 {
@@ -475,6 +478,7 @@ impl Approval {
             wall_seconds: self.wall_seconds,
             wasm_fuel_per_unit: self.wasm_fuel_per_unit,
             wasm_memory_mib: self.wasm_memory_mib,
+            mechanism: self.mechanism,
         }
     }
 
@@ -510,6 +514,7 @@ pub struct ApprovalRequest {
     pub wall_seconds: u32,
     pub wasm_fuel_per_unit: u64,
     pub wasm_memory_mib: u32,
+    pub mechanism: veil_gate::terms::Mechanism,
 }
 
 impl Default for ApprovalRequest {
@@ -526,6 +531,7 @@ impl Default for ApprovalRequest {
             wall_seconds: JOB_WALL_SECONDS_DEFAULT,
             wasm_fuel_per_unit: default_wasm_fuel(),
             wasm_memory_mib: default_wasm_memory_mib(),
+            mechanism: veil_gate::terms::Mechanism::Laplace,
         }
     }
 }
@@ -597,6 +603,7 @@ impl ApprovalRequest {
             wall_seconds: self.wall_seconds,
             wasm_fuel_per_unit: self.wasm_fuel_per_unit,
             wasm_memory_mib: self.wasm_memory_mib,
+            mechanism: self.mechanism,
         })
     }
 }
@@ -899,6 +906,9 @@ pub fn submit_with_module(
     get(store, id.as_str())
 }
 
+/// The noise an approval chooses, as front ends name it.
+pub use veil_gate::terms::Mechanism;
+
 /// Approves a submitted template after the gate's static checks (the same [`static_check`] a
 /// submission runs, against the operator's grants as they are now): what every front end
 /// calls, so the bureau cannot approve a template the gate would refuse at run time.
@@ -910,6 +920,51 @@ pub async fn approve_checked(
     let template = get(store, id)?;
     static_check(store, &template.operator, &template.spec).await?;
     approve(store, id, request)
+}
+
+/// What approving template `id` with `request`'s terms would give, without approving it: each
+/// output column's error at 95 % confidence (from the ε plan the gate would make; no row is
+/// read) and warnings about the grouping. The bureau sees it when it chooses ε; `approve`
+/// in the CLI prints it too.
+pub async fn preview(
+    store: &Store,
+    id: &str,
+    request: &ApprovalRequest,
+) -> Result<veil_sdk::api::Preview> {
+    let approval = request.check()?;
+    let template = get(store, id)?;
+    let today = clock::today();
+    let mut candidates: Vec<analysis::Tables> = grants::list(store)?
+        .into_iter()
+        .filter(|g| g.operator == template.operator && g.is_in_term(today))
+        .map(|g| grant_tables(store, &g))
+        .collect::<Result<_>>()?;
+    if candidates.is_empty() {
+        candidates.push(named_tables(store, &template.spec)?);
+    }
+    let mut first_refusal = None;
+    for tables in &candidates {
+        let analysis = match check_against(store, &template.spec, tables).await? {
+            Ok(analysis) => analysis,
+            Err(refusal) => {
+                first_refusal.get_or_insert(refusal);
+                continue;
+            }
+        };
+        let config = exec::release_config(&approval.terms(), 0, None);
+        let plan = veil_gate::release::plan_noise(&analysis, &config).map_err(Error::Refused)?;
+        return Ok(veil_sdk::api::Preview {
+            accuracy: plan.accuracy().to_vec(),
+            warnings: crate::contribution::max_groups_warnings(
+                store,
+                tables,
+                &analysis,
+                approval.max_groups,
+                crate::contribution::Audience::Bureau,
+            )?,
+        });
+    }
+    Err(Error::Refused(first_refusal.unwrap_or_default()))
 }
 
 /// Approves a submitted template, pinning its privacy parameters and price, without the gate's

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{SignedManifest, SourceDataset};
+use crate::manifest::{ColumnAccuracy, SignedManifest, SourceDataset};
 use crate::template::TemplateSpec;
 
 /// Prefix of every route.
@@ -287,6 +287,14 @@ pub struct ApprovalTerms {
     pub wasm_fuel_per_unit: u64,
     /// WASM templates: the linear memory one unit's mapper instance may grow to, in MiB.
     pub wasm_memory_mib: u32,
+    /// The noise its releases draw: `laplace` or `gaussian` (zero-concentrated DP, converted
+    /// to `epsilon` at `delta` by OpenDP).
+    #[serde(default = "laplace")]
+    pub mechanism: String,
+}
+
+fn laplace() -> String {
+    "laplace".to_string()
 }
 
 /// `POST /v1/templates/{id}/approve` (bureau). Omitted fields take the platform defaults
@@ -317,6 +325,8 @@ pub struct ApproveTemplate {
     pub wasm_fuel_per_unit: Option<u64>,
     /// Memory per unit of a WASM template, in MiB; see [`ApprovalTerms::wasm_memory_mib`].
     pub wasm_memory_mib: Option<u32>,
+    /// `laplace` (the default) or `gaussian`; see [`ApprovalTerms::mechanism`].
+    pub mechanism: Option<String>,
 }
 
 /// A reason given with a rejection, revocation or recall.
@@ -491,6 +501,27 @@ pub struct DryRun {
     pub epsilon_spent: f64,
     /// ε that would remain in that period after this run.
     pub epsilon_remaining_after: f64,
+    /// What each output column would be accurate to at 95 % confidence, from the approved
+    /// terms alone (no data read), with a warning where it is poor.
+    #[serde(default)]
+    pub accuracy: Vec<ColumnAccuracy>,
+    /// What else the operator should know before spending ε (e.g. a grouping that puts one
+    /// person in more groups than the approval keeps, so totals are truncated).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/templates/{id}/preview` (bureau): what approving a template with given terms
+/// would give, before approving it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Preview {
+    /// Each output column's error at 95 % confidence under those terms, with a warning where
+    /// it is poor.
+    pub accuracy: Vec<ColumnAccuracy>,
+    /// Other warnings, e.g. a grouping that lets one person fall in more groups than
+    /// `max_groups`, with the value the registration report supports.
+    pub warnings: Vec<String>,
 }
 
 /// An authorization of datasets to an operator.

@@ -542,6 +542,16 @@ impl Client {
         self.post(&format!("/templates/{id}/approve"), terms).await
     }
 
+    /// `POST /v1/templates/{id}/preview` (bureau): what approving the template with `terms`
+    /// would give (each output column's error at 95 %, grouping warnings), without approving.
+    pub async fn preview_template(
+        &self,
+        id: &str,
+        terms: &ApproveTemplate,
+    ) -> Result<Preview, ClientError> {
+        self.post(&format!("/templates/{id}/preview"), terms).await
+    }
+
     /// `POST /v1/templates/{id}/reject` (bureau): rejects a submitted template, telling the
     /// operator why.
     pub async fn reject_template(

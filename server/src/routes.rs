@@ -14,7 +14,7 @@
 //! | `POST /v1/grant-requests/{id}/approve`, `/reject` | bureau | — |
 //! | `POST /v1/modules`, `POST /v1/templates` | operator | — |
 //! | `GET /v1/templates[/{id}]` | bureau, operator | operator: own |
-//! | `POST /v1/templates/{id}/approve`, `/reject`, `/revoke` | bureau | — |
+//! | `POST /v1/templates/{id}/approve`, `/preview`, `/reject`, `/revoke` | bureau | — |
 //! | `POST /v1/jobs`, `POST /v1/jobs/dry-run` | operator | — |
 //! | `GET /v1/jobs[/{id}]`, `GET /v1/jobs/{id}/wait`, `POST /v1/jobs/{id}/cancel` | bureau, operator | operator: own |
 //! | `GET /v1/meter` | bureau, operator | operator: own |
@@ -52,7 +52,7 @@ use veil_runtime::ids::{Fen, JobId, ProductId};
 use veil_runtime::jobs::{self, Job, JobRequest};
 use veil_runtime::metering::{self, MeterRecord};
 use veil_runtime::principals::{self, Role};
-use veil_runtime::templates::{self, ApprovalRequest, Template};
+use veil_runtime::templates::{self, ApprovalRequest, Mechanism, Template};
 use veil_runtime::{market, products, settlement};
 
 type Answer<T> = Result<Json<T>, ApiError>;
@@ -68,7 +68,7 @@ type AppState_ = State<Arc<AppState>>;
     paths(
         health, openapi, me, platform_key, datasets, dataset_get, dataset_quality, grants_list, grant_request_create,
         grant_requests_list, grant_request_get, grant_request_approve, grant_request_reject,
-        module_upload, template_submit, templates_list, template_get, template_approve,
+        module_upload, template_submit, templates_list, template_get, template_approve, template_preview,
         template_reject, template_revoke, job_submit, job_dry_run, jobs_list, job_get, job_wait,
         job_cancel, meter_list, products_list, offers, offer_get, product_get, product_file,
         product_list_for_sale, product_purchase, purchases_list, product_recall, statement_get,
@@ -115,6 +115,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/templates", post(template_submit).get(templates_list))
         .route("/templates/{id}", get(template_get))
         .route("/templates/{id}/approve", post(template_approve))
+        .route("/templates/{id}/preview", post(template_preview))
         .route("/templates/{id}/reject", post(template_reject))
         .route("/templates/{id}/revoke", post(template_revoke))
         .route("/jobs", post(job_submit).get(jobs_list))
@@ -188,7 +189,7 @@ fn dataset_schema(d: &Dataset, columns: &[(String, String)]) -> DatasetSchema {
                     data_type: data_type.clone(),
                     role: policy.role.as_str().to_string(),
                     bounds: policy.bounds.map(|b| b.to_vec()),
-                    keys: policy.keys.clone(),
+                    keys: policy.key_set().map(|k| k.into_owned()),
                 })
             })
             .collect(),
@@ -294,6 +295,7 @@ fn template_view(t: &Template) -> TemplateView {
             wall_seconds: a.wall_seconds,
             wasm_fuel_per_unit: a.wasm_fuel_per_unit,
             wasm_memory_mib: a.wasm_memory_mib,
+            mechanism: a.mechanism.as_str().to_string(),
         }),
         reasons: t.reasons.clone(),
         submitted_at: t.submitted_at.clone(),
@@ -829,15 +831,35 @@ async fn template_approve(
     Json(body): Json<ApproveTemplate>,
 ) -> Answer<TemplateView> {
     caller.require("approving a template", &[Role::Bureau])?;
+    let request = approval_request(body)?;
+    let template = state
+        .stores
+        .with_async(move |mut store| async move {
+            let approved = templates::approve_checked(&mut store, &id, request).await;
+            (store, approved)
+        })
+        .await?;
+    Ok(Json(template_view(&template)))
+}
+
+/// The domain's approval request from an approval body: ε required, the rest defaulted.
+fn approval_request(body: ApproveTemplate) -> Result<ApprovalRequest, Error> {
     // ε is the bureau's choice, made on purpose: required here as on the command line.
     let Some(epsilon) = body.epsilon else {
         return Err(Error::invalid(
             "`epsilon` is required: choose the ε one run of this template may spend (e.g. 0.5)",
-        )
-        .into());
+        ));
     };
     let defaults = ApprovalRequest::default();
-    let request = ApprovalRequest {
+    let mechanism = match body.mechanism.as_deref() {
+        None => defaults.mechanism,
+        Some(name) => Mechanism::parse(name).ok_or_else(|| {
+            Error::invalid(format!(
+                "`mechanism` is `{name}`; write \"laplace\" or \"gaussian\""
+            ))
+        })?,
+    };
+    Ok(ApprovalRequest {
         epsilon,
         delta: body.delta.unwrap_or(defaults.delta),
         k: body.k.unwrap_or(defaults.k),
@@ -850,15 +872,33 @@ async fn template_approve(
             .wasm_fuel_per_unit
             .unwrap_or(defaults.wasm_fuel_per_unit),
         wasm_memory_mib: body.wasm_memory_mib.unwrap_or(defaults.wasm_memory_mib),
-    };
-    let template = state
+        mechanism,
+    })
+}
+
+/// Preview an approval (bureau).
+///
+/// What approving the template with these terms would give, without approving it: each output
+/// column's error at 95 % confidence (no data read) and warnings about the grouping.
+#[utoipa::path(post, path = "/v1/templates/{id}/preview", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = ApproveTemplate,
+    responses((status = 200, body = Preview)))]
+async fn template_preview(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ApproveTemplate>,
+) -> Answer<Preview> {
+    caller.require("previewing an approval", &[Role::Bureau])?;
+    let request = approval_request(body)?;
+    let preview = state
         .stores
-        .with_async(move |mut store| async move {
-            let approved = templates::approve_checked(&mut store, &id, request).await;
-            (store, approved)
+        .with_async(move |store| async move {
+            let preview = templates::preview(&store, &id, &request).await;
+            (store, preview)
         })
         .await?;
-    Ok(Json(template_view(&template)))
+    Ok(Json(preview))
 }
 
 /// Reject a template (bureau).
