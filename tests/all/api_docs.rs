@@ -452,6 +452,15 @@ async fn every_route_has_a_recorded_example() {
     )
     .await;
     r.call(
+        "Preview an approval: each output column's error at 95 % under these terms, and grouping warnings; approves nothing (bureau)",
+        "POST",
+        &format!("/v1/templates/{template_id}/preview"),
+        b,
+        &[],
+        Some(j!({ "epsilon": 0.5, "k": 5, "price_per_run_fen": 250 })),
+    )
+    .await;
+    r.call(
         "Approve a template (bureau)",
         "POST",
         &format!("/v1/templates/{template_id}/approve"),

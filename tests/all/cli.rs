@@ -330,7 +330,15 @@ fn the_whole_flow_through_the_command_line() {
 
 #[test]
 fn the_demo_tells_the_whole_story_on_small_data() {
-    let demo = veil_ok(["demo", "--rows", "3000"]);
+    let kept = tempfile::tempdir().expect("temporary folder");
+    let kept_dir = kept.path().join("store");
+    let demo = veil_ok([
+        "demo",
+        "--rows",
+        "3000",
+        "--keep",
+        kept_dir.to_str().expect("utf-8 path"),
+    ]);
     for expected in [
         "released product",
         "rejected",
@@ -346,14 +354,48 @@ fn the_demo_tells_the_whole_story_on_small_data() {
         // The month closed, with its statements.
         "veil settle --period ",
         "platform.csv",
-        // How to keep the store.
-        "veil demo --keep DIR",
+        // The bureau reads each column's error at 95 % before it approves.
+        "accuracy at 95 %",
     ] {
         assert!(
             demo.stdout.contains(expected),
             "`{expected}` missing:\n{demo}"
         );
     }
+    // Every numeric column of every product the demo released comes with its 95 % interval,
+    // in the CSV as in the manifest's column list.
+    let mut products = 0;
+    for entry in
+        std::fs::read_dir(kept_dir.join("store").join("products")).expect("products folder")
+    {
+        let dir = entry.expect("entry").path();
+        let Ok(manifest) = veil_sdk::manifest::read_manifest(&dir) else {
+            continue;
+        };
+        products += 1;
+        let names: Vec<&str> = manifest
+            .manifest
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let header = std::fs::read_to_string(dir.join("result.csv")).expect("result.csv");
+        let header = header.lines().next().unwrap_or_default().to_string();
+        assert_eq!(header, names.join(","), "{}", dir.display());
+        for column in &manifest.manifest.columns {
+            if column.kind.starts_with("noisy") {
+                for end in ["_ci_low", "_ci_high"] {
+                    let interval = format!("{}{end}", column.name);
+                    assert!(
+                        names.contains(&interval.as_str()),
+                        "{names:?} in {}",
+                        dir.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(products >= 3, "the demo released {products} products");
 }
 
 /// An operator submits a WASM template by flags, the bureau approves it, and the job
@@ -429,7 +471,12 @@ bounds = [0, 100]
     assert!(released.stdout.contains("released product"), "{released}");
     let product = PathBuf::from(word_after(&released.stdout, "files: "));
     let csv = std::fs::read_to_string(product.join("result.csv")).expect("the product's CSV");
-    assert!(csv.starts_with("industry,enterprises,avg_risk"), "{csv}");
+    assert!(
+        csv.starts_with(
+            "industry,enterprises,enterprises_ci_low,enterprises_ci_high,avg_risk,avg_risk_ci_low,avg_risk_ci_high"
+        ),
+        "{csv}"
+    );
     let meter = veil_ok(["meter", "list", "--data-dir", d]);
     assert!(meter.stdout.contains("fuel"), "{meter}");
 

@@ -166,6 +166,7 @@ fn both_approve_commands_list_the_same_flags_and_defaults() {
         "wall-seconds",
         "wasm-fuel-per-unit",
         "wasm-memory-mib",
+        "mechanism",
     ] {
         let entry = local
             .get(flag)

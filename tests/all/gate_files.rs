@@ -300,7 +300,9 @@ async fn a_group_of_k_minus_one_units_is_absent() {
     let outcome = fixture.run_sql(&only, &params, approve(women + 1)).await;
     assert_eq!(
         verdict(outcome).lines,
-        ["released rows=0 columns=district:Utf8View,women:Int64"],
+        [
+            "released rows=0 columns=district:Utf8View,women:Int64,women_ci_low:Int64,women_ci_high:Int64"
+        ],
         "{small:?}"
     );
 

@@ -1,6 +1,7 @@
 //! Veil's integration tests, in one binary (one module per feature), driving the library as a
 //! caller would and the `veil` binary as a user would.
 
+mod accuracy;
 mod api;
 mod api_docs;
 mod audit;
@@ -8,9 +9,11 @@ mod budget;
 mod cli;
 mod compile;
 mod contract;
+mod disclosure;
 mod ends;
 mod flags;
 mod gate_files;
+mod key_range;
 mod money;
 mod neighbouring;
 mod neighbours;

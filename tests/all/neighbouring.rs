@@ -156,11 +156,13 @@ impl Product {
     /// Position, among the measures, of the noisy distinct-unit count, if the query shows it.
     fn units_measure(&self) -> Option<usize> {
         self.measures().iter().position(|(name, _)| {
-            self.manifest
-                .privacy
-                .noise_scales
-                .iter()
-                .all(|s| s.column != *name && s.column != format!("{name} (sum)"))
+            interval_of(name).is_none()
+                && self
+                    .manifest
+                    .privacy
+                    .noise_scales
+                    .iter()
+                    .all(|s| s.column != *name && s.column != format!("{name} (sum)"))
                 && self
                     .manifest
                     .privacy
@@ -171,8 +173,9 @@ impl Product {
     }
 
     /// The L1 sensitivity the manifest states for a measure (its own draw's, or the
-    /// distinct-unit draw's for COUNT(DISTINCT unit)).
+    /// distinct-unit draw's for COUNT(DISTINCT unit)); an interval's end moves with its value.
     fn sensitivity(&self, name: &str) -> f64 {
+        let name = interval_of(name).unwrap_or(name);
         let scales = &self.manifest.privacy.noise_scales;
         scales
             .iter()
@@ -181,6 +184,22 @@ impl Product {
             .map(|s| s.sensitivity)
             .expect("every measure has a draw")
     }
+}
+
+/// The measure whose 95 % interval end column `name` is, if it is one.
+fn interval_of(name: &str) -> Option<&str> {
+    name.strip_suffix("_ci_low")
+        .or_else(|| name.strip_suffix("_ci_high"))
+}
+
+/// Whether measure column `name` of `kind` is an average or one of its interval's ends: they
+/// are post-processed quotients, without an L1 sensitivity of their own.
+fn is_average(measures: &[(&str, &str)], name: &str, kind: &str) -> bool {
+    let base = interval_of(name).unwrap_or(name);
+    kind.starts_with("noisy average")
+        || measures
+            .iter()
+            .any(|(n, k)| *n == base && k.starts_with("noisy average"))
 }
 
 fn number(column: &dyn Array, row: usize) -> Option<f64> {
@@ -240,7 +259,7 @@ pub(crate) fn compare_products(context: &str, a: &Product, b: &Product, max_grou
                             }
                             (None, None) => {}
                             // An average whose noisy count is not positive is NULL on its own.
-                            _ if measures[i].1 == "noisy average" => {}
+                            _ if is_average(&measures, measures[i].0, measures[i].1) => {}
                             _ => panic!(
                                 "group `{key}`: measure `{}` is NULL on one side only: {context}",
                                 measures[i].0
@@ -274,7 +293,7 @@ pub(crate) fn compare_products(context: &str, a: &Product, b: &Product, max_grou
         "{differing} groups differ, but one person reaches at most {max_groups}: {context}"
     );
     for (i, (name, kind)) in measures.iter().enumerate() {
-        if *kind == "noisy average" {
+        if is_average(&measures, name, kind) {
             continue;
         }
         let sensitivity = a.sensitivity(name);

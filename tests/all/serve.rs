@@ -369,6 +369,45 @@ fn the_cli_client_submits_waits_and_downloads_a_verified_product() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("bureau"), "{err}");
+    // Before approving, the bureau sees what its terms would give each output column; a
+    // preview approves nothing.
+    let (code, out, err) = veil_client(
+        &server,
+        &keys.bureau,
+        &[
+            "--json",
+            "template",
+            "approve",
+            &id,
+            "--epsilon",
+            "0.05",
+            "--k",
+            "5",
+            "--preview",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let preview: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let columns: Vec<&str> = preview["accuracy"]
+        .as_array()
+        .expect("accuracy per column")
+        .iter()
+        .filter_map(|c| c["column"].as_str())
+        .collect();
+    assert_eq!(columns, ["persons", "avg_income"], "{preview:#}");
+    // At ε 0.05 the average of a five-person group is mostly noise: said so, naming it.
+    assert!(
+        preview["accuracy"][1]["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("`avg_income`")),
+        "{preview:#}"
+    );
+    let (code, out, err) = veil_client(&server, &keys.bureau, &["--json", "template", "show", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("\"submitted\""),
+        "a preview approves nothing: {out}"
+    );
     let (code, out, err) = veil_client(
         &server,
         &keys.bureau,
@@ -376,6 +415,10 @@ fn the_cli_client_submits_waits_and_downloads_a_verified_product() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("approved"), "{out}");
+    assert!(
+        out.contains("accuracy at 95 %") && out.contains("avg_income"),
+        "{out}"
+    );
 
     let (code, out, err) = veil_client(
         &server,
@@ -384,6 +427,10 @@ fn the_cli_client_submits_waits_and_downloads_a_verified_product() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("would pass"), "{out}");
+    assert!(
+        out.contains("accuracy at 95 %") && out.contains("persons"),
+        "{out}"
+    );
 
     let (code, out, err) = veil_client(
         &server,

@@ -236,15 +236,33 @@ async fn the_manifest_records_the_scale_sensitivity_over_epsilon_share() {
         .await
         .expect("job");
     let privacy = manifest_of(released_dir(&outcome)).manifest.privacy;
-    assert_eq!(privacy.noise_scales.len(), 1, "{:?}", privacy.noise_scales);
+    // The distinct-unit count, then the count of units whose contributions were cut, which
+    // takes a fixed 5 % of ε.
+    assert_eq!(privacy.noise_scales.len(), 2, "{:?}", privacy.noise_scales);
     let units = &privacy.noise_scales[0];
-    assert_close(units.epsilon, 0.8, "ε share of the only draw");
+    assert_close(
+        units.epsilon,
+        0.8 * 0.95,
+        "ε share of the only measure's draw",
+    );
     assert_close(units.sensitivity, 3.0, "sensitivity of distinct units");
-    assert_close(units.scale, 3.0 / 0.8, "scale of distinct units");
+    assert_close(units.scale, 3.0 / units.epsilon, "scale of distinct units");
+    let truncated = &privacy.noise_scales[1];
+    assert_close(
+        truncated.epsilon,
+        0.8 * 0.05,
+        "ε share of the truncation count",
+    );
+    assert_close(
+        truncated.sensitivity,
+        1.0,
+        "sensitivity of the truncation count",
+    );
 
-    // Three draws, ε split evenly: the distinct-unit count every release draws (k-anonymity
-    // is decided on it) has sensitivity max_groups, COUNT(*) max_groups·max_rows, SUM over
-    // monthly_income (bounds [0, 100000]) max_groups·max_rows·100000.
+    // Three measure draws: the distinct-unit count every release draws (k-anonymity is
+    // decided on it) has sensitivity max_groups, COUNT(*) max_groups·max_rows, SUM over
+    // monthly_income (bounds [0, 100000]) max_groups·max_rows·100000. Each carries one output
+    // column's whole error, so the split weighs them alike: 95 % of ε in three equal shares.
     let approval = ApprovalRequest {
         epsilon: 1.0,
         max_groups: 2,
@@ -261,14 +279,10 @@ async fn the_manifest_records_the_scale_sensitivity_over_epsilon_share() {
         .await
         .expect("job");
     let privacy = manifest_of(released_dir(&outcome)).manifest.privacy;
-    assert_eq!(privacy.noise_scales.len(), 3, "{:?}", privacy.noise_scales);
-    let share = 1.0 / 3.0;
-    for (scale, sensitivity) in
-        privacy
-            .noise_scales
-            .iter()
-            .zip([2.0, 2.0 * 3.0, 2.0 * 3.0 * 100_000.0])
-    {
+    assert_eq!(privacy.noise_scales.len(), 4, "{:?}", privacy.noise_scales);
+    let sensitivities = [2.0, 2.0 * 3.0, 2.0 * 3.0 * 100_000.0];
+    for (scale, sensitivity) in privacy.noise_scales.iter().zip(sensitivities) {
+        let share = 0.95 / 3.0;
         assert_close(
             scale.epsilon,
             share,
@@ -281,11 +295,17 @@ async fn the_manifest_records_the_scale_sensitivity_over_epsilon_share() {
         );
         assert_close(
             scale.scale,
-            sensitivity / share,
+            sensitivity / scale.epsilon,
             &format!("scale of {}", scale.column),
         );
+        assert_eq!(scale.alpha, Some(0.05));
+        assert!(scale.half_width.is_some_and(|h| h > 0.0), "{scale:?}");
     }
     let spent: f64 = privacy.noise_scales.iter().map(|s| s.epsilon).sum();
+    assert!(
+        spent <= privacy.epsilon,
+        "the shares ({spent}) exceed the run's ε"
+    );
     assert_close(spent, privacy.epsilon, "shares add up to the run's ε");
 }
 
@@ -462,16 +482,17 @@ async fn one_person_with_ten_thousand_rows_moves_the_release_by_at_most_the_limi
         "every public key is released"
     );
 
-    // Three draws (the distinct-unit count k-anonymity is decided on, COUNT, SUM), ε/3 each:
-    // count scale max_groups·max_rows/(ε/3) = 0.6, sum scale max_groups·max_rows·100/(ε/3) =
-    // 60. Three checks share the false-failure budget of 10⁻⁶ (the per-city one by a union
-    // bound over the cities).
-    let share = epsilon / 3.0;
+    // Three draws (the distinct-unit count k-anonymity is decided on, COUNT, SUM), 0.95·ε/3
+    // each (5 % goes to the count of persons the bounds cut, the fourth draw): count scale
+    // max_groups·max_rows/share ≈ 0.63, sum scale max_groups·max_rows·100/share ≈ 63. Three
+    // checks share the false-failure budget of 10⁻⁶ (the per-city one by a union bound over
+    // the cities).
+    let share = epsilon * 0.95 / 3.0;
     let count_scale = (max_groups * max_rows) as f64 / share;
     let sum_scale = (max_groups * max_rows * AMOUNT_HI) as f64 / share;
     let privacy = manifest_of(product).manifest.privacy;
     let recorded: Vec<f64> = privacy.noise_scales.iter().map(|s| s.scale).collect();
-    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded.len(), 4);
     assert_close(
         recorded[0],
         max_groups as f64 / share,

@@ -333,7 +333,15 @@ async fn a_buyer_reads_the_listing_card_and_verifies_the_manifest_before_buying(
         .iter()
         .map(|c| (c.name.as_str(), c.data_type.as_str()))
         .collect();
-    assert_eq!(columns, [("city", "Utf8View"), ("persons", "Int64")]);
+    assert_eq!(
+        columns,
+        [
+            ("city", "Utf8View"),
+            ("persons", "Int64"),
+            ("persons_ci_low", "Int64"),
+            ("persons_ci_high", "Int64")
+        ]
+    );
     assert_eq!(card.columns[0].kind, "group key");
     assert!(
         card.columns[1].kind.starts_with("noisy count"),

@@ -99,7 +99,21 @@ async fn the_example_mappers_release_products_through_the_gate() {
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    assert_eq!(names, ["city", "persons", "eligible", "avg_months_short"]);
+    assert_eq!(
+        names,
+        [
+            "city",
+            "persons",
+            "persons_ci_low",
+            "persons_ci_high",
+            "eligible",
+            "eligible_ci_low",
+            "eligible_ci_high",
+            "avg_months_short",
+            "avg_months_short_ci_low",
+            "avg_months_short_ci_high"
+        ]
+    );
     let manifest = veil_sdk::manifest::verify_product_dir(&dir, None).expect("product verifies");
     assert_eq!(manifest.manifest.sources[0].name, "social_insurance");
 
