@@ -73,7 +73,7 @@ enum MeasureDraws {
 
 /// The share of a run's ε (or ρ) spent on counting the units whose contributions the bounds
 /// cut: small, since the figure only has to say whether truncation is rare or common.
-const TRUNCATED_SHARE: f64 = 0.05;
+pub const TRUNCATED_SHARE: f64 = 0.05;
 
 /// Headroom kept when a run's ε (or ρ) is split, so that the shares' floating-point sum never
 /// exceeds it.
