@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::accuracy::CONFIDENCE;
-use crate::analysis::{self, Tables};
+use crate::analysis::{self, Analysis, Tables};
 use crate::bounding::Limits;
 use crate::budget::Reserved;
 use crate::ids::DatasetId;
@@ -175,12 +175,12 @@ fn floor(cells: usize) -> f64 {
     n * CONFIDENCE - SIGMAS * (n * CONFIDENCE * (1.0 - CONFIDENCE)).sqrt()
 }
 
-async fn coverage(mechanism: Mechanism) -> Coverage {
-    let (batch, truth) = table();
+/// The table in a sandbox of its own under `policy`, and [`SQL`]'s analysis over it.
+async fn prepared(batch: RecordBatch, policy: &str) -> (crate::sandbox::Sandbox, Analysis) {
     let dataset = Dataset {
         id: DatasetId::new("ds-accuracy"),
         name: TABLE.into(),
-        policy: Policy::parse(POLICY).expect("the policy"),
+        policy: Policy::parse(policy).expect("the policy"),
         file: String::new(),
         rows: batch.num_rows() as u64,
         bytes: 0,
@@ -195,6 +195,12 @@ async fn coverage(mechanism: Mechanism) -> Coverage {
         .expect("the sandbox");
     let plan = sandbox.plan_query(SQL, &[]).await.expect("the plan");
     let analysis = analysis::analyse(&plan, &tables).expect("the analysis");
+    (sandbox, analysis)
+}
+
+async fn coverage(mechanism: Mechanism) -> Coverage {
+    let (batch, truth) = table();
+    let (sandbox, analysis) = prepared(batch, POLICY).await;
     let config = config(mechanism);
     let noise_plan = gate::plan_noise(&analysis, &config).expect("the ε plan");
     let mut coverage = Coverage::default();
@@ -256,24 +262,7 @@ async fn a_gaussian_plan_spends_what_the_zcdp_conversion_states() {
     use opendp::metrics::AbsoluteDistance;
 
     let (batch, _) = table();
-    let dataset = Dataset {
-        id: DatasetId::new("ds-accuracy"),
-        name: TABLE.into(),
-        policy: Policy::parse(POLICY).expect("the policy"),
-        file: String::new(),
-        rows: batch.num_rows() as u64,
-        bytes: 0,
-        content_blake3: String::new(),
-        registered_at: String::new(),
-    };
-    let tables: Tables = HashMap::from([(TABLE.to_string(), dataset)]);
-    let sandbox = SandboxBuilder::new(std::env::temp_dir())
-        .memory_table(TABLE, batch.schema(), vec![batch])
-        .build()
-        .await
-        .expect("the sandbox");
-    let plan = sandbox.plan_query(SQL, &[]).await.expect("the plan");
-    let analysis = analysis::analyse(&plan, &tables).expect("the analysis");
+    let (_sandbox, analysis) = prepared(batch, POLICY).await;
     let config = config(Mechanism::Gaussian);
     let noise_plan = gate::plan_noise(&analysis, &config).expect("the ε plan");
     let accounting = noise_plan
@@ -346,24 +335,7 @@ async fn a_gaussian_plan_over_private_keys_splits_delta_and_releases_large_group
         "",
     );
     assert_ne!(policy, POLICY, "the city's key set was removed");
-    let dataset = Dataset {
-        id: DatasetId::new("ds-accuracy"),
-        name: TABLE.into(),
-        policy: Policy::parse(&policy).expect("the policy"),
-        file: String::new(),
-        rows: batch.num_rows() as u64,
-        bytes: 0,
-        content_blake3: String::new(),
-        registered_at: String::new(),
-    };
-    let tables: Tables = HashMap::from([(TABLE.to_string(), dataset)]);
-    let sandbox = SandboxBuilder::new(std::env::temp_dir())
-        .memory_table(TABLE, batch.schema(), vec![batch])
-        .build()
-        .await
-        .expect("the sandbox");
-    let plan = sandbox.plan_query(SQL, &[]).await.expect("the plan");
-    let analysis = analysis::analyse(&plan, &tables).expect("the analysis");
+    let (sandbox, analysis) = prepared(batch, &policy).await;
     assert!(!analysis.keys_are_public());
     let config = config(Mechanism::Gaussian);
     let noise_plan = gate::plan_noise(&analysis, &config).expect("the ε plan");
