@@ -11,14 +11,11 @@ use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringAr
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use veil_runtime::catalog::{self, Policy};
-use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::JobOutcome;
-use veil_runtime::store::Store;
 use veil_runtime::templates::ApprovalRequest;
 use veil_sdk::manifest::{MANIFEST_FILE, SignedManifest};
 
-use crate::support::{self, OPERATOR};
+use crate::support;
 
 /// The registry's policy: capital bounded to [0, 5000] (10,000 yuan), with the p % rule and
 /// the (2, 90) dominance rule, as in `examples/policies/enterprise_registry.toml`.
@@ -84,30 +81,7 @@ async fn the_p_percent_rule_withholds_a_cell_one_enterprise_dominates() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let file = dir.path().join("registry.parquet");
     write_registry(&file);
-    support::use_veil_for_jobs();
-    let mut store = Store::init(&dir.path().join("store")).expect("store");
-    catalog::register(
-        &mut store,
-        "enterprise_registry",
-        &file,
-        Policy::parse(POLICY).expect("policy"),
-    )
-    .expect("register");
-    let today = chrono::Utc::now().date_naive();
-    grants::create(
-        &mut store,
-        GrantRequest {
-            operator: OPERATOR.into(),
-            datasets: vec!["enterprise_registry".into()],
-            purpose: "disclosure test".into(),
-            valid_from: today - chrono::Days::new(30),
-            valid_to: today + chrono::Days::new(30),
-            epsilon_per_month: 100.0,
-            delta_per_month: 0.5,
-            disposition: Disposition::Archive,
-        },
-    )
-    .expect("grant");
+    let mut store = support::store_with_dataset(dir.path(), "enterprise_registry", &file, POLICY);
     let template = support::submit_and_approve(
         &mut store,
         "SELECT industry, COUNT(DISTINCT legal_rep_id) AS firms, \

@@ -19,10 +19,7 @@ use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringAr
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use veil_gate::noise::{Draw, Source};
-use veil_runtime::catalog::{self, Policy};
-use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
-use veil_runtime::store::Store;
 use veil_runtime::templates::ApprovalRequest;
 use veil_sdk::manifest::{MANIFEST_FILE, SignedManifest};
 
@@ -416,30 +413,7 @@ async fn one_person_with_ten_thousand_rows_moves_the_release_by_at_most_the_limi
     let dir = tempfile::tempdir().expect("temporary folder");
     let file = dir.path().join("payments.parquet");
     let (ordinary_rows, ordinary_total) = write_payments(&file);
-    support::use_veil_for_jobs();
-    let mut store = Store::init(&dir.path().join("store")).expect("store");
-    catalog::register(
-        &mut store,
-        "payments",
-        &file,
-        Policy::parse(PAYMENTS_POLICY).expect("policy"),
-    )
-    .expect("register");
-    let today = chrono::Utc::now().date_naive();
-    grants::create(
-        &mut store,
-        GrantRequest {
-            operator: OPERATOR.into(),
-            datasets: vec!["payments".into()],
-            purpose: "bounding test".into(),
-            valid_from: today - chrono::Days::new(30),
-            valid_to: today + chrono::Days::new(30),
-            epsilon_per_month: 100.0,
-            delta_per_month: 0.5,
-            disposition: Disposition::Archive,
-        },
-    )
-    .expect("grant");
+    let mut store = support::store_with_dataset(dir.path(), "payments", &file, PAYMENTS_POLICY);
     let (epsilon, max_groups, max_rows) = (10.0, 1_i64, 2_i64);
     // `COUNT(*) AS n` is planned as an alias of the alias `count(*)`; the gate unwraps both.
     let template = support::submit_and_approve(

@@ -144,6 +144,36 @@ impl Fixture {
     }
 }
 
+/// A fresh store in `dir/store` with the Parquet `file` registered as `name` under the policy
+/// text `policy`, granted to [`OPERATOR`] for a term around today (ε 100, δ 0.5 a month).
+pub(crate) fn store_with_dataset(dir: &Path, name: &str, file: &Path, policy: &str) -> Store {
+    use_veil_for_jobs();
+    let mut store = Store::init(&dir.join("store")).expect("store");
+    catalog::register(
+        &mut store,
+        name,
+        file,
+        Policy::parse(policy).expect("policy"),
+    )
+    .expect("register");
+    let today = chrono::Utc::now().date_naive();
+    grants::create(
+        &mut store,
+        GrantRequest {
+            operator: OPERATOR.into(),
+            datasets: vec![name.into()],
+            purpose: format!("tests on {name}"),
+            valid_from: today - Days::new(30),
+            valid_to: today + Days::new(30),
+            epsilon_per_month: 100.0,
+            delta_per_month: 0.5,
+            disposition: Disposition::Archive,
+        },
+    )
+    .expect("grant");
+    store
+}
+
 /// Runs template `template` in `store` as [`OPERATOR`], under the grant that covers it.
 pub(crate) async fn run_template(
     store: &mut Store,
