@@ -514,7 +514,7 @@ async fn tell(
         say(
             out,
             format!(
-                "\nThe store is kept in {d}; try `veil meter list --data-dir {d}` or `veil serve --data-dir {d}`."
+                "\nThe store is kept in {d}; try `veil meter list --data-dir {d}`, or `veil serve --data-dir {d}` and open its address followed by /console in a browser, signing in with the key `veil principal add --role bureau --name officer --data-dir {d}` prints."
             ),
         )?;
     } else {

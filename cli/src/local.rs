@@ -590,7 +590,7 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
                 Some(path) => veil_server::config::ServeSettings::from_file(path)?,
                 None => Default::default(),
             };
-            veil_server::serve(given.or(file).resolve()?).await?;
+            veil_server::serve_with(given.or(file).resolve()?, veil_console::router).await?;
             Ok(0)
         }
         Command::Client(args) => crate::client::run(args).await,

@@ -155,11 +155,31 @@ fn check_key_at(store: &Store, key: &str, now: chrono::DateTime<chrono::Utc>) ->
     if !key.starts_with(KEY_PREFIX) || key.len() != KEY_PREFIX.len() + 64 {
         return Ok(KeyCheck::Unknown);
     }
+    check_fingerprint_at(store, &key_hash(key), now)
+}
+
+/// What a front end that signed a principal in with a key keeps instead of the key (the web
+/// console's session): the keyed hash the store itself keeps, so a rotation or revocation
+/// ends the session at its next request.
+pub fn key_fingerprint(key: &str) -> String {
+    key_hash(key)
+}
+
+/// [`check_key`] for a key known only by its [`key_fingerprint`].
+pub fn check_fingerprint(store: &Store, fingerprint: &str) -> Result<KeyCheck> {
+    check_fingerprint_at(store, fingerprint, clock::now())
+}
+
+fn check_fingerprint_at(
+    store: &Store,
+    fingerprint: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<KeyCheck> {
     let principal = store
         .conn()
         .query_row(
             &format!("SELECT {COLUMNS} FROM {FROM} WHERE key_hash = ?1"),
-            [key_hash(key)],
+            [fingerprint],
             row_to_principal,
         )
         .optional()?

@@ -724,7 +724,7 @@ fn named_tables(store: &Store, spec: &TemplateSpec) -> Result<analysis::Tables> 
 /// names them. The sandbox's parser decides what is SQL; should this parser fail where it
 /// would not, every registered dataset is returned rather than none, so a check over them
 /// errs on the side of checking too much.
-fn named_datasets(store: &Store, spec: &TemplateSpec) -> Result<Vec<catalog::Dataset>> {
+pub fn named_datasets(store: &Store, spec: &TemplateSpec) -> Result<Vec<catalog::Dataset>> {
     let sql = match &spec.wasm {
         Some(wasm) => &wasm.input_sql,
         None => &spec.sql,

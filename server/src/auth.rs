@@ -15,6 +15,13 @@ use veil_runtime::principals::{self, Principal, Role};
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
+/// A principal already authenticated by another front end of the same process — the web
+/// console, whose session cookie stands for a key it checked at sign-in — that calls the API's
+/// own handlers in process, so every role and ownership check is the API's. It travels as a
+/// request extension, which only code in this process can set: no HTTP client can send one.
+#[derive(Debug, Clone)]
+pub struct Delegated(pub Principal);
+
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
@@ -22,6 +29,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(Delegated(principal)) = parts.extensions.get::<Delegated>() {
+            return Ok(Caller(principal.clone()));
+        }
         let key = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -56,7 +66,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 pub struct CallerSlot(Arc<std::sync::OnceLock<(String, Role)>>);
 
 impl CallerSlot {
-    fn fill(&self, principal: &Principal) {
+    /// Records the principal behind the request (the web console fills it for its own
+    /// requests, whose principal comes from a session rather than a key).
+    pub fn fill(&self, principal: &Principal) {
         let _ = self.0.set((principal.id.clone(), principal.role));
     }
 

@@ -98,8 +98,10 @@ pub fn violations(refusal: &Refusal) -> Vec<Violation> {
         .collect()
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and body a client reads for this error (what [`IntoResponse`] sends; the web
+    /// console shows the same on its pages).
+    pub fn to_body(self) -> (StatusCode, ErrorBody) {
         let (kind, message, rules) = match self {
             Self::Unauthorized => (
                 ErrorKind::Unauthorized,
@@ -152,15 +154,22 @@ impl IntoResponse for ApiError {
         let message = for_http(message);
         let status =
             StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (
+        (
             status,
-            Json(ErrorBody {
+            ErrorBody {
                 kind,
                 message,
                 violations: rules,
-            }),
+            },
         )
-            .into_response();
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.to_body();
+        let kind = body.kind;
+        let mut response = (status, Json(body)).into_response();
         match kind {
             ErrorKind::Unauthorized => {
                 response

@@ -169,12 +169,12 @@ pub struct ServeConfig {
 /// The router with every route, on a store that is already open (used by tests without a
 /// port, and by [`serve`]): counts requests for `GET /metrics` but writes no log.
 pub fn app(state: Arc<AppState>) -> Router {
-    observed(state, None)
+    observed(state, None, Router::new())
 }
 
 /// Every route, `GET /metrics`, and around them the layer that counts each request and,
 /// with a `log`, writes its line.
-fn observed(state: Arc<AppState>, log: Option<Log>) -> Router {
+fn observed(state: Arc<AppState>, log: Option<Log>, front: Router) -> Router {
     let observer = access_log::Observer {
         metrics: Arc::clone(state.workers.metrics()),
         log,
@@ -184,6 +184,7 @@ fn observed(state: Arc<AppState>, log: Option<Log>) -> Router {
         .with_state(Arc::clone(&state));
     routes::router(state)
         .merge(service)
+        .merge(front)
         .layer(axum::middleware::from_fn_with_state(
             observer,
             access_log::observe,
@@ -193,6 +194,16 @@ fn observed(state: Arc<AppState>, log: Option<Log>) -> Router {
 /// Opens the store, starts the workers, and serves until SIGTERM or Ctrl-C, then stops
 /// gracefully (see the crate docs). Prints the address it listens on (useful with port 0).
 pub async fn serve(config: ServeConfig) -> Result<()> {
+    serve_with(config, |_| Router::new()).await
+}
+
+/// [`serve`], with another front end's routes beside the API's (the web console's, which
+/// `veil serve` mounts under `/console/`): `front` builds them on the same state, so they share
+/// the store, the workers, the log and the metrics.
+pub async fn serve_with(
+    config: ServeConfig,
+    front: impl FnOnce(Arc<AppState>) -> Router,
+) -> Result<()> {
     let log = Log::new(config.log_format);
     // The handlers are in place before the address is printed, so a signal sent by whoever
     // read it is always caught.
@@ -218,10 +229,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         stores,
         workers: Arc::clone(&workers),
     });
+    let front = front(Arc::clone(&state));
     println!("veil serve: listening on http://{local}");
     let stop = CancellationToken::new();
     let mut http = tokio::spawn(
-        axum::serve(listener, observed(state, Some(log)))
+        axum::serve(listener, observed(state, Some(log), front))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
     );

@@ -231,6 +231,19 @@ impl Entry {
 
 const ENTRY_COLUMNS: &str = "seq, kind, at, actor, subject, details, prev, hash";
 
+/// How many entries the log holds, and the latest `limit` of them, newest first (the bureau's
+/// console shows them; `verify` is what checks them).
+pub fn recent(conn: &Connection, limit: u32) -> Result<(i64, Vec<Entry>)> {
+    let total: i64 = conn.query_row("SELECT COUNT(*) FROM audit", [], |row| row.get(0))?;
+    let entries = crate::store::query_rows(
+        conn,
+        &format!("SELECT {ENTRY_COLUMNS} FROM audit ORDER BY seq DESC LIMIT ?1"),
+        [limit],
+        Entry::from_row,
+    )?;
+    Ok((total, entries))
+}
+
 /// The head of the chain: its sequence number (0 when empty) and hash.
 pub(crate) fn head(conn: &Connection) -> Result<(i64, String)> {
     let head: Option<(i64, String)> = conn
