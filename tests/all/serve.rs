@@ -28,12 +28,23 @@ impl Server {
 
     /// [`Server::start`] with more `veil serve` flags.
     pub(crate) fn start_with(data_dir: &Path, workers: usize, flags: &[&str]) -> Self {
+        Self::start_in(data_dir, workers, flags, &[])
+    }
+
+    /// [`Server::start_with`] with environment variables (e.g. a pinned `VEIL_CLOCK`).
+    pub(crate) fn start_in(
+        data_dir: &Path,
+        workers: usize,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(veil_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
             .args(flags)
             .arg("--data-dir")
             .arg(data_dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
