@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use crate::Console;
 use crate::view::{Failure, Page};
 use veil_runtime::clock;
-use veil_runtime::principals::{self, KeyCheck, Principal};
+use veil_runtime::principals::{self, KeyCheck};
 
 /// How long a session lasts from sign-in, in seconds: a working day.
 pub const SESSION_SECONDS_MAX: i64 = 8 * 60 * 60;
@@ -152,12 +152,7 @@ fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> Result<Hea
     .map_err(|_| Failure::internal("writing a cookie"))
 }
 
-/// The signed-in principal behind a console request, with its session's CSRF token.
-#[derive(Debug, Clone)]
-pub struct Signed {
-    pub principal: Principal,
-    pub csrf: String,
-}
+pub use crate::view::Signed;
 
 impl FromRequestParts<Arc<Console>> for Signed {
     type Rejection = Response;

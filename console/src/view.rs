@@ -5,10 +5,17 @@ use askama::Template;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
-use crate::session::Signed;
 use veil_runtime::error::Error;
-use veil_runtime::principals::Role;
+use veil_runtime::principals::{Principal, Role};
 use veil_sdk::api::{ErrorBody, Violation};
+
+/// The signed-in principal behind a console request, with its session's CSRF token (read
+/// from the session cookie by `session`).
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub principal: Principal,
+    pub csrf: String,
+}
 
 /// The frame of a page: `base.html` reads it.
 #[derive(Debug, Clone)]

@@ -616,13 +616,15 @@ async fn the_bureau_settles_the_month_verifies_the_audit_log_and_manages_keys_in
     let browser = start_browser().await;
     sign_in(&browser, url, &keys.bureau).await;
 
-    // The catalog: the grant's budget use per month is a chart.
-    visit(
-        &browser,
-        &format!("{url}/console/bureau/catalog"),
-        "catalog",
-    )
-    .await;
+    // The catalog: a dataset's policy and registration report; the grant's budget use per
+    // month is a chart.
+    let catalog = format!("{url}/console/bureau/catalog");
+    visit(&browser, &catalog, "catalog").await;
+    click(&browser, "a[href^='/console/bureau/datasets/']").await;
+    check_page(&browser, "dataset").await;
+    let dataset = browser.source().await.expect("source");
+    assert!(dataset.contains("Policy 策略") && dataset.contains("Registration report"));
+    visit(&browser, &catalog, "catalog").await;
     click(&browser, "a[href^='/console/bureau/grants/']").await;
     browser
         .wait_for("#budget-chart svg", PAGE_WAIT)
@@ -673,6 +675,24 @@ async fn the_bureau_settles_the_month_verifies_the_audit_log_and_manages_keys_in
         .await
         .expect("statement");
     assert_eq!(platform["net"], 451);
+
+    // Jobs: the filtered list names the released job, whose page has its meter record.
+    visit(
+        &browser,
+        &format!("{url}/console/jobs?state=released&operator=op-test"),
+        "bureau-jobs",
+    )
+    .await;
+    click(&browser, &format!("a[href='/console/jobs/{}']", job.id)).await;
+    let meter = browser
+        .wait_for("#meter", PAGE_WAIT)
+        .await
+        .expect("the meter record")
+        .text()
+        .await
+        .expect("text");
+    check_page(&browser, "bureau-job").await;
+    assert!(meter.contains("¥2.50"), "the run's price: {meter}");
 
     // Audit: verify from the browser.
     visit(&browser, &format!("{url}/console/bureau/audit"), "audit").await;
@@ -747,4 +767,67 @@ async fn the_bureau_settles_the_month_verifies_the_audit_log_and_manages_keys_in
         .await
         .expect("the new key works");
     browser.close().await.expect("closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_pages_forbid_scripts_are_not_cached_and_need_a_session() {
+    let mut fixture = Fixture::new(200);
+    let _keys = add_principals(&mut fixture);
+    let server = Server::start(&fixture.store_path(), 1);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = http
+        .get(format!("{}/console/sign-in", server.url))
+        .send()
+        .await
+        .expect("sign-in page");
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let policy = header("content-security-policy");
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    assert!(
+        !policy.contains("script-src"),
+        "no script source at all: {policy}"
+    );
+    assert!(!policy.contains("unsafe"), "{policy}");
+    assert_eq!(header("cache-control"), "no-store");
+    assert_eq!(header("x-frame-options"), "DENY");
+    let body = page.text().await.expect("html");
+    assert!(!body.contains("<script"), "the console carries no script");
+    // Every page but sign-in needs a session; a form posted without one changes nothing.
+    for path in ["/console/bureau/queue", "/console/jobs", "/console/store"] {
+        let answer = http
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), reqwest::StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(
+            answer
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok()),
+            Some("/console/sign-in"),
+            "{path}"
+        );
+    }
+    let wrong = http
+        .post(format!("{}/console/sign-in", server.url))
+        .form(&[("key", "veil_wrong"), ("csrf", "x")])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        wrong.status(),
+        reqwest::StatusCode::FORBIDDEN,
+        "a sign-in without the sign-in cookie's token is refused"
+    );
 }
