@@ -36,12 +36,13 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .route("/provider", get(provider))
 }
 
-/// One of the operator's grants with this month's budget.
-struct Budget {
-    grant: GrantView,
-    spent: String,
-    left: String,
-    in_term: bool,
+/// One of an operator's grants with this month's budget (its own page, and the bureau's
+/// approval page for the operator's templates).
+pub(crate) struct Budget {
+    pub(crate) grant: GrantView,
+    pub(crate) spent: String,
+    pub(crate) left: String,
+    pub(crate) in_term: bool,
 }
 
 #[derive(Template)]
@@ -81,9 +82,9 @@ async fn home(State(console): State<Arc<Console>>, who: Signed) -> Result<Respon
     }))
 }
 
-/// The ε each grant spent in `period` (the operator's own grants, which the API already
-/// limited to it), with what is left.
-async fn budgets(
+/// The ε each grant spent in `period`, with what is left (for an operator, its own grants,
+/// which the API already limited to it).
+pub(crate) async fn budgets(
     console: &Arc<Console>,
     grants: Vec<GrantView>,
     period: &str,
@@ -206,13 +207,7 @@ async fn template_page(
             allowed: p.allowed.clone(),
         })
         .collect();
-    let (error, error_rules, status) = match error {
-        Some(failure) => {
-            let (status, message, rules) = failure.parts();
-            (Some(message), rules, status)
-        }
-        None => (None, Vec::new(), axum::http::StatusCode::OK),
-    };
+    let (error, error_rules, status) = view::in_place(error);
     let mut response = view::render(&TemplatePage {
         page: Page::new(
             format!("Template {}", template.spec.name),

@@ -193,6 +193,18 @@ impl IntoResponse for Failure {
     }
 }
 
+/// A refusal shown in place on the page that was posted (its message, its rules and the
+/// status the page answers with); no refusal: nothing shown, 200.
+pub fn in_place(error: Option<Failure>) -> (Option<String>, Vec<Violation>, StatusCode) {
+    match error {
+        Some(failure) => {
+            let (status, message, rules) = failure.parts();
+            (Some(message), rules, status)
+        }
+        None => (None, Vec::new(), StatusCode::OK),
+    }
+}
+
 /// Refuses a page to a principal whose role is not `role`.
 pub fn require(who: &Signed, what: &str, role: Role) -> Result<(), Failure> {
     if who.principal.role == role {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use veil_runtime::principals::{self, Role};
 use veil_runtime::templates::{ParamSpec, ParamType, TemplateSpec};
-use veil_sdk::api::{ApproveTemplate, SubmitJob};
+use veil_sdk::api::{ApproveTemplate, JobView, SubmitJob};
 use veil_sdk::client::Client;
 
 use crate::browser::Browser;
@@ -465,35 +465,8 @@ async fn another_operators_job_and_product_are_not_reachable_by_url() {
         .1
         .expose()
         .to_string();
-    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
-    bureau
-        .approve_template(
-            &id,
-            &ApproveTemplate {
-                epsilon: Some(1.0),
-                k: Some(5),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("approved");
-    let operator = Client::new(&server.url, &keys.operator).expect("client");
-    let submitted = operator
-        .submit_job(
-            &SubmitJob {
-                template: id.clone(),
-                params: [("born".to_string(), "1960".to_string())].into(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("queued");
-    let job = operator
-        .wait_job(&submitted.job.id, JOB_WAIT)
-        .await
-        .expect("ended");
-    let product = job.product_id.expect("released");
+    let job = approved_and_run(&server.url, &keys, &id, 0, "1960").await;
+    let product = job.product_id.clone().expect("released");
     let browser = start_browser().await;
     sign_in(&browser, &server.url, &other_key).await;
     for (page, shot) in [
@@ -527,6 +500,39 @@ async fn another_operators_job_and_product_are_not_reachable_by_url() {
         "the other operator's list does not name the job"
     );
     browser.close().await.expect("closed");
+}
+
+/// Approves template `id` at ε 1, k 5 and `price_fen` a run, and runs it once with `born`.
+async fn approved_and_run(url: &str, keys: &Keys, id: &str, price_fen: i64, born: &str) -> JobView {
+    Client::new(url, &keys.bureau)
+        .expect("client")
+        .approve_template(
+            id,
+            &ApproveTemplate {
+                epsilon: Some(1.0),
+                k: Some(5),
+                price_per_run_fen: Some(price_fen),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("approved");
+    let operator = Client::new(url, &keys.operator).expect("client");
+    let submitted = operator
+        .submit_job(
+            &SubmitJob {
+                template: id.to_string(),
+                params: [("born".to_string(), born.to_string())].into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("queued");
+    operator
+        .wait_job(&submitted.job.id, JOB_WAIT)
+        .await
+        .expect("ended")
 }
 
 /// A page served from another port on 127.0.0.1 — another origin, as an attacker's site is.
@@ -569,36 +575,9 @@ async fn the_bureau_settles_the_month_verifies_the_audit_log_and_manages_keys_in
     let _one = ONE_BROWSER.lock().await;
     let (fixture, keys, server, id) = submitted("persons by city").await;
     // The month's business through the API: one run at ¥2.50, one sale at ¥10.01.
-    let bureau = Client::new(&server.url, &keys.bureau).expect("client");
-    bureau
-        .approve_template(
-            &id,
-            &ApproveTemplate {
-                epsilon: Some(1.0),
-                k: Some(5),
-                price_per_run_fen: Some(250),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("approved");
+    let job = approved_and_run(&server.url, &keys, &id, 250, "1950").await;
+    let product = job.product_id.clone().expect("released");
     let operator = Client::new(&server.url, &keys.operator).expect("client");
-    let submitted = operator
-        .submit_job(
-            &SubmitJob {
-                template: id.clone(),
-                params: [("born".to_string(), "1950".to_string())].into(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("queued");
-    let job = operator
-        .wait_job(&submitted.job.id, JOB_WAIT)
-        .await
-        .expect("ended");
-    let product = job.product_id.expect("released");
     operator
         .list_for_sale(&product, 1_001)
         .await

@@ -76,7 +76,7 @@ async fn catalog_page(
         requests.into_iter().partition(|r| r.state == "pending");
     decided.sort_by(|a, b| b.decided_at.cmp(&a.decided_at));
     let overdue = pending.iter().filter(|r| r.overdue).count();
-    let (error, error_rules, status) = in_place(error);
+    let (error, error_rules, status) = view::in_place(error);
     let mut response = view::render(&CatalogPage {
         page: Page::new("Catalog 目录", who, NAV),
         datasets,
@@ -92,15 +92,6 @@ async fn catalog_page(
 }
 
 /// A refusal to show on the page it came from: its message, rules and status.
-fn in_place(error: Option<Failure>) -> (Option<String>, Vec<Violation>, StatusCode) {
-    match error {
-        Some(failure) => {
-            let (status, message, rules) = failure.parts();
-            (Some(message), rules, status)
-        }
-        None => (None, Vec::new(), StatusCode::OK),
-    }
-}
 
 #[derive(Template)]
 #[template(path = "bureau/dataset.html")]

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -174,13 +173,7 @@ async fn money_page(
     postings.reverse();
     postings.truncate(POSTINGS_SHOWN_MAX);
     let current = clock::period_of(clock::now());
-    let (error, error_rules, status) = match error {
-        Some(failure) => {
-            let (status, message, rules) = failure.parts();
-            (Some(message), rules, status)
-        }
-        None => (None, Vec::new(), StatusCode::OK),
-    };
+    let (error, error_rules, status) = view::in_place(error);
     let mut response = view::render(&MoneyPage {
         page: Page::new(format!("Money 结算 · {period}"), who, NAV),
         period: parsed.as_str().to_string(),

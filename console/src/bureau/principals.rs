@@ -12,7 +12,6 @@ use std::sync::Arc;
 use askama::Template;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::DateTime;
@@ -102,13 +101,7 @@ async fn principals_page(
             principal,
         })
         .collect();
-    let (error, error_rules, status) = match shown.error {
-        Some(failure) => {
-            let (status, message, rules) = failure.parts();
-            (Some(message), rules, status)
-        }
-        None => (None, Vec::new(), StatusCode::OK),
-    };
+    let (error, error_rules, status) = view::in_place(shown.error);
     let add = shown.add.unwrap_or_default();
     let mut response = view::render(&PrincipalsPage {
         page: Page::new("Principals 主体", who, NAV),

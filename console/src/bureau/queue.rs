@@ -18,7 +18,7 @@ use crate::api::{Api, segment};
 use crate::session::{Posted, Signed};
 use crate::view::{self, Failure, Page, Token};
 use veil_runtime::principals::Role;
-use veil_runtime::{budget, clock, settlement, templates};
+use veil_runtime::{clock, templates};
 use veil_sdk::api::{
     ApproveTemplate, DatasetSchema, GrantView, Preview, Reason, TemplateView, Violation,
 };
@@ -116,13 +116,6 @@ struct Read {
     schema: DatasetSchema,
 }
 
-/// One of the operator's grants in term, with this month's budget.
-struct GrantBudget {
-    grant: GrantView,
-    spent: f64,
-    left: f64,
-}
-
 #[derive(Template)]
 #[template(path = "bureau/template.html")]
 struct DetailPage {
@@ -132,7 +125,7 @@ struct DetailPage {
     reads: Vec<Read>,
     verdict: Vec<Violation>,
     verdict_error: Option<String>,
-    grants: Vec<GrantBudget>,
+    grants: Vec<crate::operator::Budget>,
     period: String,
     terms: TermsForm,
     preview: Option<Preview>,
@@ -199,37 +192,8 @@ async fn detail_page(
                 && today.as_str() <= g.valid_to.as_str()
         })
         .collect();
-    let ids: Vec<String> = mine.iter().map(|g| g.id.clone()).collect();
-    let period_text = period.clone();
-    let spent = console
-        .app
-        .stores
-        .with(move |store| {
-            let period = settlement::parse_period(&period_text)?;
-            ids.iter()
-                .map(|id| budget::spent_by_grant(store.conn(), id, &period))
-                .collect::<veil_runtime::error::Result<Vec<_>>>()
-        })
-        .await?;
-    let grants = mine
-        .into_iter()
-        .zip(spent)
-        .map(|(grant, spent)| {
-            let spent = spent.micro_epsilon.epsilon();
-            GrantBudget {
-                left: (grant.epsilon_per_month - spent).max(0.0),
-                spent,
-                grant,
-            }
-        })
-        .collect();
-    let (error, error_rules, status) = match error {
-        Some(failure) => {
-            let (status, message, rules) = failure.parts();
-            (Some(message), rules, status)
-        }
-        None => (None, Vec::new(), axum::http::StatusCode::OK),
-    };
+    let grants = crate::operator::budgets(console, mine, &period).await?;
+    let (error, error_rules, status) = view::in_place(error);
     let page = DetailPage {
         page: Page::new(
             format!("Template {}", template.spec.name),
