@@ -236,6 +236,7 @@ fn set_up(dir: &Path, file: &Path) -> Result<(Store, String), BoxError> {
                 allowed: None,
             }],
             wasm: None,
+            versions: Default::default(),
         },
     )?;
     templates::approve(

@@ -90,6 +90,7 @@ async fn run() {
                 allowed: None,
             }],
             wasm: None,
+            versions: Default::default(),
         },
     )
     .expect("template");

@@ -93,6 +93,7 @@ async fn run() -> Result<(), BoxError> {
                 allowed: None,
             }],
             wasm: None,
+            versions: Default::default(),
         },
     )?;
     templates::approve(

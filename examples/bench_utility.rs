@@ -191,6 +191,7 @@ fn set_up(dir: &Path, file: &Path, runs: usize) -> Result<(Store, String), BoxEr
                 allowed: None,
             }],
             wasm: None,
+            versions: Default::default(),
         },
     )?;
     templates::approve(

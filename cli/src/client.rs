@@ -74,6 +74,12 @@ pub(crate) enum ClientCommand {
     Offer(ClientOffer),
     /// Your purchases (buyer).
     Purchases,
+    /// Disputes of purchases: a buyer opens one, the bureau upholds or rejects it.
+    #[command(subcommand)]
+    Dispute(crate::disputes::ClientDispute),
+    /// (bureau) The emergency stop: freeze (`--scope … --reason …`), `lift`, or `list` the
+    /// incident log.
+    Freeze(crate::freezes::ClientFreeze),
     #[command(flatten)]
     Actions(crate::client_actions::Actions),
     /// Your settlement statement for a month (the bureau names --party), as JSON.
@@ -426,6 +432,12 @@ async fn run_command(
         }
         ClientCommand::Actions(command) => {
             return crate::client_actions::run(client, json, command).await;
+        }
+        ClientCommand::Freeze(command) => {
+            return crate::freezes::run_client(client, json, command).await;
+        }
+        ClientCommand::Dispute(command) => {
+            return crate::disputes::run_client(client, json, command).await;
         }
         ClientCommand::Statement { period, party } => {
             let statement = match party {

@@ -101,6 +101,15 @@ pub(crate) enum Command {
     /// (bureau) The double-entry ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// (bureau) Buyers' disputes of purchases: list, uphold (refund) or reject.
+    #[command(subcommand)]
+    Dispute(crate::disputes::DisputeCommand),
+    /// (bureau) Correction requests against datasets and products: list, answer.
+    #[command(subcommand)]
+    Correction(crate::corrections::CorrectionCommand),
+    /// (bureau) The emergency stop: freeze the platform, a dataset, an operator or a grant
+    /// (`--scope … --reason …`), `lift` a freeze, or `list` the incident log.
+    Freeze(crate::freezes::FreezeArgs),
     /// (bureau) Settle a closed month: write each operator's and provider's statement.
     Settle {
         #[command(flatten)]
@@ -183,6 +192,62 @@ pub(crate) enum DatasetCommand {
         /// knowingly; the quality report records it.
         #[arg(long)]
         accept_quality_issues: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a new version of a dataset: a new file under the same name, id and policy,
+    /// with the same checks. Jobs read it from their next run; products name the version they
+    /// read; the dataset's budget is shared by all its versions.
+    Update {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The dataset's name or id.
+        name: String,
+        /// The provider's new file: .parquet or .csv.
+        #[arg(long)]
+        file: PathBuf,
+        /// A CSV file's text encoding: utf-8 (the default), gbk, gb18030, or any WHATWG label;
+        /// a byte-order mark in the file wins.
+        #[arg(long)]
+        encoding: Option<String>,
+        /// A CSV file's field delimiter: one ASCII character, or `tab` [default: ,].
+        #[arg(long)]
+        delimiter: Option<String>,
+        /// Register even with rows that name no privacy unit or values outside a key set,
+        /// knowingly; the quality report records it.
+        #[arg(long)]
+        accept_quality_issues: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A dataset's asset card: provider, classification, cadence, versions, grants, use per
+    /// month, products, the provider's revenue and the valuation with its method.
+    Card {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The dataset's name or id.
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the asset register (every dataset's card) for the finance department:
+    /// `asset-register.csv` (one row per dataset, money in fen) and `asset-register.json`.
+    RegisterExport {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The folder to write both files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List a dataset's versions: rows, content hash and when each was registered.
+    Versions {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The dataset's name or id.
+        name: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -472,6 +537,10 @@ pub(crate) enum PriceCommand {
         /// The operator's share of a sale, in basis points.
         #[arg(long)]
         operator_bp: i64,
+        /// The rate the asset register capitalises a dataset's trailing-twelve-month revenue
+        /// at, in basis points (1000 = 10 %: a value of ten years' revenue).
+        #[arg(long, default_value_t = prices::DEFAULT_CAPITALISATION_RATE_BP)]
+        capitalisation_rate_bp: i64,
     },
 }
 
@@ -594,6 +663,9 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Client(args) => crate::client::run(args).await,
+        Command::Dispute(command) => crate::disputes::run(command),
+        Command::Correction(command) => crate::corrections::run(command),
+        Command::Freeze(args) => crate::freezes::run(args),
         Command::Product(command) => product(command),
         Command::Meter(MeterCommand::List(view)) => {
             let store = Store::open(&view.store.data_dir)?;
@@ -814,6 +886,158 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
                     dataset.name
                 );
             }
+            Ok(0)
+        }
+        DatasetCommand::Update {
+            store,
+            name,
+            file,
+            encoding,
+            delimiter,
+            accept_quality_issues,
+            json,
+        } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let csv = catalog::CsvOptions::parse(encoding.as_deref(), delimiter.as_deref())?;
+            let mut meter = Meter::stderr();
+            let mut progress = |p: catalog::Progress| match p.stage {
+                catalog::Stage::Reading => meter.show("reading", p.rows, p.bytes, false),
+                catalog::Stage::Checking => {
+                    let what = format!("checking the data quality of {} rows", p.rows);
+                    meter.show(&what, 0, 0, false);
+                }
+            };
+            let registered = catalog::register_version(
+                &mut store,
+                &name,
+                &file,
+                catalog::RegisterOptions {
+                    csv,
+                    accept_quality_issues,
+                    progress: Some(&mut progress),
+                },
+            );
+            meter.finish();
+            let (dataset, version) = registered?;
+            if json {
+                print_json(&version)?;
+                return Ok(0);
+            }
+            println!(
+                "registered version {} of dataset `{}` ({}): {} rows, BLAKE3 {}; jobs read it from their next run",
+                version.version, dataset.name, dataset.id, version.rows, version.content_blake3
+            );
+            Ok(0)
+        }
+        DatasetCommand::Card { store, name, json } => {
+            let store = Store::open(&store.data_dir)?;
+            let card = veil_runtime::assets::card(&store, &name)?;
+            if json {
+                print_json(&card)?;
+                return Ok(0);
+            }
+            let latest = card.versions.last();
+            println!(
+                "asset card of `{}` ({}), as of {}",
+                card.name, card.dataset_id, card.as_of
+            );
+            println!("  provider        {}", card.provider);
+            println!(
+                "  classification  level {} · sharing {} · update cadence {}",
+                card.classification_level,
+                card.sharing,
+                card.update_cadence.as_deref().unwrap_or("not stated")
+            );
+            println!(
+                "  acquired        {} · registered {}",
+                card.acquired_on, card.registered_at
+            );
+            if let Some(v) = latest {
+                println!(
+                    "  versions        {} (latest: version {}, {} rows, BLAKE3 {})",
+                    card.versions.len(),
+                    v.version,
+                    v.rows,
+                    v.content_blake3
+                );
+            }
+            println!("  grants          {}", card.grants.len());
+            for g in &card.grants {
+                println!(
+                    "    {} {} {} – {}: {}",
+                    g.id, g.operator, g.valid_from, g.valid_to, g.purpose
+                );
+            }
+            println!(
+                "  jobs            {} · products {}",
+                card.jobs,
+                card.products.len()
+            );
+            for m in &card.use_per_month {
+                println!(
+                    "    {}: {} jobs, ε {}",
+                    m.period,
+                    m.jobs,
+                    m.micro_epsilon as f64 / 1e6
+                );
+            }
+            println!(
+                "  provider revenue {} to date, {} in the last 12 months",
+                card.provider_revenue_fen, card.trailing_revenue_fen
+            );
+            println!(
+                "  value           {} at {} bp ({})",
+                card.value_fen, card.capitalisation_rate_bp, card.valuation_method
+            );
+            Ok(0)
+        }
+        DatasetCommand::RegisterExport { store, out } => {
+            let store = Store::open(&store.data_dir)?;
+            let cards = veil_runtime::assets::register(&store)?;
+            std::fs::create_dir_all(&out).map_err(|e| {
+                Error::invalid(format!(
+                    "cannot create {}: {e}; choose a folder you can write",
+                    out.display()
+                ))
+            })?;
+            let json = serde_json::to_vec_pretty(&cards)
+                .map_err(|e| Error::internal(format!("encoding the register: {e}")))?;
+            let csv_path = out.join("asset-register.csv");
+            let json_path = out.join("asset-register.json");
+            veil_runtime::files::write_atomic(
+                &csv_path,
+                veil_runtime::assets::register_csv(&cards).as_bytes(),
+                false,
+            )?;
+            veil_runtime::files::write_atomic(&json_path, &json, false)?;
+            println!(
+                "asset register of {} datasets written to {} and {}",
+                cards.len(),
+                csv_path.display(),
+                json_path.display()
+            );
+            Ok(0)
+        }
+        DatasetCommand::Versions { store, name, json } => {
+            let store = Store::open(&store.data_dir)?;
+            let dataset = catalog::get(&store, &name)?;
+            let versions = catalog::versions(&store, &dataset)?;
+            if json {
+                print_json(&versions)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = versions
+                .into_iter()
+                .map(|v| {
+                    vec![
+                        v.version.to_string(),
+                        v.rows.to_string(),
+                        v.content_blake3,
+                        v.registered_at,
+                    ]
+                })
+                .collect();
+            print_table(&["version", "rows", "blake3", "registered"], &rows);
             Ok(0)
         }
         DatasetCommand::List(view) => {
@@ -1343,6 +1567,7 @@ fn wasm_template_from_flags(flags: WasmFlags) -> Result<(TemplateSpec, Option<Ve
         sql: flags.release_sql,
         params: Vec::new(),
         wasm: Some(wasm),
+        versions: Default::default(),
     };
     Ok((spec, Some(module)))
 }
@@ -1694,6 +1919,7 @@ fn price(command: PriceCommand) -> Result<i32> {
             provider_bp,
             platform_bp,
             operator_bp,
+            capitalisation_rate_bp,
         } => {
             let mut store = Store::open(&store.data_dir)?;
             let book = prices::set(
@@ -1706,16 +1932,18 @@ fn price(command: PriceCommand) -> Result<i32> {
                         platform_bp,
                         operator_bp,
                     },
+                    capitalisation_rate_bp,
                 },
             )?;
             println!(
-                "price book version {} in force from {}: {} per million rows; shares provider {} bp, platform {} bp, operator {} bp",
+                "price book version {} in force from {}: {} per million rows; shares provider {} bp, platform {} bp, operator {} bp; assets capitalised at {} bp",
                 book.version,
                 book.set_at.unwrap_or_default(),
                 book.fee_per_million_rows,
                 book.shares.provider_bp,
                 book.shares.platform_bp,
-                book.shares.operator_bp
+                book.shares.operator_bp,
+                book.capitalisation_rate_bp
             );
             Ok(0)
         }

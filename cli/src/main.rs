@@ -7,7 +7,10 @@
 
 mod client;
 mod client_actions;
+mod corrections;
 mod demo;
+mod disputes;
+mod freezes;
 mod local;
 mod output;
 mod profile;

@@ -114,6 +114,17 @@ const TWINS: &[(&[&str], &[&str], &[&str])] = &[
         &[],
     ),
     (&["settle"], &["client", "settle"], &[]),
+    (&["dispute", "list"], &["client", "dispute", "list"], &[]),
+    (
+        &["dispute", "uphold"],
+        &["client", "dispute", "uphold"],
+        &[],
+    ),
+    (
+        &["dispute", "reject"],
+        &["client", "dispute", "reject"],
+        &[],
+    ),
     (&["platform-key"], &["client", "platform-key"], &[]),
 ];
 
@@ -148,6 +159,8 @@ fn every_command_that_prints_a_list_or_an_object_takes_json() {
         "product verify",
         "price set",
         "audit verify",
+        // Writes the register's CSV and JSON files and says where.
+        "dataset register-export",
     ];
     fn walk(command: &clap::Command, path: &mut Vec<String>, missing: &mut Vec<String>) {
         let leaf = command.get_subcommands().next().is_none();

@@ -111,7 +111,7 @@ async fn buy(
 #[template(path = "buyer/purchases.html")]
 struct PurchasesPage {
     page: Page,
-    purchases: Vec<PurchaseView>,
+    purchases: Vec<crate::disputes::PurchaseRow>,
     verify: String,
 }
 
@@ -120,6 +120,7 @@ async fn purchases(State(console): State<Arc<Console>>, who: Signed) -> Result<R
     let api = Api::new(&console, &who);
     let mut purchases: Vec<PurchaseView> = api.get("/purchases").await?;
     purchases.sort_by(|a, b| b.at.cmp(&a.at));
+    let purchases = crate::disputes::purchase_rows(&api, purchases).await?;
     let key: PlatformKey = api.get("/platform/key").await?;
     Ok(view::render(&PurchasesPage {
         page: Page::new("Your purchases 已购产品", &who, "/console/purchases"),

@@ -31,6 +31,7 @@ pub mod api;
 pub mod bureau;
 pub mod buyer;
 pub mod charts;
+pub mod disputes;
 pub mod jobs;
 pub mod operator;
 pub mod session;
@@ -75,7 +76,9 @@ pub struct Console {
 /// | `jobs`, `jobs/{id}` | bureau, operator (own) |
 /// | `operator`, `operator/templates/{id}` (+ `/run`) | operator |
 /// | `products/{id}`, `products/{id}/files/{name}` | bureau, operator (own), buyer (bought) |
-/// | `store`, `store/{id}` (+ `/buy`), `purchases` | buyer |
+/// | `store`, `store/{id}` (+ `/buy`), `purchases` (+ `purchases/{id}/dispute`) | buyer |
+/// | `bureau/disputes` (+ `/{id}/uphold`, `/{id}/reject`) | bureau |
+/// | `bureau/incidents` (+ `/freeze`, `/{id}/lift`) | bureau |
 pub fn router(app: Arc<AppState>) -> Router {
     let console = Arc::new(Console {
         api: veil_server::routes::router(Arc::clone(&app)),
@@ -93,6 +96,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .merge(bureau::routes())
         .merge(operator::routes())
         .merge(buyer::routes())
+        .merge(disputes::routes())
         .merge(jobs::routes())
         .fallback(not_found)
         .with_state(console);

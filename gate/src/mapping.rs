@@ -229,6 +229,7 @@ pub fn mapped_dataset(input: &InputAnalysis, spec: &WasmSpec, sources: &[Dataset
             privacy_unit: unit_name(input).to_string(),
             unit_kind: input.unit_kind.clone(),
             budget: None,
+            update_cadence: None,
             columns,
         },
         file: String::new(),

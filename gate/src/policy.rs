@@ -171,8 +171,22 @@ pub struct Policy {
     pub unit_kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<DatasetBudget>,
+    /// How often the provider delivers a new version (更新频率, 2020 measures art. 8): one of
+    /// [`UPDATE_CADENCES`]; the asset card shows it. Metadata only: no rule reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_cadence: Option<String>,
     pub columns: BTreeMap<String, ColumnPolicy>,
 }
+
+/// The update cadences a policy may state.
+pub const UPDATE_CADENCES: [&str; 6] = [
+    "daily",
+    "weekly",
+    "monthly",
+    "quarterly",
+    "yearly",
+    "irregular",
+];
 
 impl Policy {
     /// Parses a policy file's text; syntax errors name the line.
@@ -189,6 +203,14 @@ impl Policy {
         let mut problems = Vec::new();
         if self.provider.trim().is_empty() {
             problems.push("`provider` is empty; name the providing department".to_string());
+        }
+        if let Some(cadence) = &self.update_cadence
+            && !UPDATE_CADENCES.contains(&cadence.as_str())
+        {
+            problems.push(format!(
+                "`update_cadence` is `{cadence}`; write one of {}",
+                UPDATE_CADENCES.join(", ")
+            ));
         }
         if !(1..=4).contains(&self.classification_level) {
             problems.push(format!(

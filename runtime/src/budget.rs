@@ -42,6 +42,43 @@ pub fn jobs_reading_dataset(conn: &rusqlite::Connection, dataset_id: &str) -> Re
     Ok(u64::try_from(jobs).unwrap_or(0))
 }
 
+/// One month of a dataset's use: the jobs that reserved budget on it and the ε they spent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MonthUse {
+    /// `YYYY-MM`, a bureau-time calendar month.
+    pub period: String,
+    pub jobs: u64,
+    pub micro_epsilon: i64,
+}
+
+/// Per month, oldest first, the jobs that reserved budget on dataset `dataset_id` (whatever
+/// their end) and the ε they spent on it.
+pub fn use_of_dataset(conn: &rusqlite::Connection, dataset_id: &str) -> Result<Vec<MonthUse>> {
+    crate::store::query_rows(
+        conn,
+        "SELECT period, COUNT(DISTINCT job_id), COALESCE(SUM(micro_epsilon), 0) FROM budget_spend
+         WHERE dataset_id = ?1 GROUP BY period ORDER BY period",
+        [dataset_id],
+        |row| {
+            Ok(MonthUse {
+                period: row.get(0)?,
+                jobs: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                micro_epsilon: row.get(2)?,
+            })
+        },
+    )
+}
+
+/// The jobs that reserved budget on dataset `dataset_id`, whatever their end.
+pub fn jobs_of_dataset(conn: &rusqlite::Connection, dataset_id: &str) -> Result<Vec<String>> {
+    crate::store::query_rows(
+        conn,
+        "SELECT DISTINCT job_id FROM budget_spend WHERE dataset_id = ?1 ORDER BY job_id",
+        [dataset_id],
+        |row| row.get(0),
+    )
+}
+
 /// ε and δ `grant` has spent in `period`.
 pub fn spent_by_grant(conn: &rusqlite::Connection, grant: &str, period: &Period) -> Result<Spent> {
     Ok(conn.query_row(

@@ -228,6 +228,7 @@ pub fn register_with(
             "INSERT INTO dataset_quality (dataset_id, report_json, computed_at) VALUES (?1, ?2, ?3)",
             params![dataset.id.as_str(), report_json, dataset.registered_at],
         )?;
+        insert_version(tx, &dataset, 1, &dataset.registered_at)?;
         audit::append(
             tx,
             "bureau",
@@ -248,6 +249,232 @@ pub fn register_with(
         return Err(error);
     }
     Ok(dataset)
+}
+
+/// One version of a dataset's data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Version {
+    pub dataset_id: String,
+    /// 1 for the first registration, then one more for each new file.
+    pub version: u32,
+    /// Path of its Parquet file relative to the store's data folder.
+    pub file: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub content_blake3: String,
+    pub registered_at: String,
+}
+
+fn insert_version(
+    tx: &rusqlite::Transaction<'_>,
+    dataset: &Dataset,
+    version: u32,
+    at: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO dataset_versions (dataset_id, version, file, rows, bytes, content_blake3, registered_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            dataset.id.as_str(),
+            version,
+            dataset.file,
+            dataset.rows as i64,
+            dataset.bytes as i64,
+            dataset.content_blake3,
+            at
+        ],
+    )?;
+    Ok(())
+}
+
+/// Every version of a dataset, oldest first. A dataset registered before versions were kept
+/// has one, its registration, until a second is registered.
+pub fn versions(store: &Store, dataset: &Dataset) -> Result<Vec<Version>> {
+    let stored = crate::store::query_rows(
+        store.conn(),
+        "SELECT dataset_id, version, file, rows, bytes, content_blake3, registered_at
+         FROM dataset_versions WHERE dataset_id = ?1 ORDER BY version",
+        [dataset.id.as_str()],
+        |row| {
+            Ok(Version {
+                dataset_id: row.get(0)?,
+                version: row.get(1)?,
+                file: row.get(2)?,
+                rows: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                bytes: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                content_blake3: row.get(5)?,
+                registered_at: row.get(6)?,
+            })
+        },
+    )?;
+    if !stored.is_empty() {
+        return Ok(stored);
+    }
+    Ok(vec![Version {
+        dataset_id: dataset.id.to_string(),
+        version: 1,
+        file: dataset.file.clone(),
+        rows: dataset.rows,
+        bytes: dataset.bytes,
+        content_blake3: dataset.content_blake3.clone(),
+        registered_at: dataset.registered_at.clone(),
+    }])
+}
+
+/// The version a dataset's data is at: the one whose content it holds (what a job read and
+/// its manifest names).
+pub fn version_of(store: &Store, dataset: &Dataset) -> Result<u32> {
+    Ok(versions(store, dataset)?
+        .iter()
+        .rev()
+        .find(|v| v.content_blake3 == dataset.content_blake3)
+        .map_or(1, |v| v.version))
+}
+
+/// `dataset` as it was at `version`: the same id, name and policy, that version's file, rows
+/// and content. Refused, naming the versions there are, when it has no such version.
+pub fn at_version(store: &Store, dataset: &Dataset, version: u32) -> Result<Dataset> {
+    let known = versions(store, dataset)?;
+    let Some(found) = known.iter().find(|v| v.version == version) else {
+        return Err(Error::invalid(format!(
+            "the template reads `{}` at version {version}, but it has versions 1 to {}; submit a template that pins one of them, or none to read the latest",
+            dataset.name,
+            known.len()
+        )));
+    };
+    Ok(Dataset {
+        file: found.file.clone(),
+        rows: found.rows,
+        bytes: found.bytes,
+        content_blake3: found.content_blake3.clone(),
+        ..dataset.clone()
+    })
+}
+
+/// Registers a new version of an existing dataset: a new file under the same name, id and
+/// policy, with the same checks as the first registration (the policy against the file's
+/// schema and sums, the data-quality report). Jobs read the new version from the next run
+/// on; the earlier versions' files stay, since products name them. The dataset's budget is
+/// the dataset's, whatever its version. A file whose content equals the latest version's is
+/// refused: there is nothing new to register.
+pub fn register_version(
+    store: &mut Store,
+    name_or_id: &str,
+    source: &Path,
+    mut options: RegisterOptions<'_>,
+) -> Result<(Dataset, Version)> {
+    let current = get(store, name_or_id)?;
+    let known = versions(store, &current)?;
+    let number = known.last().map_or(1, |v| v.version) + 1;
+    let format = SourceFormat::of(source)?;
+    if matches!(format, SourceFormat::Parquet) && options.csv.chosen() {
+        return Err(Error::invalid(format!(
+            "{} is a Parquet file: --encoding and --delimiter apply to CSV files only (Parquet text is always UTF-8); leave them out",
+            source.display()
+        )));
+    }
+    let schema = format.schema(source, &options.csv)?;
+    let problems = current.policy.check(&schema);
+    if !problems.is_empty() {
+        return Err(Error::Policy(problems));
+    }
+    let relative = format!("{}/v{number}/data.parquet", current.id);
+    let dir = store
+        .data_dir()
+        .join(current.id.as_str())
+        .join(format!("v{number}"));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    let target = dir.join("data.parquet");
+    let checked = copy_and_check(
+        &current.name,
+        &format,
+        source,
+        &target,
+        &schema,
+        &current.policy,
+        &mut options,
+    );
+    let (copied, mut report) = checked.inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
+    if copied.blake3 == current.content_blake3 {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(Error::invalid(format!(
+            "{} holds exactly the data of `{}` version {}; nothing new to register",
+            source.display(),
+            current.name,
+            number - 1
+        )));
+    }
+    report.issues_accepted = !report.blocking().is_empty();
+    let at = clock::format(clock::now());
+    let updated = Dataset {
+        file: relative,
+        rows: copied.rows,
+        bytes: copied.bytes,
+        content_blake3: copied.blake3,
+        ..current.clone()
+    };
+    let report_json = serde_json::to_string(&report)
+        .map_err(|e| Error::internal(format!("encoding a quality report: {e}")))?;
+    let result = store.write(|tx| {
+        // A dataset registered before versions were kept gets its first version recorded now.
+        if number == 2 && known.len() == 1 {
+            tx.execute(
+                "INSERT OR IGNORE INTO dataset_versions (dataset_id, version, file, rows, bytes, content_blake3, registered_at)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    current.id.as_str(),
+                    current.file,
+                    current.rows as i64,
+                    current.bytes as i64,
+                    current.content_blake3,
+                    current.registered_at
+                ],
+            )?;
+        }
+        insert_version(tx, &updated, number, &at)?;
+        tx.execute(
+            "UPDATE datasets SET file = ?1, rows = ?2, bytes = ?3, content_blake3 = ?4 WHERE id = ?5",
+            params![
+                updated.file,
+                updated.rows as i64,
+                updated.bytes as i64,
+                updated.content_blake3,
+                updated.id.as_str()
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO dataset_quality (dataset_id, report_json, computed_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (dataset_id) DO UPDATE SET report_json = excluded.report_json, computed_at = excluded.computed_at",
+            params![updated.id.as_str(), report_json, at],
+        )?;
+        audit::append(
+            tx,
+            "bureau",
+            updated.id.as_str(),
+            audit::Event::DatasetVersionRegistered {
+                version: number,
+                content_blake3: &updated.content_blake3,
+                rows: updated.rows,
+            },
+        )?;
+        Ok(())
+    });
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(error);
+    }
+    let version = Version {
+        dataset_id: updated.id.to_string(),
+        version: number,
+        file: updated.file.clone(),
+        rows: updated.rows,
+        bytes: updated.bytes,
+        content_blake3: updated.content_blake3.clone(),
+        registered_at: at,
+    };
+    Ok((updated, version))
 }
 
 /// The file copied in, its sums checked against the policy, and its quality report, which

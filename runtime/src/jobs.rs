@@ -31,6 +31,7 @@ use veil_sdk::manifest::{MANIFEST_FORMAT, Manifest, PrivacyRecord, SourceDataset
 use crate::budget::{MicroEpsilon, Period, PicoDelta};
 use crate::catalog::{self, Dataset};
 use crate::error::{Error, Result};
+use crate::freezes;
 use crate::grants::{self, Grant};
 use crate::ids::{Fen, JobId, ProductId};
 use crate::metering::{self, EndState, MeterRecord};
@@ -244,6 +245,26 @@ pub fn enqueue(
     )
     .to_hex()
     .to_string();
+    // The datasets the template names and the grant the job would run under (the one in term
+    // when it names none), for the bureau's freezes (see `freezes`): checked inside the
+    // transaction that queues the job, so a freeze either sees the job queued and cancels it,
+    // or the job sees the freeze and is refused. Worked out only while a freeze is in force; one
+    // imposed meanwhile stops the job before it reserves anything (`execute`).
+    let (named, grant) = if freezes::active(store.conn())?.is_empty() {
+        (Vec::new(), request.grant.clone())
+    } else {
+        let named: Vec<String> = templates::named_datasets(store, &template.spec)?
+            .into_iter()
+            .map(|d| d.id.to_string())
+            .collect();
+        let grant = match &request.grant {
+            Some(grant) => Some(grant.clone()),
+            None => choose_grant(store, &request.operator, None)?
+                .ok()
+                .map(|g| g.id.to_string()),
+        };
+        (named, grant)
+    };
     let job_id = JobId::random();
     let now = clock::format(clock::now());
     let replayed = store.write(|tx| {
@@ -269,6 +290,14 @@ pub fn enqueue(
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![request.operator, key, job_id.as_str(), request_blake3, now],
             )?;
+        }
+        if let Some(freeze) = freezes::check_job(
+            tx,
+            &request.operator,
+            grant.as_deref(),
+            &named,
+        )? {
+            return Err(freeze.refusal("no job under it can be submitted"));
         }
         tx.execute(
             "INSERT INTO jobs (id, template_id, operator, params_json, fingerprint, state,
@@ -655,7 +684,13 @@ async fn execute(
         Ok(grant) => grant,
         Err(refusal) => return Ok(Decision::Rejected(refusal, None)),
     };
-    let tables = grant_tables(store, &grant)?;
+    let mut tables = grant_tables(store, &grant)?;
+    // A dataset the template pins is read at that version; every other at its latest.
+    for (name, version) in &template.spec.versions {
+        if let Some(dataset) = tables.get_mut(name) {
+            *dataset = catalog::at_version(store, dataset, *version)?;
+        }
+    }
 
     // 3. Statement policy and shape, on the plan (for WASM jobs: the input plan, the module
     //    and the release SQL over the declared output, all before any row is read).
@@ -698,6 +733,21 @@ async fn execute(
         )
     }) {
         return Ok(Decision::Rejected(refusal, Some(grant)));
+    }
+
+    // A freeze imposed while the job waited stops it before it reserves anything: it ends
+    // `cancelled`, as the freeze's own sweep would have ended it (see `freezes`). A freeze
+    // imposed after this read finds the job running and has the server cancel it.
+    let used_ids: Vec<String> = used.iter().map(|d| d.id.to_string()).collect();
+    if freezes::check_job(
+        store.conn(),
+        &request.operator,
+        Some(grant.id.as_str()),
+        &used_ids,
+    )?
+    .is_some()
+    {
+        return Ok(Decision::Cancelled);
     }
 
     // 4. Identical earlier job, else reserve ε.
@@ -860,6 +910,7 @@ async fn execute(
                 acquired_on: d.policy.acquired_on.clone(),
                 classification_level: d.policy.classification_level,
                 content_blake3: d.content_blake3.clone(),
+                version: catalog::version_of(store, d).ok(),
             })
             .collect(),
         privacy: {

@@ -1,13 +1,15 @@
 //! The ledger: double-entry, append-only, in whole fen.
 //!
-//! Every business event that moves money is one **posting** — a released run ([`post_run`]) or
-//! a product sale ([`post_sale`]) — made of two or more **lines**. A line debits or credits one
+//! Every business event that moves money is one **posting** — a released run ([`post_run`]),
+//! a product sale ([`post_sale`]) or the refund of a sale after an upheld dispute
+//! ([`post_refund`]) — made of two or more **lines**. A line debits or credits one
 //! account by a positive number of fen; in every posting the debits equal the credits, which
 //! [`insert_posting`] checks before anything is written. Accounts are named by role:
 //! `operator:<name>`, `provider:<name>`, `buyer:<name>` and `platform` (see [`Account`]). A
 //! debit is what the account owes (the payer), a credit what it earns (the payee).
 //!
-//! Each posting names its source (`job` id or `purchase` id, at most one posting per source),
+//! Each posting names its source (`job` id, `purchase` id or `dispute` id, at most one posting
+//! per source),
 //! the sequence number of the audit entry that recorded the event, and its period (`YYYY-MM`
 //! in the bureau's time, from the clock). Postings are written in the same transaction as the
 //! event, so a run or a sale and its money commit together or not at all. Nothing edits or
@@ -26,6 +28,7 @@
 //!                                         pool = price × provider_bp / 10 000
 //!                 operator:<op>    credit price × operator_bp / 10 000
 //!                 platform         credit the rest (its share and every rounding remainder)
+//! refund          every line of the sale with debit and credit swapped, to the fen
 //! ```
 //!
 //! `rows(d)` is the registered row count of dataset `d`, for the datasets the job read (its
@@ -39,7 +42,7 @@
 //! of zero fen are left out, and a posting of zero fen is not written at all.
 
 use chrono::DateTime;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Period;
@@ -67,6 +70,22 @@ pub const ITEM_PROVIDER_SHARE: &str = "provider share";
 pub const ITEM_OPERATOR_SHARE: &str = "operator share";
 /// Item of the platform's share of a sale, with every rounding remainder.
 pub const ITEM_PLATFORM_SHARE: &str = "platform share";
+/// Item of a refund's line that reverses a sale's buyer line.
+pub const ITEM_REFUND_SALE_PRICE: &str = "refund of sale price";
+/// Item of a refund's line that reverses a provider's share of a sale.
+pub const ITEM_REFUND_PROVIDER_SHARE: &str = "refund of provider share";
+/// Item of a refund's line that reverses the operator's share of a sale.
+pub const ITEM_REFUND_OPERATOR_SHARE: &str = "refund of operator share";
+/// Item of a refund's line that reverses the platform's share of a sale.
+pub const ITEM_REFUND_PLATFORM_SHARE: &str = "refund of platform share";
+
+/// Each sale line's item and the item of the refund line that reverses it.
+const REFUND_ITEMS: [(&str, &str); 4] = [
+    (ITEM_SALE_PRICE, ITEM_REFUND_SALE_PRICE),
+    (ITEM_PROVIDER_SHARE, ITEM_REFUND_PROVIDER_SHARE),
+    (ITEM_OPERATOR_SHARE, ITEM_REFUND_OPERATOR_SHARE),
+    (ITEM_PLATFORM_SHARE, ITEM_REFUND_PLATFORM_SHARE),
+];
 
 /// The most lines one posting may have. A posting has one line per dataset a job read plus a
 /// few fixed ones; a grant names far fewer datasets than this.
@@ -169,9 +188,9 @@ pub struct Line {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Posting {
     pub id: i64,
-    /// `run` or `sale`.
+    /// `run`, `sale` or `refund`.
     pub kind: String,
-    /// `job` or `purchase`.
+    /// `job`, `purchase` or `dispute`.
     pub source_kind: String,
     pub source_id: String,
     pub period: Period,
@@ -555,8 +574,124 @@ pub fn post_sale(
     .map(Some)
 }
 
+/// The lines that reverse a sale posting exactly (see [`post_refund`]): each account the sale
+/// credited is debited the same fen and each account it debited is credited, so the refund
+/// balances and every party's net for the sale returns to zero. A posting that is not a sale,
+/// or a line whose item a sale does not write, is Veil's fault and refused.
+pub fn refund_lines(sale: &Posting) -> Result<Vec<LineDraft>> {
+    if sale.kind != "sale" {
+        return Err(Error::internal(format!(
+            "refunding ledger posting {}: it is a {} posting, not a sale",
+            sale.id, sale.kind
+        )));
+    }
+    sale.lines
+        .iter()
+        .map(|line| {
+            let Some((_, item)) = REFUND_ITEMS.iter().find(|(sold, _)| *sold == line.item) else {
+                return Err(Error::internal(format!(
+                    "refunding ledger posting {}: line {} has an item a sale does not write",
+                    sale.id, line.id
+                )));
+            };
+            Ok(LineDraft {
+                account: Account::parse(&line.account)?,
+                debit: line.credit,
+                credit: line.debit,
+                item,
+                dataset_id: line.dataset_id.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Posts a refund (lines from [`refund_lines`]) inside the transaction that upholds the
+/// dispute `dispute_id`, next to the audit entry `audit_seq` that recorded it (with the lines in
+/// its details). The sale's own posting stays as it is: the ledger is append-only, so a refund
+/// is a new posting. Returns the posting id.
+pub fn post_refund(
+    tx: &WriteTx<'_>,
+    dispute_id: &str,
+    at: &str,
+    audit_seq: i64,
+    lines: &[LineDraft],
+) -> Result<i64> {
+    insert_posting(tx, "refund", "dispute", dispute_id, at, audit_seq, lines)
+}
+
+/// One posting with its lines, if it exists.
+pub fn posting(conn: &Connection, id: i64) -> Result<Option<Posting>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT p.kind, p.source_kind, p.source_id, p.period, p.at, p.audit_seq
+         FROM ledger_postings p WHERE p.id = ?1",
+    )?;
+    let head = statement
+        .query_row([id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((kind, source_kind, source_id, period, at, audit_seq)) = head else {
+        return Ok(None);
+    };
+    let period = Period::parse(&period).map_err(|_| {
+        Error::internal("reading ledger_postings.period: it is not a YYYY-MM month")
+    })?;
+    let lines = crate::store::query_rows(
+        conn,
+        "SELECT id, account, debit_fen, credit_fen, item, dataset_id FROM ledger_lines
+         WHERE posting_id = ?1 ORDER BY id",
+        [id],
+        |row| {
+            Ok(Line {
+                id: row.get(0)?,
+                account: row.get(1)?,
+                debit: Fen(row.get(2)?),
+                credit: Fen(row.get(3)?),
+                item: row.get(4)?,
+                dataset_id: row.get(5)?,
+            })
+        },
+    )?;
+    Ok(Some(Posting {
+        id,
+        kind,
+        source_kind,
+        source_id,
+        period,
+        at,
+        audit_seq,
+        lines,
+    }))
+}
+
 /// Every posting with its lines, in the order they were written; only those of `period` if
 /// one is given.
+/// What `account` earned from dataset `dataset_id`: the credits of its lines that name the
+/// dataset minus their debits (a refund reverses a sale's credit), over postings made at or
+/// after `since` (RFC 3339), or all of them.
+pub fn earned_from_dataset(
+    conn: &Connection,
+    account: &str,
+    dataset_id: &str,
+    since: Option<&str>,
+) -> Result<Fen> {
+    let net: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(l.credit_fen), 0) - COALESCE(SUM(l.debit_fen), 0)
+         FROM ledger_lines l JOIN ledger_postings p ON p.id = l.posting_id
+         WHERE l.account = ?1 AND l.dataset_id = ?2 AND p.at >= ?3",
+        params![account, dataset_id, since.unwrap_or("")],
+        |row| row.get(0),
+    )?;
+    Ok(Fen(net))
+}
+
 pub fn postings(conn: &Connection, period: Option<&Period>) -> Result<Vec<Posting>> {
     let mut statement = conn.prepare(
         "SELECT p.id, p.kind, p.source_kind, p.source_id, p.period, p.at, p.audit_seq,
@@ -679,6 +814,62 @@ mod tests {
             ]
         );
         assert_eq!(sum_credits(&lines), 999);
+    }
+
+    /// A stored posting of `kind` holding `lines`, as `postings` would read it back.
+    fn stored(kind: &str, lines: &[LineDraft]) -> Posting {
+        Posting {
+            id: 7,
+            kind: kind.into(),
+            source_kind: "purchase".into(),
+            source_id: "pur-1".into(),
+            period: Period::parse("2026-11").expect("period"),
+            at: "2026-11-02T00:00:00Z".into(),
+            audit_seq: 3,
+            lines: lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Line {
+                    id: i as i64 + 1,
+                    account: l.account.as_text(),
+                    debit: l.debit,
+                    credit: l.credit,
+                    item: l.item.into(),
+                    dataset_id: l.dataset_id.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_refund_reverses_every_line_of_its_sale_to_the_fen() {
+        let contributions = [
+            contribution("ds-a", "HRSS", 1),
+            contribution("ds-b", "SAMR", 2),
+        ];
+        let shares = Shares {
+            provider_bp: 4_000,
+            platform_bp: 2_000,
+            operator_bp: 4_000,
+        };
+        let sale = split_sale(Fen(999), shares, "b", "op", &contributions);
+        let refund = refund_lines(&stored("sale", &sale)).expect("refund");
+        check_balanced(&refund).expect("balanced");
+        let mut net: std::collections::BTreeMap<(String, Option<String>), i64> = Default::default();
+        for line in sale.iter().chain(&refund) {
+            *net.entry((line.account.as_text(), line.dataset_id.clone()))
+                .or_default() += line.credit.0 - line.debit.0;
+        }
+        assert!(net.values().all(|n| *n == 0), "{net:?}");
+        assert_eq!(refund[0].account, Account::Buyer("b".into()));
+        assert_eq!((refund[0].debit, refund[0].credit), (Fen(0), Fen(999)));
+        assert_eq!(refund[0].item, ITEM_REFUND_SALE_PRICE);
+        // Only a sale is refunded.
+        let run = split_run(Fen(300), Fen(100), "op", &contributions);
+        assert!(matches!(
+            refund_lines(&stored("run", &run)),
+            Err(Error::Internal(_))
+        ));
     }
 
     #[test]

@@ -23,15 +23,19 @@
 //! (the whole flow of one job), then [`audit`]; for money, [`market`], [`ledger`] and
 //! [`settlement`]; for clean ends after a crash or a full disk, [`sweep`] and [`space`].
 
+pub mod assets;
 pub mod audit;
 pub mod budget;
 pub mod catalog;
 
 pub mod compile;
 pub mod contribution;
+pub mod corrections;
 mod csv_input;
+pub mod disputes;
 pub mod error;
 pub mod files;
+pub mod freezes;
 pub mod grants;
 pub mod jobs;
 pub mod keys;

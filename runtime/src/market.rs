@@ -258,6 +258,26 @@ fn find_purchase(
         .optional()?)
 }
 
+/// A buyer's purchase of one product, if it bought it.
+pub fn purchase_of(
+    conn: &Connection,
+    buyer: &str,
+    product_id: &ProductId,
+) -> Result<Option<Purchase>> {
+    find_purchase(conn, buyer, product_id)
+}
+
+/// One purchase by its id, if it exists.
+pub fn purchase_by_id(conn: &Connection, id: &str) -> Result<Option<Purchase>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {PURCHASE_COLUMNS} FROM {PURCHASE_FROM} WHERE u.id = ?1"),
+            [id],
+            row_to_purchase,
+        )
+        .optional()?)
+}
+
 /// Checks that `name` is an active buyer principal.
 fn check_buyer(conn: &Connection, name: &str) -> Result<()> {
     let found: Option<(String, Option<String>)> = conn

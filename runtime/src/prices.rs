@@ -87,6 +87,9 @@ pub struct PriceBook {
     pub version: i64,
     pub fee_per_million_rows: Fen,
     pub shares: Shares,
+    /// The rate at which the asset register capitalises a dataset's trailing-twelve-month
+    /// revenue into its value, in basis points (1000: 10 %, a value of ten years' revenue).
+    pub capitalisation_rate_bp: i64,
     /// When this version started to apply; `None` for the defaults (they apply from the start).
     pub set_at: Option<String>,
     pub set_by: Option<String>,
@@ -99,6 +102,7 @@ impl PriceBook {
             version: 0,
             fee_per_million_rows: Fen(DEFAULT_FEE_PER_MILLION_ROWS_FEN),
             shares: DEFAULT_SHARES,
+            capitalisation_rate_bp: DEFAULT_CAPITALISATION_RATE_BP,
             set_at: None,
             set_by: None,
         }
@@ -119,10 +123,14 @@ impl PriceBook {
 pub struct PriceRequest {
     pub fee_per_million_rows_fen: i64,
     pub shares: Shares,
+    /// See [`PriceBook::capitalisation_rate_bp`].
+    pub capitalisation_rate_bp: i64,
 }
 
-const COLUMNS: &str =
-    "version, fee_per_million_rows_fen, provider_bp, platform_bp, operator_bp, set_at, set_by";
+/// The capitalisation rate of the built-in price book, in basis points (10 %).
+pub const DEFAULT_CAPITALISATION_RATE_BP: i64 = 1_000;
+
+const COLUMNS: &str = "version, fee_per_million_rows_fen, provider_bp, platform_bp, operator_bp, set_at, set_by, capitalisation_rate_bp";
 
 fn row_to_book(row: &rusqlite::Row<'_>) -> rusqlite::Result<PriceBook> {
     Ok(PriceBook {
@@ -135,6 +143,7 @@ fn row_to_book(row: &rusqlite::Row<'_>) -> rusqlite::Result<PriceBook> {
         },
         set_at: Some(row.get(5)?),
         set_by: Some(row.get(6)?),
+        capitalisation_rate_bp: row.get(7)?,
     })
 }
 
@@ -176,6 +185,12 @@ pub fn set(store: &mut Store, actor: &str, request: &PriceRequest) -> Result<Pri
         )));
     }
     request.shares.check()?;
+    if !(1..=BASIS_POINTS_TOTAL).contains(&request.capitalisation_rate_bp) {
+        return Err(Error::invalid(format!(
+            "--capitalisation-rate-bp is {}; give 1 to {BASIS_POINTS_TOTAL} basis points (1000 = 10 %)",
+            request.capitalisation_rate_bp
+        )));
+    }
     let now = clock::format(clock::now());
     store.write(|tx| {
         let previous: Option<(i64, String)> = tx
@@ -202,12 +217,13 @@ pub fn set(store: &mut Store, actor: &str, request: &PriceRequest) -> Result<Pri
                 version,
                 fee_per_million_rows_fen: request.fee_per_million_rows_fen,
                 shares: request.shares,
+                capitalisation_rate_bp: request.capitalisation_rate_bp,
             },
         )?;
         tx.execute(
             "INSERT INTO price_book (version, fee_per_million_rows_fen, provider_bp, platform_bp,
-                operator_bp, set_at, set_by, audit_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                operator_bp, set_at, set_by, audit_seq, capitalisation_rate_bp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 version,
                 request.fee_per_million_rows_fen,
@@ -216,13 +232,15 @@ pub fn set(store: &mut Store, actor: &str, request: &PriceRequest) -> Result<Pri
                 request.shares.operator_bp,
                 now,
                 actor,
-                seq
+                seq,
+                request.capitalisation_rate_bp
             ],
         )?;
         Ok(PriceBook {
             version,
             fee_per_million_rows: Fen(request.fee_per_million_rows_fen),
             shares: request.shares,
+            capitalisation_rate_bp: request.capitalisation_rate_bp,
             set_at: Some(now.clone()),
             set_by: Some(actor.to_string()),
         })
@@ -289,6 +307,7 @@ mod tests {
                 platform_bp: 2_000,
                 operator_bp: 4_000,
             },
+            capitalisation_rate_bp: DEFAULT_CAPITALISATION_RATE_BP,
         };
         let err = set(&mut store, "bureau", &bad).expect_err("must refuse");
         assert!(err.to_string().contains("11000"), "{err}");
@@ -299,6 +318,7 @@ mod tests {
                 platform_bp: 6_001,
                 operator_bp: 4_000,
             },
+            capitalisation_rate_bp: DEFAULT_CAPITALISATION_RATE_BP,
         };
         assert!(set(&mut store, "bureau", &negative).is_err());
         assert!(history(store.conn()).expect("history").is_empty());
@@ -314,6 +334,7 @@ mod tests {
                 platform_bp: 1_000,
                 operator_bp: 4_000,
             },
+            capitalisation_rate_bp: DEFAULT_CAPITALISATION_RATE_BP,
         };
         let first = set(&mut store, "bureau", &request).expect("set");
         assert_eq!(first.version, 1);

@@ -589,6 +589,7 @@ mod tests {
                     acquired_on: "2025-01-15".to_owned(),
                     classification_level: 2,
                     content_blake3: blake3::hash(b"dataset").to_hex().to_string(),
+                    version: None,
                 }],
                 privacy: PrivacyRecord {
                     epsilon: 1.0,

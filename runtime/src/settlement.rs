@@ -8,9 +8,10 @@
 //!   period (postings, runs, sales, every party's totals),
 //!
 //! each as CSV and JSON, written atomically. Every statement line carries the ledger posting
-//! and line id it came from, the source (`job` or `purchase`) and the audit entry, so any fen
-//! can be traced back. Before writing, the ledger is reconciled: each posting's debits equal
-//! its credits, each sale's lines equal the price its purchase recorded, each run's lines equal
+//! and line id it came from, the source (`job`, `purchase` or `dispute`) and the audit entry,
+//! so any fen can be traced back; a refund's lines also name the sale they reverse (its
+//! purchase and posting), which may lie in an earlier period. Before writing, the ledger is reconciled: each posting's debits equal
+//! its credits, each sale's and each refund's lines equal the price its purchase recorded, each run's lines equal
 //! its meter price, and all debits equal all credits; if not, nothing is written and an
 //! internal error is returned.
 //!
@@ -33,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::ids::Fen;
 use crate::ledger::{self, Account, Posting};
 use crate::store::Store;
-use crate::{audit, budget, catalog, clock, files, metering};
+use crate::{audit, budget, catalog, clock, disputes, files, metering};
 
 /// The format tag of every JSON statement.
 pub const STATEMENT_FORMAT: &str = "veil statement v1";
@@ -41,7 +42,7 @@ pub const STATEMENT_FORMAT: &str = "veil statement v1";
 pub const ROUNDING_RULE: &str = "every provider and operator share is rounded down to the fen; \
      the platform receives the remainder, so each posting's lines add up to its price exactly";
 /// The header of every CSV statement.
-pub const CSV_HEADER: &str = "posting_id,line_id,at,kind,source_kind,source_id,audit_seq,item,dataset_id,debit_fen,credit_fen";
+pub const CSV_HEADER: &str = "posting_id,line_id,at,kind,source_kind,source_id,audit_seq,item,dataset_id,debit_fen,credit_fen,reverses_purchase_id,reverses_posting_id";
 
 /// One line of a statement, traced to its ledger posting and line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +50,7 @@ pub struct StatementLine {
     pub posting_id: i64,
     pub line_id: i64,
     pub at: String,
-    /// `run` or `sale`.
+    /// `run`, `sale` or `refund`.
     pub kind: String,
     pub source_kind: String,
     pub source_id: String,
@@ -58,6 +59,13 @@ pub struct StatementLine {
     pub dataset_id: Option<String>,
     pub debit: Fen,
     pub credit: Fen,
+    /// A refund's line: the purchase whose sale it reverses. Absent from other lines, so a
+    /// period without refunds reads as it did before refunds existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses_purchase_id: Option<String>,
+    /// A refund's line: the ledger posting of the sale it reverses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses_posting_id: Option<i64>,
 }
 
 /// One party's totals in the platform summary.
@@ -76,10 +84,18 @@ pub struct Summary {
     pub postings: u64,
     pub runs: u64,
     pub sales: u64,
+    /// Refunds of sales after upheld disputes; absent when there were none, so a period
+    /// without refunds reads as it did before refunds existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refunds: u64,
     pub total_debit: Fen,
     pub total_credit: Fen,
     /// Every party with a line in the period, by account name.
     pub parties: Vec<PartyTotal>,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// One party's statement for one period.
@@ -217,6 +233,10 @@ fn to_csv(statement: &Statement) -> String {
             l.dataset_id.clone().unwrap_or_default(),
             l.debit.0.to_string(),
             l.credit.0.to_string(),
+            l.reverses_purchase_id.clone().unwrap_or_default(),
+            l.reverses_posting_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         ];
         out.push_str(
             &row.iter()
@@ -227,7 +247,7 @@ fn to_csv(statement: &Statement) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        ",,,,,,,total,,{},{}\n",
+        ",,,,,,,total,,{},{},,\n",
         statement.total_debit.0, statement.total_credit.0
     ));
     out
@@ -257,6 +277,15 @@ fn reconcile(conn: &Connection, postings: &[Posting]) -> Result<()> {
                 |row| row.get(0),
             )?,
             "job" => metering::price_of_job(conn, &posting.source_id)?,
+            "dispute" => match disputes::refunded_sale(conn, &posting.source_id)? {
+                Some(sale) => sale.price.0,
+                None => {
+                    return Err(Error::internal(format!(
+                        "reconciling ledger posting {}: it refunds a dispute the store does not hold",
+                        posting.id
+                    )));
+                }
+            },
             _ => {
                 return Err(Error::internal(format!(
                     "reconciling ledger posting {}: unknown source kind",
@@ -289,6 +318,11 @@ pub fn statements(conn: &Connection, period: &Period) -> Result<Vec<Statement>> 
     let mut by_party: BTreeMap<String, Vec<StatementLine>> = BTreeMap::new();
     let (mut total_debit, mut total_credit) = (0i128, 0i128);
     for posting in &postings {
+        let reverses = if posting.source_kind == "dispute" {
+            disputes::refunded_sale(conn, &posting.source_id)?
+        } else {
+            None
+        };
         for line in &posting.lines {
             total_debit += i128::from(line.debit.0);
             total_credit += i128::from(line.credit.0);
@@ -307,6 +341,8 @@ pub fn statements(conn: &Connection, period: &Period) -> Result<Vec<Statement>> 
                     dataset_id: line.dataset_id.clone(),
                     debit: line.debit,
                     credit: line.credit,
+                    reverses_purchase_id: reverses.as_ref().map(|s| s.purchase_id.clone()),
+                    reverses_posting_id: reverses.as_ref().and_then(|s| s.sale_posting_id),
                 });
         }
     }
@@ -345,6 +381,7 @@ pub fn statements(conn: &Connection, period: &Period) -> Result<Vec<Statement>> 
         postings: postings.len() as u64,
         runs: postings.iter().filter(|p| p.kind == "run").count() as u64,
         sales: postings.iter().filter(|p| p.kind == "sale").count() as u64,
+        refunds: postings.iter().filter(|p| p.kind == "refund").count() as u64,
         total_debit: fen(total_debit)?,
         total_credit: fen(total_credit)?,
         parties,
@@ -451,6 +488,7 @@ pub struct DatasetUsage {
     /// Jobs that reserved budget on it (whatever their end).
     pub jobs: u64,
     pub rows_fee_earned: Fen,
+    /// Sale shares, less those refunded after an upheld dispute.
     pub sale_shares_earned: Fen,
 }
 
@@ -462,7 +500,7 @@ pub struct DatasetUsage {
 pub fn provider_usage(conn: &Connection, provider: &str) -> Result<Vec<DatasetUsage>> {
     let account = Account::Provider(provider.to_string()).as_text();
     let mut earned = conn.prepare_cached(
-        "SELECT COALESCE(SUM(credit_fen), 0) FROM ledger_lines
+        "SELECT COALESCE(SUM(credit_fen - debit_fen), 0) FROM ledger_lines
          WHERE account = ?1 AND dataset_id = ?2 AND item = ?3",
     )?;
     let mut out = Vec::new();
@@ -479,7 +517,9 @@ pub fn provider_usage(conn: &Connection, provider: &str) -> Result<Vec<DatasetUs
                 })?))
         };
         let rows_fee_earned = earned_on(ledger::ITEM_ROWS_FEE)?;
-        let sale_shares_earned = earned_on(ledger::ITEM_PROVIDER_SHARE)?;
+        // A refunded sale's share is debited back under its own item (a negative sum here).
+        let sale_shares_earned = Fen(earned_on(ledger::ITEM_PROVIDER_SHARE)?.0
+            + earned_on(ledger::ITEM_REFUND_PROVIDER_SHARE)?.0);
         out.push(DatasetUsage {
             jobs: budget::jobs_reading_dataset(conn, &dataset.id)?,
             rows: u64::try_from(dataset.rows).unwrap_or(0),

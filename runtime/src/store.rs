@@ -50,20 +50,38 @@ const KEY_FILE: &str = "keys/platform.ed25519";
 /// `audit::carry_over`), version 6 the refusals of WASM modules remembered by hash
 /// (`compile`), version 7 the datasets' data-quality reports (`dataset_quality`, a new table:
 /// datasets registered earlier have none), version 8 the expiry of rotated API keys
-/// (`principal_key_expiry`, a new table: keys made earlier never expire); older stores are
-/// upgraded on open.
-const SCHEMA_VERSION: i64 = 8;
+/// (`principal_key_expiry`, a new table: keys made earlier never expire), version 9 the
+/// bureau's governance tables (dataset versions, correction requests, freezes and their
+/// incident log, disputes: new tables; the price book's capitalisation rate: a column);
+/// older stores are upgraded on open.
+const SCHEMA_VERSION: i64 = 9;
 /// The first version whose audit entries are keyed.
 const KEYED_AUDIT_VERSION: i64 = 5;
 
-/// The columns each version added to tables an older version already had; applied in order,
-/// inside one transaction, before [`SCHEMA`] runs again to add the missing tables.
-const UPGRADES: [(i64, &str); 2] = [
+/// The columns each version added to tables an older version already had, as (the version
+/// that added it, its table, the column, the statement); applied in order, inside one
+/// transaction, before [`SCHEMA`] runs again to add the missing tables. A step runs only
+/// where its table exists without the column: a store older than the table gets the table,
+/// column included, from [`SCHEMA`].
+const UPGRADES: [(i64, &str, &str, &str); 3] = [
     (
         2,
+        "meter",
+        "fuel",
         "ALTER TABLE meter ADD COLUMN fuel INTEGER NOT NULL DEFAULT 0;",
     ),
-    (4, "ALTER TABLE jobs ADD COLUMN requested_grant TEXT;"),
+    (
+        4,
+        "jobs",
+        "requested_grant",
+        "ALTER TABLE jobs ADD COLUMN requested_grant TEXT;",
+    ),
+    (
+        9,
+        "price_book",
+        "capitalisation_rate_bp",
+        "ALTER TABLE price_book ADD COLUMN capitalisation_rate_bp INTEGER NOT NULL DEFAULT 1000;",
+    ),
 ];
 
 const SCHEMA: &str = r#"
@@ -77,6 +95,37 @@ CREATE TABLE IF NOT EXISTS datasets (
     bytes INTEGER NOT NULL,
     content_blake3 TEXT NOT NULL,
     registered_at TEXT NOT NULL
+);
+-- Every version of a dataset's data (version 1 is the first registration); the `datasets`
+-- row holds the latest, which jobs read. A dataset registered before versions existed has no
+-- row here until its second version (its first is then recorded from the `datasets` row).
+CREATE TABLE IF NOT EXISTS dataset_versions (
+    dataset_id TEXT NOT NULL REFERENCES datasets (id),
+    version INTEGER NOT NULL CHECK (version >= 1),
+    file TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    content_blake3 TEXT NOT NULL,
+    registered_at TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, version)
+);
+-- Correction requests against a dataset or a product made from it, and their answers
+-- (see corrections.rs).
+CREATE TABLE IF NOT EXISTS corrections (
+    id TEXT PRIMARY KEY,
+    filed_by TEXT NOT NULL,
+    filer_role TEXT NOT NULL,
+    target_kind TEXT NOT NULL CHECK (target_kind IN ('dataset', 'product')),
+    target_id TEXT NOT NULL,
+    dataset_id TEXT NOT NULL REFERENCES datasets (id),
+    provider TEXT NOT NULL,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'accepted', 'rejected')),
+    answer TEXT,
+    corrected_in_version INTEGER,
+    filed_at TEXT NOT NULL,
+    answered_at TEXT,
+    answered_by TEXT
 );
 -- The data-quality report computed at registration (see quality.rs), one per dataset,
 -- written in the registration's transaction. It holds in-domain values: the bureau's only.
@@ -242,6 +291,7 @@ CREATE TABLE IF NOT EXISTS price_book (
     set_at TEXT NOT NULL,
     set_by TEXT NOT NULL,
     audit_seq INTEGER NOT NULL,
+    capitalisation_rate_bp INTEGER NOT NULL DEFAULT 1000 CHECK (capitalisation_rate_bp BETWEEN 1 AND 10000),
     CHECK (provider_bp + platform_bp + operator_bp = 10000)
 );
 -- The double-entry ledger. A posting is one business event (a released run, a sale) with at
@@ -320,7 +370,43 @@ CREATE TABLE IF NOT EXISTS downloads (
     audit_seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS downloads_by_product ON downloads (product_id, id);
+-- Disputes (`disputes`): a buyer's complaint about one purchase and the bureau's decision. An
+-- upheld dispute names the ledger posting of its refund. A purchase has at most one open and
+-- at most one upheld dispute, so a sale is never refunded twice.
+CREATE TABLE IF NOT EXISTS disputes (
+    id TEXT PRIMARY KEY,
+    purchase_id TEXT NOT NULL,
+    buyer TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'upheld', 'rejected')),
+    decision_reason TEXT,
+    opened_at TEXT NOT NULL,
+    decided_at TEXT,
+    decided_by TEXT,
+    refund_posting_id INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS disputes_one_open_per_purchase ON disputes (purchase_id)
+    WHERE state = 'open';
+CREATE UNIQUE INDEX IF NOT EXISTS disputes_one_upheld_per_purchase ON disputes (purchase_id)
+    WHERE state = 'upheld';
+CREATE INDEX IF NOT EXISTS disputes_by_buyer ON disputes (buyer, opened_at);
 -- ── end of the money block ─────────────────────────────────────────────────────────────
+-- The bureau's freezes (schema version 9, see freezes.rs): one row per freeze, active until
+-- lifted; together they are the incident log. `target` is empty for the platform's.
+CREATE TABLE IF NOT EXISTS freezes (
+    id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    block_downloads INTEGER NOT NULL,
+    frozen_by TEXT NOT NULL,
+    frozen_at TEXT NOT NULL,
+    lifted_by TEXT,
+    lifted_at TEXT,
+    lift_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS freezes_active ON freezes (lifted_at, scope, target);
 "#;
 
 /// An open domain store.
@@ -425,11 +511,12 @@ impl Store {
             // Each version's own changes, then SCHEMA again: every statement in it is
             // `IF NOT EXISTS`, so it adds exactly the tables, indexes and triggers an older
             // store lacks (the money tables of version 4 among them).
-            let steps: String = UPGRADES
-                .iter()
-                .filter(|(to, _)| *to > version)
-                .map(|(_, sql)| *sql)
-                .collect();
+            let mut steps = String::new();
+            for (to, table, column, sql) in UPGRADES {
+                if to > version && lacks_column(&conn, table, column)? {
+                    steps.push_str(sql);
+                }
+            }
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE;
                  {steps}
@@ -652,6 +739,21 @@ pub(crate) fn query_rows<T>(
     mut map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>> {
     query_parsed_rows(conn, sql, params, |row| map(row).map(Ok))
+}
+
+/// Whether `table` exists without `column` (an upgrade step's condition).
+fn lacks_column(conn: &Connection, table: &str, column: &str) -> Result<bool> {
+    let tables: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |row| row.get(0),
+    )?;
+    let columns: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |row| row.get(0),
+    )?;
+    Ok(tables == 1 && columns == 0)
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {

@@ -107,6 +107,12 @@ pub fn sweep(store: &mut Store, grace: Duration) -> Result<Swept> {
     }
     for dir in dataset_dirs {
         sweep_temporaries(&root, &dir, now, grace, &mut swept);
+        // A dataset's later versions each have a folder of their own (`<id>/v2/data.parquet`).
+        for (_, version) in entries(&dir) {
+            if version.is_dir() {
+                sweep_temporaries(&root, &version, now, grace, &mut swept);
+            }
+        }
     }
     sweep_temporaries(&root, &root, now, grace, &mut swept);
     sweep_temporaries(&root, &root.join("keys"), now, grace, &mut swept);

@@ -677,6 +677,16 @@ pub async fn submit_checked(
 /// end, which map it to the same exit code and HTTP status.
 pub async fn static_check(store: &Store, operator: &str, spec: &TemplateSpec) -> Result<()> {
     spec.check()?;
+    // A pinned version must exist: checked here so the bureau never approves a template
+    // that could not run.
+    for (name, version) in &spec.versions {
+        let Some(dataset) = catalog::find(store, name)? else {
+            return Err(Error::invalid(format!(
+                "the template pins a version of `{name}`, which is no registered dataset; name a dataset the SQL reads"
+            )));
+        };
+        catalog::at_version(store, &dataset, *version)?;
+    }
     let today = clock::today();
     let active: Vec<grants::Grant> = grants::list(store)?
         .into_iter()
@@ -1244,6 +1254,11 @@ fn row_to_template(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Template>
             params: serde_json::from_value(canonical["params"].clone())
                 .map_err(|e| Error::internal(format!("reading a template: {e}")))?,
             wasm,
+            versions: match canonical.get("versions") {
+                Some(pins) => serde_json::from_value(pins.clone())
+                    .map_err(|e| Error::internal(format!("reading a template: {e}")))?,
+                None => Default::default(),
+            },
         };
         let approval = approval_json
             .map(|json| serde_json::from_str(&json))
@@ -1365,6 +1380,7 @@ mod tests {
                 allowed: Some(vec!["Taiyuan".into(), "Datong".into()]),
             }],
             wasm: None,
+            versions: Default::default(),
         }
     }
 

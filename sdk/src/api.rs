@@ -775,6 +775,40 @@ pub struct PurchaseView {
     /// downloaded, and the buyer should stop using it.
     #[serde(default)]
     pub recalled: Option<RecallNoticeView>,
+    /// Set when the product was made from a version of a dataset that an accepted correction
+    /// request has since corrected: a newer product reads the corrected data.
+    #[serde(default)]
+    pub superseded: bool,
+}
+
+/// `POST /v1/corrections` (operator, buyer): report an error in a dataset, or in a product
+/// made from one. Text only: no attachment is accepted.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCorrection {
+    /// The dataset (name or id) the error is in; for a product, which of its sources (needed
+    /// only when it has several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// The product the error shows in (one the operator made or the buyer bought).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// What is wrong and where, in words (at most 2000 characters; no data values needed).
+    pub text: String,
+}
+
+/// `POST /v1/corrections/{id}/answer` (the dataset's provider, or the bureau).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerCorrection {
+    /// Accept: the dataset version that corrects the error (registered after the request).
+    /// Leave out to reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected_in_version: Option<u32>,
+    /// The answer, in words: what was corrected, or why the data stands.
+    pub reason: String,
 }
 
 /// Why and when the bureau recalled a product a buyer holds.
@@ -797,6 +831,93 @@ pub struct RecallView {
     pub reason: String,
     /// The names of the buyers who bought it and must be told.
     pub buyers: Vec<String>,
+}
+
+/// `POST /v1/disputes` (buyer): disputes one of the caller's own purchases.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenDispute {
+    /// The purchase disputed: its purchase id (`pur-…`) or the product id bought.
+    pub purchase: String,
+    /// What is wrong with it, in words (at most 2,000 bytes; no attachments).
+    pub reason: String,
+}
+
+/// A buyer's dispute of a purchase and the bureau's decision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisputeView {
+    /// The dispute's id (`dsp-…`).
+    pub id: String,
+    /// The purchase disputed.
+    pub purchase_id: String,
+    /// The name of the buyer who opened it.
+    pub buyer: String,
+    /// The product bought.
+    pub product_id: String,
+    /// The buyer's reason.
+    pub reason: String,
+    /// `open`, `upheld` (the sale was refunded) or `rejected`.
+    pub state: String,
+    /// The bureau's reason for its decision.
+    pub decision_reason: Option<String>,
+    /// When it was opened, RFC 3339 in UTC.
+    pub opened_at: String,
+    /// When the bureau decided, RFC 3339 in UTC.
+    pub decided_at: Option<String>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// The ledger posting of the refund, once upheld.
+    pub refund_posting_id: Option<i64>,
+}
+
+/// `POST /v1/freezes` (bureau): the emergency stop.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeRequest {
+    /// `platform`, `dataset`, `operator` or `grant`.
+    pub scope: String,
+    /// The dataset (id or name), operator name or grant id; absent for the platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why, for the incident log; required.
+    pub reason: String,
+    /// Refuse downloads of the products it covers as well (default: false).
+    #[serde(default)]
+    pub block_downloads: bool,
+}
+
+/// One freeze, active or lifted: a line of the incident log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeView {
+    /// The freeze's id (`frz-…`), named in every refusal it causes.
+    pub id: String,
+    /// `platform`, `dataset`, `operator` or `grant`.
+    pub scope: String,
+    /// The dataset id, operator name or grant id; empty for the platform.
+    pub target: String,
+    /// The bureau's reason for freezing.
+    pub reason: String,
+    /// Downloads of the products it covers are refused too.
+    pub block_downloads: bool,
+    /// The bureau principal who froze.
+    pub frozen_by: String,
+    /// When (RFC 3339).
+    pub frozen_at: String,
+    /// True until the bureau lifts it.
+    pub active: bool,
+    /// The bureau principal who lifted it.
+    pub lifted_by: Option<String>,
+    /// When it was lifted (RFC 3339).
+    pub lifted_at: Option<String>,
+    /// The reason given for lifting it.
+    pub lift_reason: Option<String>,
+    /// Jobs the freeze cancelled when it was imposed (only in the answer to the request that
+    /// imposed it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled_jobs: Vec<String>,
 }
 
 /// `POST /v1/settlements` (bureau): settle a closed month.

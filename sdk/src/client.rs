@@ -607,6 +607,28 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/freezes` (bureau): freezes the platform, a dataset, an operator or a grant;
+    /// jobs under it are cancelled and new ones refused until it is lifted.
+    pub async fn freeze(&self, request: &FreezeRequest) -> Result<FreezeView, ClientError> {
+        self.post("/freezes", request).await
+    }
+
+    /// `POST /v1/freezes/{id}/lift` (bureau): lifts a freeze, with the reason for the record.
+    pub async fn lift_freeze(&self, id: &str, reason: &str) -> Result<FreezeView, ClientError> {
+        self.post(
+            &format!("/freezes/{id}/lift"),
+            &Reason {
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    /// `GET /v1/freezes` (bureau): the incident log, newest first.
+    pub async fn freezes(&self) -> Result<Vec<FreezeView>, ClientError> {
+        self.get("/freezes").await
+    }
+
     /// `POST /v1/templates/{id}/revoke` (bureau): revokes an approved template, telling the
     /// operator why; no job runs it afterwards.
     pub async fn revoke_template(
@@ -638,6 +660,50 @@ impl Client {
         self.post(
             &format!("/principals/{principal}/rotate"),
             &RotateKey { expires_in_days },
+        )
+        .await
+    }
+
+    /// `POST /v1/disputes` (buyer): disputes one of the caller's purchases, named by its
+    /// purchase id or its product id.
+    pub async fn open_dispute(
+        &self,
+        purchase: &str,
+        reason: &str,
+    ) -> Result<DisputeView, ClientError> {
+        self.post(
+            "/disputes",
+            &OpenDispute {
+                purchase: purchase.into(),
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    /// `GET /v1/disputes`: the caller's disputes (the bureau: every one).
+    pub async fn disputes(&self) -> Result<Vec<DisputeView>, ClientError> {
+        self.get("/disputes").await
+    }
+
+    /// `POST /v1/disputes/{id}/uphold` (bureau): refunds the disputed sale.
+    pub async fn uphold_dispute(&self, id: &str, reason: &str) -> Result<DisputeView, ClientError> {
+        self.post(
+            &format!("/disputes/{id}/uphold"),
+            &Reason {
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    /// `POST /v1/disputes/{id}/reject` (bureau): rejects a dispute; nothing is refunded.
+    pub async fn reject_dispute(&self, id: &str, reason: &str) -> Result<DisputeView, ClientError> {
+        self.post(
+            &format!("/disputes/{id}/reject"),
+            &Reason {
+                reason: reason.into(),
+            },
         )
         .await
     }

@@ -185,6 +185,11 @@ pub struct SourceDataset {
     pub classification_level: u8,
     /// BLAKE3 hex digest of the dataset's content at the time of the run.
     pub content_blake3: String,
+    /// The version of the dataset's data the run read (1 for its first registration; each new
+    /// file the bureau registers for it is the next). Absent in products made before
+    /// datasets had versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// The privacy protection the release gate applied.
@@ -904,6 +909,7 @@ mod tests {
                 acquired_on: "2025-01-15".to_owned(),
                 classification_level: 2,
                 content_blake3: blake3_hex(b"dataset"),
+                version: Some(1),
             }],
             privacy: PrivacyRecord {
                 epsilon: 1.0,

@@ -38,6 +38,7 @@
 //! default = 0
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -116,6 +117,11 @@ pub struct TemplateSpec {
     /// The mapper of a WASM template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm: Option<WasmSpec>,
+    /// Datasets this template reads at a fixed version (dataset name → version), e.g. to
+    /// keep a yearly statistic on the data it was approved on; every other dataset is read
+    /// at its latest version. Part of the id when not empty (`[versions]` in a template file).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, u32>,
 }
 
 /// The type of a declared output column.
@@ -208,6 +214,8 @@ struct TemplateFile {
     #[serde(default)]
     params: Vec<ParamSpec>,
     wasm: Option<WasmFile>,
+    #[serde(default)]
+    versions: BTreeMap<String, u32>,
 }
 
 #[derive(Serialize)]
@@ -219,6 +227,9 @@ struct Canonical<'a> {
     params: &'a [ParamSpec],
     #[serde(skip_serializing_if = "Option::is_none")]
     wasm: Option<&'a WasmSpec>,
+    // Left out when empty, so the ids of templates that pin nothing are what they always were.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    versions: &'a BTreeMap<String, u32>,
 }
 
 impl TemplateSpec {
@@ -249,6 +260,7 @@ impl TemplateSpec {
                 sql: file.sql,
                 params: file.params,
                 wasm,
+                versions: file.versions,
             },
             module,
         ))
@@ -264,6 +276,7 @@ impl TemplateSpec {
             sql: &self.sql,
             params: &self.params,
             wasm: self.wasm.as_ref(),
+            versions: &self.versions,
         })
     }
 

@@ -8,6 +8,11 @@
 //! | `GET /v1/datasets` | bureau, provider, operator | provider: own; operator: granted |
 //! | `GET /v1/datasets/{id}` (id or name) | bureau, provider, operator | provider: own; operator: granted, grant in its term |
 //! | `GET /v1/datasets/{id}/quality` | bureau | — |
+//! | `GET /v1/datasets/{id}/card` | bureau, provider | provider: own datasets |
+//! | `GET /v1/asset-register[?format=csv]` | bureau | — |
+//! | `POST /v1/corrections` | operator, buyer | a granted dataset, an own or bought product |
+//! | `GET /v1/corrections` | bureau, provider, operator, buyer | provider: its datasets; others: filed by them |
+//! | `POST /v1/corrections/{id}/answer` | bureau, provider | provider: its datasets |
 //! | `GET /v1/grants` | bureau, operator | operator: own |
 //! | `POST /v1/grant-requests` | operator | — |
 //! | `GET /v1/grant-requests[/{id}]` | bureau, operator | operator: own |
@@ -25,9 +30,13 @@
 //! | `POST /v1/products/{id}/purchase` | buyer | — |
 //! | `GET /v1/purchases` | bureau, buyer | buyer: own |
 //! | `POST /v1/products/{id}/recall` | bureau | — |
+//! | `POST /v1/disputes` | buyer | own purchases only |
+//! | `GET /v1/disputes` | bureau, buyer | buyer: own |
+//! | `POST /v1/disputes/{id}/uphold`, `/reject` | bureau | — |
 //! | `GET /v1/statements/{period}[?party=]` | bureau, operator, provider | own (bureau: any) |
 //! | `GET /v1/usage` | provider | own datasets |
 //! | `POST /v1/settlements` | bureau | — |
+//! | `POST /v1/freezes`, `POST /v1/freezes/{id}/lift`, `GET /v1/freezes` | bureau | — |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,13 +56,14 @@ use crate::auth::Caller;
 use crate::error::{ApiError, violations};
 use veil_runtime::catalog::{self, Dataset};
 use veil_runtime::error::Error;
+use veil_runtime::freezes;
 use veil_runtime::grants::{self, Application, Grant};
 use veil_runtime::ids::{Fen, JobId, ProductId};
 use veil_runtime::jobs::{self, Job, JobRequest};
 use veil_runtime::metering::{self, MeterRecord};
 use veil_runtime::principals::{self, Role};
 use veil_runtime::templates::{self, ApprovalRequest, Mechanism, Template};
-use veil_runtime::{market, products, settlement};
+use veil_runtime::{disputes, market, products, settlement};
 
 type Answer<T> = Result<Json<T>, ApiError>;
 type AppState_ = State<Arc<AppState>>;
@@ -66,13 +76,14 @@ type AppState_ = State<Arc<AppState>>;
         description = "Authorized operation of public data: raw data does not leave the domain. Every route but /v1/health takes `Authorization: Bearer <key>`."
     ),
     paths(
-        health, openapi, me, platform_key, datasets, dataset_get, dataset_quality, grants_list, grant_request_create,
+        health, openapi, me, platform_key, datasets, dataset_get, dataset_quality, dataset_card, asset_register, correction_file, corrections_list, correction_answer, grants_list, grant_request_create,
         grant_requests_list, grant_request_get, grant_request_approve, grant_request_reject,
         module_upload, template_submit, templates_list, template_get, template_approve, template_preview,
         template_reject, template_revoke, job_submit, job_dry_run, jobs_list, job_get, job_wait,
         job_cancel, meter_list, products_list, offers, offer_get, product_get, product_file,
-        product_list_for_sale, product_purchase, purchases_list, product_recall, statement_get,
-        settle, provider_usage, principal_rotate
+        product_list_for_sale, product_purchase, purchases_list, product_recall, dispute_open,
+        disputes_list, dispute_uphold, dispute_reject, statement_get,
+        settle, provider_usage, principal_rotate, freeze_create, freeze_lift, freezes_list
     ),
     modifiers(&BearerAuth),
     tags((name = "veil"))
@@ -103,6 +114,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/datasets", get(datasets))
         .route("/datasets/{id}", get(dataset_get))
         .route("/datasets/{id}/quality", get(dataset_quality))
+        .route("/datasets/{id}/card", get(dataset_card))
+        .route("/asset-register", get(asset_register))
+        .route("/corrections", post(correction_file).get(corrections_list))
+        .route("/corrections/{id}/answer", post(correction_answer))
         .route("/grants", get(grants_list))
         .route(
             "/grant-requests",
@@ -133,7 +148,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/products/{id}/purchase", post(product_purchase))
         .route("/products/{id}/recall", post(product_recall))
         .route("/purchases", get(purchases_list))
+        .route("/disputes", post(dispute_open).get(disputes_list))
+        .route("/disputes/{id}/uphold", post(dispute_uphold))
+        .route("/disputes/{id}/reject", post(dispute_reject))
         .route("/statements/{period}", get(statement_get))
+        .route("/freezes", post(freeze_create).get(freezes_list))
+        .route("/freezes/{id}/lift", post(freeze_lift))
         .route("/settlements", post(settle))
         .route("/usage", get(provider_usage));
     Router::new()
@@ -560,6 +580,167 @@ async fn dataset_quality(
         })
         .await?;
     Ok(Json(report))
+}
+
+/// A dataset's asset card (bureau; a provider for its own datasets).
+///
+/// Provider, classification, sharing, update cadence, versions, covering grants, jobs and ε per
+/// month, derived products, the provider's revenue from it and its valuation (the method is
+/// stated on the card). No value from the data.
+#[utoipa::path(get, path = "/v1/datasets/{id}/card", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dataset's id (`ds-…`) or name")),
+    responses((status = 200, description = "the asset card"),
+        (status = 403, body = ErrorBody, description = "neither the bureau nor a provider"),
+        (status = 404, body = ErrorBody, description = "no such dataset, or not the provider's")))]
+async fn dataset_card(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Answer<veil_runtime::assets::AssetCard> {
+    caller.require("reading an asset card", &[Role::Bureau, Role::Provider])?;
+    let wanted = id.clone();
+    let card = state
+        .stores
+        .with(move |store| veil_runtime::assets::card(store, &wanted))
+        .await?;
+    caller.owns(&card.provider, "dataset", &id)?;
+    Ok(Json(card))
+}
+
+/// Report an error in a dataset or a product (operator, buyer).
+///
+/// Text only. An operator may report on a dataset its grants cover or a product it made; a
+/// buyer on a product it bought. The dataset's provider answers within ten working days.
+#[utoipa::path(post, path = "/v1/corrections", tag = "veil", security(("bearer" = [])),
+    request_body = FileCorrection,
+    responses((status = 201, description = "the request, open"),
+        (status = 400, body = ErrorBody, description = "no dataset or product named, an empty or too long text"),
+        (status = 404, body = ErrorBody, description = "no such dataset or product, or not one the caller may report on")))]
+async fn correction_file(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<FileCorrection>,
+) -> Result<(StatusCode, Json<veil_runtime::corrections::Correction>), ApiError> {
+    use veil_runtime::corrections::{self, Target};
+    caller.require("reporting an error", &[Role::Operator, Role::Buyer])?;
+    let target = match (body.product, body.dataset) {
+        (Some(product_id), dataset) => Target::Product {
+            product_id,
+            dataset,
+        },
+        (None, Some(dataset)) => Target::Dataset(dataset),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "name the `dataset` or the `product` the error is in",
+            ));
+        }
+    };
+    let (name, role) = (caller.name().to_string(), caller.role());
+    let filed = state
+        .stores
+        .with(move |store| corrections::file(store, &name, role, target, &body.text))
+        .await?;
+    Ok((StatusCode::CREATED, Json(filed)))
+}
+
+/// Correction requests.
+///
+/// Bureau: all; a provider: those about its datasets; an operator or a buyer: those it filed.
+/// Open ones carry their working days waiting and the overdue flag (over ten).
+#[utoipa::path(get, path = "/v1/corrections", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, description = "the requests, oldest first")))]
+async fn corrections_list(
+    State(state): AppState_,
+    caller: Caller,
+) -> Answer<Vec<veil_runtime::corrections::Correction>> {
+    let all = state
+        .stores
+        .with(|store| veil_runtime::corrections::list(store))
+        .await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|c| match caller.role() {
+                Role::Bureau => true,
+                Role::Provider => c.provider == caller.name(),
+                Role::Operator | Role::Buyer => c.filed_by == caller.name(),
+            })
+            .collect(),
+    ))
+}
+
+/// Answer a correction request (the dataset's provider, or the bureau).
+///
+/// Accept by naming the version that corrects the error (registered after the request), or
+/// reject with the reason alone. Products made from older versions are then superseded.
+#[utoipa::path(post, path = "/v1/corrections/{id}/answer", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = AnswerCorrection,
+    responses((status = 200, description = "the answered request"),
+        (status = 404, body = ErrorBody, description = "no such request, or not about the provider's data"),
+        (status = 409, body = ErrorBody, description = "already answered")))]
+async fn correction_answer(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<AnswerCorrection>,
+) -> Answer<veil_runtime::corrections::Correction> {
+    caller.require(
+        "answering a correction request",
+        &[Role::Bureau, Role::Provider],
+    )?;
+    let (name, role) = (caller.name().to_string(), caller.role());
+    let answered = state
+        .stores
+        .with(move |store| {
+            veil_runtime::corrections::answer(
+                store,
+                &name,
+                role,
+                &id,
+                body.corrected_in_version,
+                &body.reason,
+            )
+        })
+        .await?;
+    Ok(Json(answered))
+}
+
+/// How the asset register is exported.
+#[derive(Debug, Deserialize)]
+struct RegisterFormat {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The asset register (bureau).
+///
+/// Every dataset's card, as JSON, or with `?format=csv` one CSV row per dataset for the
+/// finance department (money in integer fen).
+#[utoipa::path(get, path = "/v1/asset-register", tag = "veil", security(("bearer" = [])),
+    params(("format" = Option<String>, Query, description = "`json` (the default) or `csv`")),
+    responses((status = 200, description = "every dataset's asset card (JSON), or the register as CSV"),
+        (status = 400, body = ErrorBody, description = "a format other than json or csv"),
+        (status = 403, body = ErrorBody, description = "not the bureau")))]
+async fn asset_register(
+    State(state): AppState_,
+    caller: Caller,
+    Query(format): Query<RegisterFormat>,
+) -> Result<axum::response::Response, ApiError> {
+    caller.require("reading the asset register", &[Role::Bureau])?;
+    let cards = state
+        .stores
+        .with(|store| veil_runtime::assets::register(store))
+        .await?;
+    match format.format.as_deref() {
+        None | Some("json") => Ok(Json(cards).into_response()),
+        Some("csv") => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            veil_runtime::assets::register_csv(&cards),
+        )
+            .into_response()),
+        Some(other) => Err(ApiError::invalid(format!(
+            "format is `{other}`; write json or csv"
+        ))),
+    }
 }
 
 /// Grants.
@@ -1407,7 +1588,12 @@ async fn product_list_for_sale(
 }
 
 fn purchase_view(p: &market::Purchase, new: bool) -> PurchaseView {
+    purchase_view_of(p, new, false)
+}
+
+fn purchase_view_of(p: &market::Purchase, new: bool, superseded: bool) -> PurchaseView {
     PurchaseView {
+        superseded,
         id: p.id.clone(),
         product_id: p.product_id.clone(),
         buyer: p.buyer.clone(),
@@ -1461,18 +1647,25 @@ async fn product_purchase(
     responses((status = 200, body = Vec<PurchaseView>)))]
 async fn purchases_list(State(state): AppState_, caller: Caller) -> Answer<Vec<PurchaseView>> {
     caller.require("listing purchases", &[Role::Bureau, Role::Buyer])?;
-    let purchases = state
+    let (purchases, superseded) = state
         .stores
         .with(move |store| {
-            if caller.is_bureau() {
-                market::all_purchases(store.conn())
+            let purchases = if caller.is_bureau() {
+                market::all_purchases(store.conn())?
             } else {
-                market::purchases_of(store.conn(), caller.name())
-            }
+                market::purchases_of(store.conn(), caller.name())?
+            };
+            Ok((
+                purchases,
+                veil_runtime::corrections::superseded_products(store)?,
+            ))
         })
         .await?;
     Ok(Json(
-        purchases.iter().map(|p| purchase_view(p, true)).collect(),
+        purchases
+            .iter()
+            .map(|p| purchase_view_of(p, true, superseded.contains(&p.product_id)))
+            .collect(),
     ))
 }
 
@@ -1498,6 +1691,202 @@ async fn product_recall(
         reason: recall.reason,
         buyers: recall.buyers,
     }))
+}
+
+fn dispute_view(d: &disputes::Dispute) -> DisputeView {
+    DisputeView {
+        id: d.id.clone(),
+        purchase_id: d.purchase_id.clone(),
+        buyer: d.buyer.clone(),
+        product_id: d.product_id.clone(),
+        reason: d.reason.clone(),
+        state: d.state.as_str().to_string(),
+        decision_reason: d.decision_reason.clone(),
+        opened_at: d.opened_at.clone(),
+        decided_at: d.decided_at.clone(),
+        decided_by: d.decided_by.clone(),
+        refund_posting_id: d.refund_posting_id,
+    }
+}
+
+/// Dispute a purchase (buyer).
+///
+/// Only the caller's own purchase, named by purchase id or product id; one open dispute per
+/// purchase, and none once a dispute on it was upheld.
+#[utoipa::path(post, path = "/v1/disputes", tag = "veil", security(("bearer" = [])),
+    request_body = OpenDispute,
+    responses((status = 201, body = DisputeView, description = "opened")))]
+async fn dispute_open(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<OpenDispute>,
+) -> Result<(StatusCode, Json<DisputeView>), ApiError> {
+    caller.require("disputing a purchase", &[Role::Buyer])?;
+    let buyer = caller.name().to_string();
+    let dispute = state
+        .stores
+        .with(move |store| disputes::open(store, &buyer, &body.purchase, &body.reason))
+        .await?;
+    Ok((StatusCode::CREATED, Json(dispute_view(&dispute))))
+}
+
+/// Disputes.
+///
+/// Bureau: all; buyer: its own, with the bureau's decisions.
+#[utoipa::path(get, path = "/v1/disputes", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DisputeView>)))]
+async fn disputes_list(State(state): AppState_, caller: Caller) -> Answer<Vec<DisputeView>> {
+    caller.require("listing disputes", &[Role::Bureau, Role::Buyer])?;
+    let found = state
+        .stores
+        .with(move |store| {
+            if caller.is_bureau() {
+                disputes::list(store.conn())
+            } else {
+                disputes::of_buyer(store.conn(), caller.name())
+            }
+        })
+        .await?;
+    Ok(Json(found.iter().map(dispute_view).collect()))
+}
+
+/// Uphold a dispute (bureau).
+///
+/// Refunds the sale: a ledger posting that reverses the sale's lines, in this period.
+#[utoipa::path(post, path = "/v1/disputes/{id}/uphold", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = DisputeView, description = "upheld and refunded")))]
+async fn dispute_uphold(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<DisputeView> {
+    caller.require("upholding a dispute", &[Role::Bureau])?;
+    let actor = caller.name().to_string();
+    let dispute = state
+        .stores
+        .with(move |store| disputes::uphold(store, &actor, &id, &body.reason))
+        .await?;
+    Ok(Json(dispute_view(&dispute)))
+}
+
+/// Reject a dispute (bureau).
+///
+/// Nothing is refunded; the buyer sees the reason.
+#[utoipa::path(post, path = "/v1/disputes/{id}/reject", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = DisputeView, description = "rejected")))]
+async fn dispute_reject(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<DisputeView> {
+    caller.require("rejecting a dispute", &[Role::Bureau])?;
+    let actor = caller.name().to_string();
+    let dispute = state
+        .stores
+        .with(move |store| disputes::reject(store, &actor, &id, &body.reason))
+        .await?;
+    Ok(Json(dispute_view(&dispute)))
+}
+
+fn freeze_view(freeze: &freezes::Freeze) -> FreezeView {
+    FreezeView {
+        id: freeze.id.clone(),
+        scope: freeze.scope.as_str().to_string(),
+        target: freeze.target.clone(),
+        reason: freeze.reason.clone(),
+        block_downloads: freeze.block_downloads,
+        frozen_by: freeze.frozen_by.clone(),
+        frozen_at: freeze.frozen_at.clone(),
+        active: freeze.is_active(),
+        lifted_by: freeze.lifted_by.clone(),
+        lifted_at: freeze.lifted_at.clone(),
+        lift_reason: freeze.lift_reason.clone(),
+        cancelled_jobs: Vec::new(),
+    }
+}
+
+/// Freeze the platform, a dataset, an operator or a grant (bureau).
+///
+/// The emergency stop: queued jobs under it end `cancelled` at once, running ones are
+/// cancelled (ε they reserved stays spent), new submissions are refused naming the rule
+/// `platform.frozen` and the freeze, and with `block_downloads` the products it covers cannot
+/// be downloaded, until the bureau lifts it.
+#[utoipa::path(post, path = "/v1/freezes", tag = "veil", security(("bearer" = [])),
+    request_body = FreezeRequest,
+    responses((status = 200, body = FreezeView, description = "the freeze, with the running jobs it cancelled"),
+        (status = 400, body = ErrorBody, description = "no reason, an unknown scope, or a target the scope does not take"),
+        (status = 404, body = ErrorBody, description = "no such dataset, operator or grant"),
+        (status = 409, body = ErrorBody, description = "the same scope and target is frozen already")))]
+async fn freeze_create(
+    State(state): AppState_,
+    caller: Caller,
+    Json(body): Json<FreezeRequest>,
+) -> Answer<FreezeView> {
+    caller.require("freezing", &[Role::Bureau])?;
+    let actor = caller.name().to_string();
+    let (freeze, under) = state
+        .stores
+        .with(move |store| {
+            let scope = freezes::Scope::parse(&body.scope)?;
+            let freeze = freezes::freeze(
+                store,
+                &actor,
+                scope,
+                body.target.as_deref().unwrap_or_default(),
+                &body.reason,
+                body.block_downloads,
+            )?;
+            Ok((freeze, freezes::running_under(store)?))
+        })
+        .await?;
+    // Running jobs stop now: their workers' tokens fire, and each ends `cancelled`.
+    for job in &under {
+        state.workers.cancel(job);
+    }
+    let mut view = freeze_view(&freeze);
+    view.cancelled_jobs = under.iter().map(ToString::to_string).collect();
+    Ok(Json(view))
+}
+
+/// Lift a freeze (bureau).
+///
+/// A separate act, audited with its own reason; jobs may be submitted again afterwards.
+#[utoipa::path(post, path = "/v1/freezes/{id}/lift", tag = "veil", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, body = FreezeView, description = "the freeze, lifted"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "already lifted")))]
+async fn freeze_lift(
+    State(state): AppState_,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Answer<FreezeView> {
+    caller.require("lifting a freeze", &[Role::Bureau])?;
+    let actor = caller.name().to_string();
+    let freeze = state
+        .stores
+        .with(move |store| freezes::lift(store, &actor, &id, &body.reason))
+        .await?;
+    Ok(Json(freeze_view(&freeze)))
+}
+
+/// The incident log (bureau).
+///
+/// Every freeze, active or lifted, newest first: what was frozen, why, by whom, and who lifted
+/// it, when and why.
+#[utoipa::path(get, path = "/v1/freezes", tag = "veil", security(("bearer" = [])),
+    responses((status = 200, body = Vec<FreezeView>)))]
+async fn freezes_list(State(state): AppState_, caller: Caller) -> Answer<Vec<FreezeView>> {
+    caller.require("reading the incident log", &[Role::Bureau])?;
+    let log = state
+        .stores
+        .with(|store| freezes::incidents(store.conn()))
+        .await?;
+    Ok(Json(log.iter().map(freeze_view).collect()))
 }
 
 /// Largest chunk a download stream reads at once, in bytes.
@@ -1535,6 +1924,19 @@ async fn product_file(
         return Err(ApiError::Domain(Error::Conflict(format!(
             "product {id} was recalled by the bureau; it can no longer be downloaded"
         ))));
+    }
+    // The bureau's freeze with blocked downloads stops everyone but the bureau itself.
+    if !caller.is_bureau() {
+        let product_id = ProductId::new(&id);
+        let frozen = state
+            .stores
+            .with(move |store| freezes::check_product(store, &product_id))
+            .await?;
+        if let Some(freeze) = frozen {
+            return Err(ApiError::Domain(
+                freeze.refusal("its products cannot be downloaded"),
+            ));
+        }
     }
     // Only the manifest and the files it lists, by plain name: never a path.
     if !product.view.files.iter().any(|f| f.name == name) {

@@ -28,6 +28,8 @@
 //! A monitor thread does the server's housekeeping on its own store connection: each tick it
 //! writes the ballast back once there is room again and retries the failure records kept in
 //! memory; every `--sweep-seconds` it runs `veil_runtime::sweep::sweep`.
+//! Every [`FREEZE_CHECK_MS`] it cancels the running jobs an active freeze of the bureau stops
+//! (`veil_runtime::freezes`), so a freeze imposed from the command line stops them too.
 //!
 //! **Stopping.** [`Workers::drain`] (on SIGTERM or Ctrl-C) lets no queued job start: a worker
 //! that takes one leaves it `queued` in the store, where `jobs::recover` finds it at the next
@@ -50,6 +52,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use veil_runtime::error::{Error, Result};
+use veil_runtime::freezes;
 use veil_runtime::ids::JobId;
 use veil_runtime::jobs::{self, JobOutcome, JobState};
 use veil_runtime::metering::EndState;
@@ -78,6 +81,10 @@ pub const JOB_RUNTIME_THREADS: usize = 2;
 const JOB_RUNTIME_SHUTDOWN_MS: u64 = 1_000;
 /// How often the monitor checks the disk and retries failure records, in milliseconds.
 pub const MONITOR_TICK_MS: u64 = 1_000;
+/// How often the monitor looks for running jobs under an active freeze, in milliseconds: a
+/// freeze imposed over HTTP cancels them at once, one imposed by another process (`veil
+/// freeze` on the store) within this long.
+pub const FREEZE_CHECK_MS: u64 = 2_000;
 /// Longest interval between sweeps a server may be given, in seconds (a day).
 pub const SWEEP_SECONDS_MAX: u64 = 86_400;
 /// How long a stopping server lets running jobs end on their own unless `veil serve
@@ -528,6 +535,7 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
         store.data_dir(),
         store.statements_dir(),
     ];
+    let mut last_freeze_check = Instant::now();
     let mut last_sweep = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(MONITOR_TICK_MS));
@@ -541,6 +549,13 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
             let folders: Vec<&Path> = folders.iter().map(PathBuf::as_path).collect();
             if space::restore(&root, &folders) {
                 workers.notice("the store's disk has room again; taking jobs");
+            }
+        }
+        if last_freeze_check.elapsed() >= Duration::from_millis(FREEZE_CHECK_MS) {
+            last_freeze_check = Instant::now();
+            match freezes::running_under(&store) {
+                Ok(under) => under.iter().for_each(|job| workers.cancel(job)),
+                Err(error) => workers.notice(&format!("checking the freezes: {error}")),
             }
         }
         workers.retry_unrecorded(&mut store);

@@ -248,6 +248,7 @@ async fn a_grouping_beyond_max_groups_warns_before_and_is_counted_after() {
         sql: sql.into(),
         params: Vec::new(),
         wasm: None,
+        versions: Default::default(),
     };
     let template = veil_runtime::templates::submit(&mut fixture.store, support::OPERATOR, spec)
         .expect("submitted");

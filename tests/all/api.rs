@@ -82,6 +82,7 @@ fn spec(name: &str) -> TemplateSpec {
                 .into(),
         params: Vec::new(),
         wasm: None,
+        versions: Default::default(),
     }
 }
 
@@ -616,6 +617,7 @@ async fn http_approval_requires_epsilon_and_the_gates_static_checks() {
             sql: "SELECT person_id, monthly_income FROM social_insurance".into(),
             params: Vec::new(),
             wasm: None,
+            versions: Default::default(),
         },
     )
     .expect("stored unchecked")

@@ -671,6 +671,107 @@ async fn every_route_has_a_recorded_example() {
         None,
     )
     .await;
+    r.doc.push_str("## The asset register\n\n");
+    r.call(
+        "A dataset's asset card (bureau; a provider: its own datasets)",
+        "GET",
+        "/v1/datasets/social_insurance/card",
+        p,
+        &[],
+        None,
+    )
+    .await;
+    r.call(
+        "The asset register as CSV (bureau; `?format=json` or none: every card as JSON)",
+        "GET",
+        "/v1/asset-register?format=csv",
+        b,
+        &[],
+        None,
+    )
+    .await;
+
+    r.doc.push_str("## Correction requests\n\n");
+    let correction = r
+        .call(
+            "Report an error in a bought product (buyer; an operator: a granted dataset or its own product)",
+            "POST",
+            "/v1/corrections",
+            y,
+            &[],
+            Some(j!({ "product": product, "text": "Datong's count looks a year behind the others" })),
+        )
+        .await;
+    let correction_id = correction["id"].as_str().expect("id").to_string();
+    r.call(
+        "Correction requests (provider: about its datasets; others: filed by them)",
+        "GET",
+        "/v1/corrections",
+        p,
+        &[],
+        None,
+    )
+    .await;
+    r.call(
+        "Answer a correction request (provider): rejected with a reason, or accepted naming the correcting version",
+        "POST",
+        &format!("/v1/corrections/{correction_id}/answer"),
+        p,
+        &[],
+        Some(j!({ "reason": "Datong's records were checked against the source registry and stand" })),
+    )
+    .await;
+
+    r.doc.push_str("## Disputes\n\n");
+    let dispute = r
+        .call(
+            "Dispute a purchase (buyer: its own, by purchase or product id)",
+            "POST",
+            "/v1/disputes",
+            y,
+            &[],
+            Some(j!({ "purchase": product, "reason": "the file has no row for Taiyuan" })),
+        )
+        .await;
+    let dispute_id = dispute["id"].as_str().expect("id").to_string();
+    r.call(
+        "Disputes (buyer: its own; bureau: all)",
+        "GET",
+        "/v1/disputes",
+        y,
+        &[],
+        None,
+    )
+    .await;
+    r.call(
+        "Reject a dispute (bureau): nothing is refunded",
+        "POST",
+        &format!("/v1/disputes/{dispute_id}/reject"),
+        b,
+        &[],
+        Some(j!({ "reason": "Taiyuan was suppressed by the k threshold, as the manifest says" })),
+    )
+    .await;
+    let again = r
+        .call(
+            "Dispute it again after a rejection (buyer)",
+            "POST",
+            "/v1/disputes",
+            y,
+            &[],
+            Some(j!({ "purchase": product, "reason": "the row counts do not match the manifest" })),
+        )
+        .await;
+    let again_id = again["id"].as_str().expect("id").to_string();
+    r.call(
+        "Uphold a dispute (bureau): the sale is refunded by a reversing ledger posting",
+        "POST",
+        &format!("/v1/disputes/{again_id}/uphold"),
+        b,
+        &[],
+        Some(j!({ "reason": "confirmed" })),
+    )
+    .await;
     r.call(
         "Recall a product (bureau): the buyers to tell",
         "POST",
@@ -700,6 +801,37 @@ async fn every_route_has_a_recorded_example() {
         b,
         &[],
         Some(j!({ "reason": "gender alone serves no approved purpose" })),
+    )
+    .await;
+
+    r.doc.push_str("## Emergency stop\n\n");
+    let freeze = r
+        .call(
+            "Freeze the platform (bureau): jobs under it are cancelled, new ones refused",
+            "POST",
+            "/v1/freezes",
+            b,
+            &[],
+            Some(j!({ "scope": "platform", "reason": "suspected breach at a provider", "block_downloads": true })),
+        )
+        .await;
+    let freeze_id = freeze["id"].as_str().expect("id").to_string();
+    r.call(
+        "Lift a freeze (bureau)",
+        "POST",
+        &format!("/v1/freezes/{freeze_id}/lift"),
+        b,
+        &[],
+        Some(j!({ "reason": "the provider confirmed no breach" })),
+    )
+    .await;
+    r.call(
+        "The incident log (bureau)",
+        "GET",
+        "/v1/freezes",
+        b,
+        &[],
+        None,
     )
     .await;
 

@@ -671,6 +671,7 @@ impl Settled {
                     platform_bp: 1_500,
                     operator_bp: 3_500,
                 },
+                capitalisation_rate_bp: veil_runtime::prices::DEFAULT_CAPITALISATION_RATE_BP,
             },
         )
         .expect("price book");

@@ -18,7 +18,7 @@ use crate::support::{Fixture, veil_bin};
 
 /// One browser at a time: each test starts its own Chromium, and several at once on a small
 /// machine would make every page slow enough to time out.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a page element may take to appear.
 const PAGE_WAIT: Duration = Duration::from_secs(20);
@@ -42,7 +42,7 @@ async fn visit(browser: &Browser, url: &str, shot: &str) {
 }
 
 /// The accessibility basics of the page now shown, and its screenshot.
-async fn check_page(browser: &Browser, shot: &str) {
+pub(crate) async fn check_page(browser: &Browser, shot: &str) {
     browser.wait_for("h1", PAGE_WAIT).await.expect("a heading");
     let problems = browser.accessibility_problems().await.expect("checked");
     assert!(
@@ -65,7 +65,7 @@ async fn heading(browser: &Browser) -> String {
         .expect("text")
 }
 
-async fn sign_in(browser: &Browser, url: &str, key: &str) {
+pub(crate) async fn sign_in(browser: &Browser, url: &str, key: &str) {
     browser
         .goto(&format!("{url}/console/sign-in"))
         .await
@@ -91,7 +91,7 @@ async fn sign_in(browser: &Browser, url: &str, key: &str) {
         .expect("signed in: the header names the principal");
 }
 
-async fn sign_out(browser: &Browser) {
+pub(crate) async fn sign_out(browser: &Browser) {
     browser
         .find(".who button")
         .await
@@ -105,7 +105,7 @@ async fn sign_out(browser: &Browser) {
         .expect("back at the sign-in form");
 }
 
-async fn click(browser: &Browser, css: &str) {
+pub(crate) async fn click(browser: &Browser, css: &str) {
     browser
         .find(css)
         .await
@@ -115,7 +115,7 @@ async fn click(browser: &Browser, css: &str) {
         .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
 }
 
-async fn type_into(browser: &Browser, css: &str, text: &str) {
+pub(crate) async fn type_into(browser: &Browser, css: &str, text: &str) {
     let field = browser
         .find(css)
         .await
@@ -135,10 +135,11 @@ fn persons_by_city(name: &str) -> TemplateSpec {
             allowed: Some(vec!["1950".into(), "1960".into(), "1970".into()]),
         }],
         wasm: None,
+        versions: Default::default(),
     }
 }
 
-async fn start_browser() -> Browser {
+pub(crate) async fn start_browser() -> Browser {
     Browser::start().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -672,6 +673,26 @@ async fn the_bureau_settles_the_month_verifies_the_audit_log_and_manages_keys_in
         .expect("text");
     check_page(&browser, "bureau-job").await;
     assert!(meter.contains("¥2.50"), "the run's price: {meter}");
+
+    // The governance pages open and pass the accessibility basics.
+    visit(
+        &browser,
+        &format!("{url}/console/bureau/corrections"),
+        "corrections",
+    )
+    .await;
+    visit(
+        &browser,
+        &format!("{url}/console/bureau/incidents"),
+        "incidents",
+    )
+    .await;
+    visit(
+        &browser,
+        &format!("{url}/console/bureau/disputes"),
+        "disputes",
+    )
+    .await;
 
     // Audit: verify from the browser.
     visit(&browser, &format!("{url}/console/bureau/audit"), "audit").await;

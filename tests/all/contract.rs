@@ -95,6 +95,7 @@ async fn world() -> World {
             sql: "SELECT year, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY year".into(),
             params: Vec::new(),
             wasm: None,
+            versions: Default::default(),
         },
     )
     .expect("submitted")

@@ -157,6 +157,7 @@ fn persons_born_from() -> TemplateSpec {
             allowed: None,
         }],
         wasm: None,
+        versions: Default::default(),
     }
 }
 

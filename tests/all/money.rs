@@ -56,6 +56,7 @@ fn price_book(store: &mut Store) {
                 platform_bp: 1_500,
                 operator_bp: 3_500,
             },
+            capitalisation_rate_bp: veil_runtime::prices::DEFAULT_CAPITALISATION_RATE_BP,
         },
     )
     .expect("price book");
@@ -465,8 +466,9 @@ fn a_version_3_store_is_upgraded_with_the_money_tables() {
         )
         .expect("version");
     // Upgraded to the current version (5 keyed the audit log, see tests/all/audit.rs; 6 added
-    // the remembered module refusals, 7 the datasets' quality reports, 8 rotated keys' expiry).
-    assert_eq!(version, "8");
+    // the remembered module refusals, 7 the datasets' quality reports, 8 rotated keys' expiry,
+    // 9 the governance tables).
+    assert_eq!(version, "9");
     price_book(&mut store);
     assert!(
         ledger::postings(store.conn(), None)

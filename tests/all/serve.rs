@@ -102,7 +102,7 @@ pub(crate) fn add_principals(fixture: &mut Fixture) -> Keys {
     }
 }
 
-fn persons_by_city(min_year: bool) -> TemplateSpec {
+pub(crate) fn persons_by_city(min_year: bool) -> TemplateSpec {
     TemplateSpec {
         name: "persons_by_city".into(),
         sql: if min_year {
@@ -121,6 +121,7 @@ fn persons_by_city(min_year: bool) -> TemplateSpec {
             Vec::new()
         },
         wasm: None,
+        versions: Default::default(),
     }
 }
 
@@ -1122,7 +1123,7 @@ const LOOP_FUEL_PER_UNIT: u64 = 4_000_000;
 
 /// Submits and approves a WASM template over [`LOOPING_MAPPER`] with a parameter `born`, so
 /// that each value is another job; returns its id.
-async fn looping_template(operator: &Client, bureau: &Client) -> String {
+pub(crate) async fn looping_template(operator: &Client, bureau: &Client) -> String {
     use veil_sdk::template::{Fallback, OutputSpec, OutputType, WasmSpec};
     let module = wat::parse_str(LOOPING_MAPPER).expect("wat");
     operator
@@ -1150,6 +1151,7 @@ async fn looping_template(operator: &Client, bureau: &Client) -> String {
             max_rows_per_unit: 1,
             fallback: Fallback::Default,
         }),
+        versions: Default::default(),
     };
     let template = operator.submit_template(&spec).await.expect("submitted");
     bureau
@@ -1171,7 +1173,7 @@ async fn looping_template(operator: &Client, bureau: &Client) -> String {
 
 /// Submits a job of `template` with `born`; returns its id once a worker runs it (waiting for
 /// that only when `until_running`).
-async fn submit_looper(
+pub(crate) async fn submit_looper(
     operator: &Client,
     template: &str,
     born: &str,

@@ -218,6 +218,7 @@ pub(crate) fn submit_and_approve(
             })
             .collect(),
         wasm: None,
+        versions: Default::default(),
     };
     let template = templates::submit(store, OPERATOR, spec)?;
     if template.state == templates::TemplateState::Submitted {

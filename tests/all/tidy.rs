@@ -515,6 +515,7 @@ const CONTEXTS: &[(&[&str], &[&str])] = &[
         &[
             "datasets",
             "dataset_quality",
+            "dataset_versions",
             "grants",
             "grant_requests",
             "principals",
@@ -532,8 +533,16 @@ const CONTEXTS: &[(&[&str], &[&str])] = &[
         &["products.rs", "metering.rs", "audit/"],
         &["products", "meter", "audit"],
     ),
+    (&["freezes.rs"], &["freezes"]),
+    (&["corrections.rs"], &["corrections"]),
     (
-        &["prices.rs", "ledger.rs", "market.rs", "settlement.rs"],
+        &[
+            "prices.rs",
+            "ledger.rs",
+            "market.rs",
+            "settlement.rs",
+            "disputes.rs",
+        ],
         &[
             "price_book",
             "ledger_postings",
@@ -542,6 +551,7 @@ const CONTEXTS: &[(&[&str], &[&str])] = &[
             "purchases",
             "downloads",
             "recalls",
+            "disputes",
         ],
     ),
 ];

@@ -276,6 +276,7 @@ async fn a_buyer_reads_the_listing_card_and_verifies_the_manifest_before_buying(
             sql: "SELECT city, COUNT(DISTINCT person_id) AS persons FROM social_insurance GROUP BY city".into(),
             params: Vec::new(),
             wasm: None,
+            versions: Default::default(),
         })
         .await
         .expect("submitted");

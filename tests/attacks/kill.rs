@@ -66,6 +66,7 @@ pub(crate) async fn wasm_template(
             max_rows_per_unit: 1,
             fallback: Fallback::Default,
         }),
+        versions: Default::default(),
     };
     let template = operator
         .submit_template(&spec)

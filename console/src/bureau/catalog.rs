@@ -37,6 +37,7 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .route("/bureau/catalog", get(catalog))
         .route("/bureau/datasets/{id}", get(dataset))
         .route("/bureau/grants/{id}", get(grant))
+        .route("/bureau/asset-register.csv", get(register_csv))
         .route("/bureau/grant-requests/{id}/approve", post(approve))
         .route("/bureau/grant-requests/{id}/reject", post(reject))
 }
@@ -103,6 +104,24 @@ struct DatasetPage {
     report_missing: Option<String>,
     blocking: Vec<String>,
     notes: Vec<String>,
+    versions: Vec<veil_runtime::catalog::Version>,
+    card: veil_runtime::assets::AssetCard,
+}
+
+/// The asset register as the finance department takes it: the API's CSV, saved as a file.
+async fn register_csv(
+    State(console): State<Arc<Console>>,
+    who: Signed,
+) -> Result<Response, Failure> {
+    view::require(&who, "the asset register", Role::Bureau)?;
+    let mut response = Api::new(&console, &who)
+        .raw("/asset-register?format=csv")
+        .await?;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_DISPOSITION,
+        axum::http::HeaderValue::from_static("attachment; filename=\"asset-register.csv\""),
+    );
+    Ok(response)
 }
 
 async fn dataset(
@@ -132,6 +151,18 @@ async fn dataset(
         .as_ref()
         .map(|r| (r.blocking(), r.notes()))
         .unwrap_or_default();
+    let card: veil_runtime::assets::AssetCard = api
+        .get(&format!("/datasets/{}/card", segment(&schema.id)))
+        .await?;
+    let dataset_id = schema.id.clone();
+    let versions = console
+        .app
+        .stores
+        .with(move |store| {
+            let dataset = veil_runtime::catalog::get(store, &dataset_id)?;
+            veil_runtime::catalog::versions(store, &dataset)
+        })
+        .await?;
     Ok(view::render(&DatasetPage {
         page: Page::new(format!("Dataset {}", schema.name), &who, NAV),
         schema,
@@ -139,6 +170,8 @@ async fn dataset(
         report_missing,
         blocking,
         notes,
+        versions,
+        card,
     }))
 }
 

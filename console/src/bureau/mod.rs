@@ -1,9 +1,12 @@
 //! The bureau's pages: the approval queue ([`queue`]), the catalog with grants and their
-//! budgets ([`catalog`]), money ([`money`]), the audit log ([`audit`]) and principals
-//! ([`principals`]).
+//! budgets ([`catalog`]), money ([`money`]), the audit log ([`audit`]), principals
+//! ([`principals`]), correction requests ([`corrections`]) and the emergency stop with its
+//! incident log ([`incidents`]).
 
 pub mod audit;
 pub mod catalog;
+pub mod corrections;
+pub mod incidents;
 pub mod money;
 pub mod principals;
 pub mod queue;
@@ -21,4 +24,6 @@ pub(crate) fn routes() -> Router<Arc<Console>> {
         .merge(money::routes())
         .merge(audit::routes())
         .merge(principals::routes())
+        .merge(incidents::routes())
+        .merge(corrections::routes())
 }

@@ -328,8 +328,12 @@ mod tests {
         );
         assert!(form("0").to_request().is_err());
         assert!(form("99999").to_request().is_err());
-        let (status, message, _) = form("soon").to_request().err().map(Failure::parts).unwrap();
-        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, message, _) = form("soon")
+            .to_request()
+            .err()
+            .map(Failure::parts)
+            .expect("refused");
+        assert_eq!(status, axum::http::StatusCode::BAD_REQUEST);
         assert!(message.contains("`soon`"), "{message}");
     }
 }

@@ -8,12 +8,13 @@
 //! |---|---|
 //! | a product (products table row, folder on disk) | its `product.released` entry: manifest BLAKE3 and job; the folder verifies with the platform key; the manifest's audit checkpoint names an entry that still has that hash, older than the release, and is in `audit.checkpoints` |
 //! | a meter record | its `meter.recorded` entry: price and end state |
-//! | a ledger posting | the entry it names (`meter.recorded` of its job, `product.purchased` of its purchase): balanced, its total is the recorded price, its lines are the lines recorded (entries written since the lines were recorded) |
+//! | a ledger posting | the entry it names (`meter.recorded` of its job, `product.purchased` of its purchase, `dispute.upheld` of its dispute for a refund): balanced, its total is the recorded price, its lines are the lines recorded (entries written since the lines were recorded) |
 //! | a purchase | its `product.purchased` entry: price |
 //! | a statement file under `statements/<period>/` | the BLAKE3 digests of the period's latest `period.settled` entry; no file or period folder that no entry lists |
 //!
 //! And the other way round: every `product.released`, `meter.recorded` and
-//! `product.purchased` entry has its row, and every charged one its posting.
+//! `product.purchased` entry has its row, and every charged one its posting; every
+//! `dispute.upheld` entry that recorded refund lines has its refund posting.
 //!
 //! Products, meter records, postings and purchases are read from the same database snapshot as
 //! the chain. Files are read as they are: a settlement or a release running at the same moment
@@ -38,6 +39,7 @@ const PRODUCT_RELEASED: &str = "product.released";
 const METER_RECORDED: &str = "meter.recorded";
 const PRODUCT_PURCHASED: &str = "product.purchased";
 const PERIOD_SETTLED: &str = "period.settled";
+const DISPUTE_UPHELD: &str = "dispute.upheld";
 
 /// The kinds of entry the cross-checks read; the chain walk keeps them.
 pub(crate) const CAPTURED_KINDS: &[&str] = &[
@@ -45,6 +47,7 @@ pub(crate) const CAPTURED_KINDS: &[&str] = &[
     METER_RECORDED,
     PRODUCT_PURCHASED,
     PERIOD_SETTLED,
+    DISPUTE_UPHELD,
 ];
 
 /// What kind of record a mismatch is about.
@@ -394,6 +397,21 @@ impl Context<'_> {
                 format!("its product.purchased audit entry {} {missing}", entry.seq),
             )));
         }
+        for entry in self.entries(DISPUTE_UPHELD) {
+            let refunded = details(entry)["ledger_lines"]
+                .as_array()
+                .is_some_and(|lines| !lines.is_empty());
+            if refunded && !posted.contains(&("dispute", entry.subject.as_str())) {
+                return Ok(Err(mismatch(
+                    Record::LedgerPosting,
+                    format!("refund of dispute {}", entry.subject),
+                    format!(
+                        "its dispute.upheld audit entry {} refunded the sale, but no ledger posting records the refund",
+                        entry.seq
+                    ),
+                )));
+            }
+        }
         Ok(Ok((meter.len(), postings.len())))
     }
 
@@ -415,6 +433,7 @@ impl Context<'_> {
         let kind = match posting.source_kind.as_str() {
             "job" => METER_RECORDED,
             "purchase" => PRODUCT_PURCHASED,
+            "dispute" => DISPUTE_UPHELD,
             other => return Err(fail(format!("its source kind `{other}` is unknown"))),
         };
         let (entry, recorded) = match self.captured.get(&seq) {
@@ -426,7 +445,8 @@ impl Context<'_> {
                 )));
             }
         };
-        let source = if kind == METER_RECORDED {
+        // A meter record's and a refund's entry are filed under the job and the dispute.
+        let source = if kind == METER_RECORDED || kind == DISPUTE_UPHELD {
             entry.subject.as_str()
         } else {
             recorded["purchase"].as_str().unwrap_or_default()

@@ -42,6 +42,22 @@ pub enum Event<'a> {
         content_blake3: &'a str,
         rows: u64,
     },
+    /// A new version of a registered dataset: a new file under the same policy and id.
+    DatasetVersionRegistered {
+        version: u32,
+        content_blake3: &'a str,
+        rows: u64,
+    },
+    /// A correction request (its text stays in the request; the entry names what it is about).
+    CorrectionFiled {
+        target_kind: &'a str,
+        target_id: &'a str,
+        dataset_id: &'a str,
+    },
+    CorrectionAnswered {
+        accepted: bool,
+        corrected_in_version: Option<u32>,
+    },
     GrantCreated {
         operator: &'a str,
         datasets: &'a [DatasetId],
@@ -141,6 +157,9 @@ pub enum Event<'a> {
         version: i64,
         fee_per_million_rows_fen: i64,
         shares: Shares,
+        /// The asset register's capitalisation rate; versions set before it existed left it
+        /// out, and the rate in force for them was the default.
+        capitalisation_rate_bp: i64,
     },
     ProductListed {
         price: Fen,
@@ -162,10 +181,48 @@ pub enum Event<'a> {
         /// The buyers who bought it, by name, so they can be told.
         buyers: &'a [String],
     },
+    /// The bureau froze the platform, a dataset, an operator or a grant (see `freezes`); its
+    /// subject is the freeze id.
+    FreezeImposed {
+        /// `platform`, `dataset`, `operator` or `grant`.
+        scope: &'a str,
+        /// The dataset id, operator name or grant id; empty for the platform.
+        target: &'a str,
+        reason: &'a str,
+        block_downloads: bool,
+    },
+    /// The bureau lifted a freeze; its subject is the freeze id.
+    FreezeLifted {
+        scope: &'a str,
+        target: &'a str,
+        reason: &'a str,
+    },
     PeriodSettled {
         statements: &'a [StatementFile],
         total_debit: Fen,
         total_credit: Fen,
+    },
+    /// A buyer's dispute of a purchase; its subject is the dispute id.
+    DisputeOpened {
+        purchase: &'a str,
+        product: &'a str,
+        /// The buyer's own words, bounded (see `disputes`).
+        reason: &'a str,
+    },
+    /// The bureau upheld a dispute and refunded the sale with `ledger_lines` (none when the
+    /// sale posted nothing).
+    DisputeUpheld {
+        purchase: &'a str,
+        reason: &'a str,
+        /// What the refund moves: the sale's price.
+        price: Fen,
+        /// The sale posting the refund reverses.
+        sale_posting: Option<i64>,
+        ledger_lines: &'a [LineDraft],
+    },
+    DisputeRejected {
+        purchase: &'a str,
+        reason: &'a str,
     },
 }
 
@@ -200,6 +257,9 @@ impl Event<'_> {
         match self {
             Self::StoreInitialized { .. } => Kind::StoreInitialized,
             Self::DatasetRegistered { .. } => Kind::DatasetRegistered,
+            Self::DatasetVersionRegistered { .. } => Kind::DatasetVersionRegistered,
+            Self::CorrectionFiled { .. } => Kind::CorrectionFiled,
+            Self::CorrectionAnswered { .. } => Kind::CorrectionAnswered,
             Self::GrantCreated { .. } => Kind::GrantCreated,
             Self::GrantRequested { .. } => Kind::GrantRequested,
             Self::GrantRequestApproved { .. } => Kind::GrantRequestApproved,
@@ -226,7 +286,12 @@ impl Event<'_> {
             Self::ProductPurchased { .. } => Kind::ProductPurchased,
             Self::ProductDownloaded { .. } => Kind::ProductDownloaded,
             Self::ProductRecalled { .. } => Kind::ProductRecalled,
+            Self::FreezeImposed { .. } => Kind::FreezeImposed,
+            Self::FreezeLifted { .. } => Kind::FreezeLifted,
             Self::PeriodSettled { .. } => Kind::PeriodSettled,
+            Self::DisputeOpened { .. } => Kind::DisputeOpened,
+            Self::DisputeUpheld { .. } => Kind::DisputeUpheld,
+            Self::DisputeRejected { .. } => Kind::DisputeRejected,
         }
     }
 
@@ -237,6 +302,31 @@ impl Event<'_> {
             Self::StoreInitialized {
                 platform_public_key,
             } => json!({ "platform_public_key": platform_public_key }),
+            Self::CorrectionFiled {
+                target_kind,
+                target_id,
+                dataset_id,
+            } => json!({
+                "target_kind": target_kind,
+                "target_id": target_id,
+                "dataset_id": dataset_id,
+            }),
+            Self::CorrectionAnswered {
+                accepted,
+                corrected_in_version,
+            } => json!({
+                "accepted": accepted,
+                "corrected_in_version": corrected_in_version,
+            }),
+            Self::DatasetVersionRegistered {
+                version,
+                content_blake3,
+                rows,
+            } => json!({
+                "version": version,
+                "content_blake3": content_blake3,
+                "rows": rows,
+            }),
             Self::DatasetRegistered {
                 name,
                 provider,
@@ -362,7 +452,9 @@ impl Event<'_> {
                 version,
                 fee_per_million_rows_fen,
                 shares,
+                capitalisation_rate_bp,
             } => json!({
+                "capitalisation_rate_bp": capitalisation_rate_bp,
                 "version": version,
                 "fee_per_million_rows_fen": fee_per_million_rows_fen,
                 "provider_bp": shares.provider_bp,
@@ -400,6 +492,22 @@ impl Event<'_> {
             Self::ProductRecalled { reason, buyers } => {
                 json!({ "reason": reason, "buyers": buyers })
             }
+            Self::FreezeImposed {
+                scope,
+                target,
+                reason,
+                block_downloads,
+            } => json!({
+                "scope": scope,
+                "target": target,
+                "reason": reason,
+                "block_downloads": block_downloads,
+            }),
+            Self::FreezeLifted {
+                scope,
+                target,
+                reason,
+            } => json!({ "scope": scope, "target": target, "reason": reason }),
             Self::PeriodSettled {
                 statements,
                 total_debit,
@@ -416,6 +524,27 @@ impl Event<'_> {
                 "total_debit_fen": total_debit.0,
                 "total_credit_fen": total_credit.0,
             }),
+            Self::DisputeOpened {
+                purchase,
+                product,
+                reason,
+            } => json!({ "purchase": purchase, "product": product, "reason": reason }),
+            Self::DisputeUpheld {
+                purchase,
+                reason,
+                price,
+                sale_posting,
+                ledger_lines,
+            } => json!({
+                "purchase": purchase,
+                "reason": reason,
+                "price_fen": price.0,
+                "sale_posting_id": sale_posting,
+                "ledger_lines": ledger::audited(ledger_lines),
+            }),
+            Self::DisputeRejected { purchase, reason } => {
+                json!({ "purchase": purchase, "reason": reason })
+            }
         }
     }
 }
@@ -440,6 +569,29 @@ mod tests {
                 platform_public_key: "ab12"
             }),
             r#"{"platform_public_key":"ab12"}"#
+        );
+        assert_eq!(
+            stored(Event::CorrectionFiled {
+                target_kind: "product",
+                target_id: "prod-1",
+                dataset_id: "ds-1"
+            }),
+            r#"{"dataset_id":"ds-1","target_id":"prod-1","target_kind":"product"}"#
+        );
+        assert_eq!(
+            stored(Event::CorrectionAnswered {
+                accepted: true,
+                corrected_in_version: Some(2)
+            }),
+            r#"{"accepted":true,"corrected_in_version":2}"#
+        );
+        assert_eq!(
+            stored(Event::DatasetVersionRegistered {
+                version: 2,
+                content_blake3: "cd34",
+                rows: 7
+            }),
+            r#"{"content_blake3":"cd34","rows":7,"version":2}"#
         );
         assert_eq!(
             stored(Event::DatasetRegistered {
@@ -647,9 +799,10 @@ mod tests {
             stored(Event::PriceSet {
                 version: 2,
                 fee_per_million_rows_fen: 10,
-                shares
+                shares,
+                capitalisation_rate_bp: 1000
             }),
-            r#"{"fee_per_million_rows_fen":10,"operator_bp":2000,"platform_bp":2000,"provider_bp":6000,"version":2}"#
+            r#"{"capitalisation_rate_bp":1000,"fee_per_million_rows_fen":10,"operator_bp":2000,"platform_bp":2000,"provider_bp":6000,"version":2}"#
         );
         assert_eq!(
             stored(Event::ProductListed {
@@ -711,12 +864,56 @@ mod tests {
             net: Fen(300),
         }];
         assert_eq!(
+            stored(Event::FreezeImposed {
+                scope: "dataset",
+                target: "ds-1",
+                reason: "leak suspected",
+                block_downloads: true,
+            }),
+            r#"{"block_downloads":true,"reason":"leak suspected","scope":"dataset","target":"ds-1"}"#
+        );
+        assert_eq!(
+            stored(Event::FreezeLifted {
+                scope: "platform",
+                target: "",
+                reason: "resolved",
+            }),
+            r#"{"reason":"resolved","scope":"platform","target":""}"#
+        );
+        assert_eq!(
             stored(Event::PeriodSettled {
                 statements: &statements,
                 total_debit: Fen(300),
                 total_credit: Fen(300),
             }),
             r#"{"statements":[{"csv_blake3":"c","json_blake3":"j","party":"platform"}],"total_credit_fen":300,"total_debit_fen":300}"#
+        );
+        assert_eq!(
+            stored(Event::DisputeOpened {
+                purchase: "pur-1",
+                product: "prd-1",
+                reason: "empty file"
+            }),
+            r#"{"product":"prd-1","purchase":"pur-1","reason":"empty file"}"#
+        );
+        assert_eq!(
+            stored(Event::DisputeUpheld {
+                purchase: "pur-1",
+                reason: "confirmed",
+                price: Fen(300),
+                sale_posting: Some(7),
+                ledger_lines: &lines,
+            }),
+            format!(
+                r#"{{"ledger_lines":[{line}],"price_fen":300,"purchase":"pur-1","reason":"confirmed","sale_posting_id":7}}"#
+            )
+        );
+        assert_eq!(
+            stored(Event::DisputeRejected {
+                purchase: "pur-1",
+                reason: "usable"
+            }),
+            r#"{"purchase":"pur-1","reason":"usable"}"#
         );
     }
 }

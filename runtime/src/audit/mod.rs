@@ -95,6 +95,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub enum Kind {
     StoreInitialized,
     DatasetRegistered,
+    DatasetVersionRegistered,
+    CorrectionFiled,
+    CorrectionAnswered,
     GrantCreated,
     GrantRequested,
     GrantRequestApproved,
@@ -121,7 +124,12 @@ pub enum Kind {
     ProductPurchased,
     ProductDownloaded,
     ProductRecalled,
+    FreezeImposed,
+    FreezeLifted,
     PeriodSettled,
+    DisputeOpened,
+    DisputeUpheld,
+    DisputeRejected,
 }
 
 impl Kind {
@@ -129,6 +137,9 @@ impl Kind {
         match self {
             Self::StoreInitialized => "store.initialized",
             Self::DatasetRegistered => "dataset.registered",
+            Self::DatasetVersionRegistered => "dataset.version_registered",
+            Self::CorrectionFiled => "correction.filed",
+            Self::CorrectionAnswered => "correction.answered",
             Self::GrantCreated => "grant.created",
             Self::GrantRequested => "grant.requested",
             Self::GrantRequestApproved => "grant_request.approved",
@@ -155,7 +166,12 @@ impl Kind {
             Self::ProductPurchased => "product.purchased",
             Self::ProductDownloaded => "product.downloaded",
             Self::ProductRecalled => "product.recalled",
+            Self::FreezeImposed => "freeze.imposed",
+            Self::FreezeLifted => "freeze.lifted",
             Self::PeriodSettled => "period.settled",
+            Self::DisputeOpened => "dispute.opened",
+            Self::DisputeUpheld => "dispute.upheld",
+            Self::DisputeRejected => "dispute.rejected",
         }
     }
 }
