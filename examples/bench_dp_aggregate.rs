@@ -222,6 +222,7 @@ fn set_up(dir: &Path, file: &Path) -> Result<(Store, String), BoxError> {
             epsilon_per_month: 100.0,
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )?;
     let template = templates::submit(

@@ -79,6 +79,7 @@ async fn run() -> Result<(), BoxError> {
             epsilon_per_month: 100.0,
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )?;
     let template = templates::submit(

@@ -177,6 +177,7 @@ fn set_up(dir: &Path, file: &Path, runs: usize) -> Result<(Store, String), BoxEr
             epsilon_per_month: (runs as f64 + 10.0).max(100.0),
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )?;
     let template = templates::submit(

@@ -231,6 +231,7 @@ async fn run() -> Result<(), BoxError> {
             epsilon_per_month: 100.0,
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )?;
     if !TEMPLATE.contains(ALLOWED_LINE) {

@@ -223,6 +223,7 @@ async fn tell(
             epsilon_per_month: 3.5,
             delta_per_month: 1e-4,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )?;
     say(

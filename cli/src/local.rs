@@ -283,6 +283,17 @@ pub(crate) enum GrantCommand {
     },
     /// List grants with their budget spent this month.
     List(ViewArgs),
+    /// Run the disposition of every grant whose term has ended, once per grant: `destroy`
+    /// takes its products off sale and deletes their result files (manifests and ledger lines
+    /// stay), `archive` takes them off sale for good, `return` hands them to the bureau.
+    /// `veil serve` does this by itself at start and with every sweep.
+    Dispose {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1121,6 +1132,26 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
 
 fn grant(command: GrantCommand) -> Result<i32> {
     match command {
+        GrantCommand::Dispose { store, json } => {
+            let mut store = Store::open(&store.data_dir)?;
+            let done = grants::dispose_expired(&mut store)?;
+            if json {
+                print_json(&done)?;
+                return Ok(0);
+            }
+            if done.is_empty() {
+                println!("no grant's term has ended since its disposition last ran");
+            }
+            for d in &done {
+                println!(
+                    "grant {}: disposition `{}` ran over {} product(s)",
+                    d.grant_id,
+                    d.disposition,
+                    d.products.len()
+                );
+            }
+            Ok(0)
+        }
         GrantCommand::Create {
             store,
             operator,

@@ -16,7 +16,7 @@
 use chrono::NaiveDate;
 use clap::Args;
 
-use veil_runtime::grants::{Disposition, GrantRequest};
+use veil_runtime::grants::{Disposition, GrantRequest, Ownership};
 use veil_runtime::jobs::JobRequest;
 use veil_runtime::templates::{ApprovalRequest, Mechanism};
 use veil_sdk::api::{ApproveTemplate, RequestGrant};
@@ -160,6 +160,10 @@ pub(crate) struct GrantTerms {
     /// What happens to derived products after the term: destroy, archive or return.
     #[arg(long, value_parser = parse_disposition, default_value = Disposition::Archive.as_str())]
     pub disposition: Disposition,
+    /// Who owns the products made under the grant: operator, bureau or shared (printed in
+    /// every product's manifest).
+    #[arg(long, value_parser = parse_ownership, default_value = Ownership::Operator.as_str())]
+    pub ownership: Ownership,
 }
 
 impl GrantTerms {
@@ -174,6 +178,7 @@ impl GrantTerms {
             epsilon_per_month: self.epsilon_per_month,
             delta_per_month: self.delta_per_month,
             disposition: self.disposition,
+            ownership: self.ownership,
         }
     }
 
@@ -189,6 +194,7 @@ impl GrantTerms {
             epsilon_per_month,
             delta_per_month,
             disposition,
+            ownership,
         } = self.request(String::new());
         RequestGrant {
             datasets,
@@ -198,12 +204,17 @@ impl GrantTerms {
             epsilon_per_month,
             delta_per_month,
             disposition: disposition.as_str().to_string(),
+            ownership: Some(ownership.as_str().to_string()),
         }
     }
 }
 
 fn parse_date(text: &str) -> Result<NaiveDate, String> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| "write the date as YYYY-MM-DD".into())
+}
+
+fn parse_ownership(text: &str) -> Result<Ownership, String> {
+    Ownership::parse(text).map_err(|e| e.to_string())
 }
 
 fn parse_disposition(text: &str) -> Result<Disposition, String> {

@@ -65,7 +65,7 @@ fn both_grant_commands_take_the_same_flags_with_the_same_defaults() {
     let local = flags(&["grant", "create"], &["data-dir", "operator"]);
     let client = flags(&["client", "request-grant"], CLIENT_ONLY);
     assert_eq!(local, client);
-    assert_eq!(local.len(), 8, "{local:?}");
+    assert_eq!(local.len(), 9, "{local:?}");
 }
 
 /// Flags only `veil client` has: where the server is and who calls it.

@@ -53,6 +53,41 @@ impl Disposition {
     }
 }
 
+/// Who owns the products derived under a grant (Order 266 art. 12: ownership of derived
+/// data), stated by the grant and printed in every manifest made under it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ownership {
+    /// The operator that made them (the default).
+    #[default]
+    Operator,
+    /// The bureau, on behalf of the public.
+    Bureau,
+    /// The operator and the bureau together.
+    Shared,
+}
+
+impl Ownership {
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "operator" => Ok(Self::Operator),
+            "bureau" => Ok(Self::Bureau),
+            "shared" => Ok(Self::Shared),
+            _ => Err(Error::invalid(format!(
+                "ownership `{text}` is unknown; use operator, bureau or shared"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::Bureau => "bureau",
+            Self::Shared => "shared",
+        }
+    }
+}
+
 /// What the bureau asks for when creating a grant.
 #[derive(Debug, Clone)]
 pub struct GrantRequest {
@@ -64,6 +99,7 @@ pub struct GrantRequest {
     pub epsilon_per_month: f64,
     pub delta_per_month: f64,
     pub disposition: Disposition,
+    pub ownership: Ownership,
 }
 
 /// A stored grant.
@@ -78,7 +114,10 @@ pub struct Grant {
     pub micro_epsilon_per_month: MicroEpsilon,
     pub pico_delta_per_month: PicoDelta,
     pub disposition: Disposition,
+    pub ownership: Ownership,
     pub created_at: String,
+    /// When its disposition ran after the term ([`dispose_expired`]); `None` before.
+    pub disposed_at: Option<String>,
 }
 
 impl Grant {
@@ -133,15 +172,17 @@ pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
         micro_epsilon_per_month: micro_epsilon,
         pico_delta_per_month: pico_delta,
         disposition: request.disposition,
+        ownership: request.ownership,
         created_at: clock::format(clock::now()),
+        disposed_at: None,
     };
     let datasets_json = serde_json::to_string(&grant.datasets)
         .map_err(|e| Error::internal(format!("encoding a grant: {e}")))?;
     store.write(|tx| {
         tx.execute(
             "INSERT INTO grants (id, operator, datasets_json, purpose, valid_from, valid_to,
-                micro_epsilon_per_period, pico_delta_per_period, disposition, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                micro_epsilon_per_period, pico_delta_per_period, disposition, created_at, ownership)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 grant.id.as_str(),
                 grant.operator,
@@ -152,7 +193,8 @@ pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
                 grant.micro_epsilon_per_month.0,
                 grant.pico_delta_per_month.0,
                 grant.disposition.as_str(),
-                grant.created_at
+                grant.created_at,
+                grant.ownership.as_str()
             ],
         )?;
         audit::append(
@@ -168,6 +210,7 @@ pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
                 epsilon_per_month: grant.micro_epsilon_per_month.epsilon(),
                 delta_per_month: grant.pico_delta_per_month.delta(),
                 disposition: grant.disposition.as_str(),
+                ownership: grant.ownership.as_str(),
             },
         )?;
         Ok(())
@@ -176,7 +219,8 @@ pub fn create(store: &mut Store, request: GrantRequest) -> Result<Grant> {
 }
 
 const COLUMNS: &str = "id, operator, datasets_json, purpose, valid_from, valid_to,
-    micro_epsilon_per_period, pico_delta_per_period, disposition, created_at";
+    micro_epsilon_per_period, pico_delta_per_period, disposition, created_at, ownership,
+    (SELECT at FROM grant_dispositions WHERE grant_dispositions.grant_id = grants.id)";
 
 fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Grant>> {
     let datasets_json: String = row.get(2)?;
@@ -200,6 +244,8 @@ fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Grant>> {
             pico_delta_per_month: PicoDelta(row.get(7).map_err(Error::from)?),
             disposition: Disposition::parse(&disposition)?,
             created_at: row.get(9).map_err(Error::from)?,
+            ownership: Ownership::parse(&row.get::<_, String>(10).map_err(Error::from)?)?,
+            disposed_at: row.get(11).map_err(Error::from)?,
         })
     })();
     Ok(parsed)
@@ -229,6 +275,84 @@ pub fn list(store: &Store) -> Result<Vec<Grant>> {
         [],
         row_to_grant,
     )
+}
+
+/// One grant whose disposition ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disposed {
+    pub grant_id: String,
+    pub disposition: String,
+    /// The products it applied to.
+    pub products: Vec<String>,
+}
+
+/// Runs the disposition of every grant whose term has ended (its last day is before today in
+/// bureau time), once per grant: `destroy` takes its products off sale and deletes their
+/// result files (manifests, purchases and ledger lines stay), `archive` takes them off sale
+/// for good (buyers keep what they bought), `return` hands them to the bureau (only the
+/// bureau may sell them; the operator no longer downloads them). Idempotent: a grant
+/// disposed of before is left alone, and the files of destroyed products are deleted again
+/// if an earlier run was interrupted after its transaction. Called at the start of
+/// `veil serve`, by its periodic sweep, and by `veil grant dispose`.
+pub fn dispose_expired(store: &mut Store) -> Result<Vec<Disposed>> {
+    let today = clock::today();
+    let due: Vec<Grant> = list(store)?
+        .into_iter()
+        .filter(|g| g.valid_to < today && g.disposed_at.is_none())
+        .collect();
+    let mut done = Vec::new();
+    for grant in due {
+        let products = crate::jobs::products_of_grant(store.conn(), grant.id.as_str())?;
+        let state = match grant.disposition {
+            Disposition::Destroy => "destroyed",
+            Disposition::Archive => "archived",
+            Disposition::Return => "returned",
+        };
+        let now = clock::format(clock::now());
+        store.write(|tx| {
+            let fresh = tx.execute(
+                "INSERT OR IGNORE INTO grant_dispositions (grant_id, disposition, products, at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    grant.id.as_str(),
+                    grant.disposition.as_str(),
+                    products.len() as i64,
+                    now
+                ],
+            )?;
+            // Another process ran it meanwhile: its run stands.
+            if fresh == 0 {
+                return Ok(());
+            }
+            for product in &products {
+                crate::products::set_state(tx, product, state, grant.id.as_str(), &now)?;
+                if grant.disposition != Disposition::Return {
+                    crate::market::withdraw(tx, product)?;
+                }
+            }
+            audit::append(
+                tx,
+                "bureau",
+                grant.id.as_str(),
+                audit::Event::GrantDisposed {
+                    disposition: grant.disposition.as_str(),
+                    products: &products,
+                },
+            )?;
+            Ok(())
+        })?;
+        done.push(Disposed {
+            grant_id: grant.id.to_string(),
+            disposition: grant.disposition.as_str().to_string(),
+            products,
+        });
+    }
+    // The files go after the transactions, so a crash between leaves files of a product the
+    // store calls destroyed — which this loop deletes on the next run — never the reverse.
+    for product in crate::products::in_state(store.conn(), "destroyed")? {
+        crate::products::remove_data_files(&store.products_dir().join(&product))?;
+    }
+    Ok(done)
 }
 
 /// Working days a grant request may wait for the bureau before it is flagged as overdue
@@ -269,6 +393,7 @@ pub struct Application {
     pub micro_epsilon_per_month: MicroEpsilon,
     pub pico_delta_per_month: PicoDelta,
     pub disposition: Disposition,
+    pub ownership: Ownership,
     pub state: ApplicationState,
     pub reasons: Option<String>,
     pub grant_id: Option<String>,
@@ -324,6 +449,7 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
         micro_epsilon_per_month: to_micro(request.epsilon_per_month, "epsilon_per_month")?,
         pico_delta_per_month: grant_delta(request.delta_per_month, "delta_per_month")?,
         disposition: request.disposition,
+        ownership: request.ownership,
         state: ApplicationState::Pending,
         reasons: None,
         grant_id: None,
@@ -335,8 +461,9 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
     store.write(|tx| {
         tx.execute(
             "INSERT INTO grant_requests (id, operator, datasets_json, purpose, valid_from, valid_to,
-                micro_epsilon_per_period, pico_delta_per_period, disposition, state, submitted_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                micro_epsilon_per_period, pico_delta_per_period, disposition, state, submitted_at,
+                ownership)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 application.id,
                 application.operator,
@@ -348,7 +475,8 @@ pub fn apply(store: &mut Store, request: GrantRequest) -> Result<Application> {
                 application.pico_delta_per_month.0,
                 application.disposition.as_str(),
                 application.state,
-                application.submitted_at
+                application.submitted_at,
+                application.ownership.as_str()
             ],
         )?;
         audit::append(
@@ -411,7 +539,7 @@ fn validate(store: &Store, request: &GrantRequest) -> Result<()> {
 
 const APPLICATION_COLUMNS: &str = "id, operator, datasets_json, purpose, valid_from, valid_to,
     micro_epsilon_per_period, pico_delta_per_period, disposition, state, reasons, grant_id,
-    submitted_at, decided_at";
+    submitted_at, decided_at, ownership";
 
 fn row_to_application(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Application>> {
     let datasets_json: String = row.get(2)?;
@@ -435,6 +563,7 @@ fn row_to_application(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Applic
             micro_epsilon_per_month: MicroEpsilon(row.get(6).map_err(Error::from)?),
             pico_delta_per_month: PicoDelta(row.get(7).map_err(Error::from)?),
             disposition: Disposition::parse(&disposition)?,
+            ownership: Ownership::parse(&row.get::<_, String>(14).map_err(Error::from)?)?,
             state: ApplicationState::from_stored(&state)?,
             reasons: row.get(10).map_err(Error::from)?,
             grant_id: row.get(11).map_err(Error::from)?,
@@ -505,6 +634,7 @@ pub fn approve_application(
             epsilon_per_month: epsilon,
             delta_per_month: application.pico_delta_per_month.delta(),
             disposition: application.disposition,
+            ownership: application.ownership,
         },
     )?;
     decide(
@@ -662,6 +792,7 @@ mod tests {
             epsilon_per_month: 1.0,
             delta_per_month: 0.0,
             disposition: Disposition::Archive,
+            ownership: Ownership::Operator,
         };
         for refused in [
             create(&mut store, request.clone()).map(|_| ()),
@@ -684,6 +815,7 @@ mod tests {
             micro_epsilon_per_month: MicroEpsilon(1_000_000),
             pico_delta_per_month: PicoDelta(0),
             disposition: Disposition::Archive,
+            ownership: Ownership::Operator,
             state: ApplicationState::Pending,
             reasons: None,
             grant_id: None,

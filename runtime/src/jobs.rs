@@ -900,6 +900,7 @@ async fn execute(
         template_name: template.spec.name.clone(),
         operator: request.operator.clone(),
         purpose: grant.purpose.clone(),
+        ownership: Some(grant.ownership.as_str().to_string()),
         created_at: clock::format(clock::now()),
         sources: used
             .iter()
@@ -1408,6 +1409,17 @@ fn metered(used: ExecStats, rows: u64, bytes: u64) -> ExecStats {
         bytes_scanned: bytes,
         ..used
     }
+}
+
+/// The products released by jobs under grant `grant_id` (a reused product once).
+pub fn products_of_grant(conn: &rusqlite::Connection, grant_id: &str) -> Result<Vec<String>> {
+    crate::store::query_rows(
+        conn,
+        "SELECT DISTINCT product_id FROM jobs WHERE grant_id = ?1 AND product_id IS NOT NULL
+         ORDER BY product_id",
+        [grant_id],
+        |row| row.get(0),
+    )
 }
 
 /// Identity of a job's inputs: an identical fingerprint means an identical release.

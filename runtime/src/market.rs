@@ -136,8 +136,15 @@ pub fn listing(conn: &Connection, product_id: &ProductId) -> Result<Option<Listi
         .optional()?)
 }
 
+/// Takes a product off sale (a grant's disposition at the end of its term); true when it was
+/// on sale. Its purchases and their ledger lines stay.
+pub fn withdraw(tx: &rusqlite::Transaction<'_>, product_id: &str) -> Result<bool> {
+    Ok(tx.execute("DELETE FROM listings WHERE product_id = ?1", [product_id])? > 0)
+}
+
 /// Lists a product for sale at `price`, or changes its price. Only the product's operator
-/// (`role` operator, `actor` its name) or the bureau may; a recalled product cannot be listed.
+/// (`role` operator, `actor` its name) or the bureau may; a recalled product cannot be listed,
+/// nor one its grant's disposition destroyed or archived (a returned one: the bureau only).
 pub fn list_for_sale(
     store: &mut Store,
     role: Role,
@@ -164,6 +171,19 @@ pub fn list_for_sale(
             ));
         }
         refuse_recalled(&product)?;
+        match products::state_of(tx, product_id.as_str())?.as_deref() {
+            Some(state @ ("destroyed" | "archived")) => {
+                return Err(Error::Conflict(format!(
+                    "product {product_id} was {state} when its grant's term ended; it can no longer be sold"
+                )));
+            }
+            Some("returned") if role != Role::Bureau => {
+                return Err(Error::Conflict(format!(
+                    "product {product_id} was returned to the bureau when its grant's term ended; only the bureau may sell it"
+                )));
+            }
+            _ => {}
+        }
         let previous = listing(tx, product_id)?;
         if let Some(previous) = &previous
             && previous.price == price

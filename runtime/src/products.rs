@@ -373,6 +373,62 @@ pub fn list(conn: &rusqlite::Connection) -> crate::Result<Vec<Product>> {
     )
 }
 
+/// Records what a grant's disposition made of a product (`destroyed`, `archived` or
+/// `returned`); a product keeps the first state it was given.
+pub fn set_state(
+    tx: &rusqlite::Transaction<'_>,
+    product_id: &str,
+    state: &str,
+    grant_id: &str,
+    at: &str,
+) -> crate::Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO product_states (product_id, state, grant_id, at) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![product_id, state, grant_id, at],
+    )?;
+    Ok(())
+}
+
+/// What a grant's disposition made of a product, if anything.
+pub fn state_of(conn: &rusqlite::Connection, product_id: &str) -> crate::Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT state FROM product_states WHERE product_id = ?1",
+            [product_id],
+            |row| row.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            other => Err(other),
+        })?)
+}
+
+/// The products in `state`.
+pub fn in_state(conn: &rusqlite::Connection, state: &str) -> crate::Result<Vec<String>> {
+    query_rows(
+        conn,
+        "SELECT product_id FROM product_states WHERE state = ?1 ORDER BY product_id",
+        [state],
+        |row| row.get(0),
+    )
+}
+
+/// Deletes a destroyed product's result files, keeping its manifest (which names them, with
+/// their digests, and stays as the record of what was released). Safe to run again.
+pub fn remove_data_files(dir: &Path) -> crate::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_file() && entry.file_name() != veil_sdk::manifest::MANIFEST_FILE {
+            std::fs::remove_file(&path).map_err(|e| crate::Error::io("deleting", &path, e))?;
+        }
+    }
+    crate::files::sync_dir(dir)
+}
+
 /// The name and Arrow type of each column of the product in `dir`, read from the footer of
 /// its `result.parquet` (never a row): what a buyer is told before buying.
 pub fn result_columns(dir: &Path) -> crate::Result<Vec<(String, String)>> {
@@ -581,6 +637,7 @@ mod tests {
                 template_name: "firms per city".to_owned(),
                 operator: "Shanxi Data Operations Co.".to_owned(),
                 purpose: "regional economic statistics".to_owned(),
+                ownership: None,
                 created_at: "2025-03-01T08:00:00Z".to_owned(),
                 sources: vec![SourceDataset {
                     dataset_id: "ds-1".to_owned(),

@@ -63,7 +63,7 @@ const KEYED_AUDIT_VERSION: i64 = 5;
 /// transaction, before [`SCHEMA`] runs again to add the missing tables. A step runs only
 /// where its table exists without the column: a store older than the table gets the table,
 /// column included, from [`SCHEMA`].
-const UPGRADES: [(i64, &str, &str, &str); 3] = [
+const UPGRADES: [(i64, &str, &str, &str); 5] = [
     (
         2,
         "meter",
@@ -81,6 +81,18 @@ const UPGRADES: [(i64, &str, &str, &str); 3] = [
         "price_book",
         "capitalisation_rate_bp",
         "ALTER TABLE price_book ADD COLUMN capitalisation_rate_bp INTEGER NOT NULL DEFAULT 1000;",
+    ),
+    (
+        9,
+        "grants",
+        "ownership",
+        "ALTER TABLE grants ADD COLUMN ownership TEXT NOT NULL DEFAULT 'operator';",
+    ),
+    (
+        9,
+        "grant_requests",
+        "ownership",
+        "ALTER TABLE grant_requests ADD COLUMN ownership TEXT NOT NULL DEFAULT 'operator';",
     ),
 ];
 
@@ -144,7 +156,15 @@ CREATE TABLE IF NOT EXISTS grants (
     micro_epsilon_per_period INTEGER NOT NULL,
     pico_delta_per_period INTEGER NOT NULL,
     disposition TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    ownership TEXT NOT NULL DEFAULT 'operator'
+);
+-- A grant's disposition, run once after its term (see grants::dispose_expired).
+CREATE TABLE IF NOT EXISTS grant_dispositions (
+    grant_id TEXT PRIMARY KEY REFERENCES grants (id),
+    disposition TEXT NOT NULL,
+    products INTEGER NOT NULL,
+    at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS templates (
     id TEXT PRIMARY KEY,
@@ -223,7 +243,8 @@ CREATE TABLE IF NOT EXISTS grant_requests (
     grant_id TEXT,
     submitted_at TEXT NOT NULL,
     decided_at TEXT,
-    decided_by TEXT
+    decided_by TEXT,
+    ownership TEXT NOT NULL DEFAULT 'operator'
 );
 
 CREATE TABLE IF NOT EXISTS budget_spend (
@@ -248,6 +269,15 @@ CREATE TABLE IF NOT EXISTS products (
     bytes INTEGER NOT NULL,
     manifest_blake3 TEXT NOT NULL,
     created_at TEXT NOT NULL
+);
+-- What a grant's disposition made of a product after the term (see grants::dispose_expired):
+-- `destroyed` (its result files deleted, its manifest kept), `archived` (kept, never sold
+-- again) or `returned` (handed to the bureau). A product has at most one.
+CREATE TABLE IF NOT EXISTS product_states (
+    product_id TEXT PRIMARY KEY REFERENCES products (id),
+    state TEXT NOT NULL CHECK (state IN ('destroyed', 'archived', 'returned')),
+    grant_id TEXT NOT NULL,
+    at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meter (
     job_id TEXT PRIMARY KEY,

@@ -549,6 +549,12 @@ pub struct GrantView {
     pub disposition: String,
     /// When the bureau granted it, RFC 3339 in UTC.
     pub created_at: String,
+    /// Who owns the products made under it: `operator`, `bureau` or `shared`.
+    #[serde(default)]
+    pub ownership: String,
+    /// When its disposition ran after the term (it runs once), RFC 3339 in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposed_at: Option<String>,
 }
 
 /// `POST /v1/grant-requests` (operator): apply for a grant.
@@ -571,6 +577,10 @@ pub struct RequestGrant {
     pub delta_per_month: f64,
     /// `destroy`, `archive` or `return`: what happens to products and keys after the term.
     pub disposition: String,
+    /// Who owns the products made under the grant: `operator` (the default), `bureau` or
+    /// `shared`; printed in every product's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<String>,
 }
 
 /// `POST /v1/grant-requests/{id}/approve` (bureau); it may lower the budget asked for.

@@ -88,6 +88,10 @@ pub struct Manifest {
     pub operator: String,
     /// The purpose of the authorization (grant) the job ran under.
     pub purpose: String,
+    /// Who owns this product, as the grant it was made under states it (Order 266 art. 12):
+    /// `operator`, `bureau` or `shared`. Absent in products made before grants stated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// Every dataset the job read.
@@ -901,6 +905,7 @@ mod tests {
             template_name: "firms per city".to_owned(),
             operator: "Shanxi Data Operations Co.".to_owned(),
             purpose: "regional economic statistics".to_owned(),
+            ownership: Some("operator".to_owned()),
             created_at: "2025-03-01T08:00:00Z".to_owned(),
             sources: vec![SourceDataset {
                 dataset_id: "ds-1".to_owned(),

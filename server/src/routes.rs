@@ -267,6 +267,8 @@ fn grant_view(g: &Grant) -> GrantView {
         delta_per_month: g.pico_delta_per_month.delta(),
         disposition: g.disposition.as_str().to_string(),
         created_at: g.created_at.clone(),
+        ownership: g.ownership.as_str().to_string(),
+        disposed_at: g.disposed_at.clone(),
     }
 }
 
@@ -283,6 +285,7 @@ fn application_view(a: &Application) -> GrantRequestView {
             epsilon_per_month: a.micro_epsilon_per_month.epsilon(),
             delta_per_month: a.pico_delta_per_month.delta(),
             disposition: a.disposition.as_str().to_string(),
+            ownership: Some(a.ownership.as_str().to_string()),
         },
         state: a.state.as_str().to_string(),
         reasons: a.reasons.clone(),
@@ -788,6 +791,10 @@ async fn grant_request_create(
         epsilon_per_month: body.epsilon_per_month,
         delta_per_month: body.delta_per_month,
         disposition: grants::Disposition::parse(&body.disposition)?,
+        ownership: match body.ownership.as_deref() {
+            None => grants::Ownership::default(),
+            Some(text) => grants::Ownership::parse(text)?,
+        },
     };
     let application = state
         .stores
@@ -1924,6 +1931,23 @@ async fn product_file(
         return Err(ApiError::Domain(Error::Conflict(format!(
             "product {id} was recalled by the bureau; it can no longer be downloaded"
         ))));
+    }
+    // What the grant's disposition made of it at the end of its term.
+    let product_id = id.clone();
+    let disposed = state
+        .stores
+        .with(move |store| products::state_of(store.conn(), &product_id))
+        .await?;
+    match disposed.as_deref() {
+        Some("destroyed") if name != veil_sdk::manifest::MANIFEST_FILE => {
+            return Err(ApiError::Domain(Error::Conflict(format!(
+                "product {id} was destroyed when its grant's term ended (its disposition); only its manifest remains"
+            ))));
+        }
+        Some("returned") if caller.role() == Role::Operator => {
+            return Err(ApiError::Domain(Error::not_found("product", id)));
+        }
+        _ => {}
     }
     // The bureau's freeze with blocked downloads stops everyone but the bureau itself.
     if !caller.is_bureau() {

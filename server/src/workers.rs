@@ -537,6 +537,8 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
     ];
     let mut last_freeze_check = Instant::now();
     let mut last_sweep = Instant::now();
+    // Grants whose term ended while the server was down are disposed of at once.
+    let mut disposed_once = false;
     loop {
         std::thread::sleep(Duration::from_millis(MONITOR_TICK_MS));
         let Some(workers) = workers.upgrade() else {
@@ -559,6 +561,20 @@ fn monitor(workers: Weak<Workers>, mut store: Store, sweep_every: Duration) {
             }
         }
         workers.retry_unrecorded(&mut store);
+        if !disposed_once || last_sweep.elapsed() >= sweep_every {
+            disposed_once = true;
+            match veil_runtime::grants::dispose_expired(&mut store) {
+                Ok(done) => done.iter().for_each(|d| {
+                    workers.notice(&format!(
+                        "grant {} ended: its disposition `{}` ran over {} product(s)",
+                        d.grant_id,
+                        d.disposition,
+                        d.products.len()
+                    ))
+                }),
+                Err(error) => workers.notice(&format!("disposing of ended grants: {error}")),
+            }
+        }
         if last_sweep.elapsed() >= sweep_every {
             last_sweep = Instant::now();
             let grace = Duration::from_secs(sweep::TEMP_GRACE_SECONDS);

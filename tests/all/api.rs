@@ -155,6 +155,7 @@ async fn every_route_checks_role_and_ownership() {
                 epsilon_per_month: 1.0,
                 delta_per_month: 1e-5,
                 disposition: grants::Disposition::Archive,
+                ownership: veil_runtime::grants::Ownership::Operator,
             },
         )
         .expect("application")

@@ -59,6 +59,7 @@ fn fixture() -> (Fixture, String) {
             epsilon_per_month: 100.0,
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )
     .expect("grant");

@@ -29,6 +29,7 @@ mod serve;
 mod statistics;
 mod submit;
 mod support;
+mod term_end;
 mod tidy;
 mod versions;
 mod views;

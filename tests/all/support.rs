@@ -108,6 +108,7 @@ impl Fixture {
                 epsilon_per_month,
                 delta_per_month: 0.5,
                 disposition: Disposition::Archive,
+                ownership: veil_runtime::grants::Ownership::Operator,
             },
         )
         .expect("grant");
@@ -168,6 +169,7 @@ pub(crate) fn store_with_dataset(dir: &Path, name: &str, file: &Path, policy: &s
             epsilon_per_month: 100.0,
             delta_per_month: 0.5,
             disposition: Disposition::Archive,
+            ownership: veil_runtime::grants::Ownership::Operator,
         },
     )
     .expect("grant");

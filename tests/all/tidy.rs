@@ -517,6 +517,7 @@ const CONTEXTS: &[(&[&str], &[&str])] = &[
             "dataset_quality",
             "dataset_versions",
             "grants",
+            "grant_dispositions",
             "grant_requests",
             "principals",
         ],
@@ -531,7 +532,7 @@ const CONTEXTS: &[(&[&str], &[&str])] = &[
     ),
     (
         &["products.rs", "metering.rs", "audit/"],
-        &["products", "meter", "audit"],
+        &["products", "product_states", "meter", "audit"],
     ),
     (&["freezes.rs"], &["freezes"]),
     (&["corrections.rs"], &["corrections"]),

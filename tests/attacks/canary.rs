@@ -438,6 +438,7 @@ impl Domain {
                 epsilon_per_month: GRANT_EPSILON_PER_MONTH,
                 delta_per_month: 0.5,
                 disposition: Disposition::Archive,
+                ownership: veil_runtime::grants::Ownership::Operator,
             },
         )
         .expect("grant");

@@ -131,9 +131,21 @@ pub(crate) fn read_products(
                 dir.join(MANIFEST_FILE).display()
             )),
         };
-        let verified = verify_product_dir(&dir, Some(platform))
-            .map(|product| product.manifest)
-            .map_err(|e| format!("its folder does not verify: {e}"));
+        // A product its grant's disposition destroyed keeps only its manifest: the signature
+        // is what can still be checked.
+        let destroyed = crate::products::state_of(conn, &id)?.as_deref() == Some("destroyed");
+        let verified = if destroyed {
+            veil_sdk::manifest::read_manifest(&dir)
+                .and_then(|signed| {
+                    veil_sdk::manifest::verify_signature(&signed, Some(platform))
+                        .map(|()| signed.manifest)
+                })
+                .map_err(|e| format!("its manifest does not verify: {e}"))
+        } else {
+            verify_product_dir(&dir, Some(platform))
+                .map(|product| product.manifest)
+                .map_err(|e| format!("its folder does not verify: {e}"))
+        };
         products.push(ProductOnDisk {
             id,
             job_id,

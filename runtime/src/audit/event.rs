@@ -68,6 +68,13 @@ pub enum Event<'a> {
         delta_per_month: f64,
         /// `destroy`, `archive` or `return`.
         disposition: &'a str,
+        /// Who owns derived products: `operator`, `bureau` or `shared`.
+        ownership: &'a str,
+    },
+    /// A grant's disposition ran after its term, over these products.
+    GrantDisposed {
+        disposition: &'a str,
+        products: &'a [String],
     },
     GrantRequested {
         /// Dataset names or ids as the operator asked for them.
@@ -261,6 +268,7 @@ impl Event<'_> {
             Self::CorrectionFiled { .. } => Kind::CorrectionFiled,
             Self::CorrectionAnswered { .. } => Kind::CorrectionAnswered,
             Self::GrantCreated { .. } => Kind::GrantCreated,
+            Self::GrantDisposed { .. } => Kind::GrantDisposed,
             Self::GrantRequested { .. } => Kind::GrantRequested,
             Self::GrantRequestApproved { .. } => Kind::GrantRequestApproved,
             Self::GrantRequestRejected { .. } => Kind::GrantRequestRejected,
@@ -302,6 +310,13 @@ impl Event<'_> {
             Self::StoreInitialized {
                 platform_public_key,
             } => json!({ "platform_public_key": platform_public_key }),
+            Self::GrantDisposed {
+                disposition,
+                products,
+            } => json!({
+                "disposition": disposition,
+                "products": products,
+            }),
             Self::CorrectionFiled {
                 target_kind,
                 target_id,
@@ -351,6 +366,7 @@ impl Event<'_> {
                 epsilon_per_month,
                 delta_per_month,
                 disposition,
+                ownership,
             } => json!({
                 "operator": operator,
                 "datasets": datasets,
@@ -360,6 +376,7 @@ impl Event<'_> {
                 "epsilon_per_month": epsilon_per_month,
                 "delta_per_month": delta_per_month,
                 "disposition": disposition,
+                "ownership": ownership,
             }),
             Self::GrantRequested {
                 datasets,
@@ -571,6 +588,13 @@ mod tests {
             r#"{"platform_public_key":"ab12"}"#
         );
         assert_eq!(
+            stored(Event::GrantDisposed {
+                disposition: "destroy",
+                products: &["prod-1".to_string()]
+            }),
+            r#"{"disposition":"destroy","products":["prod-1"]}"#
+        );
+        assert_eq!(
             stored(Event::CorrectionFiled {
                 target_kind: "product",
                 target_id: "prod-1",
@@ -634,8 +658,9 @@ mod tests {
                 epsilon_per_month: 2.0,
                 delta_per_month: 1e-6,
                 disposition: "destroy",
+                ownership: "shared",
             }),
-            r#"{"datasets":["ds-1"],"delta_per_month":1e-6,"disposition":"destroy","epsilon_per_month":2.0,"operator":"ops","purpose":"study","valid_from":"2025-01-01","valid_to":"2025-12-31"}"#
+            r#"{"datasets":["ds-1"],"delta_per_month":1e-6,"disposition":"destroy","epsilon_per_month":2.0,"operator":"ops","ownership":"shared","purpose":"study","valid_from":"2025-01-01","valid_to":"2025-12-31"}"#
         );
         let asked = ["social_insurance".to_string()];
         assert_eq!(
