@@ -833,6 +833,17 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// How a registration's progress shows on a terminal (a first registration and a new version).
+fn registration_progress(meter: &mut Meter, p: catalog::Progress) {
+    match p.stage {
+        catalog::Stage::Reading => meter.show("reading", p.rows, p.bytes, false),
+        catalog::Stage::Checking => {
+            let what = format!("checking the data quality of {} rows", p.rows);
+            meter.show(&what, 0, 0, false);
+        }
+    }
+}
+
 fn dataset(command: DatasetCommand) -> Result<i32> {
     match command {
         DatasetCommand::Register {
@@ -849,13 +860,7 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             let policy = catalog::Policy::parse(&read_text(&policy, "policy")?)?;
             let csv = catalog::CsvOptions::parse(encoding.as_deref(), delimiter.as_deref())?;
             let mut meter = Meter::stderr();
-            let mut progress = |p: catalog::Progress| match p.stage {
-                catalog::Stage::Reading => meter.show("reading", p.rows, p.bytes, false),
-                catalog::Stage::Checking => {
-                    let what = format!("checking the data quality of {} rows", p.rows);
-                    meter.show(&what, 0, 0, false);
-                }
-            };
+            let mut progress = |p: catalog::Progress| registration_progress(&mut meter, p);
             let registered = catalog::register_with(
                 &mut store,
                 &name,
@@ -911,13 +916,7 @@ fn dataset(command: DatasetCommand) -> Result<i32> {
             let mut store = Store::open(&store.data_dir)?;
             let csv = catalog::CsvOptions::parse(encoding.as_deref(), delimiter.as_deref())?;
             let mut meter = Meter::stderr();
-            let mut progress = |p: catalog::Progress| match p.stage {
-                catalog::Stage::Reading => meter.show("reading", p.rows, p.bytes, false),
-                catalog::Stage::Checking => {
-                    let what = format!("checking the data quality of {} rows", p.rows);
-                    meter.show(&what, 0, 0, false);
-                }
-            };
+            let mut progress = |p: catalog::Progress| registration_progress(&mut meter, p);
             let registered = catalog::register_version(
                 &mut store,
                 &name,

@@ -4,14 +4,13 @@
 //! buyer's purchase of the product made from the old version is then marked superseded.
 
 use std::process::Command;
-use std::time::Duration;
 
 use veil_runtime::catalog;
 use veil_runtime::principals::{self, Role};
-use veil_sdk::api::{ApproveTemplate, SubmitJob};
+use veil_sdk::api::ApproveTemplate;
 use veil_sdk::client::Client;
 
-use crate::serve::{Server, add_principals, persons_by_city};
+use crate::serve::{Server, add_principals, persons_by_city, released_product};
 use crate::support::{Fixture, veil_bin};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,21 +45,7 @@ async fn a_buyers_request_goes_overdue_then_a_new_version_supersedes_its_product
         )
         .await
         .expect("approved");
-    let submitted = operator
-        .submit_job(
-            &SubmitJob {
-                template: template.id.clone(),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .expect("queued");
-    let job = operator
-        .wait_job(&submitted.job.id, Duration::from_secs(120))
-        .await
-        .expect("ended");
-    let product = job.product_id.expect("released");
+    let product = released_product(&operator, &template.id).await;
     operator.list_for_sale(&product, 500).await.expect("listed");
     let buyer = Client::new(&server.url, &keys.buyer).expect("client");
     buyer.purchase(&product).await.expect("bought");

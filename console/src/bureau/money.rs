@@ -241,8 +241,8 @@ fn party_nets(statements: &[Statement]) -> Vec<PartyNet> {
         .collect()
 }
 
-/// What providers were credited per dataset in these postings (lines of a provider account
-/// that name a dataset), most first.
+/// What providers earned per dataset in these postings (lines of a provider account that name
+/// a dataset: credits less debits, so a refund takes back the share it reverses), most first.
 fn dataset_revenue(
     postings: &[Posting],
     names: &BTreeMap<String, String>,
@@ -252,7 +252,8 @@ fn dataset_revenue(
         if let Some(dataset) = &line.dataset_id
             && line.account.starts_with("provider:")
         {
-            *by_dataset.entry(dataset.as_str()).or_default() += i128::from(line.credit.0);
+            *by_dataset.entry(dataset.as_str()).or_default() +=
+                i128::from(line.credit.0) - i128::from(line.debit.0);
         }
     }
     let mut out = by_dataset
