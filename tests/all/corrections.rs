@@ -10,7 +10,7 @@ use veil_runtime::principals::{self, Role};
 use veil_sdk::api::ApproveTemplate;
 use veil_sdk::client::Client;
 
-use crate::serve::{Server, add_principals, persons_by_city, released_product};
+use crate::serve::{Server, add_principals, approved_template, persons_by_city, released_product};
 use crate::support::{Fixture, veil_bin};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,22 +30,18 @@ async fn a_buyers_request_goes_overdue_then_a_new_version_supersedes_its_product
     let server = Server::start(&store_dir, 1);
     let operator = Client::new(&server.url, &keys.operator).expect("client");
     let bureau = Client::new(&server.url, &keys.bureau).expect("client");
-    let template = operator
-        .submit_template(&persons_by_city(false))
-        .await
-        .expect("submitted");
-    bureau
-        .approve_template(
-            &template.id,
-            &ApproveTemplate {
-                epsilon: Some(1.0),
-                k: Some(5),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("approved");
-    let product = released_product(&operator, &template.id).await;
+    let template = approved_template(
+        &operator,
+        &bureau,
+        &persons_by_city(false),
+        ApproveTemplate {
+            epsilon: Some(1.0),
+            k: Some(5),
+            ..Default::default()
+        },
+    )
+    .await;
+    let product = released_product(&operator, &template).await;
     operator.list_for_sale(&product, 500).await.expect("listed");
     let buyer = Client::new(&server.url, &keys.buyer).expect("client");
     buyer.purchase(&product).await.expect("bought");

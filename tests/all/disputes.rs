@@ -15,7 +15,7 @@ use veil_runtime::principals::{self, Role};
 use veil_sdk::api::ApproveTemplate;
 use veil_sdk::client::{Client, ClientError};
 
-use crate::serve::{Server, add_principals, persons_by_city, released_product};
+use crate::serve::{Server, add_principals, approved_template, persons_by_city, released_product};
 use crate::support::{Fixture, Run, veil_bin};
 
 /// `veil client ARGS` as the principal with `key`.
@@ -104,23 +104,19 @@ async fn an_upheld_dispute_refunds_the_sale_in_the_next_statements_and_a_rejecte
 
     // As in serve.rs: a run at 250 fen, a sale at 1001 fen split provider 400, operator 400,
     // platform 201 (the default price book). Both buyers buy the product.
-    let template = operator
-        .submit_template(&persons_by_city(false))
-        .await
-        .expect("submitted");
-    bureau
-        .approve_template(
-            &template.id,
-            &ApproveTemplate {
-                epsilon: Some(1.0),
-                k: Some(5),
-                price_per_run_fen: Some(250),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("approved");
-    let product = released_product(&operator, &template.id).await;
+    let template = approved_template(
+        &operator,
+        &bureau,
+        &persons_by_city(false),
+        ApproveTemplate {
+            epsilon: Some(1.0),
+            k: Some(5),
+            price_per_run_fen: Some(250),
+            ..Default::default()
+        },
+    )
+    .await;
+    let product = released_product(&operator, &template).await;
     operator
         .list_for_sale(&product, 1_001)
         .await
@@ -410,22 +406,18 @@ async fn a_buyer_disputes_in_the_console_and_the_bureau_upholds_it_there() {
     let operator = Client::new(&server.url, &keys.operator).expect("client");
     let bureau = Client::new(&server.url, &keys.bureau).expect("client");
     let buyer = Client::new(&server.url, &keys.buyer).expect("client");
-    let template = operator
-        .submit_template(&persons_by_city(false))
-        .await
-        .expect("submitted");
-    bureau
-        .approve_template(
-            &template.id,
-            &ApproveTemplate {
-                epsilon: Some(1.0),
-                k: Some(5),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("approved");
-    let product = released_product(&operator, &template.id).await;
+    let template = approved_template(
+        &operator,
+        &bureau,
+        &persons_by_city(false),
+        ApproveTemplate {
+            epsilon: Some(1.0),
+            k: Some(5),
+            ..Default::default()
+        },
+    )
+    .await;
+    let product = released_product(&operator, &template).await;
     operator.list_for_sale(&product, 500).await.expect("listed");
     let bought = buyer.purchase(&product).await.expect("bought");
     let url = &server.url;

@@ -23,20 +23,13 @@ const LOOP_MICRO_EPSILON: i64 = 500_000;
 
 /// Submits `spec`, approves it and returns its id.
 async fn approved(operator: &Client, bureau: &Client, spec: &TemplateSpec) -> String {
-    let template = operator.submit_template(spec).await.expect("submitted");
-    bureau
-        .approve_template(
-            &template.id,
-            &ApproveTemplate {
-                epsilon: Some(0.5),
-                k: Some(5),
-                price_per_run_fen: Some(100),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("approved");
-    template.id
+    let terms = ApproveTemplate {
+        epsilon: Some(0.5),
+        k: Some(5),
+        price_per_run_fen: Some(100),
+        ..Default::default()
+    };
+    crate::serve::approved_template(operator, bureau, spec, terms).await
 }
 
 /// Firms per industry: a template that reads only `enterprise_registry`.

@@ -1508,6 +1508,21 @@ fn the_client_shows_a_templates_sql_parameters_state_and_terms() {
 
 /// Submits a job of `template` (no parameters) as `operator`, waits for it, and returns the
 /// product it released.
+/// Submits `spec` as the operator and approves it with `terms` as the bureau; returns its id.
+pub(crate) async fn approved_template(
+    operator: &Client,
+    bureau: &Client,
+    spec: &TemplateSpec,
+    terms: ApproveTemplate,
+) -> String {
+    let template = operator.submit_template(spec).await.expect("submitted");
+    bureau
+        .approve_template(&template.id, &terms)
+        .await
+        .expect("approved");
+    template.id
+}
+
 pub(crate) async fn released_product(operator: &Client, template: &str) -> String {
     let submitted = operator
         .submit_job(
