@@ -158,6 +158,25 @@ pub(crate) enum Command {
         /// [default: text].
         #[arg(long, env = "VEIL_LOG_FORMAT", value_parser = veil_server::LogFormat::NAMES)]
         log_format: Option<String>,
+        /// Run SQL jobs' folds on Veil's executors (`veil executor`), host:port,… ; the file's
+        /// `[cluster]` section also sets `bytes_per_partition`.
+        #[arg(long, env = "VEIL_CLUSTER", value_delimiter = ',')]
+        cluster: Vec<String>,
+    },
+    /// (bureau) Serve as one of Veil's executors: run the folds of SQL jobs that a `veil serve
+    /// --cluster` sends here. Reads the store folder's data and its cluster token (copy both
+    /// from the Veil server); keep it on the domain's own network.
+    Executor {
+        /// The store folder (its data, and `cluster.token`).
+        #[arg(long, env = "VEIL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// host:port to listen on (e.g. 10.0.0.5:50051; port 0: any free port, printed).
+        #[arg(long, env = "VEIL_EXECUTOR_LISTEN")]
+        listen: String,
+        /// Memory the executor's running folds and scans may hold together, in bytes
+        /// [default: 2 GiB].
+        #[arg(long)]
+        memory_bytes: Option<usize>,
     },
     /// (operator, buyer, provider, bureau) Talk to a Veil server through the SDK.
     Client(crate::client::ClientArgs),
@@ -174,7 +193,9 @@ pub(crate) enum DatasetCommand {
         /// Table name operators use in SQL.
         #[arg(long)]
         name: String,
-        /// The provider's file: .parquet or .csv.
+        /// The provider's file: .parquet or .csv; or a Parquet object in the domain's object
+        /// storage, `s3://BUCKET/KEY.parquet`, read where it lives with the credentials of the
+        /// store's object-storage.toml.
         #[arg(long)]
         file: PathBuf,
         /// The dataset's policy (TOML): each column's role, bounds and key set, and the privacy
@@ -204,7 +225,7 @@ pub(crate) enum DatasetCommand {
         store: StoreArg,
         /// The dataset's name or id.
         name: String,
-        /// The provider's new file: .parquet or .csv.
+        /// The provider's new file: .parquet or .csv, or `s3://BUCKET/KEY.parquet`.
         #[arg(long)]
         file: PathBuf,
         /// A CSV file's text encoding: utf-8 (the default), gbk, gb18030, or any WHATWG label;
@@ -578,6 +599,35 @@ pub(crate) enum AuditCommand {
     Verify(StoreArg),
 }
 
+/// `veil executor`: listens, prints its address, and serves until SIGTERM or Ctrl-C.
+async fn executor(data_dir: PathBuf, listen: &str, memory_bytes: Option<usize>) -> Result<i32> {
+    use veil_runtime::cluster;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        Error::invalid(format!(
+            "cannot listen on {listen} ({e}): give a free host:port with --listen"
+        ))
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::internal(format!("reading the listening address: {e}")))?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Error::internal(format!("installing the SIGTERM handler: {e}")))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let memory_bytes = memory_bytes.unwrap_or(cluster::EXECUTOR_MEMORY_BYTES_DEFAULT);
+    // The token is read before the address is printed: an executor that would refuse every
+    // request says so and stops instead.
+    cluster::token(&data_dir, false)?;
+    println!("veil executor: listening on {local}");
+    cluster::serve_executor(listener, &data_dir, memory_bytes, shutdown).await?;
+    Ok(0)
+}
+
 fn read_text(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| {
         Error::invalid(format!(
@@ -653,6 +703,7 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
             sweep_seconds,
             grace_seconds,
             log_format,
+            cluster,
         } => {
             // Flags and environment variables (clap has merged them) over the file.
             let given = veil_server::config::ServeSettings {
@@ -665,6 +716,10 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
                 log_format: log_format
                     .as_deref()
                     .and_then(veil_server::LogFormat::parse),
+                cluster: (!cluster.is_empty()).then(|| veil_server::config::ClusterSettings {
+                    executors: cluster,
+                    bytes_per_partition: None,
+                }),
             };
             let file = match &config {
                 Some(path) => veil_server::config::ServeSettings::from_file(path)?,
@@ -673,6 +728,11 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
             veil_server::serve_with(given.or(file).resolve()?, veil_console::router).await?;
             Ok(0)
         }
+        Command::Executor {
+            data_dir,
+            listen,
+            memory_bytes,
+        } => executor(data_dir, &listen, memory_bytes).await,
         Command::Client(args) => crate::client::run(args).await,
         Command::Dispute(command) => crate::disputes::run(command),
         Command::Correction(command) => crate::corrections::run(command),

@@ -816,6 +816,31 @@ impl SlotKind {
     }
 }
 
+#[cfg(feature = "cluster")]
+impl SlotKind {
+    /// The kind's byte in an encoded [`FoldSpec`].
+    fn code(self) -> u8 {
+        match self {
+            SlotKind::Units => 0,
+            SlotKind::Rows => 1,
+            SlotKind::NonNull => 2,
+            SlotKind::IntSum => 3,
+            SlotKind::FloatSum => 4,
+        }
+    }
+
+    fn of_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => SlotKind::Units,
+            1 => SlotKind::Rows,
+            2 => SlotKind::NonNull,
+            3 => SlotKind::IntSum,
+            4 => SlotKind::FloatSum,
+            _ => return None,
+        })
+    }
+}
+
 /// The slot kind of a measure.
 fn slot_kind(kind: &MeasureKind) -> SlotKind {
     match kind {
@@ -978,6 +1003,116 @@ pub(crate) struct Fold {
     last: Option<(u128, u32, u32)>,
 }
 
+/// What every fold of one job is made from: the job's measures, limits and group hasher,
+/// without the analysis. A cluster executor receives it over the wire (`FoldSpec::encode`) and
+/// makes its folds from it, so they rank and bound exactly as the job's own process would.
+#[derive(Clone)]
+pub(crate) struct FoldSpec {
+    limits: Limits,
+    n_groups: usize,
+    kinds: Vec<SlotKind>,
+    /// An empty list of largest contributions per measure with disclosure rules.
+    largest: Vec<Largest>,
+    hasher: GroupHasher,
+    units_capacity: usize,
+}
+
+/// The first bytes of an encoded [`FoldSpec`] (its format's version).
+#[cfg(feature = "cluster")]
+const SPEC_MAGIC: &[u8; 4] = b"VFP1";
+/// The first bytes of an encoded fold state (its format's version).
+#[cfg(feature = "cluster")]
+const STATE_MAGIC: &[u8; 4] = b"VFS1";
+
+impl FoldSpec {
+    /// The spec of `analysis`'s folds. Every fold of one job must get the same `hasher`, so
+    /// that they rank groups alike and [`finish`] can merge them.
+    pub(crate) fn new(
+        analysis: &Analysis,
+        limits: Limits,
+        hasher: GroupHasher,
+        units_capacity: usize,
+    ) -> Self {
+        Self {
+            limits,
+            n_groups: analysis.groups.len(),
+            kinds: analysis
+                .measures
+                .iter()
+                .map(|m| slot_kind(&m.kind))
+                .collect(),
+            largest: disclosure::lists(analysis),
+            hasher,
+            units_capacity,
+        }
+    }
+
+    /// The number of group columns the folds' input has after its unit column.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn n_groups(&self) -> usize {
+        self.n_groups
+    }
+
+    /// The spec as bytes, for the cluster's codec. It carries the job's group hash key: only
+    /// the domain's own machines (the job's process and Veil's executors) ever see it.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(SPEC_MAGIC);
+        put_u64(&mut out, u64::from(self.limits.max_groups));
+        put_u64(&mut out, u64::from(self.limits.max_rows));
+        put_u64(&mut out, self.n_groups as u64);
+        put_u64(&mut out, self.units_capacity as u64);
+        out.extend_from_slice(&self.hasher.key);
+        put_u64(&mut out, self.kinds.len() as u64);
+        for kind in &self.kinds {
+            out.push(kind.code());
+        }
+        put_u64(&mut out, self.largest.len() as u64);
+        for largest in &self.largest {
+            put_u64(&mut out, largest.measure() as u64);
+            put_u64(&mut out, largest.keep() as u64);
+        }
+        out
+    }
+
+    /// The spec [`Self::encode`] wrote, or `None` if `bytes` are not one.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes);
+        if r.take(4)? != SPEC_MAGIC {
+            return None;
+        }
+        let limits = Limits {
+            max_groups: u32::try_from(r.u64()?).ok()?,
+            max_rows: u32::try_from(r.u64()?).ok()?,
+        };
+        let n_groups = usize::try_from(r.u64()?).ok()?;
+        let units_capacity = usize::try_from(r.u64()?).ok()?;
+        let mut key = [0u8; blake3::KEY_LEN];
+        key.copy_from_slice(r.take(blake3::KEY_LEN)?);
+        let kinds = (0..r.count(1)?)
+            .map(|_| SlotKind::of_code(r.take(1)?[0]))
+            .collect::<Option<Vec<_>>>()?;
+        let largest = (0..r.count(16)?)
+            .map(|_| {
+                let measure = usize::try_from(r.u64()?).ok()?;
+                let keep = usize::try_from(r.u64()?).ok()?;
+                Some(Largest::new(measure, keep))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        r.end()?;
+        Some(Self {
+            limits,
+            n_groups,
+            kinds,
+            largest,
+            hasher: GroupHasher { key },
+            units_capacity,
+        })
+    }
+}
+
 impl Fold {
     /// A fold for `analysis` whose unit column has `unit_type` and group keys `key_types`.
     /// Every fold of one job must get the same `hasher`, so that they rank groups alike and
@@ -991,13 +1126,21 @@ impl Fold {
         reservation: MemoryReservation,
         units_capacity: usize,
     ) -> Result<Self, FoldError> {
+        let spec = FoldSpec::new(analysis, limits, hasher, units_capacity);
+        Self::from_spec(&spec, unit_type, key_types, reservation)
+    }
+
+    /// A fold made from `spec` (see [`Fold::new`]).
+    pub(crate) fn from_spec(
+        spec: &FoldSpec,
+        unit_type: &DataType,
+        key_types: &[DataType],
+        reservation: MemoryReservation,
+    ) -> Result<Self, FoldError> {
+        let units_capacity = spec.units_capacity;
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|_| FoldError::Internal("group keys of an unsupported type"))?;
-        let kinds: Vec<SlotKind> = analysis
-            .measures
-            .iter()
-            .map(|m| slot_kind(&m.kind))
-            .collect();
+        let kinds = spec.kinds.clone();
         let acc_kinds: Vec<SlotKind> = kinds.iter().copied().filter(|k| k.accumulates()).collect();
         let acc_kinds_len = acc_kinds.len();
         let interner = if !key_types.is_empty() && key_types.iter().all(interns_exactly) {
@@ -1013,13 +1156,13 @@ impl Fold {
             None
         };
         Ok(Self {
-            limits,
-            n_groups: analysis.groups.len(),
+            limits: spec.limits,
+            n_groups: spec.n_groups,
             kinds,
             acc_kinds,
-            largest: disclosure::lists(analysis),
+            largest: spec.largest.clone(),
             converter,
-            hasher,
+            hasher: spec.hasher.clone(),
             group_ids: FastMap::default(),
             interner,
             group_keys: Vec::new(),
@@ -1041,6 +1184,144 @@ impl Fold {
             reserved_for: 0,
             last: None,
         })
+    }
+
+    /// The memory this fold holds reserved, in bytes.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn reserved_bytes(&self) -> usize {
+        self.reserved_for
+    }
+
+    /// The fold's finished state as bytes: what [`finish`] reads of it — its groups (keys and
+    /// ranking hashes), its units with their first slot and cut flag, its slots and their
+    /// accumulators. A cluster executor sends this to the job's process, which decodes it
+    /// ([`Fold::decode`]) and merges it with the other folds exactly as if it had folded the
+    /// rows itself. It is in-domain data: it travels only between the domain's machines.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let words = if self.integer_units_only {
+            self.integer_units.len * <u64 as UnitKey>::WORDS
+        } else {
+            self.text_units.len * <u128 as UnitKey>::WORDS
+        };
+        let keys: usize = self.group_keys.iter().map(|k| k.len() + 12).sum();
+        let mut out = Vec::with_capacity(
+            64 + keys + words * 8 + self.slots.len() * 16 + self.accs.len() * 16,
+        );
+        out.extend_from_slice(STATE_MAGIC);
+        out.push(u8::from(self.integer_units_only));
+        put_u64(&mut out, self.group_keys.len() as u64);
+        for (key, hash) in self.group_keys.iter().zip(&self.group_hashes) {
+            put_u64(&mut out, key.len() as u64);
+            out.extend_from_slice(key);
+            put_u64(&mut out, *hash);
+        }
+        let (entries, table_words): (usize, &[u64]) = if self.integer_units_only {
+            (self.integer_units.len, &self.integer_units.words)
+        } else {
+            (self.text_units.len, &self.text_units.words)
+        };
+        let per_entry = if self.integer_units_only {
+            <u64 as UnitKey>::WORDS
+        } else {
+            <u128 as UnitKey>::WORDS
+        };
+        put_u64(&mut out, entries as u64);
+        for entry in table_words.chunks_exact(per_entry) {
+            if entry[per_entry - 1] != 0 {
+                for word in entry {
+                    put_u64(&mut out, *word);
+                }
+            }
+        }
+        put_u64(&mut out, self.slots.len() as u64);
+        for slot in &self.slots {
+            out.extend_from_slice(&slot.group.to_le_bytes());
+            out.extend_from_slice(&slot.next.to_le_bytes());
+            out.extend_from_slice(&slot.rows.to_le_bytes());
+        }
+        put_u64(&mut out, self.accs.len() as u64);
+        for acc in &self.accs {
+            out.extend_from_slice(&acc.sum.to_le_bytes());
+            out.extend_from_slice(&acc.count.to_le_bytes());
+        }
+        out
+    }
+
+    /// The fold [`Fold::encode`] wrote, made from the same `spec`, with its memory reserved
+    /// from `reservation`. Malformed bytes (a chain out of range, a group that does not exist,
+    /// accumulators that do not match the slots) are refused, never trusted.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn decode(
+        spec: &FoldSpec,
+        unit_type: &DataType,
+        key_types: &[DataType],
+        reservation: MemoryReservation,
+        bytes: &[u8],
+    ) -> Result<Self, FoldError> {
+        const MALFORMED: FoldError =
+            FoldError::Internal("a fold state from an executor is malformed");
+        let empty = FoldSpec {
+            units_capacity: 0,
+            ..spec.clone()
+        };
+        let mut fold = Self::from_spec(&empty, unit_type, key_types, reservation)?;
+        let mut r = Reader::new(bytes);
+        if r.take(4) != Some(STATE_MAGIC.as_slice()) {
+            return Err(MALFORMED);
+        }
+        let integer = r.take(1).ok_or(MALFORMED)?[0] == 1;
+        if integer != fold.integer_units_only {
+            return Err(MALFORMED);
+        }
+        let groups = r.count(12).ok_or(MALFORMED)?;
+        for _ in 0..groups {
+            let len = r.count(1).ok_or(MALFORMED)?;
+            let key = r.take(len).ok_or(MALFORMED)?;
+            fold.group_keys.push(GroupKeyBytes::from(key));
+            fold.group_hashes.push(r.u64().ok_or(MALFORMED)?);
+        }
+        let entries = if integer {
+            read_table(&mut r, &mut fold.integer_units)
+        } else {
+            read_table(&mut r, &mut fold.text_units)
+        }
+        .ok_or(MALFORMED)?;
+        let slots = r.count(16).ok_or(MALFORMED)?;
+        fold.slots.reserve_exact(slots);
+        for _ in 0..slots {
+            let group = u32::try_from(r.u64_half().ok_or(MALFORMED)?).map_err(|_| MALFORMED)?;
+            let next = u32::try_from(r.u64_half().ok_or(MALFORMED)?).map_err(|_| MALFORMED)?;
+            let rows = r.u64().ok_or(MALFORMED)? as i64;
+            fold.slots.push(Slot { group, rows, next });
+        }
+        let accs = r.count(16).ok_or(MALFORMED)?;
+        if accs != slots * fold.stride() {
+            return Err(MALFORMED);
+        }
+        fold.accs.reserve_exact(accs);
+        for _ in 0..accs {
+            let sum = r.u64().ok_or(MALFORMED)? as i64;
+            let count = r.u64().ok_or(MALFORMED)? as i64;
+            fold.accs.push(Acc { sum, count });
+        }
+        r.end().ok_or(MALFORMED)?;
+        // Every index the merge follows must point inside the state.
+        let slot_ok = |at: u32| (at as usize) < slots;
+        let firsts_ok = if integer {
+            fold.integer_units.iter().all(|(_, e)| slot_ok(e.first))
+        } else {
+            fold.text_units.iter().all(|(_, e)| slot_ok(e.first))
+        };
+        let slots_ok = fold.slots.iter().enumerate().all(|(at, slot)| {
+            (slot.group as usize) < groups
+                && (slot.next == NO_SLOT || (slot.next as usize > at && slot_ok(slot.next)))
+        });
+        if !firsts_ok || !slots_ok || entries > slots {
+            return Err(MALFORMED);
+        }
+        fold.account()?;
+        Ok(fold)
     }
 
     /// Accumulators per slot.
@@ -1386,6 +1667,86 @@ impl Fold {
         let stride = self.stride();
         &self.accs[slot as usize * stride..(slot as usize + 1) * stride]
     }
+}
+
+/// Appends `value` as 8 little-endian bytes.
+#[cfg(feature = "cluster")]
+fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// Reads the encodings of [`FoldSpec::encode`] and [`Fold::encode`], refusing any length
+/// that runs past the end.
+#[cfg(feature = "cluster")]
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+#[cfg(feature = "cluster")]
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        if len > self.bytes.len() {
+            return None;
+        }
+        let (head, tail) = self.bytes.split_at(len);
+        self.bytes = tail;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn u64_half(&mut self) -> Option<u64> {
+        Some(u64::from(u32::from_le_bytes(
+            self.take(4)?.try_into().ok()?,
+        )))
+    }
+
+    /// A count of items of at least `item_bytes` each, refused if the rest cannot hold them
+    /// (so a hostile count cannot make the reader allocate).
+    fn count(&mut self, item_bytes: usize) -> Option<usize> {
+        let count = usize::try_from(self.u64()?).ok()?;
+        (count.checked_mul(item_bytes)? <= self.bytes.len()).then_some(count)
+    }
+
+    fn end(&self) -> Option<()> {
+        self.bytes.is_empty().then_some(())
+    }
+}
+
+/// Reads a unit table's occupied entries into `table` (sized for them), each with its slot
+/// word as it was (first slot and cut flag); the number of units, or `None` if malformed.
+#[cfg(feature = "cluster")]
+fn read_table<K: UnitKey>(r: &mut Reader<'_>, table: &mut UnitTable<K>) -> Option<usize> {
+    let entries = r.count(8 * K::WORDS)?;
+    *table = UnitTable::for_units(entries);
+    let mut entry = vec![0u64; K::WORDS];
+    for _ in 0..entries {
+        for word in entry.iter_mut() {
+            *word = r.u64()?;
+        }
+        let slot_word = entry[K::WORDS - 1];
+        if slot_word == 0 {
+            return None;
+        }
+        let key = K::from_words(&entry);
+        let first = UnitEntry::of_word(slot_word);
+        // A unit twice in one table would be counted twice: refused.
+        if table.get_or_insert(key, first.first).is_some() {
+            return None;
+        }
+        if first.cut
+            && let Some((_, word)) = table.get_or_insert(key, first.first)
+        {
+            table.mark_cut(word);
+        }
+    }
+    Some(entries)
 }
 
 /// Adds one slot's capped contribution to its group's totals.
@@ -1907,6 +2268,19 @@ mod tests {
         text_units: bool,
         interned: bool,
     ) -> Bounded {
+        let folds = fold_shares(shares, limits, hasher, batch_rows, text_units, interned);
+        finish(folds, vec![DataType::Utf8]).unwrap()
+    }
+
+    /// The folds [`bounded_all`] finishes, one per share.
+    fn fold_shares(
+        shares: &[Vec<Row>],
+        limits: Limits,
+        hasher: &GroupHasher,
+        batch_rows: usize,
+        text_units: bool,
+        interned: bool,
+    ) -> Vec<Fold> {
         let analysis = analysis();
         let key_types = vec![DataType::Utf8];
         let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
@@ -1946,7 +2320,7 @@ mod tests {
                 <= state_bytes_max(&analysis, limits, &[rows], shares.len()) + first_sizes as u128,
             "{used} bytes of state for {rows} rows"
         );
-        finish(folds, key_types).unwrap()
+        folds
     }
 
     /// The units the bounds cut, from the definition: more than `max_groups` groups, or a
@@ -2179,6 +2553,98 @@ mod tests {
                 rows.iter().filter_map(|r| r.0).collect();
             assert!(units <= distinct.len() as i64 * i64::from(limits.max_groups));
         }
+    }
+
+    /// What a cluster executor sends back is the fold itself: folds encoded and decoded (as
+    /// they cross from the executors to the job's process) finish exactly as the originals,
+    /// and bytes that are not a fold's state are refused, never trusted.
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn folds_sent_over_the_wire_finish_exactly_as_the_originals() {
+        let mut rng = ChaCha8Rng::seed_from_u64(20261202);
+        let pool: Arc<dyn MemoryPool> = Arc::new(UnboundedMemoryPool::default());
+        for run in 0..100 {
+            let text_units = run % 2 == 1;
+            let limits = Limits {
+                max_groups: rng.random_range(1..=3),
+                max_rows: rng.random_range(1..=3),
+            };
+            let rows: Vec<Row> = (0..rng.random_range(0..=200))
+                .map(|_| {
+                    (
+                        (rng.random_range(0..20) > 0).then(|| rng.random_range(0..40)),
+                        GROUPS[rng.random_range(0..GROUPS.len())],
+                        (rng.random_range(0..10) > 0).then(|| rng.random_range(0..=100)),
+                        (rng.random_range(0..10) > 0).then(|| rng.random_range(0.0..=1.0)),
+                    )
+                })
+                .collect();
+            let mut shares: Vec<Vec<Row>> = vec![Vec::new(); 3];
+            for row in &rows {
+                shares[rng.random_range(0..3)].push(*row);
+            }
+            let hasher = GroupHasher::new();
+            let spec = FoldSpec::decode(
+                &FoldSpec::new(&analysis(), limits, hasher.clone(), TEST_UNITS_CAPACITY).encode(),
+            )
+            .expect("a spec decodes");
+            let originals = fold_shares(&shares, limits, &hasher, 7, text_units, true);
+            let sent: Vec<Fold> = originals
+                .iter()
+                .map(|fold| {
+                    let reservation = MemoryConsumer::new("test-received").register(&pool);
+                    Fold::decode(
+                        &spec,
+                        &unit_type(text_units),
+                        &[DataType::Utf8],
+                        reservation,
+                        &fold.encode(),
+                    )
+                    .expect("a fold decodes")
+                })
+                .collect();
+            let here = finish(originals, vec![DataType::Utf8]).unwrap();
+            let there = finish(sent, vec![DataType::Utf8]).unwrap();
+            assert_same(&there.groups, &here.groups);
+            assert_eq!(there.truncated_units, here.truncated_units, "run {run}");
+        }
+
+        // Malformed states: truncated, another magic, a chain that runs backwards.
+        let hasher = GroupHasher::new();
+        let limits = Limits {
+            max_groups: 2,
+            max_rows: 2,
+        };
+        let row = |unit: i64, group: &'static str| (Some(unit), group, Some(1), Some(0.5));
+        let share = vec![row(1, "a"), row(1, "b"), row(2, "a"), row(1, "c")];
+        let fold = fold_shares(&[share], limits, &hasher, 4, false, true).remove(0);
+        let spec = FoldSpec::new(&analysis(), limits, hasher, 0);
+        let decode = |bytes: &[u8]| {
+            let reservation = MemoryConsumer::new("test-received").register(&pool);
+            Fold::decode(
+                &spec,
+                &DataType::Int64,
+                &[DataType::Utf8],
+                reservation,
+                bytes,
+            )
+        };
+        let good = fold.encode();
+        assert!(decode(&good).is_ok());
+        assert!(decode(&good[..good.len() - 1]).is_err(), "truncated");
+        let mut magic = good.clone();
+        magic[0] ^= 1;
+        assert!(decode(&magic).is_err(), "another magic");
+        // The first slot's `next` (right after the slot count) pointing at itself.
+        let slots_at = good.len() - 8 - fold.accs.len() * 16 - fold.slots.len() * 16 - 8;
+        let mut backwards = good.clone();
+        backwards[slots_at + 8 + 4..slots_at + 8 + 8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(
+            decode(&backwards).is_err(),
+            "a chain that does not run forward"
+        );
+        assert!(decode(&[]).is_err());
+        assert!(FoldSpec::decode(b"VFP1").is_none());
     }
 
     #[test]

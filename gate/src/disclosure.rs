@@ -241,7 +241,7 @@ pub(crate) struct Largest {
 }
 
 impl Largest {
-    fn new(measure: usize, keep: usize) -> Self {
+    pub(crate) fn new(measure: usize, keep: usize) -> Self {
         Self {
             measure,
             keep,
@@ -251,6 +251,12 @@ impl Largest {
 
     pub(crate) fn measure(&self) -> usize {
         self.measure
+    }
+
+    /// How many contributions it keeps.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn keep(&self) -> usize {
+        self.keep
     }
 
     /// Adds one unit's contribution, keeping the `keep` largest.

@@ -114,6 +114,10 @@ pub struct JobRequest {
     pub units_hint: usize,
     /// Test builds only: seeded noise (see `noise::Source`).
     pub noise_seed: Option<u64>,
+    /// Veil's executors, when the server runs SQL jobs' folds on a cluster (`cluster`);
+    /// `None`: here, in the job's process.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterTarget>,
 }
 
 /// The request as it crosses to the child, with the reservation the parent held.
@@ -822,6 +826,14 @@ async fn execute(
         }
     };
     let (sandbox, analysis) = match prepared {
+        // A SQL job's fold may run on the cluster; a WASM job's rows are mapped here, in
+        // memory, and folded here too.
+        Ok(Ok((sandbox, analysis))) if request.spec.wasm.is_none() && request.cluster.is_some() => {
+            match on_cluster(sandbox, request.cluster.clone()) {
+                Ok(sandbox) => (sandbox, analysis),
+                Err(e) => return failed(e.to_string(), input_stats, wasm),
+            }
+        }
         Ok(Ok(ready)) => ready,
         Ok(Err(refusal)) => {
             return failed(
@@ -872,6 +884,20 @@ async fn execute(
             wasm,
         ),
     }
+}
+
+/// `sandbox`, set to fold on `target`'s executors (see `cluster`).
+fn on_cluster(
+    sandbox: Sandbox,
+    target: Option<crate::cluster::ClusterTarget>,
+) -> Result<Sandbox, SandboxError> {
+    crate::cluster::check_built()?;
+    #[cfg(feature = "cluster")]
+    if let Some(target) = target {
+        return Ok(sandbox.on_cluster(target));
+    }
+    let _ = target;
+    Ok(sandbox)
 }
 
 /// The gate's configuration for a run under `approval`'s terms.

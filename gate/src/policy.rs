@@ -441,7 +441,8 @@ pub struct Dataset {
     pub id: DatasetId,
     pub name: String,
     pub policy: Policy,
-    /// Path of the Parquet file relative to the store's data folder.
+    /// Path of the Parquet file relative to the store's data folder, or the `s3://` URL of a
+    /// Parquet object on the domain's object storage (see `sandbox::object_storage`).
     pub file: String,
     pub rows: u64,
     pub bytes: u64,

@@ -725,6 +725,19 @@ async fn bound(
         config.units_hint / partitions,
         sandbox.limits().memory_bytes / 4 / partitions,
     );
+    #[cfg(feature = "cluster")]
+    if let Some(target) = sandbox.cluster() {
+        // The same folds, made from the same spec, on Veil's executors (see `cluster`);
+        // the merge below is the same.
+        let spec = bounding::FoldSpec::new(analysis, config.limits, hasher, units_capacity);
+        let (folds, stats) =
+            crate::cluster::fold_on_cluster(sandbox, target, plan, spec, &unit_type, &key_types)
+                .await
+                .map_err(|e| (ReleaseFailure::Sandbox(e), ExecStats::default()))?;
+        let bounded = bounding::finish(folds, key_types)
+            .map_err(|what| (ReleaseFailure::Internal(what), stats))?;
+        return Ok((bounded, stats));
+    }
     let init = {
         let analysis = analysis.clone();
         let key_types = key_types.clone();

@@ -71,6 +71,9 @@ pub enum Rule {
     GrantScope,
     /// The grant exists but is outside its term.
     GrantTerm,
+    /// A dataset's object on object storage is not the one registered (its size or ETag
+    /// differ): the bureau registers the new object as a new version.
+    DatasetChanged,
     /// Resource limits (memory, time) stopped the query.
     ResourcesLimit,
 }
@@ -105,6 +108,7 @@ impl Rule {
             Self::TemplateNotApproved => "template.not_approved",
             Self::GrantScope => "grant.scope",
             Self::GrantTerm => "grant.term",
+            Self::DatasetChanged => "dataset.changed",
             Self::ResourcesLimit => "resources.limit",
         }
     }

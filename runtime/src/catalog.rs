@@ -2,7 +2,10 @@
 //!
 //! A dataset is registered by the bureau from a Parquet or CSV file plus a policy file (TOML).
 //! Registration copies the data into the domain store as Parquet, hashes it with BLAKE3, and
-//! checks the policy against the file's real schema. The policy is deny-by-default: every
+//! checks the policy against the file's real schema. A Parquet object on the domain's object
+//! storage (`s3://<bucket>/<key>`, buckets configured in `object-storage.toml`) is registered
+//! where it lives instead: the same checks and hash, its size and ETag recorded, nothing kept
+//! in the store (see `register_object` and [`changed_object`]). The policy is deny-by-default: every
 //! column must have a role, and a policy that does not fit the file is refused with one line
 //! per problem, naming the column and the fix.
 //!
@@ -54,6 +57,8 @@ use crate::quality::QualityReport;
 use crate::store::{Store, query_parsed_rows};
 use crate::{audit, clock, csv_input, files, quality};
 pub use veil_gate::policy::*;
+use veil_gate::sandbox::SandboxError;
+use veil_gate::sandbox::object_storage::{self, ObjectFacts, ObjectStorage, ObjectUrl};
 
 /// Longest dataset (table) name, in bytes.
 pub const DATASET_NAME_BYTES_MAX: usize = 63;
@@ -64,12 +69,36 @@ const CSV_INFER_ROWS: usize = 10_000;
 /// Bytes copied at a time when a Parquet file is copied in (and progress reported).
 const COPY_CHUNK_BYTES: usize = 1 << 20;
 
-/// The schema of a dataset's stored Parquet file (read from its footer).
+/// The schema of a dataset's stored Parquet file (read from its footer). For a dataset on
+/// object storage, the object's footer, read with two range requests.
 pub fn schema_of(dataset: &Dataset, store: &Store) -> Result<SchemaRef> {
+    if let Some(url) = object_url(&dataset.file)? {
+        let storage = ObjectStorage::require(&store.data_dir()).map_err(storage_error)?;
+        return object_storage::block_on(object_storage::parquet_schema(&storage, &url))
+            .and_then(|schema| schema)
+            .map_err(storage_error);
+    }
     SourceFormat::Parquet.schema(
         &store.data_dir().join(&dataset.file),
         &CsvOptions::default(),
     )
+}
+
+/// The object an `s3://` file names, or `None` for a file in the data folder.
+pub fn object_url(file: &str) -> Result<Option<ObjectUrl>> {
+    if object_storage::is_object_url(file) {
+        ObjectUrl::parse(file).map(Some).map_err(storage_error)
+    } else {
+        Ok(None)
+    }
+}
+
+/// An object storage error as the bureau reads it: what to change, never a secret.
+fn storage_error(error: SandboxError) -> Error {
+    match error {
+        SandboxError::Config(message) => Error::invalid(message),
+        other => Error::internal(other.to_string()),
+    }
 }
 
 /// How a dataset is registered, beyond its name, file and policy. The default reads CSV as
@@ -163,6 +192,9 @@ pub fn register_with(
             "a dataset named `{name}` is already registered; choose another name"
         )));
     }
+    if let Some(url) = source.to_str().map(object_url).transpose()?.flatten() {
+        return register_object(store, name, &url, policy, options);
+    }
     let format = SourceFormat::of(source)?;
     if matches!(format, SourceFormat::Parquet) && options.csv.chosen() {
         return Err(Error::invalid(format!(
@@ -205,11 +237,27 @@ pub fn register_with(
         content_blake3: copied.blake3,
         registered_at: clock::format(clock::now()),
     };
+    let result = record_registration(store, &dataset, &report, None);
+    if let Err(error) = result {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(error);
+    }
+    Ok(dataset)
+}
+
+/// Records a first registration: the dataset, its quality report, its version 1, the object
+/// it names (for a dataset on object storage) and the audit entry, in one transaction.
+fn record_registration(
+    store: &mut Store,
+    dataset: &Dataset,
+    report: &QualityReport,
+    object: Option<&ObjectFacts>,
+) -> Result<()> {
     let policy_json = serde_json::to_string(&dataset.policy)
         .map_err(|e| Error::internal(format!("encoding a policy: {e}")))?;
-    let report_json = serde_json::to_string(&report)
+    let report_json = serde_json::to_string(report)
         .map_err(|e| Error::internal(format!("encoding a quality report: {e}")))?;
-    let result = store.write(|tx| {
+    store.write(|tx| {
         tx.execute(
             "INSERT INTO datasets (id, name, policy_json, file, rows, bytes, content_blake3, registered_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -228,7 +276,10 @@ pub fn register_with(
             "INSERT INTO dataset_quality (dataset_id, report_json, computed_at) VALUES (?1, ?2, ?3)",
             params![dataset.id.as_str(), report_json, dataset.registered_at],
         )?;
-        insert_version(tx, &dataset, 1, &dataset.registered_at)?;
+        insert_version(tx, dataset, 1, &dataset.registered_at)?;
+        if let Some(object) = object {
+            insert_object(tx, dataset, object)?;
+        }
         audit::append(
             tx,
             "bureau",
@@ -243,12 +294,236 @@ pub fn register_with(
             },
         )?;
         Ok(())
-    });
-    if let Err(error) = result {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(error);
-    }
+    })
+}
+
+/// Registers a dataset whose data is a Parquet object on the domain's object storage, where
+/// it lives: nothing is copied into the store. The object is streamed once into a temporary
+/// file in the data folder, which the BLAKE3 hash, the policy checks and the data-quality
+/// report read, and which is removed before this returns; the dataset's `file` is the
+/// object's URL, and its size and ETag are recorded so that a job can tell that the object
+/// changed (see [`changed_object`]).
+fn register_object(
+    store: &mut Store,
+    name: &str,
+    url: &ObjectUrl,
+    policy: Policy,
+    mut options: RegisterOptions<'_>,
+) -> Result<Dataset> {
+    let fetched = fetch_and_check(store, name, url, &policy, &mut options)?;
+    let dataset = Dataset {
+        id: DatasetId::random(),
+        name: name.to_string(),
+        policy,
+        file: url.to_string(),
+        rows: fetched.copied.rows,
+        bytes: fetched.copied.bytes,
+        content_blake3: fetched.copied.blake3,
+        registered_at: clock::format(clock::now()),
+    };
+    let mut report = fetched.report;
+    report.issues_accepted = !report.blocking().is_empty();
+    record_registration(store, &dataset, &report, Some(&fetched.facts))?;
     Ok(dataset)
+}
+
+/// An object read once and checked.
+struct Fetched {
+    copied: Copied,
+    report: QualityReport,
+    facts: ObjectFacts,
+}
+
+/// Reads the object at `url` once (hashing it on the way into a temporary file), checks its
+/// schema and sums against `policy` and computes its quality report (refusing blocking issues
+/// unless `options` accepts them). The temporary file is gone when this returns.
+fn fetch_and_check(
+    store: &Store,
+    name: &str,
+    url: &ObjectUrl,
+    policy: &Policy,
+    options: &mut RegisterOptions<'_>,
+) -> Result<Fetched> {
+    if options.csv.chosen() {
+        return Err(Error::invalid(format!(
+            "{url} is a Parquet object: --encoding and --delimiter apply to CSV files only; leave them out"
+        )));
+    }
+    // The sandbox's listing table reads `.parquet` objects only, and only Parquet carries its
+    // schema with it; CSV and JSON objects would need a conversion the store cannot keep.
+    if !url.key().ends_with(".parquet") {
+        return Err(Error::invalid(format!(
+            "{url} is not a Parquet object (its key does not end in .parquet): only Parquet objects are registered where they live; convert it to Parquet, or register the local file"
+        )));
+    }
+    let storage = ObjectStorage::require(&store.data_dir()).map_err(storage_error)?;
+    let dir = store
+        .data_dir()
+        .join(format!(".object-{}", DatasetId::random()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+    let tmp = dir.join("object.parquet");
+    let checked = (|| {
+        let (facts, bytes, blake3) = download(&storage, url, &tmp, options)?;
+        let schema = ParquetRecordBatchReaderBuilder::try_new(
+            File::open(&tmp).map_err(|e| Error::io("opening", &tmp, e))?,
+        )
+        .map(|b| b.schema().clone())
+        .map_err(|_| Error::invalid(format!("{url} is not a valid Parquet object")))?;
+        let problems = policy.check(&schema);
+        if !problems.is_empty() {
+            return Err(Error::Policy(problems));
+        }
+        let rows = parquet_rows(&tmp)
+            .map_err(|_| Error::invalid(format!("{url} is not a valid Parquet object")))?;
+        let copied = Copied {
+            rows,
+            bytes,
+            blake3,
+        };
+        let report = check_copied(name, &tmp, &schema, policy, &copied, options)?;
+        Ok(Fetched {
+            copied,
+            report,
+            facts,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    checked
+}
+
+/// Streams the object into `target`, hashing it on the way: its facts, bytes and BLAKE3.
+fn download(
+    storage: &ObjectStorage,
+    url: &ObjectUrl,
+    target: &Path,
+    options: &mut RegisterOptions<'_>,
+) -> Result<(ObjectFacts, u64, String)> {
+    use futures::StreamExt;
+    let mut output = File::create(target).map_err(|e| Error::io("creating", target, e))?;
+    // Progress is reported from this thread while the read runs on a runtime of its own: the
+    // chunks come back over a bounded channel, and this thread writes and hashes them.
+    let (sender, receiver) =
+        std::sync::mpsc::sync_channel::<std::result::Result<Vec<u8>, SandboxError>>(4);
+    let read = async move {
+        let (facts, mut stream) = storage.open(url).await?;
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if sender.send(chunk.map(|b| b.to_vec())).is_err() || failed {
+                break;
+            }
+        }
+        Ok::<ObjectFacts, SandboxError>(facts)
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    let facts = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| object_storage::block_on(read));
+        // Owned here, so that an early return drops it and a reader blocked on a full
+        // channel stops instead of waiting for this scope forever.
+        let receiver = receiver;
+        for chunk in receiver.iter() {
+            let chunk = chunk.map_err(storage_error)?;
+            hasher.update(&chunk);
+            output
+                .write_all(&chunk)
+                .map_err(|e| Error::io("writing", target, e))?;
+            total += chunk.len() as u64;
+            options.report(Stage::Reading, 0, total);
+        }
+        reader
+            .join()
+            .map_err(|_| Error::internal("reading an object stopped unexpectedly"))?
+            .and_then(|read| read)
+            .map_err(storage_error)
+    })?;
+    output
+        .sync_all()
+        .map_err(|e| Error::io("syncing", target, e))?;
+    if total != facts.size {
+        return Err(Error::invalid(format!(
+            "{url} changed while it was read ({total} bytes read, {} announced); register it again once nothing writes it",
+            facts.size
+        )));
+    }
+    Ok((facts, total, hasher.finalize().to_hex().to_string()))
+}
+
+fn insert_object(
+    tx: &rusqlite::Transaction<'_>,
+    dataset: &Dataset,
+    object: &ObjectFacts,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO dataset_objects (dataset_id, url, content_blake3, size, etag)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            dataset.id.as_str(),
+            dataset.file,
+            dataset.content_blake3,
+            object.size as i64,
+            object.etag
+        ],
+    )?;
+    Ok(())
+}
+
+/// The size and ETag the object of a dataset on object storage had when it was registered
+/// (at the version `dataset` is at), or `None` for a dataset in the data folder.
+pub fn registered_object(store: &Store, dataset: &Dataset) -> Result<Option<ObjectFacts>> {
+    if !object_storage::is_object_url(&dataset.file) {
+        return Ok(None);
+    }
+    let found = store
+        .conn()
+        .query_row(
+            "SELECT size, etag FROM dataset_objects
+             WHERE dataset_id = ?1 AND url = ?2 AND content_blake3 = ?3",
+            params![dataset.id.as_str(), dataset.file, dataset.content_blake3],
+            |row| {
+                Ok(ObjectFacts {
+                    size: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                    etag: row.get(1)?,
+                })
+            },
+        )
+        .optional()?;
+    found.map(Some).ok_or_else(|| {
+        Error::internal(format!(
+            "the store holds no object record for `{}`",
+            dataset.name
+        ))
+    })
+}
+
+/// For the datasets a job reads, the refusal message for the first whose object on object
+/// storage is not the one registered (a `HEAD` each: size and ETag), or `None` when every
+/// object is as registered. Datasets in the data folder are not checked here: the store
+/// owns their files. An object that cannot be reached is an error (the job fails before it
+/// reserves anything).
+pub async fn changed_object(store: &Store, datasets: &[Dataset]) -> Result<Option<String>> {
+    let mut storage = None;
+    for dataset in datasets {
+        let Some(url) = object_url(&dataset.file)? else {
+            continue;
+        };
+        let Some(registered) = registered_object(store, dataset)? else {
+            continue;
+        };
+        let storage = match &mut storage {
+            Some(storage) => storage,
+            None => {
+                storage.insert(ObjectStorage::require(&store.data_dir()).map_err(storage_error)?)
+            }
+        };
+        let now = storage.head(&url).await.map_err(storage_error)?;
+        if now != registered {
+            return Ok(Some(format!(
+                "dataset `{}`'s object {url} changed since it was registered (size or ETag differ): the bureau registers the new object as a new version (`veil dataset update {} --file {url}`)",
+                dataset.name, dataset.name
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// One version of a dataset's data.
@@ -257,7 +532,8 @@ pub struct Version {
     pub dataset_id: String,
     /// 1 for the first registration, then one more for each new file.
     pub version: u32,
-    /// Path of its Parquet file relative to the store's data folder.
+    /// Path of its Parquet file relative to the store's data folder, or the `s3://` URL of
+    /// its object on object storage.
     pub file: String,
     pub rows: u64,
     pub bytes: u64,
@@ -366,6 +642,21 @@ pub fn register_version(
     let current = get(store, name_or_id)?;
     let known = versions(store, &current)?;
     let number = known.last().map_or(1, |v| v.version) + 1;
+    // A new version on object storage is registered where it lives, like a first one.
+    if let Some(url) = source.to_str().map(object_url).transpose()?.flatten() {
+        let fetched = fetch_and_check(store, &current.name, &url, &current.policy, &mut options)?;
+        let copied = fetched.copied;
+        return record_version(
+            store,
+            &current,
+            &known,
+            number,
+            source,
+            url.to_string(),
+            None,
+            (copied, fetched.report, Some(fetched.facts)),
+        );
+    }
     let format = SourceFormat::of(source)?;
     if matches!(format, SourceFormat::Parquet) && options.csv.chosen() {
         return Err(Error::invalid(format!(
@@ -394,11 +685,43 @@ pub fn register_version(
         &current.policy,
         &mut options,
     );
-    let (copied, mut report) = checked.inspect_err(|_| {
+    let (copied, report) = checked.inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;
+    record_version(
+        store,
+        &current,
+        &known,
+        number,
+        source,
+        relative,
+        Some(&dir),
+        (copied, report, None),
+    )
+}
+
+/// Records a checked new version (its file `relative` in the data folder, whose folder `dir`
+/// is removed on failure, or an object's URL with the object's facts), unless it holds the
+/// latest version's data.
+#[allow(clippy::too_many_arguments)]
+fn record_version(
+    store: &mut Store,
+    current: &Dataset,
+    known: &[Version],
+    number: u32,
+    source: &Path,
+    relative: String,
+    dir: Option<&Path>,
+    checked: (Copied, QualityReport, Option<ObjectFacts>),
+) -> Result<(Dataset, Version)> {
+    let (copied, mut report, object) = checked;
+    let remove = || {
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
     if copied.blake3 == current.content_blake3 {
-        let _ = std::fs::remove_dir_all(&dir);
+        remove();
         return Err(Error::invalid(format!(
             "{} holds exactly the data of `{}` version {}; nothing new to register",
             source.display(),
@@ -434,6 +757,9 @@ pub fn register_version(
             )?;
         }
         insert_version(tx, &updated, number, &at)?;
+        if let Some(object) = &object {
+            insert_object(tx, &updated, object)?;
+        }
         tx.execute(
             "UPDATE datasets SET file = ?1, rows = ?2, bytes = ?3, content_blake3 = ?4 WHERE id = ?5",
             params![
@@ -462,7 +788,7 @@ pub fn register_version(
         Ok(())
     });
     if let Err(error) = result {
-        let _ = std::fs::remove_dir_all(&dir);
+        remove();
         return Err(error);
     }
     let version = Version {
@@ -490,6 +816,20 @@ fn copy_and_check(
     options: &mut RegisterOptions<'_>,
 ) -> Result<(Copied, QualityReport)> {
     let copied = format.copy_into(source, target, schema, options)?;
+    let report = check_copied(name, target, schema, policy, &copied, options)?;
+    Ok((copied, report))
+}
+
+/// The checks of a file in the store: its sums against the policy, and its quality report,
+/// which refuses blocking issues unless `options` accepts them.
+fn check_copied(
+    name: &str,
+    target: &Path,
+    schema: &SchemaRef,
+    policy: &Policy,
+    copied: &Copied,
+    options: &mut RegisterOptions<'_>,
+) -> Result<QualityReport> {
     // Only now is the row count known (a CSV file is counted while it is converted).
     let problems = policy.check_sums(schema, copied.rows);
     if !problems.is_empty() {
@@ -507,7 +847,7 @@ fn copy_and_check(
             lines.join("\n")
         )));
     }
-    Ok((copied, report))
+    Ok(report)
 }
 
 /// The data-quality report computed when the dataset was registered, or `None` for a

@@ -707,15 +707,51 @@ async fn execute(
         Some(wasm) => prepare_wasm(store, template, wasm, &approval, &bound, &tables).await,
     };
     let prepared = match prepared {
-        Ok(Ok(prepared)) => prepared,
-        Ok(Err(refusal)) => return Ok(Decision::Rejected(refusal, Some(grant))),
-        Err(failure) => return Ok(Decision::Failed(Failure::platform(failure), Some(grant))),
+        Ok(Ok(prepared)) => Ok(prepared),
+        Ok(Err(refusal)) => Err(Decision::Rejected(refusal, Some(grant.clone()))),
+        Err(failure) => Err(Decision::Failed(
+            Failure::platform(failure),
+            Some(grant.clone()),
+        )),
+    };
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        // Planning reads the tables' schemas: an object replaced by one of another schema
+        // fails here, and the bureau's fix is the one `dataset.changed` names, so it is said
+        // first (checking every table of the grant, since the plan did not say which it uses).
+        Err(decision) => {
+            let all: Vec<Dataset> = tables.values().cloned().collect();
+            if let Ok(Some(changed)) = catalog::changed_object(store, &all).await {
+                return Ok(Decision::Rejected(
+                    Refusal::one(Rule::DatasetChanged, changed),
+                    Some(grant),
+                ));
+            }
+            return Ok(decision);
+        }
     };
     let used: Vec<Dataset> = prepared
         .tables()
         .iter()
         .filter_map(|name| tables.get(name).cloned())
         .collect();
+    // A dataset on object storage must still be the object registered: one HEAD each, before
+    // anything is reserved (the bytes the job would read must be the bytes hashed).
+    match catalog::changed_object(store, &used).await {
+        Ok(None) => {}
+        Ok(Some(changed)) => {
+            return Ok(Decision::Rejected(
+                Refusal::one(Rule::DatasetChanged, changed),
+                Some(grant),
+            ));
+        }
+        Err(e) => {
+            return Ok(Decision::Failed(
+                Failure::platform(e.to_string()),
+                Some(grant),
+            ));
+        }
+    }
 
     // The ε plan: every draw, its share and scale, and the existence threshold, checked by
     // OpenDP now — a plan it refuses costs nothing. The child repeats it from the same inputs.
@@ -862,6 +898,7 @@ async fn execute(
         tables: tables.clone(),
         units_hint,
         noise_seed,
+        cluster: crate::cluster::current(),
     };
     let exe = exec::executable()
         .map_err(|e| Error::internal(format!("finding this program to run a job ({e})")))?;

@@ -27,6 +27,7 @@ pub mod assets;
 pub mod audit;
 pub mod budget;
 pub mod catalog;
+pub mod cluster;
 
 pub mod compile;
 pub mod contribution;

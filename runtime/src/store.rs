@@ -52,9 +52,10 @@ const KEY_FILE: &str = "keys/platform.ed25519";
 /// datasets registered earlier have none), version 8 the expiry of rotated API keys
 /// (`principal_key_expiry`, a new table: keys made earlier never expire), version 9 the
 /// bureau's governance tables (dataset versions, correction requests, freezes and their
-/// incident log, disputes: new tables; the price book's capitalisation rate: a column);
+/// incident log, disputes: new tables; the price book's capitalisation rate: a column),
+/// version 10 the objects of datasets on object storage (`dataset_objects`, a new table);
 /// older stores are upgraded on open.
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 /// The first version whose audit entries are keyed.
 const KEYED_AUDIT_VERSION: i64 = 5;
 
@@ -138,6 +139,17 @@ CREATE TABLE IF NOT EXISTS corrections (
     filed_at TEXT NOT NULL,
     answered_at TEXT,
     answered_by TEXT
+);
+-- The object of each dataset version that lives on object storage (`file` is its s3:// URL):
+-- its size and ETag when it was registered, which a job checks with a HEAD before it reads
+-- the object (see `catalog::changed_object`). Datasets in the data folder have no row here.
+CREATE TABLE IF NOT EXISTS dataset_objects (
+    dataset_id TEXT NOT NULL REFERENCES datasets (id),
+    url TEXT NOT NULL,
+    content_blake3 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT,
+    PRIMARY KEY (dataset_id, url, content_blake3)
 );
 -- The data-quality report computed at registration (see quality.rs), one per dataset,
 -- written in the registration's transaction. It holds in-domain values: the bureau's only.
@@ -440,6 +452,20 @@ CREATE INDEX IF NOT EXISTS freezes_active ON freezes (lifted_at, scope, target);
 "#;
 
 /// An open domain store.
+/// Where a store's jobs take their noise: OpenDP. Test builds only (the `test-noise` feature):
+/// seeded noise when `VEIL_TEST_NOISE_SEED` holds a seed, so an end-to-end test can compare
+/// the products of a `veil serve` and of a local run exactly (see `Store::seed_test_noise`).
+fn test_noise_from_env() -> veil_gate::noise::Source {
+    #[cfg(feature = "test-noise")]
+    if let Some(seed) = std::env::var("VEIL_TEST_NOISE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return veil_gate::noise::Source::Seeded(seed);
+    }
+    Default::default()
+}
+
 pub struct Store {
     root: PathBuf,
     conn: Connection,
@@ -490,7 +516,7 @@ impl Store {
             conn,
             sealer: audit::Sealer::new(root, &key),
             key,
-            noise: Default::default(),
+            noise: test_noise_from_env(),
         };
         let public = hex::encode(store.key.verifying_key().to_bytes());
         store.write(|tx| {
@@ -567,13 +593,19 @@ impl Store {
             conn,
             sealer: audit::Sealer::new(root, &key),
             key,
-            noise: Default::default(),
+            noise: test_noise_from_env(),
         })
     }
 
     /// Where jobs run from this store take their noise (OpenDP, but in test builds).
     pub fn noise_source(&self) -> veil_gate::noise::Source {
         self.noise
+    }
+
+    /// The store's folder of in-domain data, without opening the store (for `veil executor`,
+    /// which reads data and holds no database).
+    pub fn data_dir_of(root: &Path) -> PathBuf {
+        root.join("data")
     }
 
     /// Test builds only (the `test-noise` feature): jobs run from this store add seeded,
@@ -589,7 +621,7 @@ impl Store {
 
     /// Folder of in-domain data. Only the sandbox reads from it.
     pub fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        Self::data_dir_of(&self.root)
     }
 
     /// Folder of settlement statements, one sub-folder per period.

@@ -10,6 +10,10 @@
 //! sweep_seconds = 300             # between sweeps of what the store does not know
 //! grace_seconds = 60              # on SIGTERM or Ctrl-C, how long running jobs may take to end
 //! log_format = "text"             # text | json
+//!
+//! [cluster]                       # run SQL jobs' folds on Veil's executors (`veil executor`)
+//! executors = ["10.0.0.5:50051", "10.0.0.6:50051"]
+//! bytes_per_partition = 16777216  # scan bytes per partition before another executor is used
 //! ```
 //!
 //! An unknown key is refused, naming it, so a misspelt setting is not silently ignored.
@@ -43,6 +47,25 @@ pub struct ServeSettings {
     pub sweep_seconds: Option<u64>,
     pub grace_seconds: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The `[cluster]` section (or `--cluster`): Veil's executors, which run SQL jobs' folds.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The executors' addresses, `host:port`.
+    #[serde(default)]
+    pub executors: Vec<String>,
+    /// Scan bytes per partition before the engine uses another task and executor.
+    pub bytes_per_partition: Option<usize>,
+}
+
+/// Where `veil serve` runs jobs' folds when it has a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    pub executors: Vec<String>,
+    pub bytes_per_partition: usize,
 }
 
 impl ServeSettings {
@@ -71,7 +94,7 @@ impl ServeSettings {
         })?;
         let mut settings: Self = toml::from_str(&text).map_err(|e| {
             Error::invalid(format!(
-                "the config file {} is not valid: {} (keys: data_dir, listen, workers, queue, sweep_seconds, grace_seconds, log_format)",
+                "the config file {} is not valid: {} (keys: data_dir, listen, workers, queue, sweep_seconds, grace_seconds, log_format, [cluster] executors and bytes_per_partition)",
                 path.display(),
                 e.message()
             ))
@@ -95,6 +118,18 @@ impl ServeSettings {
             sweep_seconds: self.sweep_seconds.or(lower.sweep_seconds),
             grace_seconds: self.grace_seconds.or(lower.grace_seconds),
             log_format: self.log_format.or(lower.log_format),
+            cluster: match (self.cluster, lower.cluster) {
+                // A flag's executors over the file's; the file's other cluster settings stay.
+                (Some(mine), Some(theirs)) => Some(ClusterSettings {
+                    executors: if mine.executors.is_empty() {
+                        theirs.executors
+                    } else {
+                        mine.executors
+                    },
+                    bytes_per_partition: mine.bytes_per_partition.or(theirs.bytes_per_partition),
+                }),
+                (mine, theirs) => mine.or(theirs),
+            },
         }
     }
 
@@ -122,6 +157,20 @@ impl ServeSettings {
                 .unwrap_or(veil_runtime::sweep::SWEEP_INTERVAL_SECONDS),
             grace_seconds,
             log_format: self.log_format.unwrap_or_default(),
+            cluster: match self.cluster {
+                Some(cluster) if cluster.executors.is_empty() => {
+                    return Err(Error::invalid(
+                        "the cluster has no executors: name them with --cluster HOST:PORT,… or executors = [\"HOST:PORT\"] under [cluster]",
+                    ));
+                }
+                Some(cluster) => Some(ClusterConfig {
+                    executors: cluster.executors,
+                    bytes_per_partition: cluster
+                        .bytes_per_partition
+                        .unwrap_or(veil_runtime::cluster::BYTES_PER_PARTITION_DEFAULT),
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -151,6 +200,45 @@ mod tests {
         assert_eq!(config.data_dir, dir.path().join("store"));
         assert_eq!(config.listen, LISTEN_DEFAULT);
         assert_eq!(config.grace_seconds, GRACE_SECONDS_DEFAULT);
+    }
+
+    #[test]
+    fn the_cluster_section_names_executors_and_a_flag_overrides_them() {
+        let dir = tempfile::tempdir().expect("folder");
+        let path = dir.path().join("serve.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"store\"\n[cluster]\nexecutors = [\"10.0.0.5:50051\"]\nbytes_per_partition = 1024\n",
+        )
+        .expect("file");
+        let file = ServeSettings::from_file(&path).expect("read");
+        let config = file.clone().resolve().expect("resolved");
+        assert_eq!(
+            config.cluster,
+            Some(ClusterConfig {
+                executors: vec!["10.0.0.5:50051".into()],
+                bytes_per_partition: 1024
+            })
+        );
+        let flags = ServeSettings {
+            cluster: Some(ClusterSettings {
+                executors: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+                bytes_per_partition: None,
+            }),
+            ..Default::default()
+        };
+        let config = flags.or(file).resolve().expect("resolved");
+        let cluster = config.cluster.expect("a cluster");
+        assert_eq!(cluster.executors.len(), 2);
+        assert_eq!(cluster.bytes_per_partition, 1024);
+
+        std::fs::write(&path, "data_dir = \"store\"\n[cluster]\n").expect("file");
+        let error = ServeSettings::from_file(&path)
+            .expect("read")
+            .resolve()
+            .expect_err("no executors")
+            .to_string();
+        assert!(error.contains("--cluster"), "{error}");
     }
 
     #[test]

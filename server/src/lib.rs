@@ -164,6 +164,8 @@ pub struct ServeConfig {
     pub grace_seconds: u64,
     /// How the log's lines are written.
     pub log_format: LogFormat,
+    /// Veil's executors, when SQL jobs' folds run on a cluster.
+    pub cluster: Option<config::ClusterConfig>,
 }
 
 /// The router with every route, on a store that is already open (used by tests without a
@@ -215,6 +217,17 @@ pub async fn serve_with(
     if !local.ip().is_loopback() {
         log.notice(&format!(
             "warning: listening on {local}, which is not a loopback address: anyone who can reach it talks to the API without TLS. Listen on 127.0.0.1 behind the bureau's TLS proxy unless this is what you mean."
+        ));
+    }
+    if let Some(cluster) = &config.cluster {
+        veil_runtime::cluster::use_cluster(
+            &config.data_dir,
+            cluster.executors.clone(),
+            cluster.bytes_per_partition,
+        )?;
+        log.notice(&format!(
+            "veil serve: SQL jobs fold on {} executor(s)",
+            cluster.executors.len()
         ));
     }
     let stores = Arc::new(StorePool::new(&config.data_dir)?);

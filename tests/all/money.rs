@@ -467,8 +467,8 @@ fn a_version_3_store_is_upgraded_with_the_money_tables() {
         .expect("version");
     // Upgraded to the current version (5 keyed the audit log, see tests/all/audit.rs; 6 added
     // the remembered module refusals, 7 the datasets' quality reports, 8 rotated keys' expiry,
-    // 9 the governance tables).
-    assert_eq!(version, "9");
+    // 9 the governance tables, 10 the objects of datasets on object storage).
+    assert_eq!(version, "10");
     price_book(&mut store);
     assert!(
         ledger::postings(store.conn(), None)

@@ -514,6 +514,7 @@ const CONTEXTS: &[(&[&str], &[&str])] = &[
         &["catalog.rs", "grants.rs", "principals.rs"],
         &[
             "datasets",
+            "dataset_objects",
             "dataset_quality",
             "dataset_versions",
             "grants",

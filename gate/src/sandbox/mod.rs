@@ -28,8 +28,9 @@
 //! This module never interprets query *results*: deciding what may leave the domain is the
 //! job of `analysis` and `release`. Everything computed here is still inside the domain.
 
-mod error;
+pub(crate) mod error;
 pub mod functions;
+pub mod object_storage;
 mod params;
 mod pool;
 mod registry;

@@ -24,6 +24,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
 pub use crate::sandbox::error::{ForbiddenStatement, SandboxError};
+use crate::sandbox::object_storage::{self, ObjectStorage, ObjectUrl};
 pub use crate::sandbox::params::{ParamValue, bind_named_parameters};
 pub use crate::sandbox::pool::PeakTrackingPool;
 pub use crate::sandbox::registry::{DOMAIN_SCHEME, DomainStoreRegistry};
@@ -102,6 +103,9 @@ pub struct ExecStats {
 ///   [`SandboxBuilder::new`], under the `veil-domain://` scheme. `file://` and every other
 ///   scheme have no store, so no path on the host can be read, even by a plan that slipped
 ///   past the statement policy.
+/// - **object storage**: none. A table given as an `s3://` URL adds a read-only store for
+///   its bucket that reads exactly the tables' objects (no listing, no other key, no write),
+///   with the credentials of the store's `object-storage.toml` (see `object_storage`).
 /// - **spilling**: disabled. A query that runs out of its memory pool fails; it never writes
 ///   temporary files.
 /// - **statements**: one read-only query. DDL, DML, `COPY`, `SET`, `EXPLAIN` and every
@@ -136,7 +140,13 @@ impl SandboxBuilder {
     }
 
     /// Allows a query to read table `name` from the Parquet file at `relative_path` (relative
-    /// to the domain data folder; absolute paths and `..` are refused at build time).
+    /// to the domain data folder; absolute paths and `..` are refused at build time), or from
+    /// the Parquet object an `s3://<bucket>/<key>` URL names. For an object, [`build`] reads
+    /// the store's object storage configuration (`object-storage.toml`, beside the data
+    /// folder) and lets the session read exactly that object of that bucket — no listing, no
+    /// other object, no write; a store without the file refuses the table naming the file.
+    ///
+    /// [`build`]: SandboxBuilder::build
     pub fn table(mut self, name: impl Into<String>, relative_path: impl Into<PathBuf>) -> Self {
         self.tables.push((name.into(), relative_path.into()));
         self
@@ -194,7 +204,25 @@ impl SandboxBuilder {
         let pool = Arc::new(PeakTrackingPool::new(GreedyMemoryPool::new(
             limits.memory_bytes,
         )));
-        let registry = Arc::new(DomainStoreRegistry::new(&self.data_dir)?);
+        // A table on object storage names an `s3://` URL; every other is a relative path.
+        let mut objects = Vec::new();
+        let mut table_urls = Vec::with_capacity(self.tables.len());
+        for (name, path) in &self.tables {
+            let text = path.to_str().unwrap_or_default();
+            if object_storage::is_object_url(text) {
+                let object = ObjectUrl::parse(text)?;
+                table_urls.push((name.clone(), object.to_string()));
+                objects.push(object);
+            } else {
+                table_urls.push((name.clone(), registry::domain_url(path)?));
+            }
+        }
+        let registry = Arc::new(if objects.is_empty() {
+            DomainStoreRegistry::new(&self.data_dir)?
+        } else {
+            let storage = ObjectStorage::require(&self.data_dir)?;
+            DomainStoreRegistry::with_objects(&self.data_dir, &storage, &objects)?
+        });
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(
@@ -223,8 +251,7 @@ impl SandboxBuilder {
         let parquet_options = ctx.state().table_options().parquet.clone();
 
         let mut names = Vec::with_capacity(self.tables.len());
-        for (name, relative) in self.tables {
-            let url = registry::domain_url(&relative)?;
+        for (name, url) in table_urls {
             let table_url = ListingTableUrl::parse(&url).map_err(SandboxError::internal)?;
             let format = ParquetFormat::default().with_options(parquet_options.clone());
             let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
@@ -253,6 +280,8 @@ impl SandboxBuilder {
             pool,
             limits,
             tables: names,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         })
     }
 }
@@ -263,6 +292,9 @@ pub struct Sandbox {
     pool: Arc<PeakTrackingPool<GreedyMemoryPool>>,
     limits: SandboxLimits,
     tables: Vec<String>,
+    /// Where the gate's fold runs: here (`None`), or on Veil's executors (`cluster`).
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::ClusterTarget>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -399,6 +431,31 @@ impl Sandbox {
         self.limits
     }
 
+    /// Runs the gate's fold on `target`'s executors instead of here (see `cluster`).
+    #[cfg(feature = "cluster")]
+    pub fn on_cluster(mut self, target: crate::cluster::ClusterTarget) -> Self {
+        self.cluster = Some(target);
+        self
+    }
+
+    /// The executors the gate's fold runs on, if not here.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(&self) -> Option<&crate::cluster::ClusterTarget> {
+        self.cluster.as_ref()
+    }
+
+    /// The session's state, for the cluster's coordinator (which adds the engine's planner).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn session_state(&self) -> datafusion::execution::SessionState {
+        self.ctx.state()
+    }
+
+    /// The job's memory pool.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn memory_pool(&self) -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
+        self.pool.clone()
+    }
+
     /// The plan's output partition count, as the sandbox would execute it.
     pub fn partitions(&self) -> usize {
         self.limits.partitions.max(1)
@@ -483,7 +540,7 @@ impl Sandbox {
 }
 
 /// Sums scan and compute metrics over a finished physical plan.
-fn collect_stats(plan: &dyn ExecutionPlan) -> ExecStats {
+pub(crate) fn collect_stats(plan: &dyn ExecutionPlan) -> ExecStats {
     let mut stats = ExecStats::default();
     let mut compute_ns: u64 = 0;
     let mut stack: Vec<&dyn ExecutionPlan> = vec![plan];
