@@ -716,7 +716,7 @@ pub(crate) async fn run(cli: Cli) -> Result<i32> {
                 log_format: log_format
                     .as_deref()
                     .and_then(veil_server::LogFormat::parse),
-                cluster: (!cluster.is_empty()).then(|| veil_server::config::ClusterSettings {
+                cluster: (!cluster.is_empty()).then_some(veil_server::config::ClusterSettings {
                     executors: cluster,
                     bytes_per_partition: None,
                 }),

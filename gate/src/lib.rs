@@ -99,7 +99,6 @@ pub mod analysis;
 pub(crate) mod bounding;
 pub mod budget;
 pub mod clock;
-#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod disclosure;
 pub mod ids;
