@@ -57,6 +57,18 @@ fn peak_rss_bytes(pid: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The bytes process `pid` has read and written through system calls (files and sockets
+/// alike), from /proc.
+fn io_bytes(pid: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("rchar:"), field("wchar:"))
+}
+
 /// Watches this process's children (the jobs' processes) every 20 ms until dropped and keeps
 /// the largest peak resident set any of them reached, in bytes.
 struct ChildWatch {
@@ -342,6 +354,9 @@ struct Figures {
     job_peak: u64,
     measuring_peak: u64,
     executor_peaks: Vec<u64>,
+    /// Bytes all executors read (the table's byte ranges from the bucket) and wrote (the fold
+    /// states sent to the job's process, and their small requests to the bucket), per run.
+    executor_io: (u64, u64),
 }
 
 fn mib(bytes: u64) -> String {
@@ -406,12 +421,21 @@ async fn orchestrate(args: &[String]) -> Result<(), BoxError> {
             .iter()
             .map(|running| peak_rss_bytes(&running.0.id().to_string()))
             .collect();
+        // Every run, the warm-up included, went through the executors.
+        let per_run = runs as u64 + 1;
+        let executor_io = started
+            .iter()
+            .map(|running| io_bytes(&running.0.id().to_string()))
+            .fold((0, 0), |(r, w), (read, written)| {
+                (r + read / per_run, w + written / per_run)
+            });
         figures.push(Figures {
             label,
             seconds: seconds.parse()?,
             job_peak: job_peak.parse()?,
             measuring_peak: measuring_peak.parse()?,
             executor_peaks,
+            executor_io,
         });
         drop(started);
     }
@@ -422,9 +446,9 @@ async fn orchestrate(args: &[String]) -> Result<(), BoxError> {
         load_average()
     );
     println!(
-        "| set-up | median s | vs one process | job process peak MiB | executors' peak MiB | measuring process peak MiB |"
+        "| set-up | median s | vs one process | job process peak MiB | executors' peak MiB | measuring process peak MiB | executors read / wrote per run MiB |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for f in &figures {
         let executors = if f.executor_peaks.is_empty() {
             "—".to_string()
@@ -435,14 +459,24 @@ async fn orchestrate(args: &[String]) -> Result<(), BoxError> {
                 .collect::<Vec<_>>()
                 .join(" + ")
         };
+        let io = if f.executor_peaks.is_empty() {
+            "—".to_string()
+        } else {
+            format!(
+                "{} / {:.1}",
+                mib(f.executor_io.0),
+                f.executor_io.1 as f64 / 1048576.0
+            )
+        };
         println!(
-            "| {} | {:.3} | {:.2}× | {} | {} | {} |",
+            "| {} | {:.3} | {:.2}× | {} | {} | {} | {} |",
             f.label,
             f.seconds,
             f.seconds / local,
             mib(f.job_peak),
             executors,
-            mib(f.measuring_peak)
+            mib(f.measuring_peak),
+            io
         );
     }
     Ok(())

@@ -156,6 +156,8 @@ fn every_command_that_prints_a_list_or_an_object_takes_json() {
         "init",
         "demo-data",
         "serve",
+        // Runs until stopped, like serve; prints the address it listens on.
+        "executor",
         "product verify",
         "price set",
         "audit verify",
