@@ -21,6 +21,10 @@ const JOB_WAIT_SECONDS: u64 = 120;
 /// ε the looping template's approval reserves per job, in millionths.
 const LOOP_MICRO_EPSILON: i64 = 500_000;
 
+/// The looper's fuel here: a job that would run for tens of seconds, so that it is surely
+/// still running when a freeze (seen by the server's monitor within 2 s) cancels it.
+const LONG_LOOP_FUEL_PER_UNIT: u64 = 20 * crate::serve::LOOP_FUEL_PER_UNIT;
+
 /// Submits `spec`, approves it and returns its id.
 async fn approved(operator: &Client, bureau: &Client, spec: &TemplateSpec) -> String {
     let terms = ApproveTemplate {
@@ -96,7 +100,7 @@ async fn a_platform_freeze_cancels_a_running_job_and_refuses_new_ones_until_lift
     let server = Server::start(&fixture.store_path(), 1);
     let operator = Client::new(&server.url, &keys.operator).expect("client");
     let bureau = Client::new(&server.url, &keys.bureau).expect("client");
-    let looper = looping_template(&operator, &bureau).await;
+    let looper = looping_template(&operator, &bureau, LONG_LOOP_FUEL_PER_UNIT).await;
     let counting = approved(&operator, &bureau, &persons_by_city(false)).await;
 
     let running = submit_looper(&operator, &looper, "2100", true).await;
@@ -268,7 +272,7 @@ async fn veil_freeze_on_the_store_stops_a_running_server_s_jobs() {
     let server = Server::start(&fixture.store_path(), 1);
     let operator = Client::new(&server.url, &keys.operator).expect("client");
     let bureau = Client::new(&server.url, &keys.bureau).expect("client");
-    let looper = looping_template(&operator, &bureau).await;
+    let looper = looping_template(&operator, &bureau, LONG_LOOP_FUEL_PER_UNIT).await;
     let counting = approved(&operator, &bureau, &persons_by_city(false)).await;
 
     // What to change is said for a target that does not exist and for a missing reason.

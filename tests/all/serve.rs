@@ -1118,12 +1118,17 @@ const LOOPING_MAPPER: &str = r#"(module
         (loop $forever (br $forever))
         (i64.const 0)))"#;
 
-/// Fuel per unit of the looping mapper: a job over the 3,000-row fixture runs a few seconds.
-const LOOP_FUEL_PER_UNIT: u64 = 4_000_000;
+/// Fuel per unit of the looping mapper: a job over the 3,000-row fixture runs one to a few
+/// seconds, depending on the machine.
+pub(crate) const LOOP_FUEL_PER_UNIT: u64 = 4_000_000;
 
 /// Submits and approves a WASM template over [`LOOPING_MAPPER`] with a parameter `born`, so
-/// that each value is another job; returns its id.
-pub(crate) async fn looping_template(operator: &Client, bureau: &Client) -> String {
+/// that each value is another job, allowing each unit `fuel_per_unit`; returns its id.
+pub(crate) async fn looping_template(
+    operator: &Client,
+    bureau: &Client,
+    fuel_per_unit: u64,
+) -> String {
     use veil_sdk::template::{Fallback, OutputSpec, OutputType, WasmSpec};
     let module = wat::parse_str(LOOPING_MAPPER).expect("wat");
     operator
@@ -1162,7 +1167,7 @@ pub(crate) async fn looping_template(operator: &Client, bureau: &Client) -> Stri
                 k: Some(5),
                 max_groups: Some(1),
                 max_rows: Some(1),
-                wasm_fuel_per_unit: Some(LOOP_FUEL_PER_UNIT),
+                wasm_fuel_per_unit: Some(fuel_per_unit),
                 ..Default::default()
             },
         )
@@ -1232,7 +1237,7 @@ async fn sigterm_lets_a_running_job_finish_re_queues_a_waiting_one_and_says_so()
     );
     let operator = Client::new(&server.url, &keys.operator).expect("client");
     let bureau = Client::new(&server.url, &keys.bureau).expect("client");
-    let template = looping_template(&operator, &bureau).await;
+    let template = looping_template(&operator, &bureau, LOOP_FUEL_PER_UNIT).await;
 
     // One worker: the first job runs, the second waits behind it when the signal comes.
     let running = submit_looper(&operator, &template, "2100", true).await;
