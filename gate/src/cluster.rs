@@ -16,12 +16,12 @@
 //!   noise, the product — all in the job's process, as before.
 //! ```
 //!
-//! `FoldExec` travels to the executors through [`FoldCodec`], the engine's extension codec; it
-//! carries the job's [`FoldSpec`] (limits, measures, and the job's random group hash key, so
-//! every fold ranks groups alike and the merge is exact). An executor's session is built by
-//! [`ExecutorSession`]: the sandbox's deny-by-default object-store registry, no spilling, a
-//! memory pool of its own, the gate's `veil_div`/`veil_mod`, and a refusal of any request
-//! without the cluster token (a shared secret from the store folder, sent as a header by the
+//! `FoldExec` travels to the executors through `engine::FoldCodec`, the engine's extension
+//! codec; it carries the job's `bounding::FoldSpec` (limits, measures, and the job's random
+//! group hash key, so every fold ranks groups alike and the merge is exact). An executor's
+//! session is built by `engine::ExecutorSession`: the sandbox's deny-by-default object-store
+//! registry, no spilling, a memory pool of its own, the gate's `veil_div`/`veil_mod`, and a
+//! refusal of any request without the cluster token (a shared secret from the store folder, sent as a header by the
 //! job's process).
 //!
 //! What crosses the cluster network: the physical plan (from the job's process to the
