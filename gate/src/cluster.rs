@@ -21,13 +21,13 @@
 //! group hash key, so every fold ranks groups alike and the merge is exact). An executor's
 //! session is built by `engine::ExecutorSession`: the sandbox's deny-by-default object-store
 //! registry, no spilling, a memory pool of its own, the gate's `veil_div`/`veil_mod`, and a
-//! refusal of any request without the cluster token (a shared secret from the store folder, sent as a header by the
-//! job's process).
+//! refusal of any request without the cluster token (a shared secret from the store folder,
+//! sent as a header by the job's process).
 //!
 //! What crosses the cluster network: the physical plan (from the job's process to the
 //! executors) and every fold's state (unit keys, group keys, counts and clamped sums: raw
 //! in-domain data) back. The engine's transport is gRPC over plain HTTP/2: the network between
-//! the Veil server and its executors must stay inside the domain (README, "Cluster").
+//! the Veil server and its executors must stay inside the domain (README, "Running jobs on a cluster").
 //! An executor that fails or dies mid-job fails the job's query; the job then ends `failed`
 //! with its ε spent, and nothing is released from the folds that did arrive.
 
