@@ -27,7 +27,8 @@
 //! What crosses the cluster network: the physical plan (from the job's process to the
 //! executors) and every fold's state (unit keys, group keys, counts and clamped sums: raw
 //! in-domain data) back. The engine's transport is gRPC over plain HTTP/2: the network between
-//! the Veil server and its executors must stay inside the domain (README, "Running jobs on a cluster").
+//! the Veil server and its executors must stay inside the domain (README, "Running jobs on a
+//! cluster").
 //! An executor that fails or dies mid-job fails the job's query; the job then ends `failed`
 //! with its ε spent, and nothing is released from the folds that did arrive.
 
