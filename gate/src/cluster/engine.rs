@@ -29,8 +29,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion_distributed::{
-    DistributedExt, SessionStateBuilderExt, Worker, WorkerQueryContext, WorkerResolver,
-    WorkerSessionBuilder,
+    DistributedExt, NetworkCoalesceExec, SessionStateBuilderExt, Worker, WorkerQueryContext,
+    WorkerResolver, WorkerSessionBuilder,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use futures::StreamExt;
@@ -44,9 +44,11 @@ use crate::sandbox::{DomainStoreRegistry, ExecStats, Sandbox, SandboxError};
 /// The most bytes of fold state one batch carries back from an executor.
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
-/// Record kinds in `FoldExec`'s output.
+/// Record kinds in `FoldExec`'s output: a chunk of a fold's state; a task's figures; a fold's
+/// end, whose chunk number is how many chunks the fold sent.
 const KIND_STATE: u8 = 0;
 const KIND_STATS: u8 = 1;
+const KIND_END: u8 = 2;
 
 /// Runs the gate's stage plan on the cluster: the executors fold their partitions, the folds
 /// come back here. Returns them with the run's figures; any executor's failure fails it.
@@ -86,6 +88,9 @@ pub(crate) async fn fold_on_cluster(
             .create_physical_plan(&plan)
             .await
             .map_err(|e| crate::sandbox::error::map_exec_error(&e))?;
+        // The folds that must all come back.
+        let expected = folds_expected(&physical)
+            .ok_or_else(|| SandboxError::Internal("the cluster's plan has no fold in it".into()))?;
         let mut stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())
             .map_err(|e| crate::sandbox::error::map_exec_error(&e))?;
         let mut received = Received::default();
@@ -93,6 +98,7 @@ pub(crate) async fn fold_on_cluster(
             let batch = batch.map_err(|e| crate::sandbox::error::map_exec_error(&e))?;
             received.add(&batch)?;
         }
+        received.check_complete(expected)?;
         Ok::<_, SandboxError>(received)
     };
     let received = match tokio::time::timeout(deadline, run).await {
@@ -127,15 +133,58 @@ pub(crate) async fn fold_on_cluster(
     Ok((folds, stats))
 }
 
+/// How many folds `plan` makes, one per partition of the fold: the partitions of the engine's
+/// node that gathers them from the executors' tasks (or the fold's own, were it run here).
+fn folds_expected(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let partitions =
+        |p: &Arc<dyn ExecutionPlan>| p.properties().output_partitioning().partition_count();
+    if plan.downcast_ref::<FoldExec>().is_some() {
+        return Some(partitions(plan));
+    }
+    let gathers_folds = plan.downcast_ref::<NetworkCoalesceExec>().is_some()
+        && plan
+            .children()
+            .iter()
+            .any(|child| child.downcast_ref::<FoldExec>().is_some());
+    if gathers_folds {
+        return Some(partitions(plan));
+    }
+    plan.children().into_iter().find_map(folds_expected)
+}
+
 /// What came back from the executors: each fold's state in chunks, by the fold's tag and the
 /// chunk's place, and their figures added up.
 #[derive(Default)]
 struct Received {
     states: BTreeMap<u64, BTreeMap<u32, Vec<u8>>>,
+    /// Each fold's count of chunks, from its end record.
+    ends: BTreeMap<u64, u32>,
     stats: ExecStats,
 }
 
 impl Received {
+    /// Refuses what came back unless it is `expected` folds, each with its end record and
+    /// every chunk it counts: a fold or a chunk that never arrived (a stream cut short, an
+    /// executor gone) must fail the job, never shrink the data it releases.
+    fn check_complete(&self, expected: usize) -> Result<(), SandboxError> {
+        let complete = self.states.len() == expected
+            && self.ends.len() == expected
+            && self.states.iter().all(|(tag, chunks)| {
+                let Some(&count) = self.ends.get(tag) else {
+                    return false;
+                };
+                // Chunk numbers are unique (`add`), so `count` of them below `count` are all.
+                chunks.len() == count as usize && chunks.keys().all(|&seq| seq < count)
+            });
+        if complete {
+            Ok(())
+        } else {
+            Err(SandboxError::Internal(
+                "the executors' folds came back incomplete".into(),
+            ))
+        }
+    }
+
     fn add(&mut self, batch: &RecordBatch) -> Result<(), SandboxError> {
         let malformed = || SandboxError::Internal("an executor's reply is malformed".into());
         if batch.num_columns() != 4 {
@@ -163,6 +212,11 @@ impl Received {
                 KIND_STATE => {
                     let chunks = self.states.entry(tag).or_default();
                     if chunks.insert(seq, value.to_vec()).is_some() {
+                        return Err(malformed());
+                    }
+                }
+                KIND_END => {
+                    if self.ends.insert(tag, seq).is_some() || !value.is_empty() {
                         return Err(malformed());
                     }
                 }
@@ -407,6 +461,7 @@ impl ExecutionPlan for FoldExec {
             if records.is_empty() {
                 records.push((0, KIND_STATE, Vec::new()));
             }
+            records.push((records.len() as u32, KIND_END, Vec::new()));
             drop(state);
             if finished.fetch_add(1, Ordering::AcqRel) + 1 == partitions {
                 let scanned = crate::sandbox::collect_stats(whole.as_ref());
@@ -594,5 +649,57 @@ mod tests {
             (1, 2, 3, 4)
         );
         assert!(TaskFigures::decode(&[0u8; 31]).is_none());
+    }
+
+    /// A batch of records (tag, chunk number, kind, bytes) as `FoldExec` sends them.
+    fn records(rows: &[(u64, u32, u8, &[u8])]) -> RecordBatch {
+        RecordBatch::try_new(
+            output_schema(),
+            vec![
+                Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(UInt8Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(LargeBinaryArray::from_iter_values(rows.iter().map(|r| r.3))),
+            ],
+        )
+        .expect("a batch")
+    }
+
+    #[test]
+    fn folds_missing_a_chunk_an_end_or_a_whole_fold_are_refused() {
+        // Two folds: tag 1 in two chunks (which may arrive in separate batches), tag 2 in one.
+        let whole = [
+            (1, 0, KIND_STATE, &b"ab"[..]),
+            (1, 1, KIND_STATE, &b"c"[..]),
+            (1, 2, KIND_END, &b""[..]),
+            (2, 0, KIND_STATE, &b"d"[..]),
+            (2, 1, KIND_END, &b""[..]),
+        ];
+        let received = |rows: &[(u64, u32, u8, &[u8])]| {
+            let mut received = Received::default();
+            for row in rows {
+                received.add(&records(&[*row])).expect("well formed");
+            }
+            received
+        };
+        assert!(received(&whole).check_complete(2).is_ok());
+        // A whole fold (its task's stream cut before it) is missing, or one more was due.
+        assert!(received(&whole[..3]).check_complete(2).is_err());
+        assert!(received(&whole).check_complete(3).is_err());
+        for lost in 0..whole.len() {
+            let mut rows = whole.to_vec();
+            rows.remove(lost);
+            let outcome = received(&rows).check_complete(2);
+            assert!(outcome.is_err(), "record {lost} lost, yet complete");
+        }
+        // A chunk sent twice is malformed, as is an end that carries bytes.
+        let mut twice = Received::default();
+        twice.add(&records(&whole[..1])).expect("first");
+        assert!(twice.add(&records(&whole[..1])).is_err());
+        assert!(
+            Received::default()
+                .add(&records(&[(3, 0, KIND_END, &b"x"[..])]))
+                .is_err()
+        );
     }
 }
