@@ -125,25 +125,32 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// moto's server program, installed into `target/moto-venv` on first use.
+/// moto's server program, installed into `target/moto-venv` on first use (the version, and the
+/// marker file, the tests use).
 fn moto_program() -> Result<PathBuf, BoxError> {
+    const MOTO: &str = "moto[server]==5.2.5";
     let venv = repo_target().join("moto-venv");
     let program = venv.join("bin/moto_server");
-    if !program.exists() {
-        eprintln!("installing moto into {} (once)…", venv.display());
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()?;
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "moto[server]"])
-            .status()?;
-        if !made.success() || !installed.success() {
-            return Err(
-                "installing moto failed (python3 -m venv, pip install moto[server])".into(),
-            );
-        }
+    let done = venv.join(".installed");
+    if std::fs::read_to_string(&done).is_ok_and(|installed| installed == MOTO) && program.exists() {
+        return Ok(program);
     }
+    eprintln!("installing {MOTO} into {} (once)…", venv.display());
+    let _ = std::fs::remove_dir_all(&venv);
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()?;
+    if !made.success() {
+        return Err("python3 -m venv failed: install python3 with venv".into());
+    }
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", MOTO])
+        .status()?;
+    if !installed.success() {
+        return Err(format!("pip install {MOTO} failed (it comes from PyPI)").into());
+    }
+    std::fs::write(&done, MOTO)?;
     Ok(program)
 }
 

@@ -867,32 +867,7 @@ const GENERATOR: &str = "openapi-python-client==0.29.1";
 /// Makes (once, in `target/`) a Python environment holding [`GENERATOR`], and returns the
 /// generator's program. Needs `python3` with `venv` and `pip`, and PyPI.
 fn openapi_generator() -> std::path::PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/openapi-generator");
-    let program = venv.join("bin/openapi-python-client");
-    if program.exists() {
-        return program;
-    }
-    let run = |program: &Path, args: &[&str]| {
-        let output = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running {}: {e}; install python3 with venv",
-                    program.display()
-                )
-            });
-        assert!(
-            output.status.success(),
-            "{} {args:?} failed:\n{}",
-            program.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let venv_text = venv.to_str().expect("UTF-8 path");
-    run(Path::new("python3"), &["-m", "venv", venv_text]);
-    run(&venv.join("bin/pip"), &["install", "--quiet", GENERATOR]);
-    program
+    crate::support::pypi_program("openapi-generator", GENERATOR, "openapi-python-client")
 }
 
 /// A client generated from the OpenAPI document by a standard generator has every route: a

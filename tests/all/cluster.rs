@@ -203,6 +203,14 @@ impl Cluster {
             .id
     }
 
+    /// `job` once it has ended.
+    async fn ended(&self, job: &str) -> veil_sdk::api::JobView {
+        self.operator
+            .wait_job(job, Duration::from_secs(180))
+            .await
+            .expect("ended")
+    }
+
     fn product_csv(&self, product: &str) -> String {
         std::fs::read_to_string(
             self.fixture
@@ -261,11 +269,7 @@ async fn a_cluster_of_two_executors_releases_exactly_what_one_process_releases()
     for (name, sql) in JOBS {
         let on_cluster = cluster.template(&format!("{name}_cluster"), sql).await;
         let job = cluster.submit(&on_cluster).await;
-        let ended = cluster
-            .operator
-            .wait_job(&job, Duration::from_secs(180))
-            .await
-            .expect("ended");
+        let ended = cluster.ended(&job).await;
         assert_eq!(ended.state, "released", "{name} on the cluster: {ended:?}");
         let cluster_csv = cluster.product_csv(ended.product_id.as_deref().expect("a product"));
 
@@ -297,11 +301,7 @@ async fn a_cluster_of_two_executors_releases_exactly_what_one_process_releases()
     let before = cluster.spent();
     let template = cluster.template("by_city_no_executors", JOBS[0].1).await;
     let job = cluster.submit(&template).await;
-    let ended = cluster
-        .operator
-        .wait_job(&job, Duration::from_secs(180))
-        .await
-        .expect("ended");
+    let ended = cluster.ended(&job).await;
     assert_eq!(ended.state, "failed", "{ended:?}");
     assert!(ended.product_id.is_none());
     let failure = ended.failure.expect("a failure message");
@@ -349,11 +349,7 @@ async fn an_executor_killed_mid_job_fails_the_job_and_releases_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(killed, "the job was seen running");
-    let ended = cluster
-        .operator
-        .wait_job(&job, Duration::from_secs(180))
-        .await
-        .expect("ended");
+    let ended = cluster.ended(&job).await;
     assert!(
         (cluster.spent() - before - 1.0).abs() < 1e-9,
         "the run's ε is spent whatever happened"
@@ -395,11 +391,7 @@ async fn executors_refuse_a_server_without_their_token() {
     let template = cluster.template("by_city_wrong_token", JOBS[0].1).await;
     let before = cluster.spent();
     let job = cluster.submit(&template).await;
-    let ended = cluster
-        .operator
-        .wait_job(&job, Duration::from_secs(180))
-        .await
-        .expect("ended");
+    let ended = cluster.ended(&job).await;
     assert_eq!(ended.state, "failed", "{ended:?}");
     assert!(ended.product_id.is_none());
     assert!((cluster.spent() - before - 1.0).abs() < 1e-9);
@@ -456,11 +448,7 @@ async fn executors_read_an_object_storage_dataset_and_release_what_one_process_r
     let job = cluster
         .submit_under(&on_cluster, Some(grant.id.as_str()))
         .await;
-    let ended = cluster
-        .operator
-        .wait_job(&job, Duration::from_secs(180))
-        .await
-        .expect("ended");
+    let ended = cluster.ended(&job).await;
     assert_eq!(ended.state, "released", "{ended:?}");
     let cluster_csv = cluster.product_csv(ended.product_id.as_deref().expect("a product"));
     let local = cluster.template("bucket_local", sql).await;

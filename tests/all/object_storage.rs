@@ -54,36 +54,7 @@ fn moto_program() -> PathBuf {
     let _guard = INSTALL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv");
-    let program = venv.join("bin/moto_server");
-    // Written last: an environment without it is a half-finished install, made again.
-    let done = venv.join(".installed");
-    if done.exists() && program.exists() {
-        return program;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let run = |program: &Path, args: &[&str]| {
-        let output = Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running {}: {e}; install python3 with venv",
-                    program.display()
-                )
-            });
-        assert!(
-            output.status.success(),
-            "{} {args:?} failed (moto comes from PyPI):\n{}",
-            program.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let venv_text = venv.to_str().expect("UTF-8 path");
-    run(Path::new("python3"), &["-m", "venv", venv_text]);
-    run(&venv.join("bin/pip"), &["install", "--quiet", MOTO]);
-    std::fs::write(&done, MOTO).expect("mark the install done");
-    program
+    support::pypi_program("moto-venv", MOTO, "moto_server")
 }
 
 /// A moto S3 server on 127.0.0.1, stopped when dropped.

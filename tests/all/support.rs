@@ -329,3 +329,43 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// Makes (once per build folder, in `target/VENV`) a Python environment holding `requirement`
+/// from PyPI and returns its program `bin/PROGRAM`. Needs `python3` with `venv` (`.ci/run`
+/// installs it). Callers that may run at the same time hold a lock of their own around it.
+pub(crate) fn pypi_program(venv: &str, requirement: &str, program: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(venv);
+    let program = venv.join("bin").join(program);
+    // Written last: an environment without it is a half-finished install, made again.
+    let done = venv.join(".installed");
+    if std::fs::read_to_string(&done).is_ok_and(|installed| installed == requirement)
+        && program.exists()
+    {
+        return program;
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let run = |program: &Path, args: &[&str]| {
+        let output = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running {}: {e}; install python3 with venv",
+                    program.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed ({requirement} comes from PyPI):\n{}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let venv_text = venv.to_str().expect("UTF-8 path");
+    run(Path::new("python3"), &["-m", "venv", venv_text]);
+    run(&venv.join("bin/pip"), &["install", "--quiet", requirement]);
+    std::fs::write(&done, requirement).expect("mark the install done");
+    program
+}
