@@ -124,12 +124,12 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        Self::start_serving(|store| store.to_path_buf())
+        Self::start_serving(2, |store| store.to_path_buf())
     }
 
-    /// [`Cluster::start`], the executors serving the store folder `executor_dir` returns for
+    /// A cluster of `executors` executors serving the store folder `executor_dir` returns for
     /// the server's store folder.
-    fn start_serving(executor_dir: impl Fn(&Path) -> std::path::PathBuf) -> Self {
+    fn start_serving(executors: usize, executor_dir: impl Fn(&Path) -> std::path::PathBuf) -> Self {
         let (mut fixture, ()) = Fixture::prepared(ROWS, |store| {
             let raw = store.parent().expect("the fixture's folder").join("raw");
             shuffle_into_small_row_groups(&raw.join("social_insurance.parquet"));
@@ -141,7 +141,7 @@ impl Cluster {
         let store = fixture.store_path();
         veil_runtime::cluster::token(&store, true).expect("the cluster token");
         let served = executor_dir(&store);
-        let executors = vec![Executor::start(&served), Executor::start(&served)];
+        let executors: Vec<Executor> = (0..executors).map(|_| Executor::start(&served)).collect();
         let addresses: Vec<&str> = executors.iter().map(|e| e.address.as_str()).collect();
         let config = fixture.dir.path().join("serve.toml");
         // One byte per partition: the engine uses every executor for any scan.
@@ -232,6 +232,58 @@ impl Cluster {
         .micro_epsilon
         .epsilon()
     }
+
+    /// Runs `sql` as a template of its own on the cluster and another locally, and compares
+    /// their products byte for byte.
+    async fn releases_what_one_process_releases(&mut self, name: &str, sql: &str) {
+        let on_cluster = self.template(&format!("{name}_cluster"), sql).await;
+        let job = self.submit(&on_cluster).await;
+        let ended = self.ended(&job).await;
+        assert_eq!(ended.state, "released", "{name} on the cluster: {ended:?}");
+        let cluster_csv = self.product_csv(ended.product_id.as_deref().expect("a product"));
+
+        let local = self.template(&format!("{name}_local"), sql).await;
+        let outcome = run_template(&mut self.fixture.store, &local, &[])
+            .await
+            .expect("ran");
+        let veil_runtime::jobs::JobOutcome::Released {
+            product_id, reused, ..
+        } = outcome
+        else {
+            panic!("{name} locally: {outcome:?}");
+        };
+        assert!(!reused, "each template runs for itself");
+        let local_csv = self.product_csv(product_id.as_str());
+        assert!(
+            local_csv.lines().count() > 1,
+            "{name} releases rows:\n{local_csv}"
+        );
+        assert_eq!(
+            cluster_csv, local_csv,
+            "{name}: the cluster's product differs from one process's"
+        );
+    }
+
+    /// With its executors gone, a job fails cleanly: ε spent, nothing released, and the
+    /// operator is not told where the executors were.
+    async fn fails_without_executors(&self) {
+        let before = self.spent();
+        let template = self.template("by_city_no_executors", JOBS[0].1).await;
+        let job = self.submit(&template).await;
+        let ended = self.ended(&job).await;
+        assert_eq!(ended.state, "failed", "{ended:?}");
+        assert!(ended.product_id.is_none());
+        let failure = ended.failure.expect("a failure message");
+        assert!(
+            !failure.contains("127.0.0.1"),
+            "the operator is not told the cluster's addresses: {failure}"
+        );
+        assert!(
+            (self.spent() - before - 1.0).abs() < 1e-9,
+            "a failed job's ε stays spent"
+        );
+        let _ = &self.server;
+    }
 }
 
 fn terms() -> ApproveTemplate {
@@ -267,53 +319,24 @@ const JOBS: &[(&str, &str)] = &[
 async fn a_cluster_of_two_executors_releases_exactly_what_one_process_releases() {
     let mut cluster = Cluster::start();
     for (name, sql) in JOBS {
-        let on_cluster = cluster.template(&format!("{name}_cluster"), sql).await;
-        let job = cluster.submit(&on_cluster).await;
-        let ended = cluster.ended(&job).await;
-        assert_eq!(ended.state, "released", "{name} on the cluster: {ended:?}");
-        let cluster_csv = cluster.product_csv(ended.product_id.as_deref().expect("a product"));
-
-        let local = cluster.template(&format!("{name}_local"), sql).await;
-        let outcome = run_template(&mut cluster.fixture.store, &local, &[])
-            .await
-            .expect("ran");
-        let veil_runtime::jobs::JobOutcome::Released {
-            product_id, reused, ..
-        } = outcome
-        else {
-            panic!("{name} locally: {outcome:?}");
-        };
-        assert!(!reused, "each template runs for itself");
-        let local_csv = cluster.product_csv(product_id.as_str());
-        assert!(
-            local_csv.lines().count() > 1,
-            "{name} releases rows:\n{local_csv}"
-        );
-        assert_eq!(
-            cluster_csv, local_csv,
-            "{name}: the cluster's product differs from one process's"
-        );
+        cluster.releases_what_one_process_releases(name, sql).await;
     }
     // The executors really did the work: with both gone, the next job cannot run.
     for executor in &mut cluster.executors {
         executor.kill();
     }
-    let before = cluster.spent();
-    let template = cluster.template("by_city_no_executors", JOBS[0].1).await;
-    let job = cluster.submit(&template).await;
-    let ended = cluster.ended(&job).await;
-    assert_eq!(ended.state, "failed", "{ended:?}");
-    assert!(ended.product_id.is_none());
-    let failure = ended.failure.expect("a failure message");
-    assert!(
-        !failure.contains("127.0.0.1"),
-        "the operator is not told the cluster's addresses: {failure}"
-    );
-    assert!(
-        (cluster.spent() - before - 1.0).abs() < 1e-9,
-        "a failed job's ε stays spent"
-    );
-    let _ = &cluster.server;
+    cluster.fails_without_executors().await;
+}
+
+/// One executor: the engine would run a stage of one task in the job's process, so Veil gives
+/// it two tasks on the executor; the executor scans, and the product is still one process's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_of_one_executor_scans_on_it() {
+    let mut cluster = Cluster::start_serving(1, |store| store.to_path_buf());
+    let (name, sql) = JOBS[1];
+    cluster.releases_what_one_process_releases(name, sql).await;
+    cluster.executors[0].kill();
+    cluster.fails_without_executors().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,7 +401,7 @@ async fn an_executor_killed_mid_job_fails_the_job_and_releases_nothing() {
 async fn executors_refuse_a_server_without_their_token() {
     // The executors read the same data through a store folder of their own, whose cluster
     // token is another one.
-    let cluster = Cluster::start_serving(|store| {
+    let cluster = Cluster::start_serving(2, |store| {
         let other = store
             .parent()
             .expect("the fixture's folder")

@@ -63,6 +63,9 @@ pub(crate) async fn fold_on_cluster(
     let started = Instant::now();
     let deadline = Duration::from_millis(sandbox.limits().wall_ms);
     let urls = target.urls()?;
+    // The engine runs a stage of one task in this process, without the network; a cluster of
+    // one executor gets two tasks (on it), so that the executor, not the Veil server, scans.
+    let max_tasks = urls.len().max(2);
     let mut headers = HeaderMap::new();
     let token = HeaderValue::from_str(&target.token)
         .map_err(|_| SandboxError::Config("the cluster token is not printable text".into()))?;
@@ -76,6 +79,8 @@ pub(crate) async fn fold_on_cluster(
         .with_distributed_planner()
         .with_distributed_worker_resolver(Executors(urls))
         .with_distributed_user_codec(FoldCodec)
+        .with_distributed_max_tasks_per_stage(max_tasks)
+        .map_err(internal)?
         .with_distributed_passthrough_headers(headers)
         .map_err(internal)?
         .with_distributed_file_scan_config_bytes_per_partition(target.bytes_per_partition.max(1))
