@@ -266,7 +266,10 @@ fn set_up(dir: &Path, endpoint: &str) -> Result<String, BoxError> {
             max_groups: 1,
             max_rows: 3,
             price_per_run_fen: 0,
-            memory_mib: 4096,
+            // The largest limit a template can have: the gate bounds the job's per-person
+            // state by its worst case (every row a person of its own) before any ε, and at
+            // this limit that admits up to about 42M rows of this job (BENCHMARKS.md).
+            memory_mib: 8192,
             ..ApprovalRequest::default()
         },
     )?;
