@@ -24,14 +24,12 @@ use datafusion::object_store::ObjectStoreExt;
 use datafusion::object_store::aws::AmazonS3Builder;
 use datafusion::object_store::path::Path as ObjectPath;
 use veil_runtime::catalog::{self, Policy};
-use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
 use veil_runtime::store::Store;
-use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
 use veil_testkit::demo_data;
 
 const POLICY: &str = include_str!("policies/social_insurance.toml");
-const OPERATOR: &str = "bench-operator";
+const OPERATOR: &str = veil_examples::BENCH_OPERATOR;
 const SQL: &str = "SELECT city, gender, COUNT(DISTINCT person_id) AS persons, AVG(monthly_income) AS avg_income \
      FROM social_insurance WHERE year >= :since GROUP BY city, gender";
 const BUCKET: &str = "bench";
@@ -226,55 +224,12 @@ fn set_up(dir: &Path, endpoint: &str) -> Result<String, BoxError> {
         Path::new(&format!("s3://{BUCKET}/{KEY}")),
         Policy::parse(POLICY)?,
     )?;
-    let today = veil_runtime::clock::today();
-    grants::create(
-        &mut store,
-        GrantRequest {
-            operator: OPERATOR.into(),
-            datasets: vec!["social_insurance".into()],
-            purpose: "cluster benchmark".into(),
-            valid_from: today - chrono::Days::new(1),
-            valid_to: today + chrono::Days::new(300),
-            epsilon_per_month: 100.0,
-            delta_per_month: 0.5,
-            disposition: Disposition::Archive,
-            ownership: grants::Ownership::Operator,
-        },
-    )?;
-    let template = templates::submit(
-        &mut store,
-        OPERATOR,
-        TemplateSpec {
-            name: "bench".into(),
-            sql: SQL.into(),
-            params: vec![ParamSpec {
-                name: "since".into(),
-                kind: ParamType::Integer,
-                allowed: None,
-            }],
-            wasm: None,
-            versions: Default::default(),
-        },
-    )?;
-    templates::approve(
-        &mut store,
-        template.id.as_str(),
-        ApprovalRequest {
-            epsilon: 1.0,
-            delta: 1e-6,
-            k: 10,
-            max_groups: 1,
-            max_rows: 3,
-            price_per_run_fen: 0,
-            // The largest limit a template can have: the gate bounds the job's per-person
-            // state by its worst case (every row a person of its own) before any ε, and at
-            // this limit that admits up to about 42M rows of this job (BENCHMARKS.md).
-            memory_mib: 8192,
-            ..ApprovalRequest::default()
-        },
-    )?;
+    // The largest limit a template can have: the gate bounds the job's per-person state by
+    // its worst case (every row a person of its own) before any ε, and at this limit that
+    // admits up to about 42M rows of this job (BENCHMARKS.md).
+    let template = veil_examples::grant_and_approve(&mut store, "cluster benchmark", SQL, 8192)?;
     veil_runtime::cluster::token(dir, true)?;
-    Ok(template.id.to_string())
+    Ok(template)
 }
 
 /// `measure STORE TEMPLATE FIRST_SINCE RUNS [EXECUTORS]`: runs the job RUNS + 1 times in this

@@ -30,15 +30,13 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use veil_gate::sandbox::PeakTrackingPool;
 use veil_runtime::catalog::{self, Policy};
-use veil_runtime::grants::{self, Disposition, GrantRequest};
 use veil_runtime::jobs::{self, JobOutcome, JobRequest};
 use veil_runtime::metering;
 use veil_runtime::store::Store;
-use veil_runtime::templates::{self, ApprovalRequest, ParamSpec, ParamType, TemplateSpec};
 use veil_testkit::demo_data;
 
 const POLICY: &str = include_str!("policies/social_insurance.toml");
-const OPERATOR: &str = "bench-operator";
+const OPERATOR: &str = veil_examples::BENCH_OPERATOR;
 const VEIL_SQL: &str = "SELECT city, gender, COUNT(DISTINCT person_id) AS persons, AVG(monthly_income) AS avg_income \
      FROM social_insurance WHERE year >= :since GROUP BY city, gender";
 const RAW_SQL: &str = "SELECT city, gender, COUNT(DISTINCT person_id) AS persons, \
@@ -211,50 +209,8 @@ async fn raw_run(file: &Path, partitions: usize) -> Result<(f64, usize), BoxErro
 fn set_up(dir: &Path, file: &Path) -> Result<(Store, String), BoxError> {
     let mut store = Store::init(&dir.join("store"))?;
     catalog::register(&mut store, "social_insurance", file, Policy::parse(POLICY)?)?;
-    grants::create(
-        &mut store,
-        GrantRequest {
-            operator: OPERATOR.into(),
-            datasets: vec!["social_insurance".into()],
-            purpose: "benchmark".into(),
-            valid_from: veil_runtime::clock::today(),
-            valid_to: veil_runtime::clock::today() + chrono::Days::new(30),
-            epsilon_per_month: 100.0,
-            delta_per_month: 0.5,
-            disposition: Disposition::Archive,
-            ownership: veil_runtime::grants::Ownership::Operator,
-        },
-    )?;
-    let template = templates::submit(
-        &mut store,
-        OPERATOR,
-        TemplateSpec {
-            name: "bench".into(),
-            sql: VEIL_SQL.into(),
-            params: vec![ParamSpec {
-                name: "since".into(),
-                kind: ParamType::Integer,
-                allowed: None,
-            }],
-            wasm: None,
-            versions: Default::default(),
-        },
-    )?;
-    templates::approve(
-        &mut store,
-        template.id.as_str(),
-        ApprovalRequest {
-            epsilon: 1.0,
-            delta: 1e-6,
-            k: 10,
-            max_groups: 1,
-            max_rows: 3,
-            price_per_run_fen: 0,
-            memory_mib: 4096,
-            ..ApprovalRequest::default()
-        },
-    )?;
-    Ok((store, template.id.to_string()))
+    let template = veil_examples::grant_and_approve(&mut store, "benchmark", VEIL_SQL, 4096)?;
+    Ok((store, template))
 }
 
 /// One table's medians and peaks.
